@@ -1,0 +1,246 @@
+//! Reclaim: what the daemon does with everything a dead client owned.
+//!
+//! Called after the client's control connection closed (the process exited
+//! or was killed), so none of its threads will touch the segment again and
+//! everything it stored is visible. In order:
+//!
+//! 1. Intents. For each port intent `op·ring·index` the client left: if slot
+//!    `index` is in the state that means "belongs in that ring" (`Free` for
+//!    the free ring, `Queued(q)` for queue `q`), push `index` onto that ring.
+//!    If the index was in the ring after all, the extra entry is skipped by
+//!    whoever pops it second (see [`crate::slot_pool`]).
+//! 2. Slots. Every slot whose `own` names the client: `Cached` and `Loaned`
+//!    go back to the free ring; `Held` goes back to the queue it was sent to,
+//!    flagged redelivered (at-least-once). A held slot whose queue id is out
+//!    of range is freed and counted as corrupt.
+//! 3. Wake everyone sleeping on the rings that changed.
+//!
+//! The daemon's own pushes are counted in `RingStats::daemon_pushes`, so that
+//! `sent` (tail minus daemon pushes) counts only what clients sent.
+
+use crate::layout::FLAG_REDELIVERED;
+use crate::segment::{Segment, SlotIndex};
+use crate::slot_pool::{ring_of_queue, Intent, Own, SlotState, RING_FREE};
+use std::sync::atomic::Ordering;
+
+/// What a reclaim did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Intents found and repaired by a re-push.
+    pub intents_repaired: u64,
+    /// Slots returned to the free ring.
+    pub freed: u64,
+    /// Messages put back into their queue.
+    pub redelivered: u64,
+    /// Slots with a corrupt header, freed.
+    pub corrupt: u64,
+    /// (queue, slot) pairs that could not be requeued because the queue was
+    /// full; the caller retries them with [`retry_requeue`].
+    pub pending: Vec<(u32, SlotIndex)>,
+}
+
+/// Reclaims everything client `client` owned. See the module doc.
+pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
+    let mut report = Report::default();
+    let counters = &seg.header().counters;
+
+    for port in 0..crate::layout::PORTS_PER_CLIENT as u32 {
+        let Some(rec) = seg.port_intent(client, port) else { break };
+        let word = rec.intent.swap(0, Ordering::AcqRel);
+        let Some(intent) = Intent::unpack(word) else { continue };
+        let Some(i) = seg.slot_index(intent.index) else { continue };
+        let own = seg.slot(i).own();
+        let ring = if intent.ring == RING_FREE {
+            (own.state == Some(SlotState::Free)).then(|| seg.free_ring())
+        } else {
+            let q = intent.ring - 1;
+            (own.state == Some(SlotState::Queued) && own.who == q).then(|| seg.queue(q)).flatten()
+        };
+        if let Some(ring) = ring {
+            if ring.push(i.get()).is_ok() {
+                ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+                ring.notify_items();
+                report.intents_repaired += 1;
+            } else if intent.ring != RING_FREE {
+                report.pending.push((intent.ring - 1, i));
+            }
+        }
+    }
+
+    for raw in 0..seg.params().slot_count {
+        let i = seg.slot_index(raw).expect("in range");
+        let slot = seg.slot(i);
+        let w = slot.header().own.load(Ordering::Acquire);
+        let own = Own::unpack(w);
+        if own.who != client {
+            continue;
+        }
+        match own.state {
+            Some(SlotState::Cached | SlotState::Loaned) => {
+                free(seg, i, w, own.gen);
+                report.freed += 1;
+            }
+            Some(SlotState::Held) => {
+                let q = slot.header().queue.load(Ordering::Relaxed) as u32;
+                if seg.queue(q).is_none() {
+                    free(seg, i, w, own.gen);
+                    report.corrupt += 1;
+                    continue;
+                }
+                slot.header().flags.fetch_or(FLAG_REDELIVERED, Ordering::Relaxed);
+                let queued = Own::pack(own.gen, SlotState::Queued, q);
+                if slot.header().own.compare_exchange(w, queued, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                    continue;
+                }
+                report.redelivered += 1;
+                if !requeue(seg, q, i) {
+                    report.pending.push((q, i));
+                }
+            }
+            _ => {}
+        }
+    }
+    seg.free_ring().notify_items();
+    counters.slots_reclaimed.fetch_add(report.freed + report.corrupt, Ordering::Relaxed);
+    counters.messages_redelivered.fetch_add(report.redelivered, Ordering::Relaxed);
+    counters.intents_repaired.fetch_add(report.intents_repaired, Ordering::Relaxed);
+    counters.corrupt_slots.fetch_add(report.corrupt, Ordering::Relaxed);
+    report
+}
+
+fn free(seg: &Segment, i: SlotIndex, w: u64, gen: u32) {
+    let slot = seg.slot(i);
+    if slot
+        .header()
+        .own
+        .compare_exchange(w, Own::pack(gen, SlotState::Free, 0), Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        let ring = seg.free_ring();
+        while ring.push(i.get()).is_err() {
+            std::thread::yield_now();
+        }
+        ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn requeue(seg: &Segment, q: u32, i: SlotIndex) -> bool {
+    let ring = seg.queue(q).expect("checked by the caller");
+    if ring.push(i.get()).is_err() {
+        return false;
+    }
+    ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+    ring.header().stats.redelivered.fetch_add(1, Ordering::Relaxed);
+    ring.notify_items();
+    true
+}
+
+/// Retries requeues that found their queue full. Returns those still pending.
+pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32, SlotIndex)> {
+    pending.into_iter().filter(|&(q, i)| !requeue(seg, q, i)).collect()
+}
+
+/// The ring id a queue has in intents (re-exported for the daemon's audit).
+pub fn queue_ring_id(q: u32) -> u32 {
+    ring_of_queue(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Shape;
+    use crate::slot_pool::{census, Census, IntentOp, Port};
+
+    fn seg() -> Segment {
+        Segment::create(
+            &Shape { slot_count: 8, slot_size: 256, queue_capacity: 8, max_subsystems: 2, max_clients: 2 },
+            "t",
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cached_loaned_and_held_slots_of_a_dead_client_are_reclaimed() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let cached = dead.take_free().unwrap();
+        let loaned = dead.take_free().unwrap();
+        dead.mark_loaned(loaned);
+        let sent = live.take_free().unwrap();
+        live.mark_loaned(sent);
+        seg.slot(sent).header().queue.store(1, Ordering::Relaxed);
+        live.enqueue(1, sent).unwrap();
+        assert_eq!(dead.dequeue(1), Some(sent));
+        let _ = cached;
+
+        let r = reclaim_client(&seg, 1);
+        assert_eq!((r.freed, r.redelivered, r.corrupt), (2, 1, 0));
+        assert!(r.pending.is_empty());
+        // The redelivered message reaches the next subscriber, flagged.
+        assert_eq!(live.dequeue(1), Some(sent));
+        assert_ne!(seg.slot(sent).header().flags.load(Ordering::Relaxed) & FLAG_REDELIVERED, 0);
+        live.give_free(sent);
+        assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
+    }
+
+    #[test]
+    fn an_index_popped_but_not_claimed_by_a_dead_client_is_pushed_back() {
+        let seg = seg();
+        // The dead client popped slot 0 from the free ring (intent recorded)
+        // and died before its claim CAS.
+        let raw = seg.free_ring().pop().unwrap();
+        seg.port_intent(1, 3).unwrap().intent.store(Intent::pack(IntentOp::Pop, RING_FREE, raw), Ordering::Relaxed);
+        assert_eq!(seg.free_ring().len(), 7);
+        let r = reclaim_client(&seg, 1);
+        assert_eq!(r.intents_repaired, 1);
+        assert_eq!(seg.free_ring().len(), 8);
+    }
+
+    #[test]
+    fn a_message_marked_queued_but_never_pushed_by_a_dead_client_is_delivered() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let i = dead.take_free().unwrap();
+        // Simulate death between the state store and the ring push.
+        seg.slot(i).header().own.store(Own::pack(1, SlotState::Queued, 0), Ordering::Relaxed);
+        seg.port_intent(1, 0)
+            .unwrap()
+            .intent
+            .store(Intent::pack(IntentOp::Push, ring_of_queue(0), i.get()), Ordering::Relaxed);
+        reclaim_client(&seg, 1);
+        let live = Port::new(&seg, 0, 0).unwrap();
+        assert_eq!(live.dequeue(0), Some(i));
+    }
+
+    #[test]
+    fn a_repair_of_an_index_that_was_in_the_ring_after_all_delivers_it_once() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let i = dead.take_free().unwrap();
+        dead.mark_loaned(i);
+        dead.enqueue(0, i).unwrap();
+        // Died right after the push, before clearing the intent.
+        seg.port_intent(1, 0)
+            .unwrap()
+            .intent
+            .store(Intent::pack(IntentOp::Push, ring_of_queue(0), i.get()), Ordering::Relaxed);
+        reclaim_client(&seg, 1);
+        let live = Port::new(&seg, 0, 0).unwrap();
+        assert_eq!(live.dequeue(0), Some(i));
+        assert_eq!(live.dequeue(0), None);
+    }
+
+    #[test]
+    fn a_held_slot_with_a_corrupt_queue_id_is_freed_and_counted() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let i = dead.take_free().unwrap();
+        seg.slot(i).header().own.store(Own::pack(1, SlotState::Held, 1), Ordering::Relaxed);
+        seg.slot(i).header().queue.store(999, Ordering::Relaxed);
+        let r = reclaim_client(&seg, 1);
+        assert_eq!(r.corrupt, 1);
+        assert_eq!(census(&seg).free, 8);
+    }
+}

@@ -1,0 +1,198 @@
+//! The routing table: subsystem name → queue. Written only by the daemon
+//! under a per-entry seqlock, read lock-free by publishers, who cache what
+//! they resolved and revalidate it against `routes_version`.
+//!
+//! SYNC: route-seqlock. Writer: `seq` to odd (Relaxed), Release fence, field
+//! stores (Relaxed), `seq` to even (Release), then `routes_version += 1`
+//! (Release). Reader: `seq` (Acquire), field loads (Relaxed), Acquire fence,
+//! `seq` again (Relaxed); equal and even means the fields are one version.
+
+use crate::layout::{RouteEntry, ROUTE_ACTIVE, ROUTE_DURABLE, SUBSYSTEM_NAME_MAX};
+use crate::path::{fnv1a, validate_subsystem};
+use crate::segment::Segment;
+use std::sync::atomic::{fence, Ordering};
+
+/// A consistent copy of one routing entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteView {
+    /// The entry (and queue) index.
+    pub queue: u32,
+    /// Name bytes (`name_len` used).
+    name: [u8; SUBSYSTEM_NAME_MAX],
+    name_len: u8,
+    /// Connected subscriptions.
+    pub subscribers: u32,
+    /// Queued even without subscribers.
+    pub durable: bool,
+}
+
+impl RouteView {
+    /// The subsystem name.
+    pub fn name(&self) -> &str {
+        std::str::from_utf8(&self.name[..self.name_len as usize]).unwrap_or("")
+    }
+
+    /// Whether a message sent now would be queued.
+    pub fn deliverable(&self) -> bool {
+        self.subscribers > 0 || self.durable
+    }
+}
+
+fn pack_name(name: &str) -> [u64; 4] {
+    let mut bytes = [0u8; 32];
+    bytes[..name.len()].copy_from_slice(name.as_bytes());
+    core::array::from_fn(|i| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
+}
+
+/// Reads entry `q` consistently. `None` if unused, out of range, or its
+/// contents are invalid (a corrupt entry is treated as absent).
+pub fn read(seg: &Segment, q: u32) -> Option<RouteView> {
+    let e = seg.route(q)?;
+    loop {
+        // SYNC: route-seqlock — pairs with the writer's final Release store.
+        let s1 = e.seq.load(Ordering::Acquire);
+        if s1 & 1 == 1 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let state = e.state.load(Ordering::Relaxed);
+        let len = e.name_len.load(Ordering::Relaxed) as usize;
+        let words: [u64; 4] = core::array::from_fn(|i| e.name[i].load(Ordering::Relaxed));
+        let subscribers = e.subscribers.load(Ordering::Relaxed);
+        let flags = e.flags.load(Ordering::Relaxed);
+        // SYNC: route-seqlock — keeps the field loads before the re-check.
+        fence(Ordering::Acquire);
+        if e.seq.load(Ordering::Relaxed) != s1 {
+            continue;
+        }
+        if state != ROUTE_ACTIVE || len == 0 || len > SUBSYSTEM_NAME_MAX {
+            return None;
+        }
+        let mut name = [0u8; SUBSYSTEM_NAME_MAX];
+        for (i, w) in words.iter().enumerate() {
+            name[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        let s = std::str::from_utf8(&name[..len]).ok()?;
+        validate_subsystem(s).ok()?;
+        return Some(RouteView {
+            queue: q,
+            name,
+            name_len: len as u8,
+            subscribers,
+            durable: flags & ROUTE_DURABLE != 0,
+        });
+    }
+}
+
+/// Finds the entry of subsystem `name`.
+pub fn find(seg: &Segment, name: &str) -> Option<RouteView> {
+    let h = fnv1a(name.as_bytes());
+    (0..seg.params().max_subsystems)
+        .filter(|&q| seg.route(q).is_some_and(|e| e.hash.load(Ordering::Relaxed) == h))
+        .filter_map(|q| read(seg, q))
+        .find(|v| v.name() == name)
+}
+
+/// The current routes version (Acquire: pairs with [`write`]'s bump).
+pub fn version(seg: &Segment) -> u64 {
+    seg.header().live.routes_version.load(Ordering::Acquire)
+}
+
+/// The table has no unused entry left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the routing table is full ({max} subsystems): raise --max-subsystems")]
+pub struct TableFull {
+    /// Its size.
+    pub max: u32,
+}
+
+/// Daemon only: finds or creates the entry of `name` (already validated).
+pub fn find_or_create(seg: &Segment, name: &str, durable: bool) -> Result<u32, TableFull> {
+    if let Some(v) = find(seg, name) {
+        if durable && !v.durable {
+            write(seg, v.queue, |e| e.flags.store(ROUTE_DURABLE, Ordering::Relaxed));
+        }
+        return Ok(v.queue);
+    }
+    let max = seg.params().max_subsystems;
+    let q = (0..max)
+        .find(|&q| seg.route(q).is_some_and(|e| e.state.load(Ordering::Relaxed) != ROUTE_ACTIVE))
+        .ok_or(TableFull { max })?;
+    let words = pack_name(name);
+    write(seg, q, |e| {
+        e.name_len.store(name.len() as u32, Ordering::Relaxed);
+        for (slot, w) in e.name.iter().zip(words) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        e.hash.store(fnv1a(name.as_bytes()), Ordering::Relaxed);
+        e.subscribers.store(0, Ordering::Relaxed);
+        e.flags.store(if durable { ROUTE_DURABLE } else { 0 }, Ordering::Relaxed);
+        e.state.store(ROUTE_ACTIVE, Ordering::Relaxed);
+    });
+    Ok(q)
+}
+
+/// Daemon only: sets the subscriber count of entry `q`.
+pub fn set_subscribers(seg: &Segment, q: u32, n: u32) {
+    write(seg, q, |e| e.subscribers.store(n, Ordering::Relaxed));
+}
+
+/// Daemon only: one seqlocked write of entry `q`, then the version bump.
+fn write(seg: &Segment, q: u32, f: impl FnOnce(&RouteEntry)) {
+    let e = seg.route(q).expect("daemon passes valid entries");
+    let s = e.seq.load(Ordering::Relaxed);
+    e.seq.store(s.wrapping_add(1) | 1, Ordering::Relaxed);
+    // SYNC: route-seqlock — the odd seq is visible before any field store.
+    fence(Ordering::Release);
+    f(e);
+    // SYNC: route-seqlock — pairs with the reader's first Acquire load.
+    e.seq.store((s | 1).wrapping_add(1), Ordering::Release);
+    // SYNC: routes-version — pairs with `version`'s Acquire load.
+    seg.header().live.routes_version.fetch_add(1, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Shape;
+
+    fn seg() -> Segment {
+        Segment::create(
+            &Shape { slot_count: 4, slot_size: 128, queue_capacity: 2, max_subsystems: 2, max_clients: 1 },
+            "t",
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn created_entries_are_found_by_name_and_bump_the_version() {
+        let seg = seg();
+        let v0 = version(&seg);
+        assert!(find(&seg, "api").is_none());
+        let q = find_or_create(&seg, "api", false).unwrap();
+        assert_eq!(find_or_create(&seg, "api", false).unwrap(), q);
+        let v = find(&seg, "api").unwrap();
+        assert_eq!((v.name(), v.subscribers, v.deliverable()), ("api", 0, false));
+        set_subscribers(&seg, q, 2);
+        assert!(find(&seg, "api").unwrap().deliverable());
+        assert!(version(&seg) > v0);
+    }
+
+    #[test]
+    fn a_full_table_is_an_error_naming_the_limit() {
+        let seg = seg();
+        find_or_create(&seg, "a", false).unwrap();
+        find_or_create(&seg, "b", true).unwrap();
+        assert!(find(&seg, "b").unwrap().deliverable());
+        assert_eq!(find_or_create(&seg, "c", false), Err(TableFull { max: 2 }));
+    }
+
+    #[test]
+    fn a_corrupt_entry_reads_as_absent() {
+        let seg = seg();
+        let q = find_or_create(&seg, "api", false).unwrap();
+        seg.route(q).unwrap().name_len.store(200, Ordering::Relaxed);
+        assert!(read(&seg, q).is_none());
+    }
+}

@@ -1,0 +1,346 @@
+//! The segment: one sealed memfd holding everything in [`crate::layout`].
+//!
+//! The daemon creates it ([`Segment::create`]) and hands its fd to each
+//! accepted client, which maps it with [`Segment::open`]. Opening checks the
+//! magic, waits for the version (SYNC: segment-ready, pairs with the creator's
+//! Release store), copies the params out once and recomputes them from their
+//! own counts: after that, every offset this process uses comes from its own
+//! validated copy, never from the segment.
+
+use crate::layout::*;
+use crate::queue::{initial_cell, Ring, RingHeader};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a segment could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentError {
+    /// A system call failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration asks for a segment outside the limits.
+    #[error("invalid bus shape: {0}")]
+    Shape(#[from] ShapeError),
+    /// The mapping is smaller than a segment header.
+    #[error("segment is {len} bytes, too small to be a shmbus segment: the fd is not a shmbus segment")]
+    TooSmall {
+        /// Its length.
+        len: u64,
+    },
+    /// Offset 0 does not hold the magic number.
+    #[error("segment magic is {found:#018x}, expected {MAGIC:#018x}: the fd is not a shmbus segment")]
+    BadMagic {
+        /// What was found.
+        found: u64,
+    },
+    /// The creator has not finished initializing it.
+    #[error("segment is not initialized yet: retry, or restart the daemon if this persists")]
+    NotReady,
+    /// Built by a different layout version.
+    #[error("segment layout version is {found}, this program speaks {expected}: run client and daemon from the same shmbus release")]
+    VersionMismatch {
+        /// The segment's version.
+        found: u32,
+        /// Ours.
+        expected: u32,
+    },
+    /// The params contradict each other or the mapping.
+    #[error("segment header is inconsistent ({0}): the segment is corrupt; restart the daemon")]
+    Inconsistent(&'static str),
+}
+
+fn io(op: &'static str) -> impl FnOnce(nix::errno::Errno) -> SegmentError {
+    move |e| SegmentError::Io { op, source: std::io::Error::from(e) }
+}
+
+/// A mapped, validated segment.
+pub struct Segment {
+    map: MmapRaw,
+    params: SegmentParams,
+    fd: OwnedFd,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("params", &self.params).finish_non_exhaustive()
+    }
+}
+
+/// A slot index that has been checked against the slot count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotIndex(u32);
+
+impl SlotIndex {
+    /// The raw index.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Segment {
+    /// Creates and initializes a new segment as a sealed memfd.
+    pub fn create(shape: &Shape, bus_name: &str, bus_generation: u64) -> Result<Segment, SegmentError> {
+        let params = SegmentParams::compute(shape, bus_name, bus_generation, std::process::id())?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"shmbus-segment",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(io("memfd_create"))?;
+        nix::unistd::ftruncate(&fd, params.segment_size as i64).map_err(io("ftruncate"))?;
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(io("sealing the memfd"))?;
+        let map = map(&fd, params.segment_size)?;
+        let seg = Segment { map, params, fd };
+        seg.initialize();
+        Ok(seg)
+    }
+
+    fn initialize(&self) {
+        let p = &self.params;
+        let hdr = self.base() as *mut SegmentHeader;
+        // SAFETY: the mapping is at least `segment_size` ≥ HEADER_SIZE bytes,
+        // page-aligned, freshly created and not yet shared with anyone, so
+        // writing the params cannot race.
+        unsafe { core::ptr::addr_of_mut!((*hdr).params).write(*p) };
+        let h = self.header();
+        h.magic.store(MAGIC, Ordering::Relaxed);
+        for i in 0..p.free_capacity as u64 {
+            self.free_cells()[i as usize].store(initial_cell(i), Ordering::Relaxed);
+        }
+        for q in 0..p.max_subsystems {
+            for (i, c) in self.queue_cells(q).iter().enumerate() {
+                c.store(initial_cell(i as u64), Ordering::Relaxed);
+            }
+        }
+        let free = self.free_ring();
+        for i in 0..p.slot_count {
+            free.push(i).expect("the free ring holds twice the slot count");
+        }
+        h.live.daemon_state.store(DAEMON_RUNNING, Ordering::Relaxed);
+        // SYNC: segment-ready — pairs with the Acquire load in `open`; every
+        // store above happens-before an opener's reads.
+        h.version.store(LAYOUT_VERSION, Ordering::Release);
+    }
+
+    /// Maps and validates a segment received from the daemon.
+    pub fn open(fd: OwnedFd) -> Result<Segment, SegmentError> {
+        let len = nix::sys::stat::fstat(&fd).map_err(io("fstat of the segment"))?.st_size as u64;
+        if len < HEADER_SIZE as u64 {
+            return Err(SegmentError::TooSmall { len });
+        }
+        let map = map(&fd, len)?;
+        let base = map.as_mut_ptr();
+        // SAFETY: the mapping is ≥ HEADER_SIZE bytes and page-aligned, so the
+        // header (512 bytes, align 128) is in bounds and aligned; its atomics
+        // tolerate concurrent writers.
+        let h = unsafe { &*(base as *const SegmentHeader) };
+        let magic = h.magic.load(Ordering::Relaxed);
+        if magic != MAGIC {
+            return Err(SegmentError::BadMagic { found: magic });
+        }
+        // SYNC: segment-ready — pairs with the Release store in `initialize`.
+        let version = h.version.load(Ordering::Acquire);
+        if version == 0 {
+            return Err(SegmentError::NotReady);
+        }
+        if version != LAYOUT_VERSION {
+            return Err(SegmentError::VersionMismatch { found: version, expected: LAYOUT_VERSION });
+        }
+        // SAFETY: in bounds (see above); a volatile copy because other
+        // processes may (wrongly) write it: we validate the copy.
+        let params = unsafe { core::ptr::addr_of!(h.params).read_volatile() };
+        let name_len = (params.bus_name_len as usize).min(64);
+        let name =
+            std::str::from_utf8(&params.bus_name[..name_len]).map_err(|_| SegmentError::Inconsistent("bus name"))?;
+        let expect = SegmentParams::compute(&params.shape(), name, params.bus_generation, params.daemon_pid)
+            .map_err(|_| SegmentError::Inconsistent("shape out of range"))?;
+        if expect != params {
+            return Err(SegmentError::Inconsistent("offsets do not match the shape"));
+        }
+        if params.segment_size > len {
+            return Err(SegmentError::Inconsistent("segment_size larger than the mapping"));
+        }
+        Ok(Segment { map, params, fd })
+    }
+
+    /// The validated params (this process's own copy).
+    pub fn params(&self) -> &SegmentParams {
+        &self.params
+    }
+
+    /// The memfd, to hand to clients.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// A reference to a `T` at `offset`, which the caller computed from
+    /// validated params.
+    fn at<T>(&self, offset: u64) -> &T {
+        assert!(offset as usize + core::mem::size_of::<T>() <= self.params.segment_size as usize);
+        assert_eq!(offset as usize % core::mem::align_of::<T>(), 0);
+        // SAFETY: in bounds and aligned (asserted); every `T` used here is a
+        // repr(C) struct of atomics (or plain data only written before the
+        // segment was shared), valid for any bit pattern, and the mapping
+        // lives as long as `self`.
+        unsafe { &*(self.base().add(offset as usize) as *const T) }
+    }
+
+    fn cells(&self, offset: u64, count: u32) -> &[AtomicU64] {
+        assert!(offset as usize + count as usize * 8 <= self.params.segment_size as usize);
+        // SAFETY: in bounds (asserted), 8-aligned (offsets are multiples of
+        // 128 plus the 640-byte ring header), AtomicU64 is valid for any bits.
+        unsafe { core::slice::from_raw_parts(self.base().add(offset as usize) as *const AtomicU64, count as usize) }
+    }
+
+    /// The segment header.
+    pub fn header(&self) -> &SegmentHeader {
+        self.at(0)
+    }
+
+    /// Whether the daemon still runs (it sets STOPPED on a clean shutdown).
+    pub fn daemon_running(&self) -> bool {
+        self.header().live.daemon_state.load(Ordering::Acquire) == DAEMON_RUNNING
+    }
+
+    /// Client table entry `client` (None if out of range).
+    pub fn client_info(&self, client: u32) -> Option<&ClientInfo> {
+        (client < self.params.max_clients)
+            .then(|| self.at(self.params.client_table + client as u64 * CLIENT_ENTRY_SIZE))
+    }
+
+    /// Intent record `port` of `client` (None if out of range).
+    pub fn port_intent(&self, client: u32, port: u32) -> Option<&PortIntent> {
+        if client >= self.params.max_clients || port as usize >= PORTS_PER_CLIENT {
+            return None;
+        }
+        let off = self.params.client_table + client as u64 * CLIENT_ENTRY_SIZE + 128 + port as u64 * 64;
+        Some(self.at(off))
+    }
+
+    /// Routing entry `q` (None if out of range).
+    pub fn route(&self, q: u32) -> Option<&RouteEntry> {
+        (q < self.params.max_subsystems).then(|| self.at(self.params.routing_table + q as u64 * ROUTE_ENTRY_SIZE))
+    }
+
+    fn free_cells(&self) -> &[AtomicU64] {
+        self.cells(self.params.free_ring + crate::queue::RING_HEADER_SIZE as u64, self.params.free_capacity)
+    }
+
+    fn queue_cells(&self, q: u32) -> &[AtomicU64] {
+        let off = self.params.queues + q as u64 * self.params.queue_stride + crate::queue::RING_HEADER_SIZE as u64;
+        self.cells(off, self.params.queue_capacity)
+    }
+
+    /// The free-slot ring.
+    pub fn free_ring(&self) -> Ring<'_> {
+        Ring::new(self.at::<RingHeader>(self.params.free_ring), self.free_cells())
+    }
+
+    /// The queue of subsystem entry `q` (None if out of range).
+    pub fn queue(&self, q: u32) -> Option<Ring<'_>> {
+        if q >= self.params.max_subsystems {
+            return None;
+        }
+        let hdr = self.at::<RingHeader>(self.params.queues + q as u64 * self.params.queue_stride);
+        Some(Ring::new(hdr, self.queue_cells(q)))
+    }
+
+    /// Checks an index read from a ring or a header.
+    pub fn slot_index(&self, raw: u32) -> Option<SlotIndex> {
+        (raw < self.params.slot_count).then_some(SlotIndex(raw))
+    }
+
+    /// Slot `i`.
+    pub fn slot(&self, i: SlotIndex) -> crate::slot_pool::SlotRef<'_> {
+        let off = self.params.slots + i.0 as u64 * self.params.slot_size as u64;
+        let header: &SlotHeader = self.at(off);
+        // SAFETY: `i` < slot_count, so the whole slot [off, off + slot_size)
+        // lies inside the segment (checked by `SegmentParams::compute`).
+        let base = unsafe { self.base().add(off as usize) };
+        crate::slot_pool::SlotRef::new(header, base, self.params.slot_size as usize, i)
+    }
+}
+
+fn map(fd: &OwnedFd, len: u64) -> Result<MmapRaw, SegmentError> {
+    let file = File::from(fd.try_clone().map_err(|e| SegmentError::Io { op: "dup of the segment fd", source: e })?);
+    MmapOptions::new()
+        .len(len as usize)
+        .populate()
+        .map_raw(&file)
+        .map_err(|e| SegmentError::Io { op: "mmap of the segment", source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn small() -> Shape {
+        Shape { slot_count: 16, slot_size: 256, queue_capacity: 8, max_subsystems: 4, max_clients: 4 }
+    }
+
+    #[test]
+    fn a_created_segment_opens_with_the_same_params() {
+        let seg = Segment::create(&small(), "unit", 7).unwrap();
+        let fd = seg.fd().try_clone_to_owned().unwrap();
+        let other = Segment::open(fd).unwrap();
+        assert_eq!(other.params(), seg.params());
+        assert_eq!(other.params().bus_name(), "unit");
+        assert_eq!(other.free_ring().len(), 16);
+        assert!(other.daemon_running());
+    }
+
+    #[test]
+    fn a_wrong_version_is_rejected_naming_both_versions() {
+        let seg = Segment::create(&small(), "unit", 7).unwrap();
+        seg.header().version.store(LAYOUT_VERSION + 1, Ordering::Release);
+        let err = Segment::open(seg.fd().try_clone_to_owned().unwrap()).unwrap_err();
+        assert!(
+            matches!(err, SegmentError::VersionMismatch { found, expected } if found == LAYOUT_VERSION + 1 && expected == LAYOUT_VERSION)
+        );
+        assert!(err.to_string().contains("same shmbus release"));
+    }
+
+    #[test]
+    fn a_corrupt_header_is_rejected() {
+        let seg = Segment::create(&small(), "unit", 7).unwrap();
+        let hdr = seg.base() as *mut SegmentHeader;
+        // SAFETY: test-only corruption of our own fresh mapping; nobody else maps it.
+        unsafe { core::ptr::addr_of_mut!((*hdr).params.slots).write(64) };
+        let err = Segment::open(seg.fd().try_clone_to_owned().unwrap()).unwrap_err();
+        assert!(matches!(err, SegmentError::Inconsistent(_)), "{err}");
+        seg.header().magic.store(1, Ordering::Relaxed);
+        let err = Segment::open(seg.fd().try_clone_to_owned().unwrap()).unwrap_err();
+        assert!(matches!(err, SegmentError::BadMagic { found: 1 }));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_segment_is_rejected() {
+        let fd = nix::sys::memfd::memfd_create(c"junk", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, 100).unwrap();
+        assert!(matches!(Segment::open(fd), Err(SegmentError::TooSmall { len: 100 })));
+    }
+
+    #[test]
+    fn out_of_range_indices_are_refused() {
+        let seg = Segment::create(&small(), "unit", 7).unwrap();
+        assert!(seg.slot_index(16).is_none());
+        assert!(seg.slot_index(u32::MAX).is_none());
+        assert!(seg.queue(4).is_none());
+        assert!(seg.route(4).is_none());
+        assert!(seg.client_info(4).is_none());
+        assert!(seg.port_intent(0, PORTS_PER_CLIENT as u32).is_none());
+    }
+}
