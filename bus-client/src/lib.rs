@@ -1,1 +1,37 @@
+//! bus-client: connect to a shmbus daemon, publish and subscribe zero-copy.
+//!
+//! ```no_run
+//! use bus_client::Bus;
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize)]
+//! struct User { id: u64, name: String }
+//!
+//! let bus = Bus::connect()?;
+//! let sub = bus.subscribe("api")?;
+//! let mut publisher = bus.publisher().create()?;
+//! publisher.send("api://users/123", &User { id: 123, name: "ada".into() })?;
+//! let msg = sub.recv()?;
+//! assert_eq!(msg.route(), "users/123");
+//! let user = msg.body::<User>()?; // validated, read in place
+//! assert_eq!(user.name, "ada");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod addr;
+mod body;
+mod bus;
+pub mod control;
+mod error;
+pub mod protocol;
+mod publisher;
+mod subscriber;
+
+pub use body::{fingerprint, Body};
+pub use bus::{Bus, BusBuilder};
+pub use bus_core::{Path, PathError, PATH_CAPACITY};
+pub use error::{BodyError, ConnectError, RecvError, RequestError, SendError};
+pub use publisher::{Backpressure, Loan, LoanSendError, LoanUninit, Publisher, PublisherBuilder};
+pub use subscriber::{Message, Subscriber};

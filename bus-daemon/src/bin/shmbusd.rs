@@ -1,1 +1,4 @@
-fn main() {}
+//! `shmbusd`: see [`bus_daemon::cli::daemon_main`].
+fn main() -> std::process::ExitCode {
+    bus_daemon::cli::daemon_main()
+}

@@ -1,0 +1,193 @@
+//! Error types, one per operation. Every message says what went wrong and
+//! what to do about it.
+
+use bus_core::{PathError, SegmentError};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why [`crate::Bus::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing listens on the socket.
+    #[error("no shmbus daemon at {}: start one with `shmbusd` (or pass --socket / set SHMBUS_SOCKET to the right path)", socket.display())]
+    NoDaemon {
+        /// The socket path tried.
+        socket: PathBuf,
+    },
+    /// The socket exists but we may not connect.
+    #[error("permission denied on {}: run as a user allowed to use this bus (see the daemon's socket_mode)", socket.display())]
+    PermissionDenied {
+        /// The socket path tried.
+        socket: PathBuf,
+    },
+    /// The daemon did not answer in time.
+    #[error("the daemon at {} did not answer within {waited:?}: check that shmbusd is healthy", socket.display())]
+    Timeout {
+        /// The socket path.
+        socket: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A system call failed.
+    #[error("connecting to {}: {source}", socket.display())]
+    Io {
+        /// The socket path.
+        socket: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The daemon refused (version, capacity).
+    #[error("the daemon refused the connection: {message}")]
+    Refused {
+        /// Its message.
+        message: String,
+    },
+    /// Client and daemon disagree on the layout version.
+    #[error("the daemon speaks layout version {found}, this program {expected}: use client and daemon from the same shmbus release")]
+    VersionMismatch {
+        /// The daemon's.
+        found: u32,
+        /// Ours.
+        expected: u32,
+    },
+    /// The daemon's answer made no sense.
+    #[error("unexpected answer from the daemon: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The segment we were handed is not usable.
+    #[error("the bus segment is unusable: {0}")]
+    Segment(#[from] SegmentError),
+}
+
+/// Why a control request (subscribe, status, shutdown) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The daemon is gone.
+    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    BusGone,
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Daemon {
+        /// Its kind.
+        kind: crate::protocol::ErrorKind,
+        /// Its message.
+        message: String,
+    },
+    /// The name is not a valid subsystem name.
+    #[error("invalid subsystem name: {0}")]
+    InvalidName(PathError),
+    /// Every port of this client is in use.
+    #[error("all {0} publishers/subscribers of this connection are in use: drop some, or open another Bus")]
+    TooManyPorts(usize),
+    /// A system call or the protocol failed.
+    #[error("control connection failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The path is malformed.
+    #[error("invalid path: {0}")]
+    InvalidPath(PathError),
+    /// The body does not fit the slot.
+    #[error("body of {size} bytes does not fit the {capacity} bytes a slot has for it with this path: send less, or start the daemon with a larger --slot-size")]
+    BodyTooLarge {
+        /// The body's size.
+        size: usize,
+        /// Room in a slot.
+        capacity: usize,
+    },
+    /// Nobody subscribes to the subsystem (and it is not durable).
+    #[error(
+        "no subscriber for subsystem \"{subsystem}\": start one, or declare the subsystem durable in the daemon config"
+    )]
+    NoSubscriber {
+        /// The subsystem.
+        subsystem: String,
+    },
+    /// The queue is full (fail-fast mode).
+    #[error(
+        "the queue of subsystem \"{subsystem}\" is full: its subscribers are behind; retry, or use blocking sends"
+    )]
+    QueueFull {
+        /// The subsystem.
+        subsystem: String,
+    },
+    /// No free slot (fail-fast mode).
+    #[error("all {slots} slots are in use: receivers hold or have not yet taken them; retry, or start the daemon with more --slots")]
+    PoolExhausted {
+        /// Pool size.
+        slots: u32,
+    },
+    /// Blocked longer than the send timeout.
+    #[error("send timed out after {waited:?} waiting for {what}: the subscribers are not keeping up")]
+    Timeout {
+        /// How long.
+        waited: Duration,
+        /// A free slot or queue space.
+        what: &'static str,
+    },
+    /// The daemon is gone.
+    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    BusGone,
+    /// The body could not be serialized.
+    #[error("serializing the body failed: {detail}")]
+    Serialize {
+        /// rkyv's message.
+        detail: String,
+    },
+}
+
+/// Why a receive failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// Nothing arrived in time.
+    #[error("no message within {0:?}")]
+    Timeout(Duration),
+    /// The daemon is gone.
+    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    BusGone,
+    /// The message's slot was corrupt; it was released and skipped.
+    #[error("received a corrupt message ({0}); it was dropped: check the senders")]
+    Corrupt(bus_core::slot_pool::CorruptSlot),
+}
+
+/// Why a body could not be read as the requested type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The sender wrote another type.
+    #[error("body is not a {expected}: its type fingerprint is {found:#x}, {expected} has {expected_fp:#x}")]
+    WrongType {
+        /// The requested type.
+        expected: &'static str,
+        /// Its fingerprint.
+        expected_fp: u64,
+        /// The body's.
+        found: u64,
+    },
+    /// The body is raw bytes.
+    #[error("body is raw bytes, not an archived {expected}: read it with body_bytes()")]
+    Raw {
+        /// The requested type.
+        expected: &'static str,
+    },
+    /// Validation failed.
+    #[error("body failed validation as {expected}: {detail}")]
+    Invalid {
+        /// The requested type.
+        expected: &'static str,
+        /// bytecheck's message.
+        detail: String,
+    },
+    /// The slot header is corrupt.
+    #[error("{0}")]
+    Corrupt(#[from] bus_core::slot_pool::CorruptSlot),
+}

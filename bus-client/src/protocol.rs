@@ -1,0 +1,173 @@
+//! The control protocol between clients and `shmbusd`: one JSON object per
+//! `SOCK_SEQPACKET` packet, request then reply. The reply to `hello` carries
+//! the segment's memfd as SCM_RIGHTS ancillary data. The connection stays
+//! open for the client's lifetime: its close is how the daemon learns that
+//! the client is gone.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest packet either side sends.
+pub const MAX_PACKET: usize = 1 << 20;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First request: asks for a client entry and the segment.
+    Hello {
+        /// The client's [`bus_core::LAYOUT_VERSION`].
+        layout_version: u32,
+    },
+    /// Start receiving a subsystem's messages.
+    Subscribe {
+        /// Subsystem name.
+        subsystem: String,
+    },
+    /// Stop (one subscription of this client).
+    Unsubscribe {
+        /// Subsystem name.
+        subsystem: String,
+    },
+    /// Ask for a [`Status`].
+    Status,
+    /// Ask the daemon to exit.
+    Shutdown,
+}
+
+/// A reply from the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// To `hello`; the segment fd comes with it.
+    Welcome {
+        /// Client table index.
+        client: u32,
+        /// Bus-unique connection serial.
+        serial: u32,
+        /// Bus name.
+        bus: String,
+    },
+    /// To `subscribe`.
+    Subscribed {
+        /// The subsystem's queue.
+        queue: u32,
+    },
+    /// To `unsubscribe`.
+    Unsubscribed,
+    /// To `status`.
+    Status(Status),
+    /// To `shutdown`.
+    ShuttingDown,
+    /// The request failed.
+    Error {
+        /// Machine-readable kind.
+        kind: ErrorKind,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// Kinds of daemon-side errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The client speaks another layout version.
+    VersionMismatch,
+    /// The client table is full.
+    TooManyClients,
+    /// The routing table is full.
+    TooManySubsystems,
+    /// A malformed name or request.
+    Invalid,
+    /// `hello` was not the first request, or came twice.
+    Sequence,
+    /// Not subscribed to that subsystem.
+    NotSubscribed,
+}
+
+/// The bus as `shmbus status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Bus name.
+    pub bus: String,
+    /// Socket path.
+    pub socket: String,
+    /// Daemon pid.
+    pub daemon_pid: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Cells per queue.
+    pub queue_capacity: u32,
+    /// Slot counts by state.
+    pub slots: SlotCounts,
+    /// Connected clients.
+    pub clients: u32,
+    /// Each connected client.
+    pub client_list: Vec<ClientStatus>,
+    /// Each known subsystem.
+    pub subsystems: Vec<SubsystemStatus>,
+    /// Bus-wide counters.
+    pub counters: Counters,
+}
+
+/// Slot counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCounts {
+    /// All slots.
+    pub total: u64,
+    /// In the free ring.
+    pub free: u64,
+    /// In publishers' private caches (free for them).
+    pub cached: u64,
+    /// Loaned, being written.
+    pub loaned: u64,
+    /// Waiting in queues.
+    pub queued: u64,
+    /// Received and not released.
+    pub held: u64,
+}
+
+/// One connected client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// Client table index.
+    pub id: u32,
+    /// Peer pid.
+    pub pid: u32,
+    /// Peer uid.
+    pub uid: u32,
+    /// Subsystems it subscribes to.
+    pub subscriptions: Vec<String>,
+}
+
+/// One subsystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsystemStatus {
+    /// Name.
+    pub name: String,
+    /// Entries in its queue.
+    pub queue_depth: u64,
+    /// Connected subscriptions.
+    pub subscribers: u32,
+    /// Queued even without subscribers.
+    pub durable: bool,
+    /// Messages sent to it by clients.
+    pub sent: u64,
+    /// Messages taken from its queue by subscribers.
+    pub delivered: u64,
+    /// Messages put back after their receiver died.
+    pub redelivered: u64,
+}
+
+/// Bus-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Clients accepted since the daemon started.
+    pub clients_accepted: u64,
+    /// Clients reclaimed after their connection closed.
+    pub clients_reclaimed: u64,
+    /// Slots returned by reclaim.
+    pub slots_reclaimed: u64,
+    /// Messages redelivered by reclaim.
+    pub messages_redelivered: u64,
+}

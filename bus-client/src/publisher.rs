@@ -1,0 +1,394 @@
+//! Publishing: [`Publisher`], and the typed states of a loan:
+//! [`LoanUninit`] (slot claimed, path written) → [`Loan`] (body written) →
+//! sent. Dropping a loan at any state returns its slot.
+
+use crate::body::{fingerprint, Body};
+use crate::bus::Bus;
+use crate::error::{RequestError, SendError};
+use bus_core::layout::FLAG_RAW;
+use bus_core::routing;
+use bus_core::slot_pool::Port;
+use bus_core::{Path, SlotIndex};
+use std::mem::MaybeUninit;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Slots a publisher takes from the free ring at a time into its private
+/// cache (and at most keeps there).
+const CACHE: usize = 32;
+
+/// What a send does when the pool is exhausted or the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait, up to the timeout, then fail with `Timeout`.
+    Block(Duration),
+    /// Fail at once with `PoolExhausted` or `QueueFull`.
+    FailFast,
+}
+
+/// Builder for [`Publisher`].
+pub struct PublisherBuilder {
+    bus: Bus,
+    backpressure: Backpressure,
+}
+
+impl PublisherBuilder {
+    pub(crate) fn new(bus: Bus) -> Self {
+        let t = bus.inner.send_timeout;
+        PublisherBuilder { bus, backpressure: Backpressure::Block(t) }
+    }
+
+    /// Chooses blocking (the default, with the bus's send timeout) or
+    /// fail-fast sends.
+    pub fn backpressure(mut self, b: Backpressure) -> Self {
+        self.backpressure = b;
+        self
+    }
+
+    /// Creates the publisher.
+    pub fn create(self) -> Result<Publisher, RequestError> {
+        let port = self.bus.inner.claim_port()?;
+        Ok(Publisher {
+            bus: self.bus,
+            port,
+            cache: Vec::with_capacity(CACHE),
+            routes: Vec::new(),
+            routes_version: u64::MAX,
+            backpressure: self.backpressure,
+        })
+    }
+}
+
+impl Bus {
+    /// A builder for a publisher.
+    pub fn publisher(&self) -> PublisherBuilder {
+        PublisherBuilder::new(self.clone())
+    }
+}
+
+struct CachedRoute {
+    name: String,
+    queue: u32,
+    deliverable: bool,
+}
+
+/// Sends messages. One thread at a time (`Send`, not `Sync`); create one per
+/// sending thread.
+pub struct Publisher {
+    bus: Bus,
+    port: u32,
+    cache: Vec<SlotIndex>,
+    routes: Vec<CachedRoute>,
+    routes_version: u64,
+    backpressure: Backpressure,
+}
+
+impl Publisher {
+    fn port(&self) -> Port<'_> {
+        Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port index in range")
+    }
+
+    /// Serializes `value` with rkyv straight into a slot and sends it to
+    /// `path`. Returns the message id.
+    pub fn send<T: Body>(&mut self, path: &str, value: &T) -> Result<u64, SendError> {
+        self.loan(path)?.write(value)?.send().map_err(|f| f.error)
+    }
+
+    /// Sends raw bytes (tools, text).
+    pub fn send_bytes(&mut self, path: &str, body: &[u8]) -> Result<u64, SendError> {
+        self.loan(path)?.write_bytes(body)?.send().map_err(|f| f.error)
+    }
+
+    /// Claims a slot for a message to `path` and writes the path into it.
+    pub fn loan(&mut self, path: &str) -> Result<LoanUninit<'_>, SendError> {
+        let p = Path::parse(path).map_err(SendError::InvalidPath)?;
+        let queue = self.resolve(p.subsystem())?;
+        let slot = self.take_slot()?;
+        let port = self.port();
+        port.mark_loaned(slot);
+        let s = port.segment().slot(slot);
+        // SAFETY: the slot is Loaned by our client, through this port; nobody
+        // else touches its bytes until we push it.
+        unsafe { s.write_path(path) };
+        s.header().queue.store(queue as u16, Ordering::Relaxed);
+        Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len: p.subsystem().len() })
+    }
+
+    fn resolve(&mut self, subsystem: &str) -> Result<u32, SendError> {
+        let seg = &self.bus.inner.seg;
+        let v = routing::version(seg);
+        if v != self.routes_version {
+            self.routes.clear();
+            self.routes_version = v;
+        }
+        let found = match self.routes.iter().find(|r| r.name == subsystem) {
+            Some(r) => (r.queue, r.deliverable),
+            None => {
+                let view = routing::find(seg, subsystem);
+                let (queue, deliverable) = view.map(|v| (v.queue, v.deliverable())).unwrap_or((u32::MAX, false));
+                self.routes.push(CachedRoute { name: subsystem.to_owned(), queue, deliverable });
+                (queue, deliverable)
+            }
+        };
+        if !found.1 || seg.queue(found.0).is_none() {
+            if !seg.daemon_running() {
+                return Err(SendError::BusGone);
+            }
+            return Err(SendError::NoSubscriber { subsystem: subsystem.to_owned() });
+        }
+        Ok(found.0)
+    }
+
+    fn take_slot(&mut self) -> Result<SlotIndex, SendError> {
+        if let Some(i) = self.cache.pop() {
+            return Ok(i);
+        }
+        let refill = |cache: &mut Vec<SlotIndex>, port: &Port<'_>| {
+            while cache.len() < CACHE {
+                match port.take_free() {
+                    Some(i) => cache.push(i),
+                    None => break,
+                }
+            }
+            cache.pop()
+        };
+        let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
+        if let Some(i) = refill(&mut self.cache, &port) {
+            return Ok(i);
+        }
+        let slots = self.bus.inner.seg.params().slot_count;
+        match self.backpressure {
+            Backpressure::FailFast => Err(SendError::PoolExhausted { slots }),
+            Backpressure::Block(t) => {
+                let bell = &self.bus.inner.seg.free_ring().header().items;
+                let cache = &mut self.cache;
+                match self.bus.inner.wait_on(bell, Some(Instant::now() + t), || refill(cache, &port)) {
+                    Ok(Some(i)) => Ok(i),
+                    Ok(None) => Err(SendError::Timeout { waited: t, what: "a free slot" }),
+                    Err(()) => Err(SendError::BusGone),
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, slot: SlotIndex, queue: u32, subsystem: &str) -> Result<(), SendError> {
+        let port = self.port();
+        if port.enqueue(queue, slot).is_ok() {
+            port.notify(queue);
+            return Ok(());
+        }
+        match self.backpressure {
+            Backpressure::FailFast => Err(SendError::QueueFull { subsystem: subsystem.to_owned() }),
+            Backpressure::Block(t) => {
+                let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
+                match self
+                    .bus
+                    .inner
+                    .wait_on(&ring.header().space, Some(Instant::now() + t), || port.enqueue(queue, slot).ok())
+                {
+                    Ok(Some(())) => {
+                        port.notify(queue);
+                        Ok(())
+                    }
+                    Ok(None) => Err(SendError::Timeout { waited: t, what: "space in the queue" }),
+                    Err(()) => Err(SendError::BusGone),
+                }
+            }
+        }
+    }
+
+    /// Returns a slot we own (loaned) to the private cache, or to the free
+    /// ring if the cache is full.
+    fn give_back(&mut self, slot: SlotIndex) {
+        let port = self.port();
+        if self.cache.len() < CACHE {
+            port.mark_cached(slot);
+            self.cache.push(slot);
+        } else {
+            port.give_free(slot);
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
+        for slot in self.cache.drain(..) {
+            port.give_free(slot);
+        }
+        self.bus.inner.release_port(self.port);
+    }
+}
+
+/// A claimed slot with its path written; the body is not written yet.
+pub struct LoanUninit<'a> {
+    publisher: &'a mut Publisher,
+    slot: SlotIndex,
+    queue: u32,
+    path_len: usize,
+    subsystem_len: usize,
+}
+
+impl<'a> LoanUninit<'a> {
+    /// Bytes available for the body.
+    pub fn capacity(&self) -> usize {
+        self.publisher.bus.inner.seg.params().body_capacity(self.path_len)
+    }
+
+    /// Serializes `value` with rkyv directly into the slot.
+    pub fn write<T: Body>(self, value: &T) -> Result<Loan<'a>, SendError> {
+        let seg = &self.publisher.bus.inner.seg;
+        // SAFETY: the slot is Loaned by us; the area is ours until sent.
+        let area = unsafe { seg.slot(self.slot).body_area(self.path_len) };
+        let capacity = area.len();
+        match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, rkyv::ser::writer::Buffer::from(area)) {
+            Ok(buf) => {
+                let len = buf.len();
+                Ok(self.finish(len, fingerprint::<T>(), 0))
+            }
+            Err(e) => {
+                // Off the hot path: measure the real size for the error.
+                match archived_size(value, capacity) {
+                    Some(size) if size > capacity => Err(SendError::BodyTooLarge { size, capacity }),
+                    _ => Err(SendError::Serialize { detail: e.to_string() }),
+                }
+            }
+        }
+    }
+
+    /// Copies raw bytes into the slot.
+    pub fn write_bytes(mut self, body: &[u8]) -> Result<Loan<'a>, SendError> {
+        let capacity = self.capacity();
+        if body.len() > capacity {
+            return Err(SendError::BodyTooLarge { size: body.len(), capacity });
+        }
+        let area = self.body_mut();
+        // SAFETY: `area` has at least body.len() bytes (checked) and does not
+        // overlap `body` (ours vs. the caller's memory).
+        unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), area.as_mut_ptr() as *mut u8, body.len()) };
+        Ok(self.finish(body.len(), bus_core::fingerprint::RAW, FLAG_RAW))
+    }
+
+    /// The body area, to write raw bytes in place; then call
+    /// [`LoanUninit::assume_written`].
+    pub fn body_mut(&mut self) -> &mut [MaybeUninit<u8>] {
+        let seg = &self.publisher.bus.inner.seg;
+        // SAFETY: the slot is Loaned by us; the returned borrow is tied to
+        // `&mut self`, so it ends before the loan is sent or dropped.
+        unsafe { seg.slot(self.slot).body_area(self.path_len) }
+    }
+
+    /// Declares the first `len` bytes of [`LoanUninit::body_mut`] written.
+    ///
+    /// # Safety
+    /// Those bytes must have been initialized through `body_mut`.
+    pub unsafe fn assume_written(self, len: usize) -> Result<Loan<'a>, SendError> {
+        let capacity = self.capacity();
+        if len > capacity {
+            return Err(SendError::BodyTooLarge { size: len, capacity });
+        }
+        Ok(self.finish(len, bus_core::fingerprint::RAW, FLAG_RAW))
+    }
+
+    fn finish(self, len: usize, fp: u64, flags: u16) -> Loan<'a> {
+        let h = self.publisher.bus.inner.seg.slot(self.slot).header();
+        h.body_len.store(len as u32, Ordering::Relaxed);
+        h.fingerprint.store(fp, Ordering::Relaxed);
+        h.flags.store(flags, Ordering::Relaxed);
+        h.trace_id.store(0, Ordering::Relaxed);
+        h.correlation_id.store(0, Ordering::Relaxed);
+        h.reply_to.store(0, Ordering::Relaxed);
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped again; we move its fields out.
+        let publisher = unsafe { std::ptr::read(&me.publisher) };
+        Loan { publisher, slot: me.slot, queue: me.queue, subsystem_len: me.subsystem_len }
+    }
+}
+
+impl Drop for LoanUninit<'_> {
+    fn drop(&mut self) {
+        self.publisher.give_back(self.slot);
+    }
+}
+
+/// A written message, ready to send.
+pub struct Loan<'a> {
+    publisher: &'a mut Publisher,
+    slot: SlotIndex,
+    queue: u32,
+    subsystem_len: usize,
+}
+
+/// A failed [`Loan::send`]: the error, and the loan back to retry or drop.
+pub struct LoanSendError<'a> {
+    /// What went wrong.
+    pub error: SendError,
+    /// The unsent message.
+    pub loan: Loan<'a>,
+}
+
+impl std::fmt::Debug for LoanSendError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoanSendError").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Loan<'a> {
+    /// Sets the trace id (default: the message's own id, starting a trace).
+    pub fn trace_id(self, id: u64) -> Self {
+        self.publisher.bus.inner.seg.slot(self.slot).header().trace_id.store(id, Ordering::Relaxed);
+        self
+    }
+
+    /// Sends the message; on failure hands the loan back.
+    pub fn send(self) -> Result<u64, LoanSendError<'a>> {
+        let inner = &self.publisher.bus.inner;
+        let h = inner.seg.slot(self.slot).header();
+        let id = inner.next_message_id();
+        h.id.store(id, Ordering::Relaxed);
+        if h.trace_id.load(Ordering::Relaxed) == 0 {
+            h.trace_id.store(id, Ordering::Relaxed);
+        }
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        h.timestamp_ns.store(ts, Ordering::Relaxed);
+        let mut name = [0u8; bus_core::layout::SUBSYSTEM_NAME_MAX];
+        // SAFETY: the slot is Loaned by us.
+        let path = unsafe { inner.seg.slot(self.slot).path() }.unwrap_or("");
+        let n = self.subsystem_len.min(path.len()).min(name.len());
+        name[..n].copy_from_slice(&path.as_bytes()[..n]);
+        let subsystem = std::str::from_utf8(&name[..n]).unwrap_or("");
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is not used or dropped again except through `loan` below.
+        let publisher = unsafe { std::ptr::read(&me.publisher) };
+        let (slot, queue, subsystem_len) = (me.slot, me.queue, me.subsystem_len);
+        match publisher.push(slot, queue, subsystem) {
+            Ok(()) => Ok(id),
+            Err(error) => Err(LoanSendError { error, loan: Loan { publisher, slot, queue, subsystem_len } }),
+        }
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        self.publisher.give_back(self.slot);
+    }
+}
+
+/// The archived size of `value`, found by serializing it into growing
+/// 16-byte aligned heap buffers (used only to report `BodyTooLarge`).
+fn archived_size<T: Body>(value: &T, at_least: usize) -> Option<usize> {
+    let mut words = (at_least / 16 + 1) * 2;
+    while words <= 1 << 26 {
+        let mut buf: Vec<u128> = vec![0; words];
+        // SAFETY: u128 has no padding and any bytes are valid u8s; the slice
+        // covers exactly the vector's initialized memory.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut MaybeUninit<u8>, words * 16) };
+        if let Ok(b) =
+            rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, rkyv::ser::writer::Buffer::from(bytes))
+        {
+            return Some(b.len());
+        }
+        words *= 4;
+    }
+    None
+}

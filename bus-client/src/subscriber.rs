@@ -1,0 +1,215 @@
+//! Receiving: [`Subscriber`] and the [`Message`] guard that borrows a slot.
+
+use crate::body::{fingerprint, Body};
+use crate::bus::{unexpected, Bus};
+use crate::error::{BodyError, RecvError, RequestError};
+use crate::protocol::{Reply, Request};
+use bus_core::layout::FLAG_REDELIVERED;
+use bus_core::slot_pool::{CorruptSlot, Port, SlotRef};
+use bus_core::SlotIndex;
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+impl Bus {
+    /// Subscribes to `subsystem`: from now on, messages sent to
+    /// `subsystem://…` are shared among its subscribers, each going to one.
+    /// Messages already queued for it (sent while it had no subscriber, or
+    /// put back after a subscriber died) are received first.
+    pub fn subscribe(&self, subsystem: &str) -> Result<Subscriber, RequestError> {
+        bus_core::path::validate_subsystem(subsystem).map_err(RequestError::InvalidName)?;
+        let port = self.inner.claim_port()?;
+        let reply = self.inner.request(&Request::Subscribe { subsystem: subsystem.to_owned() });
+        let queue = match reply {
+            Ok(Reply::Subscribed { queue }) if self.inner.seg.queue(queue).is_some() => queue,
+            other => {
+                self.inner.release_port(port);
+                return Err(match other {
+                    Ok(r) => unexpected(r),
+                    Err(e) => e,
+                });
+            }
+        };
+        Ok(Subscriber { bus: self.clone(), port, queue, subsystem: subsystem.to_owned(), _not_sync: PhantomData })
+    }
+}
+
+/// Receives the messages of one subsystem. One thread at a time (`Send`,
+/// not `Sync`); several subscribers (threads or processes) of one subsystem
+/// share its queue.
+pub struct Subscriber {
+    bus: Bus,
+    port: u32,
+    queue: u32,
+    subsystem: String,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl Subscriber {
+    fn port(&self) -> Port<'_> {
+        Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port index in range")
+    }
+
+    /// The subsystem.
+    pub fn subsystem(&self) -> &str {
+        &self.subsystem
+    }
+
+    /// Waits for the next message, for as long as it takes.
+    pub fn recv(&self) -> Result<Message<'_>, RecvError> {
+        self.recv_until(None)
+    }
+
+    /// Waits for the next message for at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.recv_until(Some(Instant::now() + timeout)).map_err(|e| match e {
+            RecvError::Timeout(_) => RecvError::Timeout(timeout),
+            e => e,
+        })
+    }
+
+    /// The next message if one is queued. Makes no system call.
+    pub fn try_recv(&self) -> Result<Option<Message<'_>>, RecvError> {
+        match self.port().dequeue(self.queue) {
+            Some(i) => self.wrap(i).map(Some),
+            None if !self.bus.inner.seg.daemon_running() => Err(RecvError::BusGone),
+            None => Ok(None),
+        }
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Message<'_>, RecvError> {
+        let port = self.port();
+        let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");
+        match self.bus.inner.wait_on(&ring.header().items, deadline, || port.dequeue(self.queue)) {
+            Ok(Some(i)) => self.wrap(i),
+            Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
+            Err(()) => Err(RecvError::BusGone),
+        }
+    }
+
+    fn wrap(&self, slot: SlotIndex) -> Result<Message<'_>, RecvError> {
+        let s = self.bus.inner.seg.slot(slot);
+        // SAFETY: the slot is Held by our client through this port.
+        match unsafe { s.path() } {
+            Ok(path) => match path.find("://") {
+                Some(split) => Ok(Message { sub: self, slot: s, path, split }),
+                None => Err(self.corrupt(slot, "path has no \"://\"")),
+            },
+            Err(c) => Err(self.corrupt(slot, c.what)),
+        }
+    }
+
+    fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
+        self.port().give_free(slot);
+        RecvError::Corrupt(CorruptSlot { index: slot.get(), what })
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // Best effort: if the daemon is gone there is nothing to undo.
+        let _ = self.bus.inner.request(&Request::Unsubscribe { subsystem: self.subsystem.clone() });
+        self.bus.inner.release_port(self.port);
+    }
+}
+
+/// A received message. Borrows its slot; dropping it releases the slot.
+pub struct Message<'a> {
+    sub: &'a Subscriber,
+    slot: SlotRef<'a>,
+    path: &'a str,
+    split: usize,
+}
+
+impl<'a> Message<'a> {
+    /// The whole path, `subsystem://route`.
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+
+    /// The subsystem.
+    pub fn subsystem(&self) -> &'a str {
+        &self.path[..self.split]
+    }
+
+    /// The route (after `://`).
+    pub fn route(&self) -> &'a str {
+        &self.path[self.split + 3..]
+    }
+
+    /// Bus-unique message id.
+    pub fn id(&self) -> u64 {
+        self.slot.header().id.load(Ordering::Relaxed)
+    }
+
+    /// Trace id.
+    pub fn trace_id(&self) -> u64 {
+        self.slot.header().trace_id.load(Ordering::Relaxed)
+    }
+
+    /// When it was sent.
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.slot.header().timestamp_ns.load(Ordering::Relaxed))
+    }
+
+    /// Whether it was put back into the queue after a receiver died with it
+    /// (it may have been partly processed already).
+    pub fn is_redelivered(&self) -> bool {
+        self.slot.header().flags.load(Ordering::Relaxed) & FLAG_REDELIVERED != 0
+    }
+
+    /// Whether the body is raw bytes (not an rkyv archive).
+    pub fn is_raw(&self) -> bool {
+        self.slot.is_raw()
+    }
+
+    /// The body's bytes, in place.
+    pub fn body_bytes(&self) -> Result<&'a [u8], BodyError> {
+        // SAFETY: the slot is Held by us for as long as this guard lives.
+        Ok(unsafe { self.slot.body() }?)
+    }
+
+    /// The body as the archived `T`, validated in place.
+    pub fn body<T: Body>(&self) -> Result<&'a T::Archived, BodyError> {
+        let bytes = self.checked_type::<T>()?;
+        rkyv::access::<T::Archived, rkyv::rancor::Error>(bytes)
+            .map_err(|e| BodyError::Invalid { expected: std::any::type_name::<T>(), detail: e.to_string() })
+    }
+
+    /// The body as the archived `T` without validating the bytes (the type
+    /// fingerprint is still checked).
+    ///
+    /// # Safety
+    /// The sender must be trusted to have written a valid archive of `T`.
+    pub unsafe fn body_unchecked<T: Body>(&self) -> Result<&'a T::Archived, BodyError> {
+        let bytes = self.checked_type::<T>()?;
+        // SAFETY: the caller vouches for the bytes; the fingerprint matched.
+        Ok(unsafe { rkyv::access_unchecked::<T::Archived>(bytes) })
+    }
+
+    fn checked_type<T: Body>(&self) -> Result<&'a [u8], BodyError> {
+        let expected = std::any::type_name::<T>();
+        if self.is_raw() {
+            return Err(BodyError::Raw { expected });
+        }
+        let found = self.slot.header().fingerprint.load(Ordering::Relaxed);
+        let expected_fp = fingerprint::<T>();
+        if found != expected_fp {
+            return Err(BodyError::WrongType { expected, expected_fp, found });
+        }
+        self.body_bytes()
+    }
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message").field("path", &self.path).field("id", &self.id()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        self.sub.port().give_free(self.slot.index());
+    }
+}

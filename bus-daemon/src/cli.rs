@@ -1,0 +1,298 @@
+//! The command lines: `shmbus` ([`main`]) and `shmbusd` ([`daemon_main`]).
+//! Exit status: 0 success, 1 runtime error (one line on stderr), 2 usage.
+
+use bus_client::{Bus, RecvError};
+use clap::{Args, Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// How to find the bus (shared by every command).
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// Bus name [env: SHMBUS_BUS; default: default].
+    #[arg(long, global = true)]
+    pub bus: Option<String>,
+    /// Control socket path [env: SHMBUS_SOCKET].
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+/// `shmbusd`: the shmbus daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shmbusd",
+    version,
+    about = "The shmbus daemon: owns a bus's shared-memory segment and control socket"
+)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    bus: BusArgs,
+    /// Number of message slots.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Bytes per slot, header (64 B) and path included; a multiple of 64.
+    #[arg(long)]
+    slot_size: Option<u32>,
+    /// Entries per subsystem queue; a power of two.
+    #[arg(long)]
+    queue_capacity: Option<u32>,
+    /// Subsystems the routing table can hold.
+    #[arg(long)]
+    max_subsystems: Option<u32>,
+    /// Clients that can be connected at once.
+    #[arg(long)]
+    max_clients: Option<u32>,
+    /// Subsystem whose messages are queued while nobody subscribes (repeatable).
+    #[arg(long = "durable")]
+    durable: Vec<String>,
+    /// TOML file with the same settings; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Entry point of `shmbusd`.
+pub fn daemon_main() -> ExitCode {
+    let args = DaemonArgs::parse();
+    init_logging();
+    let file = match &args.config {
+        Some(p) => match crate::config::FileConfig::load(p) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        },
+        None => Default::default(),
+    };
+    let flags = crate::config::FileConfig {
+        bus: args.bus.bus,
+        socket: args.bus.socket,
+        slots: args.slots,
+        slot_size: args.slot_size,
+        queue_capacity: args.queue_capacity,
+        max_subsystems: args.max_subsystems,
+        max_clients: args.max_clients,
+        socket_mode: None,
+        durable: args.durable,
+    };
+    let cfg = match file.merge(flags).resolve() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match crate::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+/// `shmbus`: inspect and use a bus from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "shmbus", version, about = "Inspect and use a shmbus bus")]
+pub struct Cli {
+    #[command(flatten)]
+    bus: BusArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Slots, clients and subsystems of the bus.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one message (raw bytes) to PATH, e.g. api://users/123.
+    Send {
+        /// subsystem://route
+        path: String,
+        /// The body; read from stdin when absent.
+        body: Option<String>,
+        /// How long to wait for a free slot or queue space.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+    },
+    /// Print the messages of SUBSYSTEM: path, a tab, the body (text, or hex).
+    Listen {
+        /// The subsystem.
+        subsystem: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this long (an error if --count was not reached).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Also print id, trace id and flags.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Ask the daemon to shut down.
+    Shutdown,
+}
+
+/// Entry point of `shmbus`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our stdout went away (`shmbus status | head`).
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn connect(b: &BusArgs, send_timeout: Duration) -> Result<Bus, Box<dyn std::error::Error>> {
+    let mut builder = Bus::builder().send_timeout(send_timeout);
+    if let Some(n) = &b.bus {
+        builder = builder.name(n.clone());
+    }
+    if let Some(s) = &b.socket {
+        builder = builder.socket(s.clone());
+    }
+    Ok(builder.connect()?)
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Status { json } => {
+            let bus = connect(&cli.bus, Duration::from_secs(5))?;
+            let s = bus.status()?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &s)?;
+                writeln!(out)?;
+            } else {
+                print_status(&mut out, &s)?;
+            }
+            Ok(())
+        }
+        Command::Send { path, body, timeout } => {
+            let bytes = match body {
+                Some(b) => b.into_bytes(),
+                None => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+            };
+            let bus = connect(&cli.bus, timeout)?;
+            let mut publisher = bus.publisher().create()?;
+            publisher.send_bytes(&path, &bytes)?;
+            Ok(())
+        }
+        Command::Listen { subsystem, count, timeout, verbose } => {
+            let bus = connect(&cli.bus, Duration::from_secs(5))?;
+            let sub = bus.subscribe(&subsystem)?;
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let mut out = std::io::stdout().lock();
+            let mut n = 0u64;
+            while count.is_none_or(|c| n < c) {
+                let msg = match deadline {
+                    Some(d) => match sub.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                        Ok(m) => m,
+                        Err(RecvError::Timeout(_)) => {
+                            return match count {
+                                Some(c) => Err(format!("timed out after {n} of {c} messages").into()),
+                                None => Ok(()),
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => sub.recv()?,
+                };
+                let body = msg.body_bytes()?;
+                if verbose {
+                    write!(
+                        out,
+                        "id={:#x}\ttrace={:#x}\t{}",
+                        msg.id(),
+                        msg.trace_id(),
+                        if msg.is_redelivered() { "redelivered\t" } else { "" }
+                    )?;
+                }
+                writeln!(out, "{}\t{}", msg.path(), render(body))?;
+                out.flush()?;
+                n += 1;
+            }
+            Ok(())
+        }
+        Command::Shutdown => {
+            let bus = connect(&cli.bus, Duration::from_secs(5))?;
+            bus.shutdown_daemon()?;
+            Ok(())
+        }
+    }
+}
+
+/// A body as text if it is UTF-8 without control characters, else hex.
+pub fn render(body: &[u8]) -> String {
+    match std::str::from_utf8(body) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => s.to_owned(),
+        _ => body.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::io::Result<()> {
+    writeln!(out, "bus        {} (daemon pid {}, socket {})", s.bus, s.daemon_pid, s.socket)?;
+    writeln!(out, "slot size  {} bytes, queue capacity {}", s.slot_size, s.queue_capacity)?;
+    let c = &s.slots;
+    writeln!(
+        out,
+        "slots      {} total: {} free, {} cached, {} loaned, {} queued, {} held",
+        c.total, c.free, c.cached, c.loaned, c.queued, c.held
+    )?;
+    writeln!(out, "clients    {}", s.clients)?;
+    for cl in &s.client_list {
+        writeln!(out, "  #{:<4} pid {:<8} uid {:<6} {}", cl.id, cl.pid, cl.uid, cl.subscriptions.join(","))?;
+    }
+    writeln!(out, "subsystems {}", s.subsystems.len())?;
+    if !s.subsystems.is_empty() {
+        writeln!(
+            out,
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}",
+            "name", "depth", "subs", "sent", "delivered", "redelivered"
+        )?;
+    }
+    for x in &s.subsystems {
+        writeln!(
+            out,
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}{}",
+            x.name,
+            x.queue_depth,
+            x.subscribers,
+            x.sent,
+            x.delivered,
+            x.redelivered,
+            if x.durable { "  durable" } else { "" }
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_bodies_print_as_text_and_others_as_hex() {
+        assert_eq!(super::render(b"hello world"), "hello world");
+        assert_eq!(super::render(&[0, 255]), "00ff");
+        assert_eq!(super::render(b"a\nb"), "610a62");
+    }
+}

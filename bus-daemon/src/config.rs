@@ -1,0 +1,168 @@
+//! Daemon configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! bus = "default"
+//! socket = "/run/shmbus/default.sock"
+//! slots = 4096
+//! slot-size = 1024
+//! queue-capacity = 1024
+//! max-subsystems = 64
+//! max-clients = 64
+//! socket-mode = "0660"
+//! durable = ["audit"]   # queued even while nobody subscribes
+//! ```
+
+use bus_core::Shape;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// What the file may hold (every key optional).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    /// Bus name.
+    pub bus: Option<String>,
+    /// Socket path.
+    pub socket: Option<PathBuf>,
+    /// Number of slots.
+    pub slots: Option<u32>,
+    /// Bytes per slot.
+    pub slot_size: Option<u32>,
+    /// Cells per queue.
+    pub queue_capacity: Option<u32>,
+    /// Subsystems.
+    pub max_subsystems: Option<u32>,
+    /// Clients.
+    pub max_clients: Option<u32>,
+    /// Permissions of the socket file, octal.
+    pub socket_mode: Option<String>,
+    /// Subsystems whose messages are queued while nobody subscribes.
+    #[serde(default)]
+    pub durable: Vec<String>,
+}
+
+/// The settings the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Bus name.
+    pub bus: String,
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Segment shape.
+    pub shape: Shape,
+    /// Socket file permissions.
+    pub socket_mode: u32,
+    /// Durable subsystems.
+    pub durable: Vec<String>,
+}
+
+/// Defaults.
+pub const DEFAULT_SHAPE: Shape =
+    Shape { slot_count: 4096, slot_size: 1024, queue_capacity: 1024, max_subsystems: 64, max_clients: 64 };
+
+/// A configuration problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid config file {}: {detail}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), detail: e.to_string() })
+    }
+
+    /// Overlays `over` (flags) on `self` (file).
+    pub fn merge(self, over: FileConfig) -> FileConfig {
+        FileConfig {
+            bus: over.bus.or(self.bus),
+            socket: over.socket.or(self.socket),
+            slots: over.slots.or(self.slots),
+            slot_size: over.slot_size.or(self.slot_size),
+            queue_capacity: over.queue_capacity.or(self.queue_capacity),
+            max_subsystems: over.max_subsystems.or(self.max_subsystems),
+            max_clients: over.max_clients.or(self.max_clients),
+            socket_mode: over.socket_mode.or(self.socket_mode),
+            durable: if over.durable.is_empty() { self.durable } else { over.durable },
+        }
+    }
+
+    /// Fills in defaults (bus name and socket per [`bus_client::addr`]) and
+    /// checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let bus = bus_client::addr::bus_name(self.bus.as_deref());
+        if bus.is_empty() || bus.len() > 64 || bus.contains('/') {
+            return Err(ConfigError::Invalid(format!("bus name {bus:?} must be 1 to 64 bytes without '/'")));
+        }
+        let socket = bus_client::addr::socket_path(self.socket.as_deref(), Some(&bus));
+        let shape = Shape {
+            slot_count: self.slots.unwrap_or(DEFAULT_SHAPE.slot_count),
+            slot_size: self.slot_size.unwrap_or(DEFAULT_SHAPE.slot_size),
+            queue_capacity: self.queue_capacity.unwrap_or(DEFAULT_SHAPE.queue_capacity),
+            max_subsystems: self.max_subsystems.unwrap_or(DEFAULT_SHAPE.max_subsystems),
+            max_clients: self.max_clients.unwrap_or(DEFAULT_SHAPE.max_clients),
+        };
+        shape.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mode = self.socket_mode.as_deref().unwrap_or("0660");
+        let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid(format!("socket-mode {mode:?} is not an octal mode like 0660")))?;
+        for d in &self.durable {
+            bus_core::path::validate_subsystem(d)
+                .map_err(|e| ConfigError::Invalid(format!("durable subsystem {d:?}: {e}")))?;
+        }
+        if self.durable.len() > shape.max_subsystems as usize {
+            return Err(ConfigError::Invalid("more durable subsystems than max-subsystems".into()));
+        }
+        Ok(Config { bus, socket, shape, socket_mode, durable: self.durable })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig =
+            toml::from_str("slots = 10\nslot-size = 256\ndurable = [\"audit\"]\nsocket = \"/tmp/x.sock\"").unwrap();
+        let flags = FileConfig { slots: Some(20), ..Default::default() };
+        let c = file.merge(flags).resolve().unwrap();
+        assert_eq!(c.shape.slot_count, 20);
+        assert_eq!(c.shape.slot_size, 256);
+        assert_eq!(c.shape.queue_capacity, DEFAULT_SHAPE.queue_capacity);
+        assert_eq!(c.durable, vec!["audit".to_string()]);
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.socket_mode, 0o660);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_reason() {
+        let e = FileConfig { slot_size: Some(100), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("slot-size"), "{e}");
+        let e = FileConfig { durable: vec!["Bad Name".into()], ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("durable"), "{e}");
+        assert!(toml::from_str::<FileConfig>("slotz = 1").is_err());
+    }
+}

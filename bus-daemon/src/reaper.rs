@@ -1,0 +1,49 @@
+//! Reclaiming after a client's connection closed: what it owned goes back
+//! (see [`bus_core::reclaim`]), its subscriptions end, its table entry is
+//! freed. Requeues that met a full queue are retried on every tick.
+
+use bus_core::layout::{CLIENT_FREE, CLIENT_RECLAIMING};
+use bus_core::reclaim;
+use bus_core::segment::{Segment, SlotIndex};
+use std::sync::atomic::Ordering;
+
+/// Requeues waiting for queue space.
+#[derive(Debug, Default)]
+pub struct Reaper {
+    pending: Vec<(u32, SlotIndex)>,
+}
+
+impl Reaper {
+    /// Reclaims client `client` of `seg` (its connection is already closed).
+    pub fn reap(&mut self, seg: &Segment, client: u32, pid: u32) {
+        let Some(info) = seg.client_info(client) else { return };
+        info.state.store(CLIENT_RECLAIMING, Ordering::Release);
+        let report = reclaim::reclaim_client(seg, client);
+        tracing::info!(
+            client,
+            pid,
+            freed = report.freed,
+            redelivered = report.redelivered,
+            repaired = report.intents_repaired,
+            corrupt = report.corrupt,
+            waiting = report.pending.len(),
+            "client gone; reclaimed its slots"
+        );
+        self.pending.extend(report.pending);
+        info.pid.store(0, Ordering::Relaxed);
+        info.state.store(CLIENT_FREE, Ordering::Release);
+        seg.header().counters.clients_reclaimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retries pending requeues.
+    pub fn tick(&mut self, seg: &Segment) {
+        if !self.pending.is_empty() {
+            self.pending = reclaim::retry_requeue(seg, std::mem::take(&mut self.pending));
+        }
+    }
+
+    /// Whether requeues are waiting (the daemon then polls more often).
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}

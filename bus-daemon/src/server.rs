@@ -1,0 +1,401 @@
+//! The daemon's event loop: accepts clients on the control socket, answers
+//! their requests, and reclaims a client the moment its connection closes.
+//! Single-threaded: the control plane is rare, and one thread is the only
+//! writer of the routing table and the client table.
+
+use crate::config::Config;
+use crate::reaper::Reaper;
+use bus_client::control::{self, Received};
+use bus_client::protocol::{ClientStatus, ErrorKind, Reply, Request};
+use bus_core::layout::{CLIENT_ACTIVE, CLIENT_FREE, DAEMON_STOPPED};
+use bus_core::segment::Segment;
+use bus_core::{routing, LAYOUT_VERSION};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another daemon serves this socket.
+    #[error("another shmbusd is already serving {}: stop it first, or choose another --bus or --socket", socket.display())]
+    AlreadyRunning {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The segment could not be created.
+    #[error("cannot create the bus segment: {0}")]
+    Segment(#[from] bus_core::SegmentError),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> DaemonError {
+    let what = what.into();
+    move |e| DaemonError::Io { what, source: e.into() }
+}
+
+struct Conn {
+    fd: OwnedFd,
+    client: u32,
+    pid: u32,
+    uid: u32,
+    welcomed: bool,
+    subscriptions: Vec<(String, u32)>,
+}
+
+/// A bound daemon, ready to serve.
+pub struct Server {
+    cfg: Config,
+    seg: Segment,
+    listener: OwnedFd,
+    conns: BTreeMap<u32, Conn>,
+    next_serial: u32,
+    reaper: Reaper,
+    buf: Vec<u8>,
+    stop: bool,
+}
+
+impl Server {
+    /// Creates the segment and binds the socket. After this returns, clients
+    /// can connect (they are served once [`Server::serve`] runs).
+    pub fn bind(cfg: Config) -> Result<Server, DaemonError> {
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let listener = bind_socket(&cfg.socket, cfg.socket_mode)?;
+        let seg = match Segment::create(&cfg.shape, &cfg.bus, generation) {
+            Ok(seg) => seg,
+            Err(e) => {
+                let _ = std::fs::remove_file(&cfg.socket);
+                return Err(e.into());
+            }
+        };
+        for d in &cfg.durable {
+            routing::find_or_create(&seg, d, true).map_err(|e| {
+                DaemonError::Config(crate::config::ConfigError::Invalid(format!("durable subsystem {d}: {e}")))
+            })?;
+        }
+        Ok(Server {
+            cfg,
+            seg,
+            listener,
+            conns: BTreeMap::new(),
+            next_serial: 1,
+            reaper: Reaper::default(),
+            buf: Vec::new(),
+            stop: false,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The one line printed when ready.
+    pub fn ready_line(&self) -> String {
+        let p = self.seg.params();
+        format!(
+            "shmbusd: ready bus={} socket={} slots={} slot_size={} pid={}",
+            self.cfg.bus,
+            self.cfg.socket.display(),
+            p.slot_count,
+            p.slot_size,
+            std::process::id()
+        )
+    }
+
+    /// Serves until a shutdown request, or until any of `stop_fds` becomes
+    /// readable. Then marks the bus stopped, wakes every sleeper, removes the
+    /// socket file.
+    pub fn serve(mut self, stop_fds: &[BorrowedFd<'_>]) -> Result<(), DaemonError> {
+        tracing::info!(bus = %self.cfg.bus, socket = %self.cfg.socket.display(), "serving");
+        while !self.stop {
+            let ids: Vec<u32> = self.conns.keys().copied().collect();
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + stop_fds.len() + ids.len());
+            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+            fds.extend(stop_fds.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
+            for id in &ids {
+                fds.push(PollFd::new(self.conns[id].fd.as_fd(), PollFlags::POLLIN));
+            }
+            let timeout = if self.reaper.busy() { 20u16 } else { 500 };
+            match poll(&mut fds, PollTimeout::from(timeout)) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io_err("poll")(e)),
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let accept = ready(&fds[0]);
+            let stopped = fds[1..1 + stop_fds.len()].iter().any(ready);
+            let readable: Vec<u32> =
+                ids.iter().zip(&fds[1 + stop_fds.len()..]).filter(|(_, f)| ready(f)).map(|(id, _)| *id).collect();
+            drop(fds);
+            if stopped {
+                tracing::info!("stop requested");
+                break;
+            }
+            if accept {
+                self.accept_all();
+            }
+            for id in readable {
+                self.service(id);
+            }
+            self.reaper.tick(&self.seg);
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+            {
+                // SAFETY: accept4 returned a new descriptor that we now own.
+                Ok(raw) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) },
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("SO_PEERCRED failed, dropping connection: {e}");
+                    continue;
+                }
+            };
+            let Some(client) = (0..self.seg.params().max_clients).find(|&c| {
+                !self.conns.contains_key(&c)
+                    && self.seg.client_info(c).is_some_and(|i| i.state.load(Ordering::Acquire) == CLIENT_FREE)
+            }) else {
+                let msg = format!(
+                    "the bus already has its maximum of {} clients: raise --max-clients",
+                    self.seg.params().max_clients
+                );
+                let _ =
+                    control::send(fd.as_fd(), &Reply::Error { kind: ErrorKind::TooManyClients, message: msg }, None);
+                tracing::warn!(pid = cred.pid(), "refused a client: client table full");
+                continue;
+            };
+            let info = self.seg.client_info(client).expect("in range");
+            let serial = self.next_serial;
+            self.next_serial = self.next_serial.wrapping_add(1).max(1);
+            info.serial.store(serial, Ordering::Relaxed);
+            info.pid.store(cred.pid() as u32, Ordering::Relaxed);
+            info.uid.store(cred.uid(), Ordering::Relaxed);
+            info.gid.store(cred.gid(), Ordering::Relaxed);
+            info.state.store(CLIENT_ACTIVE, Ordering::Release);
+            self.seg.header().counters.clients_accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client, pid = cred.pid(), uid = cred.uid(), "client connected");
+            self.conns.insert(
+                client,
+                Conn {
+                    fd,
+                    client,
+                    pid: cred.pid() as u32,
+                    uid: cred.uid(),
+                    welcomed: false,
+                    subscriptions: Vec::new(),
+                },
+            );
+        }
+    }
+
+    fn service(&mut self, id: u32) {
+        loop {
+            let Some(conn) = self.conns.get(&id) else { return };
+            match control::recv::<Request>(conn.fd.as_fd(), &mut self.buf) {
+                Ok(Received::Packet(req, _)) => {
+                    let reply = self.handle(id, req);
+                    let conn = &self.conns[&id];
+                    let fd = matches!(reply, Reply::Welcome { .. }).then(|| self.seg.fd());
+                    if let Err(e) = control::send(conn.fd.as_fd(), &reply, fd) {
+                        tracing::debug!(client = id, "reply failed: {e}");
+                        self.drop_client(id);
+                        return;
+                    }
+                }
+                Ok(Received::Closed) => {
+                    self.drop_client(id);
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(client = id, "{e}; closing the connection");
+                    self.drop_client(id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(client = id, "connection error: {e}");
+                    self.drop_client(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, id: u32, req: Request) -> Reply {
+        let err = |kind, message: String| Reply::Error { kind, message };
+        let welcomed = self.conns[&id].welcomed;
+        match req {
+            Request::Hello { layout_version } => {
+                if welcomed {
+                    return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
+                }
+                if layout_version != LAYOUT_VERSION {
+                    return err(
+                        ErrorKind::VersionMismatch,
+                        format!("daemon speaks layout version {LAYOUT_VERSION}, client {layout_version}"),
+                    );
+                }
+                let conn = self.conns.get_mut(&id).expect("present");
+                conn.welcomed = true;
+                let serial = self.seg.client_info(id).map(|i| i.serial.load(Ordering::Relaxed)).unwrap_or(0);
+                Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone() }
+            }
+            _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
+            Request::Subscribe { subsystem } => {
+                if let Err(e) = bus_core::path::validate_subsystem(&subsystem) {
+                    return err(ErrorKind::Invalid, e.to_string());
+                }
+                let durable = self.cfg.durable.contains(&subsystem);
+                match routing::find_or_create(&self.seg, &subsystem, durable) {
+                    Ok(q) => {
+                        self.conns.get_mut(&id).expect("present").subscriptions.push((subsystem.clone(), q));
+                        self.recount(q);
+                        tracing::debug!(client = id, %subsystem, queue = q, "subscribed");
+                        Reply::Subscribed { queue: q }
+                    }
+                    Err(e) => err(ErrorKind::TooManySubsystems, e.to_string()),
+                }
+            }
+            Request::Unsubscribe { subsystem } => {
+                let conn = self.conns.get_mut(&id).expect("present");
+                match conn.subscriptions.iter().position(|(s, _)| *s == subsystem) {
+                    Some(pos) => {
+                        let (_, q) = conn.subscriptions.remove(pos);
+                        self.recount(q);
+                        Reply::Unsubscribed
+                    }
+                    None => err(ErrorKind::NotSubscribed, format!("not subscribed to {subsystem:?}")),
+                }
+            }
+            Request::Status => {
+                let clients = self
+                    .conns
+                    .values()
+                    .map(|c| ClientStatus {
+                        id: c.client,
+                        pid: c.pid,
+                        uid: c.uid,
+                        subscriptions: c.subscriptions.iter().map(|(s, _)| s.clone()).collect(),
+                    })
+                    .collect();
+                Reply::Status(crate::status::build(&self.seg, &self.cfg.socket.to_string_lossy(), clients))
+            }
+            Request::Shutdown => {
+                tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");
+                self.stop = true;
+                Reply::ShuttingDown
+            }
+        }
+    }
+
+    /// Sets queue `q`'s subscriber count from the connections' records.
+    fn recount(&self, q: u32) {
+        let n = self.conns.values().flat_map(|c| &c.subscriptions).filter(|(_, sq)| *sq == q).count();
+        routing::set_subscribers(&self.seg, q, n as u32);
+    }
+
+    fn drop_client(&mut self, id: u32) {
+        let Some(conn) = self.conns.remove(&id) else { return };
+        drop(conn.fd);
+        for q in conn.subscriptions.iter().map(|(_, q)| *q).collect::<std::collections::BTreeSet<_>>() {
+            self.recount(q);
+        }
+        self.reaper.reap(&self.seg, id, conn.pid);
+    }
+
+    fn shutdown(&mut self) {
+        let h = self.seg.header();
+        // SYNC: daemon-stopped — Release pairs with the Acquire load in
+        // `Segment::daemon_running`.
+        h.live.daemon_state.store(DAEMON_STOPPED, Ordering::Release);
+        let p = self.seg.params();
+        let free = self.seg.free_ring();
+        free.header().items.ring_all();
+        for q in 0..p.max_subsystems {
+            if let Some(r) = self.seg.queue(q) {
+                r.header().items.ring_all();
+                r.header().space.ring_all();
+            }
+        }
+        self.conns.clear();
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        tracing::info!("stopped");
+    }
+}
+
+fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            let private = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("shmbus-"));
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(if private { 0o700 } else { 0o755 })
+                .create(dir)
+                .map_err(|source| DaemonError::Io { what: format!("creating {}", dir.display()), source })?;
+        }
+    }
+    if path.exists() {
+        match control::connect(path) {
+            Ok(_) => return Err(DaemonError::AlreadyRunning { socket: path.to_owned() }),
+            Err(nix::errno::Errno::ECONNREFUSED) => {
+                tracing::warn!(socket = %path.display(), "removing a stale socket left by a daemon that died");
+                std::fs::remove_file(path)
+                    .map_err(|source| DaemonError::Io { what: format!("removing stale {}", path.display()), source })?;
+            }
+            Err(e) => {
+                return Err(DaemonError::Io {
+                    what: format!("{} exists and is not a live shmbus socket; remove it", path.display()),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(io_err("socket"))?;
+    let addr = UnixAddr::new(path).map_err(io_err(format!("socket path {}", path.display())))?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| match e {
+        nix::errno::Errno::EADDRINUSE => DaemonError::AlreadyRunning { socket: path.to_owned() },
+        e => io_err(format!("binding {}", path.display()))(e),
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| DaemonError::Io { what: format!("chmod {}", path.display()), source })?;
+    socket::listen(&fd, socket::Backlog::new(128).expect("valid backlog")).map_err(io_err("listen"))?;
+    Ok(fd)
+}
