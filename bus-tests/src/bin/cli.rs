@@ -1,1 +1,5 @@
-fn main() {}
+//! The command line, built into this package for the tests (same code as
+//! `shmbus`).
+fn main() -> std::process::ExitCode {
+    bus_daemon::cli::main()
+}

@@ -1,1 +1,130 @@
-fn main() {}
+//! A test client. `peer ROLE key=value…`, bus from `$SHMBUS_SOCKET`.
+//!
+//! - `pub path=P publisher=N count=C`: sends `Seq { N, 0..C }`, prints `sent C`.
+//! - `sub subsystem=S count=C [timeout_ms=T] [until_idle_ms=I] [record=1]`:
+//!   receives C messages (or until none came for I ms after the first), checks per-publisher order, prints `P S` lines if record=1,
+//!   then one JSON summary line. Exit 1 if C did not arrive in time.
+//! - `hold subsystem=S path=P loans=L hold=H`: takes L loans (never sent)
+//!   and receives H messages (never released), prints `holding`, sleeps.
+//! - `churn path=P subsystem=S`: sends and receives forever (killed by
+//!   the test at a random point).
+
+use bus_client::{Bus, Message};
+use bus_tests::{kv, Seq};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let role = args.first().cloned().unwrap_or_default();
+    let get = |k: &str| kv(&args, k);
+    let num = |k: &str, d: u64| get(k).map(|v| v.parse().expect("number")).unwrap_or(d);
+    let bus = match Bus::builder().send_timeout(Duration::from_secs(30)).connect() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("peer: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match role.as_str() {
+        "pub" => {
+            let path = get("path").expect("path=");
+            let me = num("publisher", 0) as u32;
+            let count = num("count", 1);
+            let mut p = bus.publisher().create().expect("publisher");
+            for seq in 0..count {
+                if let Err(e) = p.send(&path, &Seq { publisher: me, seq }) {
+                    eprintln!("peer pub {me}: message {seq}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+            writeln!(out, "sent {count}").unwrap();
+        }
+        "sub" => {
+            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            writeln!(out, "subscribed").unwrap();
+            out.flush().unwrap();
+            let count = num("count", u64::MAX);
+            let idle = get("until_idle_ms").map(|v| Duration::from_millis(v.parse().expect("number")));
+            let record = get("record").is_some();
+            let deadline = Instant::now() + Duration::from_millis(num("timeout_ms", 60_000));
+            let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+            let (mut received, mut out_of_order, mut redelivered) = (0u64, 0u64, 0u64);
+            let mut ok = true;
+            while received < count {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let msg = match sub.recv_timeout(idle.map_or(wait, |i| i.min(wait))) {
+                    Ok(m) => m,
+                    Err(bus_client::RecvError::Timeout(_)) if idle.is_some() && received > 0 => break,
+                    Err(e) => {
+                        eprintln!("peer sub: after {received}: {e}");
+                        ok = false;
+                        break;
+                    }
+                };
+                let s = msg.body::<Seq>().expect("a Seq body");
+                let (p, n) = (s.publisher.to_native(), s.seq.to_native());
+                let e = next.entry(p).or_insert(0);
+                if n != *e {
+                    out_of_order += 1;
+                }
+                *e = n + 1;
+                redelivered += msg.is_redelivered() as u64;
+                if record {
+                    writeln!(out, "{p} {n}").unwrap();
+                }
+                received += 1;
+            }
+            writeln!(
+                out,
+                "{{\"received\":{received},\"out_of_order\":{out_of_order},\"redelivered\":{redelivered},\"publishers\":{}}}",
+                next.len()
+            )
+            .unwrap();
+            if !ok {
+                return ExitCode::from(1);
+            }
+        }
+        "hold" => {
+            let path = get("path").expect("path=");
+            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            let mut publishers: Vec<_> =
+                (0..num("loans", 0)).map(|_| bus.publisher().create().expect("publisher")).collect();
+            let loans: Vec<_> = publishers.iter_mut().map(|p| p.loan(&path).expect("loan")).collect();
+            let held: Vec<Message<'_>> = (0..num("hold", 0))
+                .map(|_| sub.recv_timeout(Duration::from_secs(30)).expect("a message to hold"))
+                .collect();
+            writeln!(out, "holding {} loans, {} messages", loans.len(), held.len()).unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        "churn" => {
+            let path = get("path").expect("path=");
+            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            let mut p = bus.publisher().create().expect("publisher");
+            writeln!(out, "churning").unwrap();
+            out.flush().unwrap();
+            let mut seq = 0u64;
+            let mut held = Vec::new();
+            loop {
+                let _ = p.send(&path, &Seq { publisher: std::process::id(), seq });
+                seq += 1;
+                if let Ok(Some(m)) = sub.try_recv() {
+                    // Keep a few received messages alive at any time.
+                    held.push(m);
+                    if held.len() > 3 {
+                        held.remove(0);
+                    }
+                }
+            }
+        }
+        other => {
+            eprintln!("peer: unknown role {other:?}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,200 @@
+//! Harness of the multi-process tests: a real daemon process on a private
+//! socket, peer processes, and waits that always have a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_daemon");
+pub const CLI: &str = env!("CARGO_BIN_EXE_cli");
+pub const PEER: &str = env!("CARGO_BIN_EXE_peer");
+
+/// A private directory for sockets, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "shmbus-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process, its output drained continuously (so it never blocks on
+/// a full pipe), killed (SIGKILL) when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    lines: std::sync::Mutex<mpsc::Receiver<String>>,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Proc {
+    pub fn new(mut child: Child) -> Proc {
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take();
+        let out = std::thread::spawn(move || {
+            let mut all = String::new();
+            if let Some(o) = stdout {
+                for line in BufReader::new(o).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line.clone());
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            }
+            all
+        });
+        let stderr = child.stderr.take();
+        let err = std::thread::spawn(move || {
+            let mut all = String::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_string(&mut all);
+            }
+            all
+        });
+        Proc { child: Some(child), lines: std::sync::Mutex::new(lines), out: Some(out), err: Some(err) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits for exit with a deadline; returns (status, all stdout, stderr).
+    pub fn wait(mut self, timeout: Duration) -> (std::process::ExitStatus, String, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("process {} did not exit within {timeout:?}", child.id());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let out = self.out.take().unwrap().join().unwrap();
+        let err = self.err.take().unwrap().join().unwrap();
+        (status, out, err)
+    }
+
+    /// Waits for a stdout line starting with `prefix` (deadline).
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.lock().unwrap().recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("process exited before printing {prefix:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A daemon process on a private socket.
+pub struct TestBus {
+    pub daemon: Proc,
+    pub socket: PathBuf,
+    pub dir: TempDir,
+}
+
+impl TestBus {
+    /// Starts `daemon` with `extra` flags and waits for its ready line.
+    pub fn start(extra: &[&str]) -> TestBus {
+        let dir = TempDir::new("bus");
+        let socket = dir.0.join("bus.sock");
+        let mut cmd = Command::new(DAEMON);
+        cmd.arg("--socket").arg(&socket).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut daemon = Proc::new(cmd.spawn().expect("start the daemon"));
+        let line = daemon.wait_line("shmbusd: ready", Duration::from_secs(10));
+        assert!(line.contains(&socket.display().to_string()), "{line}");
+        TestBus { daemon, socket, dir }
+    }
+
+    /// A command with `SHMBUS_SOCKET` pointing at this bus.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SHMBUS_SOCKET", &self.socket).env_remove("SHMBUS_BUS").stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    /// Starts a peer with `args`.
+    pub fn peer(&self, args: &[&str]) -> Proc {
+        Proc::new(self.command(PEER).args(args).spawn().expect("start a peer"))
+    }
+
+    /// Runs the CLI to completion (deadline 30 s).
+    pub fn cli(&self, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+        Proc::new(self.command(CLI).args(args).spawn().expect("start the cli")).wait(Duration::from_secs(30))
+    }
+
+    /// Connects a client in this process.
+    pub fn connect(&self) -> bus_client::Bus {
+        bus_client::Bus::builder()
+            .socket(&self.socket)
+            .send_timeout(Duration::from_secs(10))
+            .connect()
+            .expect("connect")
+    }
+
+    /// `shmbus status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let (st, out, err) = self.cli(&["status", "--json"]);
+        assert!(st.success(), "status failed: {err}");
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes; returns the time it took.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// The JSON summary line a `peer sub` prints last.
+pub fn summary(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output from peer"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
+}
