@@ -94,13 +94,17 @@ impl BusBuilder {
                 ConnectError::Io { socket: socket.clone(), source }
             }
         };
-        control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None).map_err(io)?;
+        // A daemon that refuses us (client table full) says why and closes
+        // at once, so our hello may fail: read its answer all the same.
+        let sent = control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None);
         let mut buf = Vec::new();
-        let (reply, seg_fd) = match control::recv::<Reply>(fd.as_fd(), &mut buf).map_err(io)? {
-            Received::Packet(r, f) => (r, f),
-            Received::Closed => {
+        let (reply, seg_fd) = match (control::recv::<Reply>(fd.as_fd(), &mut buf), sent) {
+            (Ok(Received::Packet(r, f)), _) => (r, f),
+            (_, Err(e)) => return Err(io(e)),
+            (Ok(Received::Closed), Ok(())) => {
                 return Err(ConnectError::Refused { message: "the daemon closed the connection".into() })
             }
+            (Err(e), Ok(())) => return Err(io(e)),
         };
         let (client, serial, bus) = match reply {
             Reply::Welcome { client, serial, bus } => (client, serial, bus),

@@ -116,6 +116,10 @@ impl Publisher {
 
     fn resolve(&mut self, subsystem: &str) -> Result<u32, SendError> {
         let seg = &self.bus.inner.seg;
+        // Same line as the routes version: no extra cache miss.
+        if !seg.daemon_running() {
+            return Err(SendError::BusGone);
+        }
         let v = routing::version(seg);
         if v != self.routes_version {
             self.routes.clear();
@@ -131,9 +135,6 @@ impl Publisher {
             }
         };
         if !found.1 || seg.queue(found.0).is_none() {
-            if !seg.daemon_running() {
-                return Err(SendError::BusGone);
-            }
             return Err(SendError::NoSubscriber { subsystem: subsystem.to_owned() });
         }
         Ok(found.0)

@@ -67,6 +67,10 @@ pub struct Server {
     reaper: Reaper,
     buf: Vec<u8>,
     stop: bool,
+    /// Connections refused for lack of a client entry: each gets its reason
+    /// once its first packet has been read (closing a Unix socket with
+    /// unread data would reset the connection and lose the reason).
+    refused: Vec<(OwnedFd, std::time::Instant)>,
 }
 
 impl Server {
@@ -99,6 +103,7 @@ impl Server {
             reaper: Reaper::default(),
             buf: Vec::new(),
             stop: false,
+            refused: Vec::new(),
         })
     }
 
@@ -133,6 +138,8 @@ impl Server {
             for id in &ids {
                 fds.push(PollFd::new(self.conns[id].fd.as_fd(), PollFlags::POLLIN));
             }
+            let first_refused = fds.len();
+            fds.extend(self.refused.iter().map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
             let timeout = if self.reaper.busy() { 20u16 } else { 500 };
             match poll(&mut fds, PollTimeout::from(timeout)) {
                 Ok(_) => {}
@@ -142,9 +149,15 @@ impl Server {
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
             let accept = ready(&fds[0]);
             let stopped = fds[1..1 + stop_fds.len()].iter().any(ready);
-            let readable: Vec<u32> =
-                ids.iter().zip(&fds[1 + stop_fds.len()..]).filter(|(_, f)| ready(f)).map(|(id, _)| *id).collect();
+            let readable: Vec<u32> = ids
+                .iter()
+                .zip(&fds[1 + stop_fds.len()..first_refused])
+                .filter(|(_, f)| ready(f))
+                .map(|(id, _)| *id)
+                .collect();
+            let refused_ready: Vec<bool> = fds[first_refused..].iter().map(ready).collect();
             drop(fds);
+            self.answer_refused(&refused_ready);
             if stopped {
                 tracing::info!("stop requested");
                 break;
@@ -185,13 +198,8 @@ impl Server {
                 !self.conns.contains_key(&c)
                     && self.seg.client_info(c).is_some_and(|i| i.state.load(Ordering::Acquire) == CLIENT_FREE)
             }) else {
-                let msg = format!(
-                    "the bus already has its maximum of {} clients: raise --max-clients",
-                    self.seg.params().max_clients
-                );
-                let _ =
-                    control::send(fd.as_fd(), &Reply::Error { kind: ErrorKind::TooManyClients, message: msg }, None);
-                tracing::warn!(pid = cred.pid(), "refused a client: client table full");
+                tracing::warn!(pid = cred.pid(), "refusing a client: client table full");
+                self.refused.push((fd, std::time::Instant::now()));
                 continue;
             };
             let info = self.seg.client_info(client).expect("in range");
@@ -216,6 +224,24 @@ impl Server {
                 },
             );
         }
+    }
+
+    /// Answers refused connections whose first packet arrived (or that
+    /// waited 5 s) with the reason, then closes them.
+    fn answer_refused(&mut self, ready: &[bool]) {
+        let max = self.seg.params().max_clients;
+        let mut keep = Vec::new();
+        for (i, (fd, since)) in std::mem::take(&mut self.refused).into_iter().enumerate() {
+            let is_ready = ready.get(i).copied().unwrap_or(false);
+            if !is_ready && since.elapsed() < std::time::Duration::from_secs(5) {
+                keep.push((fd, since));
+                continue;
+            }
+            let _ = control::recv::<Request>(fd.as_fd(), &mut self.buf);
+            let message = format!("the bus already has its maximum of {max} clients: raise --max-clients");
+            let _ = control::send(fd.as_fd(), &Reply::Error { kind: ErrorKind::TooManyClients, message }, None);
+        }
+        self.refused = keep;
     }
 
     fn service(&mut self, id: u32) {

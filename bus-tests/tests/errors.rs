@@ -1,0 +1,338 @@
+//! Every error a user can meet, against the real daemon binary: each is a
+//! typed error with a message that says what to do, and nothing is lost.
+
+mod common;
+use bus_client::{Backpressure, BodyError, Bus, ConnectError, RecvError, RequestError, SendError};
+use bus_tests::Seq;
+use common::*;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Other {
+    text: String,
+}
+
+#[test]
+fn connecting_without_a_daemon_names_the_socket_tried() {
+    let dir = TempDir::new("nodaemon");
+    let socket = dir.0.join("none.sock");
+    let err = Bus::builder().socket(&socket).connect().err().expect("no daemon");
+    assert!(matches!(&err, ConnectError::NoDaemon { socket: s } if *s == socket), "{err}");
+    assert!(err.to_string().contains(&socket.display().to_string()));
+    assert!(err.to_string().contains("shmbusd"));
+}
+
+#[test]
+fn malformed_paths_are_rejected_before_anything_is_sent() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let mut p = c.publisher().create().unwrap();
+    for bad in ["", "api/users", "://x", "API://x", "a b://x"] {
+        let e = p.send_bytes(bad, b"x").unwrap_err();
+        assert!(matches!(e, SendError::InvalidPath(_)), "{bad:?}: {e}");
+    }
+    assert_eq!(bus.status()["slots"]["loaned"], 0);
+}
+
+#[test]
+fn an_oversized_body_reports_both_sizes_and_returns_the_slot() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let _sub = c.subscribe("api").unwrap();
+    let mut p = c.publisher().create().unwrap();
+    let cap = c.body_capacity("api://x".len());
+    assert_eq!(cap, 256 - 80);
+    let e = p.send_bytes("api://x", &vec![0u8; cap + 1]).unwrap_err();
+    assert_eq!(e, SendError::BodyTooLarge { size: cap + 1, capacity: cap });
+    let e = p.send("api://x", &Other { text: "x".repeat(1000) }).unwrap_err();
+    assert!(matches!(e, SendError::BodyTooLarge { size, capacity } if size > 1000 && capacity == cap), "{e}");
+    assert!(e.to_string().contains("--slot-size"));
+    p.send_bytes("api://x", &vec![7u8; cap]).expect("a body of exactly the capacity fits");
+    drop(p);
+    let s = bus.status();
+    assert_eq!(s["slots"]["loaned"], 0);
+    assert_eq!(s["slots"]["queued"], 1);
+}
+
+#[test]
+fn sending_to_a_subsystem_without_subscribers_is_an_error_unless_durable() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256", "--durable", "audit"]);
+    let c = bus.connect();
+    let mut p = c.publisher().create().unwrap();
+    let e = p.send_bytes("nobody://x", b"x").unwrap_err();
+    assert_eq!(e, SendError::NoSubscriber { subsystem: "nobody".into() });
+    assert!(e.to_string().contains("durable"));
+    p.send_bytes("audit://login", b"kept").expect("durable subsystems queue without subscribers");
+    let sub = c.subscribe("audit").unwrap();
+    let m = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((m.route(), m.body_bytes().unwrap()), ("login", &b"kept"[..]));
+}
+
+#[test]
+fn messages_queued_when_the_last_subscriber_leaves_go_to_the_next_one() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("jobs").unwrap();
+    let mut p = c.publisher().create().unwrap();
+    for seq in 0..3 {
+        p.send("jobs://run", &Seq { publisher: 1, seq }).unwrap();
+    }
+    drop(sub);
+    assert!(matches!(p.send_bytes("jobs://run", b"x"), Err(SendError::NoSubscriber { .. })));
+    assert_eq!(bus.status()["subsystems"][0]["queue_depth"], 3);
+    let sub = c.subscribe("jobs").unwrap();
+    for seq in 0..3 {
+        assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body::<Seq>().unwrap().seq, seq);
+    }
+}
+
+#[test]
+fn a_full_queue_fails_fast_or_times_out_and_keeps_the_queued_messages() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--queue-capacity", "4"]);
+    let c = Bus::builder().socket(bus.socket()).send_timeout(Duration::from_millis(300)).connect().unwrap();
+    let sub = c.subscribe("q").unwrap();
+    let mut fast = c.publisher().backpressure(Backpressure::FailFast).create().unwrap();
+    for seq in 0..4 {
+        fast.send("q://x", &Seq { publisher: 0, seq }).unwrap();
+    }
+    let e = fast.send("q://x", &Seq { publisher: 0, seq: 4 }).unwrap_err();
+    assert_eq!(e, SendError::QueueFull { subsystem: "q".into() });
+    let mut blocking = c.publisher().create().unwrap();
+    let t = Instant::now();
+    let e = blocking.send("q://x", &Seq { publisher: 0, seq: 4 }).unwrap_err();
+    assert!(matches!(e, SendError::Timeout { what: "space in the queue", .. }), "{e}");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    for seq in 0..4 {
+        assert_eq!(sub.try_recv().unwrap().unwrap().body::<Seq>().unwrap().seq, seq);
+    }
+    drop((fast, blocking));
+    let s = bus.status();
+    assert_eq!(s["slots"]["free"], 64, "{s}");
+}
+
+#[test]
+fn a_blocked_send_proceeds_when_the_subscriber_makes_room() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--queue-capacity", "2"]);
+    let c = bus.connect();
+    let sub = c.subscribe("q").unwrap();
+    let c2 = c.clone();
+    let sender = std::thread::spawn(move || {
+        let mut p = c2.publisher().create().unwrap();
+        for seq in 0..50 {
+            p.send("q://x", &Seq { publisher: 0, seq }).unwrap();
+        }
+    });
+    for seq in 0..50 {
+        assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap().body::<Seq>().unwrap().seq, seq);
+    }
+    sender.join().unwrap();
+}
+
+#[test]
+fn an_exhausted_pool_fails_fast_and_recovers_when_messages_are_released() {
+    let bus = TestBus::start(&["--slots", "8", "--slot-size", "256", "--queue-capacity", "16"]);
+    let c = bus.connect();
+    let sub = c.subscribe("p").unwrap();
+    let mut p = c.publisher().backpressure(Backpressure::FailFast).create().unwrap();
+    for _ in 0..8 {
+        p.send_bytes("p://x", b"x").unwrap();
+    }
+    assert_eq!(p.send_bytes("p://x", b"x").unwrap_err(), SendError::PoolExhausted { slots: 8 });
+    drop(sub.recv_timeout(Duration::from_secs(5)).unwrap());
+    p.send_bytes("p://x", b"again").expect("a released slot is reused");
+}
+
+#[test]
+fn reading_a_body_as_the_wrong_type_is_an_error_not_a_panic() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("t").unwrap();
+    let mut p = c.publisher().create().unwrap();
+    p.send("t://x", &Seq { publisher: 1, seq: 2 }).unwrap();
+    p.send_bytes("t://raw", b"bytes").unwrap();
+    let m = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(matches!(m.body::<Other>(), Err(BodyError::WrongType { .. })));
+    assert_eq!(m.body::<Seq>().unwrap().seq, 2);
+    let m = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(matches!(m.body::<Seq>(), Err(BodyError::Raw { .. })));
+    assert_eq!(m.body_bytes().unwrap(), b"bytes");
+}
+
+#[test]
+fn receiving_with_nothing_queued_times_out_or_returns_none() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("idle").unwrap();
+    assert!(sub.try_recv().unwrap().is_none());
+    let t = Instant::now();
+    assert_eq!(
+        sub.recv_timeout(Duration::from_millis(200)).unwrap_err(),
+        RecvError::Timeout(Duration::from_millis(200))
+    );
+    assert!(t.elapsed() >= Duration::from_millis(200));
+}
+
+#[test]
+fn an_unsent_loan_dropped_returns_its_slot() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let _sub = c.subscribe("l").unwrap();
+    let mut p = c.publisher().create().unwrap();
+    {
+        let loan = p.loan("l://x").unwrap();
+        assert_eq!(bus.status()["slots"]["loaned"], 1);
+        drop(loan);
+    }
+    let loan = p.loan("l://x").unwrap().write_bytes(b"x").unwrap();
+    drop(loan);
+    assert_eq!(bus.status()["slots"]["loaned"], 0);
+    drop(p);
+    assert_eq!(bus.status()["slots"]["free"], 16);
+}
+
+#[test]
+fn invalid_subscription_names_are_rejected() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    assert!(matches!(c.subscribe("Not Valid"), Err(RequestError::InvalidName(_))));
+}
+
+#[test]
+fn a_full_routing_table_and_a_full_client_table_are_refused_with_the_limit_named() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256", "--max-subsystems", "1", "--max-clients", "2"]);
+    let c = bus.connect();
+    let _a = c.subscribe("a").unwrap();
+    let e = c.subscribe("b").err().unwrap();
+    assert!(e.to_string().contains("--max-subsystems"), "{e}");
+    let _c2 = bus.connect();
+    let e = Bus::builder().socket(bus.socket()).connect().err().unwrap();
+    assert!(matches!(&e, ConnectError::Refused { message } if message.contains("--max-clients")), "{e}");
+}
+
+#[test]
+fn a_client_of_another_layout_version_is_refused_naming_both_versions() {
+    use bus_client::control;
+    use bus_client::protocol::{ErrorKind, Reply, Request};
+    use std::os::fd::AsFd;
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let fd = control::connect(bus.socket()).unwrap();
+    control::send(fd.as_fd(), &Request::Hello { layout_version: 999 }, None).unwrap();
+    let mut buf = Vec::new();
+    match control::recv::<Reply>(fd.as_fd(), &mut buf).unwrap() {
+        control::Received::Packet(Reply::Error { kind: ErrorKind::VersionMismatch, message }, None) => {
+            assert!(message.contains("999") && message.contains(&bus_core::LAYOUT_VERSION.to_string()), "{message}");
+        }
+        _ => panic!("expected a version mismatch"),
+    }
+}
+
+#[test]
+fn a_stopped_daemon_gives_bus_gone_to_blocked_receivers_and_to_senders() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("s").unwrap();
+    let mut p = c.publisher().create().unwrap();
+    let (st, _, err) = bus.cli(&["shutdown"]);
+    assert!(st.success(), "{err}");
+    let t = Instant::now();
+    assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap_err(), RecvError::BusGone);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(p.send_bytes("s://x", b"x").unwrap_err(), SendError::BusGone);
+    let TestBus { daemon, socket, dir: _dir } = bus;
+    let (st, _, _) = daemon.wait(Duration::from_secs(10));
+    assert!(st.success());
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+}
+
+#[test]
+fn a_killed_daemon_gives_bus_gone_and_a_new_daemon_replaces_its_stale_socket() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("s").unwrap();
+    bus.daemon.signal(Signal::SIGKILL);
+    let t = Instant::now();
+    assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap_err(), RecvError::BusGone);
+    assert!(t.elapsed() < Duration::from_secs(2), "noticed after {:?}", t.elapsed());
+    assert!(bus.socket().exists(), "a killed daemon leaves its socket file");
+    // A new daemon on the same socket starts cleanly.
+    let mut again = Proc::new(
+        std::process::Command::new(DAEMON)
+            .args(["--socket", bus.socket().to_str().unwrap(), "--slots", "16"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    again.wait_line("shmbusd: ready", Duration::from_secs(10));
+    let c2 = Bus::builder().socket(bus.socket()).connect().unwrap();
+    assert_eq!(c2.status().unwrap().slots.total, 16);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    let bus = TestBus::start(&["--slots", "16"]);
+    let (st, _, err) = Proc::new(
+        std::process::Command::new(DAEMON)
+            .args(["--socket", bus.socket().to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+    .wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("already serving"), "{err}");
+    assert!(bus.connect().is_alive(), "the first daemon still serves");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let bus = TestBus::start(&["--slots", "16"]);
+    bus.daemon.signal(Signal::SIGTERM);
+    let TestBus { daemon, socket, dir: _dir } = bus;
+    let (st, _, err) = daemon.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(!socket.exists());
+}
+
+#[test]
+fn the_cli_reports_errors_on_one_line_with_exit_status_1_and_usage_errors_with_2() {
+    let bus = TestBus::start(&["--slots", "16"]);
+    let (st, _, err) = bus.cli(&["send", "nosub://x", "hi"]);
+    assert_eq!(st.code(), Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no subscriber"), "{err}");
+    let (st, _, _) = bus.cli(&["frobnicate"]);
+    assert_eq!(st.code(), Some(2));
+    let (st, _, err) = bus.cli(&["listen", "x", "--count", "1", "--timeout", "100ms"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("timed out after 0 of 1"), "{err}");
+    let (st, _, err) = bus.cli(&["--socket", "/nonexistent/x.sock", "status"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("/nonexistent/x.sock"), "{err}");
+}
+
+#[test]
+fn status_json_has_the_documented_keys() {
+    let bus = TestBus::start(&["--slots", "32", "--slot-size", "512"]);
+    let c = bus.connect();
+    let _sub = c.subscribe("api").unwrap();
+    c.publisher().create().unwrap().send_bytes("api://x", b"1").unwrap();
+    let s = bus.status();
+    assert!(s["bus"].is_string());
+    assert_eq!(s["slot_size"], 512);
+    for k in ["total", "free", "loaned", "queued", "held"] {
+        assert!(s["slots"][k].is_u64(), "slots.{k}");
+    }
+    assert_eq!(s["slots"]["total"], 32);
+    assert!(s["clients"].as_u64().unwrap() >= 2);
+    let api = &s["subsystems"][0];
+    for k in ["name", "queue_depth", "subscribers", "sent", "delivered", "redelivered"] {
+        assert!(!api[k].is_null(), "subsystems[].{k}");
+    }
+    assert_eq!(
+        (api["name"].as_str(), api["queue_depth"].as_u64(), api["sent"].as_u64()),
+        (Some("api"), Some(1), Some(1))
+    );
+}
