@@ -254,15 +254,21 @@ impl Inner {
         (self.serial as u64) << 40 | (self.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1))
     }
 
-    /// Blocks until `attempt` yields a value, `deadline` passes (`Ok(None)`)
+    /// Blocks until `attempt` yields a value, `timeout` passes (`Ok(None)`)
     /// or the daemon is gone (`Err(())`). Spins first, then sleeps on `bell`
     /// in slices of at most [`LIVENESS_SLICE`].
     pub(crate) fn wait_on<T>(
         &self,
         bell: &Doorbell,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Result<Option<T>, ()> {
+        // Read the clock only once the fast path failed: a receiver that
+        // finds its message at once makes no clock call.
+        if let Some(v) = attempt() {
+            return Ok(Some(v));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
         for _ in 0..SPINS {
             if let Some(v) = attempt() {
                 return Ok(Some(v));

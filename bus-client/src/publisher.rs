@@ -11,7 +11,7 @@ use bus_core::slot_pool::Port;
 use bus_core::{Path, SlotIndex};
 use std::mem::MaybeUninit;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Slots a publisher takes from the free ring at a time into its private
 /// cache (and at most keeps there).
@@ -163,7 +163,7 @@ impl Publisher {
             Backpressure::Block(t) => {
                 let bell = &self.bus.inner.seg.free_ring().header().items;
                 let cache = &mut self.cache;
-                match self.bus.inner.wait_on(bell, Some(Instant::now() + t), || refill(cache, &port)) {
+                match self.bus.inner.wait_on(bell, Some(t), || refill(cache, &port)) {
                     Ok(Some(i)) => Ok(i),
                     Ok(None) => Err(SendError::Timeout { waited: t, what: "a free slot" }),
                     Err(()) => Err(SendError::BusGone),
@@ -182,11 +182,7 @@ impl Publisher {
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: subsystem.to_owned() }),
             Backpressure::Block(t) => {
                 let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
-                match self
-                    .bus
-                    .inner
-                    .wait_on(&ring.header().space, Some(Instant::now() + t), || port.enqueue(queue, slot).ok())
-                {
+                match self.bus.inner.wait_on(&ring.header().space, Some(t), || port.enqueue(queue, slot).ok()) {
                     Ok(Some(())) => {
                         port.notify(queue);
                         Ok(())

@@ -10,7 +10,7 @@ use bus_core::SlotIndex;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 impl Bus {
     /// Subscribes to `subsystem`: from now on, messages sent to
@@ -58,12 +58,12 @@ impl Subscriber {
 
     /// Waits for the next message, for as long as it takes.
     pub fn recv(&self) -> Result<Message<'_>, RecvError> {
-        self.recv_until(None)
+        self.recv_within(None)
     }
 
     /// Waits for the next message for at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<'_>, RecvError> {
-        self.recv_until(Some(Instant::now() + timeout)).map_err(|e| match e {
+        self.recv_within(Some(timeout)).map_err(|e| match e {
             RecvError::Timeout(_) => RecvError::Timeout(timeout),
             e => e,
         })
@@ -78,10 +78,10 @@ impl Subscriber {
         }
     }
 
-    fn recv_until(&self, deadline: Option<Instant>) -> Result<Message<'_>, RecvError> {
+    fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
         let port = self.port();
         let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");
-        match self.bus.inner.wait_on(&ring.header().items, deadline, || port.dequeue(self.queue)) {
+        match self.bus.inner.wait_on(&ring.header().items, timeout, || port.dequeue(self.queue)) {
             Ok(Some(i)) => self.wrap(i),
             Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
             Err(()) => Err(RecvError::BusGone),
@@ -92,7 +92,7 @@ impl Subscriber {
         let s = self.bus.inner.seg.slot(slot);
         // SAFETY: the slot is Held by our client through this port.
         match unsafe { s.path() } {
-            Ok(path) => match path.find("://") {
+            Ok(path) => match bus_core::path::separator(path) {
                 Some(split) => Ok(Message { sub: self, slot: s, path, split }),
                 None => Err(self.corrupt(slot, "path has no \"://\"")),
             },

@@ -25,7 +25,7 @@ impl<'a> Path<'a> {
         if full.len() > PATH_CAPACITY {
             return Err(PathError::TooLong { len: full.len(), max: PATH_CAPACITY });
         }
-        let split = full.find("://").ok_or(PathError::MissingSeparator)?;
+        let split = separator(full).ok_or(PathError::MissingSeparator)?;
         validate_subsystem(&full[..split])?;
         let route = &full[split + 3..];
         if let Some((pos, ch)) = route.char_indices().find(|(_, c)| c.is_control()) {
@@ -48,6 +48,14 @@ impl<'a> Path<'a> {
     pub fn as_str(&self) -> &'a str {
         self.full
     }
+}
+
+/// Byte offset of the `://` after the subsystem. A subsystem cannot contain
+/// ':', so the first ':' is the separator's if any is.
+pub fn separator(full: &str) -> Option<usize> {
+    let b = full.as_bytes();
+    let i = b.iter().position(|&c| c == b':')?;
+    (b.get(i + 1) == Some(&b'/') && b.get(i + 2) == Some(&b'/')).then_some(i)
 }
 
 /// Checks a subsystem name: `[a-z0-9][a-z0-9_.-]{0,31}`.
