@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 /// liveness is checked, so a dead daemon is noticed within this time.
 pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(100);
 
-/// Spins before a blocked receiver or sender parks on a futex.
-pub(crate) const SPINS: u32 = 2_000;
+/// Default number of polls before a blocked receiver or sender parks on a
+/// futex (a few microseconds).
+pub const DEFAULT_SPINS: u32 = 2_000;
 
 /// A connection to a shmbus daemon. Cheap to clone (shared); `Send + Sync`.
 /// Publishers and subscribers are created from it and keep it alive.
@@ -261,6 +262,7 @@ impl Inner {
         &self,
         bell: &Doorbell,
         timeout: Option<Duration>,
+        spins: u32,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Result<Option<T>, ()> {
         // Read the clock only once the fast path failed: a receiver that
@@ -269,7 +271,7 @@ impl Inner {
             return Ok(Some(v));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        for _ in 0..SPINS {
+        for _ in 0..spins {
             if let Some(v) = attempt() {
                 return Ok(Some(v));
             }

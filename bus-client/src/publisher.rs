@@ -1,5 +1,5 @@
 //! Publishing: [`Publisher`], and the typed states of a loan:
-//! [`LoanUninit`] (slot claimed, path written) → [`Loan`] (body written) →
+//! [`LoanUninit`] (slot claimed, path written, body not yet) → [`Loan`] (body written) →
 //! sent. Dropping a loan at any state returns its slot.
 
 use crate::body::{fingerprint, Body};
@@ -9,7 +9,6 @@ use bus_core::layout::FLAG_RAW;
 use bus_core::routing;
 use bus_core::slot_pool::Port;
 use bus_core::{Path, SlotIndex};
-use std::mem::MaybeUninit;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -163,7 +162,7 @@ impl Publisher {
             Backpressure::Block(t) => {
                 let bell = &self.bus.inner.seg.free_ring().header().items;
                 let cache = &mut self.cache;
-                match self.bus.inner.wait_on(bell, Some(t), || refill(cache, &port)) {
+                match self.bus.inner.wait_on(bell, Some(t), crate::bus::DEFAULT_SPINS, || refill(cache, &port)) {
                     Ok(Some(i)) => Ok(i),
                     Ok(None) => Err(SendError::Timeout { waited: t, what: "a free slot" }),
                     Err(()) => Err(SendError::BusGone),
@@ -182,7 +181,9 @@ impl Publisher {
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: subsystem.to_owned() }),
             Backpressure::Block(t) => {
                 let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
-                match self.bus.inner.wait_on(&ring.header().space, Some(t), || port.enqueue(queue, slot).ok()) {
+                match self.bus.inner.wait_on(&ring.header().space, Some(t), crate::bus::DEFAULT_SPINS, || {
+                    port.enqueue(queue, slot).ok()
+                }) {
                     Ok(Some(())) => {
                         port.notify(queue);
                         Ok(())
@@ -259,27 +260,21 @@ impl<'a> LoanUninit<'a> {
         if body.len() > capacity {
             return Err(SendError::BodyTooLarge { size: body.len(), capacity });
         }
-        let area = self.body_mut();
-        // SAFETY: `area` has at least body.len() bytes (checked) and does not
-        // overlap `body` (ours vs. the caller's memory).
-        unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), area.as_mut_ptr() as *mut u8, body.len()) };
+        self.body_mut()[..body.len()].copy_from_slice(body);
         Ok(self.finish(body.len(), bus_core::fingerprint::RAW, FLAG_RAW))
     }
 
     /// The body area, to write raw bytes in place; then call
-    /// [`LoanUninit::assume_written`].
-    pub fn body_mut(&mut self) -> &mut [MaybeUninit<u8>] {
+    /// [`LoanUninit::commit`]. It holds whatever the slot held before.
+    pub fn body_mut(&mut self) -> &mut [u8] {
         let seg = &self.publisher.bus.inner.seg;
         // SAFETY: the slot is Loaned by us; the returned borrow is tied to
         // `&mut self`, so it ends before the loan is sent or dropped.
         unsafe { seg.slot(self.slot).body_area(self.path_len) }
     }
 
-    /// Declares the first `len` bytes of [`LoanUninit::body_mut`] written.
-    ///
-    /// # Safety
-    /// Those bytes must have been initialized through `body_mut`.
-    pub unsafe fn assume_written(self, len: usize) -> Result<Loan<'a>, SendError> {
+    /// Declares the first `len` bytes of [`LoanUninit::body_mut`] the body.
+    pub fn commit(self, len: usize) -> Result<Loan<'a>, SendError> {
         let capacity = self.capacity();
         if len > capacity {
             return Err(SendError::BodyTooLarge { size: len, capacity });
@@ -379,7 +374,7 @@ fn archived_size<T: Body>(value: &T, at_least: usize) -> Option<usize> {
         let mut buf: Vec<u128> = vec![0; words];
         // SAFETY: u128 has no padding and any bytes are valid u8s; the slice
         // covers exactly the vector's initialized memory.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut MaybeUninit<u8>, words * 16) };
+        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, words * 16) };
         if let Ok(b) =
             rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, rkyv::ser::writer::Buffer::from(bytes))
         {

@@ -31,7 +31,14 @@ impl Bus {
                 });
             }
         };
-        Ok(Subscriber { bus: self.clone(), port, queue, subsystem: subsystem.to_owned(), _not_sync: PhantomData })
+        Ok(Subscriber {
+            bus: self.clone(),
+            port,
+            queue,
+            subsystem: subsystem.to_owned(),
+            spins: Cell::new(crate::bus::DEFAULT_SPINS),
+            _not_sync: PhantomData,
+        })
     }
 }
 
@@ -43,6 +50,7 @@ pub struct Subscriber {
     port: u32,
     queue: u32,
     subsystem: String,
+    spins: Cell<u32>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -54,6 +62,13 @@ impl Subscriber {
     /// The subsystem.
     pub fn subsystem(&self) -> &str {
         &self.subsystem
+    }
+
+    /// How many times a blocking receive polls the queue before it sleeps on
+    /// the futex (default [`crate::DEFAULT_SPINS`], a few microseconds). 0
+    /// sleeps at once: least CPU, most wake-up latency.
+    pub fn set_spins(&self, spins: u32) {
+        self.spins.set(spins);
     }
 
     /// Waits for the next message, for as long as it takes.
@@ -81,7 +96,7 @@ impl Subscriber {
     fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
         let port = self.port();
         let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");
-        match self.bus.inner.wait_on(&ring.header().items, timeout, || port.dequeue(self.queue)) {
+        match self.bus.inner.wait_on(&ring.header().items, timeout, self.spins.get(), || port.dequeue(self.queue)) {
             Ok(Some(i)) => self.wrap(i),
             Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
             Err(()) => Err(RecvError::BusGone),

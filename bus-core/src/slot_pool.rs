@@ -37,7 +37,6 @@
 use crate::layout::{body_offset, SlotHeader, BODY_ALIGN, FLAG_RAW, PATH_CAPACITY, SLOT_HEADER_SIZE};
 use crate::queue::Ring;
 use crate::segment::{Segment, SlotIndex};
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Slot states (see the module table).
@@ -195,18 +194,21 @@ impl<'a> SlotRef<'a> {
     }
 
     /// The body area after a path of `path_len` bytes, 16-byte aligned.
+    /// Slot memory is always initialized (the memfd is zero-filled when it
+    /// is created, and bytes are only ever overwritten), so this is `u8`,
+    /// not `MaybeUninit<u8>`: it holds the previous message's bytes.
     ///
     /// # Safety
     /// The caller owns the slot, and does not keep the slice past its
     /// ownership (the returned lifetime is bounded by the segment only).
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn body_area(&self, path_len: usize) -> &'a mut [MaybeUninit<u8>] {
+    pub unsafe fn body_area(&self, path_len: usize) -> &'a mut [u8] {
         let off = body_offset(path_len);
         assert!(off <= self.size);
         // SAFETY: [off, size) is inside the slot; the caller owns the slot,
         // so this is the only reference to those bytes; the base is
         // 64-aligned and `off` a multiple of BODY_ALIGN.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(off) as *mut MaybeUninit<u8>, self.size - off) }
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(off), self.size - off) }
     }
 
     /// The path, bounds- and UTF-8-checked.

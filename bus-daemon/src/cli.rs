@@ -144,10 +144,39 @@ enum Command {
     },
     /// Ask the daemon to shut down.
     Shutdown,
+    /// Measure shmbus against a Unix socket, a pipe and a bare futex, each
+    /// side in its own process. Uses the running daemon, or starts one.
+    Bench {
+        /// One JSON array of measurements on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Body sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "8,64,4096")]
+        sizes: Vec<usize>,
+        /// Length of each timed throughput run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+        duration: Duration,
+        /// Rounds (each round runs every measurement once, interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// The two CPUs to pin the sides to, e.g. 0,1.
+        #[arg(long, value_delimiter = ',', num_args = 2)]
+        cpus: Option<Vec<usize>>,
+        /// Do not pin.
+        #[arg(long, conflicts_with = "cpus")]
+        no_pin: bool,
+        /// Round trips per latency run.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u64,
+        /// Only throughput, or only latency.
+        #[arg(long, value_parser = ["throughput", "latency"])]
+        only: Option<String>,
+    },
 }
 
 /// Entry point of `shmbus`.
 pub fn main() -> ExitCode {
+    crate::bench::peer_main_if_requested();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -239,7 +268,73 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             bus.shutdown_daemon()?;
             Ok(())
         }
+        Command::Bench { json, sizes, duration, reps, cpus, no_pin, round_trips, only } => {
+            let o = crate::bench::suite::Options {
+                sizes,
+                duration,
+                reps: reps.max(1),
+                cpus: if no_pin { None } else { cpus.map(|c| (c[0], c[1])).or_else(crate::bench::default_cpus) },
+                round_trips,
+                throughput: only.as_deref() != Some("latency"),
+                latency: only.as_deref() != Some("throughput"),
+            };
+            bench(&cli.bus, o, json)
+        }
     }
+}
+
+/// `shmbus bench`: connects to the bus (or starts a daemon on a private
+/// socket, with slots big enough for the largest size), runs the suite.
+fn bench(b: &BusArgs, o: crate::bench::suite::Options, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let mut err = std::io::stderr();
+    let explicit = b.socket.is_some() || b.bus.is_some() || std::env::var_os(bus_client::addr::ENV_SOCKET).is_some();
+    let (bus, _daemon) = match connect(b, Duration::from_secs(30)) {
+        Ok(bus) => (bus, None),
+        Err(e) if explicit => return Err(e),
+        Err(_) => {
+            let largest = o.sizes.iter().copied().max().unwrap_or(64);
+            let slot_size = ((64 + 64 + largest).div_ceil(64) * 64) as u32;
+            let socket = bus_client::addr::runtime_dir().join(format!("bench-{}.sock", std::process::id()));
+            let cfg = crate::config::FileConfig {
+                bus: Some(format!("bench-{}", std::process::id())),
+                socket: Some(socket.clone()),
+                slots: Some(4096),
+                slot_size: Some(slot_size),
+                queue_capacity: Some(1024),
+                ..Default::default()
+            }
+            .resolve()?;
+            let d = crate::spawn(cfg)?;
+            writeln!(
+                err,
+                "started a daemon for the benchmark on {} (4096 slots of {slot_size} bytes)",
+                socket.display()
+            )?;
+            (Bus::builder().socket(&socket).send_timeout(Duration::from_secs(30)).connect()?, Some(d))
+        }
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    writeln!(err, "machine: {n} CPUs, {cpu}")?;
+    let ms = crate::bench::suite::run(&bus, &o, &mut err)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &ms)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "machine: {n} CPUs, {cpu}")?;
+        crate::bench::suite::print_table(&mut out, &ms, &o)?;
+    }
+    let lost: u64 = ms.iter().map(|m| m.lost).sum();
+    if lost > 0 {
+        return Err(format!("{lost} messages were lost during the benchmark").into());
+    }
+    Ok(())
 }
 
 /// A body as text if it is UTF-8 without control characters, else hex.

@@ -1,0 +1,39 @@
+//! Cross-process measurements, shared by `shmbus bench` and the criterion
+//! benches in `benches/`: the cache-line [`probe`], the transports
+//! ([`link`]: shmbus, Unix socket, pipe, bare futex), the child side of each
+//! ([`peer`]), and the default [`suite`].
+//!
+//! Every measurement runs its two sides in separate processes: the child is
+//! this same executable started again with [`PEER_ENV`] set, so any binary
+//! that wants to measure calls [`peer_main_if_requested`] first thing in
+//! `main`.
+
+pub mod link;
+pub mod peer;
+pub mod probe;
+pub mod suite;
+
+/// Environment variable that makes a process a measurement peer.
+pub const PEER_ENV: &str = "SHMBUS_BENCH_PEER";
+
+/// If this process was started as a measurement peer, runs that role and
+/// exits; otherwise returns.
+pub fn peer_main_if_requested() {
+    if let Ok(spec) = std::env::var(PEER_ENV) {
+        std::process::exit(peer::run(&spec));
+    }
+}
+
+/// Pins the calling thread to `cpu` (ignored if that fails, e.g. the CPU
+/// does not exist).
+pub fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// The two CPUs to pin to by default: 0 and 1 when there are at least two.
+pub fn default_cpus() -> Option<(usize, usize)> {
+    (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2).then_some((0, 1))
+}

@@ -1,0 +1,225 @@
+//! The child side of the measurements: this executable, started again with
+//! `$SHMBUS_BENCH_PEER` holding `ROLE key=value…`.
+//!
+//! - `recv transport=T size=B touch=header|full [subsystem=S] [fd=N]`:
+//!   receives a stream; on FLUSH prints `ack RECEIVED LOST T_LAST_NS` and
+//!   starts a new round; exits on STOP.
+//! - `echo transport=T size=B [wait=busy|sleep] [subsystem=S reply=R] [fd=N | fds=R,W]`:
+//!   sends every message straight back; exits on STOP.
+//! - `send subsystem=S size=B id=I duration_ms=D`: publishes for D ms
+//!   (the 4 → 1 measurement), then a STOP, and prints `sent N`.
+//!
+//! Every role takes `cpu=C` to pin itself and prints `ready` once set up.
+
+use super::link::{check, fill, mono_ns, parse_transport, send_seq, Touch, Transport, FLUSH, STOP};
+use bus_client::Bus;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+
+fn kv<'a>(spec: &'a str, key: &str) -> Option<&'a str> {
+    spec.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn inherited(raw: &str) -> std::io::Result<OwnedFd> {
+    let fd: i32 = raw.parse().map_err(|_| std::io::Error::other(format!("bad fd {raw:?}")))?;
+    // SAFETY: the parent made this descriptor inheritable for us and passed
+    // its number; nothing else in this process owns it. If it is not open,
+    // the check below fails and dropping it is a harmless EBADF.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFD)?;
+    Ok(owned)
+}
+
+/// Runs the role in `spec`; returns the exit code.
+pub fn run(spec: &str) -> i32 {
+    match run_inner(spec) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bench peer ({spec}): {e}");
+            1
+        }
+    }
+}
+
+fn run_inner(spec: &str) -> std::io::Result<()> {
+    if let Some(c) = kv(spec, "cpu").and_then(|c| c.parse().ok()) {
+        super::pin(c);
+    }
+    let role = spec.split_whitespace().next().unwrap_or("");
+    let size: usize = kv(spec, "size").and_then(|s| s.parse().ok()).unwrap_or(8).max(8);
+    let touch = if kv(spec, "touch") == Some("full") { Touch::Full } else { Touch::Header };
+    let transport = kv(spec, "transport").and_then(parse_transport);
+    let mut out = std::io::stdout().lock();
+    let bus = || Bus::builder().send_timeout(Duration::from_secs(30)).connect().map_err(std::io::Error::other);
+    match (role, transport) {
+        ("recv", Some(Transport::Shmbus)) => {
+            let bus = bus()?;
+            let sub = bus.subscribe(kv(spec, "subsystem").unwrap_or("bench")).map_err(std::io::Error::other)?;
+            writeln!(out, "ready")?;
+            out.flush()?;
+            let mut tally = Tally::default();
+            loop {
+                let m = sub.recv_timeout(Duration::from_secs(60)).map_err(std::io::Error::other)?;
+                let seq = check(m.body_bytes().map_err(std::io::Error::other)?, touch);
+                drop(m);
+                if tally.see(seq, &mut out)? {
+                    return Ok(());
+                }
+            }
+        }
+        ("recv", Some(Transport::Uds | Transport::Pipe)) => {
+            let mut f = std::fs::File::from(inherited(kv(spec, "fd").unwrap_or(""))?);
+            writeln!(out, "ready")?;
+            out.flush()?;
+            let mut buf = vec![0u8; size];
+            let mut tally = Tally::default();
+            loop {
+                f.read_exact(&mut buf)?;
+                if tally.see(check(&buf, touch), &mut out)? {
+                    return Ok(());
+                }
+            }
+        }
+        ("echo", Some(Transport::Shmbus)) => {
+            let bus = bus()?;
+            let sub = bus.subscribe(kv(spec, "subsystem").unwrap_or("ping")).map_err(std::io::Error::other)?;
+            let busy = kv(spec, "wait") != Some("sleep");
+            if !busy {
+                sub.set_spins(0);
+            }
+            let mut p = bus.publisher().create().map_err(std::io::Error::other)?;
+            let reply = format!("{}://x", kv(spec, "reply").unwrap_or("pong"));
+            writeln!(out, "ready")?;
+            out.flush()?;
+            loop {
+                let m = if busy {
+                    match sub.try_recv().map_err(std::io::Error::other)? {
+                        Some(m) => m,
+                        None => {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                    }
+                } else {
+                    sub.recv_timeout(Duration::from_secs(60)).map_err(std::io::Error::other)?
+                };
+                let seq = check(m.body_bytes().map_err(std::io::Error::other)?, Touch::Header).unwrap_or(0);
+                drop(m);
+                if seq == STOP {
+                    return Ok(());
+                }
+                send_seq(&mut p, &reply, seq, size)?;
+            }
+        }
+        ("echo", Some(Transport::Uds | Transport::Pipe)) => {
+            let fds: Vec<&str> = kv(spec, "fds").unwrap_or("").split(',').collect();
+            let (mut rx, mut tx) = match fds.as_slice() {
+                [one] => {
+                    let f = std::fs::File::from(inherited(one)?);
+                    (f.try_clone()?, f)
+                }
+                [r, w] => (std::fs::File::from(inherited(r)?), std::fs::File::from(inherited(w)?)),
+                _ => return Err(std::io::Error::other("echo needs fds=")),
+            };
+            writeln!(out, "ready")?;
+            out.flush()?;
+            let mut buf = vec![0u8; size];
+            loop {
+                rx.read_exact(&mut buf)?;
+                if check(&buf, Touch::Header) == Some(STOP) {
+                    return Ok(());
+                }
+                tx.write_all(&buf)?;
+            }
+        }
+        ("echo", Some(Transport::Futex)) => {
+            let words = bus_core::futex::SharedWords::open(inherited(kv(spec, "fd").unwrap_or(""))?, 2)?;
+            writeln!(out, "ready")?;
+            out.flush()?;
+            let mut seen = 0u32;
+            loop {
+                let v = words.word(0).load(std::sync::atomic::Ordering::Acquire);
+                if v == seen {
+                    bus_core::futex::wait(words.word(0), seen, Some(Duration::from_secs(60)));
+                    continue;
+                }
+                if v == u32::MAX {
+                    return Ok(());
+                }
+                seen = v;
+                words.word(1).store(v, std::sync::atomic::Ordering::Release);
+                bus_core::futex::wake(words.word(1), 1);
+            }
+        }
+        ("send", _) => {
+            let bus = bus()?;
+            let mut p = bus.publisher().create().map_err(std::io::Error::other)?;
+            let path = format!("{}://x", kv(spec, "subsystem").unwrap_or("bench"));
+            let id: u64 = kv(spec, "id").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let ms: u64 = kv(spec, "duration_ms").and_then(|s| s.parse().ok()).unwrap_or(200);
+            writeln!(out, "ready")?;
+            out.flush()?;
+            // Wait for the go line? The parent starts all senders, then
+            // reads their `ready`; a few ms of skew do not matter over D.
+            let end = mono_ns() + ms * 1_000_000;
+            let mut n = 0u64;
+            while mono_ns() < end {
+                for _ in 0..64 {
+                    let mut loan = p.loan(&path).map_err(std::io::Error::other)?;
+                    let body = &mut loan.body_mut()[..size];
+                    fill(body, n, Touch::Header);
+                    body[8..16].copy_from_slice(&id.to_le_bytes());
+                    loan.commit(size)
+                        .map_err(std::io::Error::other)?
+                        .send()
+                        .map_err(|e| std::io::Error::other(e.error))?;
+                    n += 1;
+                }
+            }
+            let mut loan = p.loan(&path).map_err(std::io::Error::other)?;
+            let body = &mut loan.body_mut()[..size];
+            fill(body, STOP, Touch::Header);
+            body[8..16].copy_from_slice(&id.to_le_bytes());
+            loan.commit(size).map_err(std::io::Error::other)?.send().map_err(|e| std::io::Error::other(e.error))?;
+            writeln!(out, "sent {n}")?;
+            Ok(())
+        }
+        _ => Err(std::io::Error::other(format!("unknown peer role {spec:?}"))),
+    }
+}
+
+/// Counts a round: received, lost (gaps and torn bodies), last receipt time.
+#[derive(Default)]
+struct Tally {
+    next: u64,
+    received: u64,
+    lost: u64,
+    last_ns: u64,
+}
+
+impl Tally {
+    /// Accounts for one message; returns true on STOP.
+    fn see(&mut self, seq: Option<u64>, out: &mut impl Write) -> std::io::Result<bool> {
+        match seq {
+            Some(STOP) => return Ok(true),
+            Some(FLUSH) => {
+                writeln!(out, "ack {} {} {}", self.received, self.lost, self.last_ns)?;
+                out.flush()?;
+                *self = Tally::default();
+            }
+            Some(s) => {
+                self.last_ns = mono_ns();
+                self.received += 1;
+                self.lost += s.saturating_sub(self.next);
+                self.next = s + 1;
+            }
+            None => {
+                self.last_ns = mono_ns();
+                self.lost += 1;
+                self.next += 1;
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,403 @@
+//! The default measurement suite of `shmbus bench`: what runs, in which
+//! order (every round runs every measurement once, so the systems compared
+//! alternate A B A B), and how results are summarized (medians, min–max,
+//! and ratios taken pair by pair within a round, so both sides of a ratio
+//! saw the same state of the machine).
+
+use super::link::{PingPong, Stream, Touch, Transport, Wait};
+use super::probe;
+use bus_client::Bus;
+use serde::Serialize;
+use std::io::Write;
+use std::time::Duration;
+
+/// What to measure and how long.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Body sizes for throughput (latency uses the smallest and largest).
+    pub sizes: Vec<usize>,
+    /// Length of each timed throughput run.
+    pub duration: Duration,
+    /// Rounds.
+    pub reps: usize,
+    /// CPUs to pin the two sides to.
+    pub cpus: Option<(usize, usize)>,
+    /// Round trips per latency run (busy-poll; sleeping runs do a quarter).
+    pub round_trips: u64,
+    /// Run the throughput measurements.
+    pub throughput: bool,
+    /// Run the latency measurements.
+    pub latency: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sizes: vec![8, 64, 4096],
+            duration: Duration::from_millis(200),
+            reps: 3,
+            cpus: super::default_cpus(),
+            round_trips: 20_000,
+            throughput: true,
+            latency: true,
+        }
+    }
+}
+
+/// One measurement's results over all rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// Unique name, e.g. `throughput/shmbus/64/header`.
+    pub name: String,
+    /// `throughput` or `latency`.
+    pub kind: &'static str,
+    /// `shmbus`, `uds`, `pipe` or `futex`.
+    pub transport: &'static str,
+    /// Body bytes.
+    pub body_bytes: usize,
+    /// Throughput: how much of the body is touched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touch: Option<Touch>,
+    /// Latency: how the receiver waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+    /// Publishers (1, or 4 for fan-in).
+    pub publishers: u32,
+    /// Median over rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec: Option<f64>,
+    /// Min and max over rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec_range: Option<(f64, f64)>,
+    /// One-way latency percentiles (median over rounds), nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ns: Option<u64>,
+    /// 99th percentile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ns: Option<u64>,
+    /// 99.9th percentile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_ns: Option<u64>,
+    /// Messages lost over all rounds (must be 0).
+    pub lost: u64,
+    /// Median cache-line hand-off measured just before each round's run.
+    pub handoff_ns: f64,
+    /// Every round.
+    pub samples: Vec<Sample>,
+}
+
+/// One round of one measurement.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Throughput of this round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec: Option<f64>,
+    /// Latency percentiles of this round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ns: Option<u64>,
+    /// .
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ns: Option<u64>,
+    /// .
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_ns: Option<u64>,
+    /// Lost in this round.
+    pub lost: u64,
+    /// The probe before it.
+    pub handoff_ns: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Spec {
+    Tput { t: Transport, size: usize, touch: Touch },
+    FanIn { size: usize },
+    Lat { t: Transport, size: usize, wait: Wait },
+}
+
+impl Spec {
+    fn name(&self) -> String {
+        match *self {
+            Spec::Tput { t, size, touch } => format!("throughput/{}/{size}/{}", t.name(), touch_name(touch)),
+            Spec::FanIn { size } => format!("throughput-4to1/shmbus/{size}"),
+            Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait_name(wait)),
+        }
+    }
+}
+
+fn touch_name(t: Touch) -> &'static str {
+    if t == Touch::Full {
+        "full"
+    } else {
+        "header"
+    }
+}
+
+fn wait_name(w: Wait) -> &'static str {
+    if w == Wait::Busy {
+        "busy"
+    } else {
+        "sleep"
+    }
+}
+
+fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
+    let mut v = Vec::new();
+    let sizes: Vec<usize> = o.sizes.iter().copied().filter(|&s| s <= max_body).collect();
+    if o.throughput {
+        for &size in &sizes {
+            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Header });
+            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Full });
+            v.push(Spec::Tput { t: Transport::Uds, size, touch: Touch::Full });
+            v.push(Spec::Tput { t: Transport::Pipe, size, touch: Touch::Full });
+        }
+        if max_body >= 64 {
+            v.push(Spec::FanIn { size: 64 });
+        }
+    }
+    if o.latency {
+        let mut lat_sizes: Vec<usize> =
+            [sizes.iter().min().copied(), sizes.iter().max().copied()].into_iter().flatten().collect();
+        lat_sizes.dedup();
+        for size in lat_sizes {
+            v.push(Spec::Lat { t: Transport::Shmbus, size, wait: Wait::Busy });
+            v.push(Spec::Lat { t: Transport::Shmbus, size, wait: Wait::Sleep });
+            v.push(Spec::Lat { t: Transport::Uds, size, wait: Wait::Sleep });
+            v.push(Spec::Lat { t: Transport::Pipe, size, wait: Wait::Sleep });
+        }
+        v.push(Spec::Lat { t: Transport::Futex, size: 8, wait: Wait::Sleep });
+    }
+    v
+}
+
+/// Runs the suite against `bus`, reporting progress on `progress`.
+pub fn run(bus: &Bus, o: &Options, progress: &mut dyn Write) -> std::io::Result<Vec<Measurement>> {
+    let max_body = bus.body_capacity(48);
+    let specs = specs(o, max_body);
+    if o.sizes.iter().any(|&s| s > max_body) {
+        writeln!(progress, "note: bodies over {max_body} bytes skipped (the bus's slots are too small for them)")?;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); specs.len()];
+    let total = specs.len() * o.reps;
+    let mut done = 0;
+    for rep in 0..o.reps {
+        for (i, spec) in specs.iter().enumerate() {
+            done += 1;
+            let handoff = probe::handoff_ns(o.cpus, 20_000);
+            let s = measure(bus, o, *spec, handoff)?;
+            let shown = match (s.msgs_per_sec, s.p50_ns) {
+                (Some(r), _) => format!("{:.2} M msg/s", r / 1e6),
+                (_, Some(p)) => format!("p50 {p} ns"),
+                _ => String::new(),
+            };
+            writeln!(
+                progress,
+                "[{done}/{total}] round {} {}: {shown}, lost {} (cache-line hand-off {handoff:.0} ns)",
+                rep + 1,
+                spec.name(),
+                s.lost
+            )?;
+            samples[i].push(s);
+        }
+    }
+    Ok(specs.iter().zip(samples).map(|(spec, s)| summarize(*spec, s)).collect())
+}
+
+fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Result<Sample> {
+    let child_cpu = o.cpus.map(|c| c.1);
+    if let Some((a, _)) = o.cpus {
+        super::pin(a);
+    }
+    let blank = Sample { msgs_per_sec: None, p50_ns: None, p99_ns: None, p999_ns: None, lost: 0, handoff_ns };
+    match spec {
+        Spec::Tput { t, size, touch } => {
+            let mut s = Stream::open(t, Some(bus), size, touch, child_cpu)?;
+            s.round(2_000)?; // warm-up: page faults, caches, the child's first wake-up
+            let r = s.round_for(o.duration)?;
+            s.close()?;
+            Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
+        }
+        Spec::FanIn { size } => {
+            fan_in(bus, o, size).map(|(rate, lost)| Sample { msgs_per_sec: Some(rate), lost, ..blank })
+        }
+        Spec::Lat { t, size, wait } => {
+            let mut pp = PingPong::open(t, Some(bus), size, wait, child_cpu)?;
+            let n = if wait == Wait::Busy { o.round_trips } else { (o.round_trips / 4).max(100) };
+            for seq in 0..(n / 10).max(10) {
+                pp.round_trip(seq)?;
+            }
+            let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+            for seq in 0..n {
+                let rtt = pp.round_trip(seq + 1_000_000)?;
+                let _ = h.record((rtt / 2).max(1));
+            }
+            pp.close()?;
+            Ok(Sample {
+                p50_ns: Some(h.value_at_quantile(0.5)),
+                p99_ns: Some(h.value_at_quantile(0.99)),
+                p999_ns: Some(h.value_at_quantile(0.999)),
+                ..blank
+            })
+        }
+    }
+}
+
+/// 4 publisher processes → this process as subscriber, for `o.duration`.
+fn fan_in(bus: &Bus, o: &Options, size: usize) -> std::io::Result<(f64, u64)> {
+    let subsystem = super::link::fresh_subsystem("fanin");
+    let sub = bus.subscribe(&subsystem).map_err(std::io::Error::other)?;
+    let ms = o.duration.as_millis().max(1);
+    let peers: Vec<super::link::Peer> = (0..4)
+        .map(|id| {
+            super::link::Peer::spawn(
+                &format!("send subsystem={subsystem} size={size} id={id} duration_ms={ms}"),
+                &[],
+                Some(bus.socket_path()),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut next = [0u64; 4];
+    let (mut received, mut lost, mut stops) = (0u64, 0u64, 0);
+    let (mut first, mut last) = (0u64, 0u64);
+    while stops < 4 {
+        let m = sub.recv_timeout(Duration::from_secs(30)).map_err(std::io::Error::other)?;
+        let b = m.body_bytes().map_err(std::io::Error::other)?;
+        let seq = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let id = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")) as usize % 4;
+        if seq == super::link::STOP {
+            stops += 1;
+            continue;
+        }
+        last = super::link::mono_ns();
+        if first == 0 {
+            first = last;
+        }
+        received += 1;
+        lost += seq.saturating_sub(next[id]);
+        next[id] = seq + 1;
+    }
+    for p in peers {
+        p.finish()?;
+    }
+    Ok((received as f64 * 1e9 / (last - first).max(1) as f64, lost))
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v.get(v.len() / 2).copied()
+}
+
+fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
+    let (kind, transport, body_bytes, touch, wait, publishers) = match spec {
+        Spec::Tput { t, size, touch } => ("throughput", t.name(), size, Some(touch), None, 1),
+        Spec::FanIn { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 4),
+        Spec::Lat { t, size, wait } => ("latency", t.name(), size, None, Some(wait), 1),
+    };
+    let rates: Vec<f64> = samples.iter().filter_map(|s| s.msgs_per_sec).collect();
+    let range = (!rates.is_empty())
+        .then(|| (rates.iter().copied().fold(f64::MAX, f64::min), rates.iter().copied().fold(0.0, f64::max)));
+    Measurement {
+        name: spec.name(),
+        kind,
+        transport,
+        body_bytes,
+        touch,
+        wait,
+        publishers,
+        msgs_per_sec: median(rates),
+        msgs_per_sec_range: range,
+        p50_ns: median(samples.iter().filter_map(|s| s.p50_ns).collect()),
+        p99_ns: median(samples.iter().filter_map(|s| s.p99_ns).collect()),
+        p999_ns: median(samples.iter().filter_map(|s| s.p999_ns).collect()),
+        lost: samples.iter().map(|s| s.lost).sum(),
+        handoff_ns: median(samples.iter().map(|s| s.handoff_ns).collect()).unwrap_or(0.0),
+        samples,
+    }
+}
+
+/// Median over rounds of `a / b`, pairing the rounds of two measurements.
+pub fn paired_ratio(a: &Measurement, b: &Measurement, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    median(a.samples.iter().zip(&b.samples).filter_map(|(x, y)| Some(f(x)? / f(y)?)).collect())
+}
+
+/// Prints the human table.
+pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std::io::Result<()> {
+    let find = |name: String| ms.iter().find(|m| m.name == name);
+    writeln!(
+        out,
+        "{} rounds; each run {:?}; sides pinned to CPUs {}",
+        o.reps,
+        o.duration,
+        o.cpus.map(|(a, b)| format!("{a} and {b}")).unwrap_or_else(|| "(not pinned)".into())
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<38} {:>6} {:>12} {:>21} {:>9} {:>8} {:>8} {:>5}",
+        "throughput (1 message per call)", "body", "median", "min-max", "hand-off", "vs uds", "vs pipe", "lost"
+    )?;
+    let rate = |s: &Sample| s.msgs_per_sec;
+    for m in ms.iter().filter(|m| m.kind == "throughput") {
+        let (vs_uds, vs_pipe) = if m.transport == "shmbus" && m.publishers == 1 {
+            (
+                find(format!("throughput/uds/{}/full", m.body_bytes)).and_then(|b| paired_ratio(m, b, rate)),
+                find(format!("throughput/pipe/{}/full", m.body_bytes)).and_then(|b| paired_ratio(m, b, rate)),
+            )
+        } else {
+            (None, None)
+        };
+        let label = match (m.transport, m.publishers, m.touch) {
+            ("shmbus", 4, _) => "shmbus, 4 publishers -> 1".to_string(),
+            ("shmbus", _, Some(Touch::Header)) => "shmbus (header touched)".to_string(),
+            ("shmbus", _, _) => "shmbus (whole body written and read)".to_string(),
+            (t, _, _) => format!("{t} (one write, one read per message)"),
+        };
+        let (lo, hi) = m.msgs_per_sec_range.unwrap_or((0.0, 0.0));
+        writeln!(
+            out,
+            "{:<38} {:>4} B {:>8.2} M/s {:>10.2}-{:<6.2} M/s {:>6.0} ns {:>8} {:>8} {:>5}",
+            label,
+            m.body_bytes,
+            m.msgs_per_sec.unwrap_or(0.0) / 1e6,
+            lo / 1e6,
+            hi / 1e6,
+            m.handoff_ns,
+            vs_uds.map(|r| format!("{r:.1}x")).unwrap_or_default(),
+            vs_pipe.map(|r| format!("{r:.1}x")).unwrap_or_default(),
+            m.lost
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<38} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "one-way latency (round trip / 2)", "body", "p50", "p99", "p99.9", "hand-off", "vs futex"
+    )?;
+    let futex = find("latency/futex/8/sleep".into());
+    for m in ms.iter().filter(|m| m.kind == "latency") {
+        let label = match (m.transport, m.wait) {
+            ("shmbus", Some(Wait::Busy)) => "shmbus, busy-polling receiver",
+            ("shmbus", _) => "shmbus, receiver sleeps (futex wake)",
+            ("uds", _) => "uds, blocking read",
+            ("pipe", _) => "pipe, blocking read",
+            _ => "bare shared futex hand-off",
+        };
+        let vs = match (m.transport, m.wait, futex) {
+            ("shmbus", Some(Wait::Sleep), Some(f)) => {
+                paired_ratio(m, f, |s| s.p50_ns.map(|p| p as f64)).map(|r| format!("{r:.2}x"))
+            }
+            _ => None,
+        };
+        writeln!(
+            out,
+            "{:<38} {:>4} B {:>6} ns {:>6} ns {:>6} ns {:>6.0} ns {:>9}",
+            label,
+            m.body_bytes,
+            m.p50_ns.unwrap_or(0),
+            m.p99_ns.unwrap_or(0),
+            m.p999_ns.unwrap_or(0),
+            m.handoff_ns,
+            vs.unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
