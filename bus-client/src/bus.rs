@@ -8,7 +8,6 @@ use bus_core::layout::PORTS_PER_CLIENT;
 use bus_core::segment::Segment;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,6 @@ pub(crate) struct Inner {
     socket: PathBuf,
     control: Mutex<(OwnedFd, Vec<u8>)>,
     ports: Mutex<u32>,
-    next_id: AtomicU64,
     pub(crate) send_timeout: Duration,
 }
 
@@ -131,7 +129,6 @@ impl BusBuilder {
                 socket,
                 control: Mutex::new((fd, buf)),
                 ports: Mutex::new(0),
-                next_id: AtomicU64::new(1),
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
             }),
         })
@@ -248,11 +245,6 @@ impl Inner {
     pub(crate) fn release_port(&self, port: u32) {
         let mut used = self.ports.lock().unwrap_or_else(|p| p.into_inner());
         *used &= !(1 << port);
-    }
-
-    /// A bus-unique message id: the connection serial, then a counter.
-    pub(crate) fn next_message_id(&self) -> u64 {
-        (self.serial as u64) << 40 | (self.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1))
     }
 
     /// Blocks until `attempt` yields a value, `timeout` passes (`Ok(None)`)

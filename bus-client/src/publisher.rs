@@ -54,6 +54,7 @@ impl PublisherBuilder {
             routes: Vec::new(),
             routes_version: u64::MAX,
             backpressure: self.backpressure,
+            next_id: 0,
         })
     }
 }
@@ -80,6 +81,7 @@ pub struct Publisher {
     routes: Vec<CachedRoute>,
     routes_version: u64,
     backpressure: Backpressure,
+    next_id: u64,
 }
 
 impl Publisher {
@@ -171,14 +173,28 @@ impl Publisher {
         }
     }
 
-    fn push(&mut self, slot: SlotIndex, queue: u32, subsystem: &str) -> Result<(), SendError> {
+    /// The subsystem of the message in `slot` (we own it), for errors.
+    fn subsystem_of(&self, slot: SlotIndex, subsystem_len: usize) -> String {
+        // SAFETY: the slot is Loaned by us.
+        let path = unsafe { self.bus.inner.seg.slot(slot).path() }.unwrap_or("");
+        path.get(..subsystem_len).unwrap_or("").to_owned()
+    }
+
+    /// A bus-unique message id: the connection's serial, this port, and a
+    /// counter of this publisher (no shared atomic on the hot path).
+    fn next_message_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        (self.bus.inner.serial as u64) << 40 | (self.port as u64) << 35 | (self.next_id & ((1 << 35) - 1))
+    }
+
+    fn push(&mut self, slot: SlotIndex, queue: u32, subsystem_len: usize) -> Result<(), SendError> {
         let port = self.port();
         if port.enqueue(queue, slot).is_ok() {
             port.notify(queue);
             return Ok(());
         }
         match self.backpressure {
-            Backpressure::FailFast => Err(SendError::QueueFull { subsystem: subsystem.to_owned() }),
+            Backpressure::FailFast => Err(SendError::QueueFull { subsystem: self.subsystem_of(slot, subsystem_len) }),
             Backpressure::Block(t) => {
                 let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
                 match self.bus.inner.wait_on(&ring.header().space, Some(t), crate::bus::DEFAULT_SPINS, || {
@@ -334,26 +350,19 @@ impl<'a> Loan<'a> {
 
     /// Sends the message; on failure hands the loan back.
     pub fn send(self) -> Result<u64, LoanSendError<'a>> {
-        let inner = &self.publisher.bus.inner;
-        let h = inner.seg.slot(self.slot).header();
-        let id = inner.next_message_id();
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is not used or dropped again; its fields move out here.
+        let publisher = unsafe { std::ptr::read(&me.publisher) };
+        let (slot, queue, subsystem_len) = (me.slot, me.queue, me.subsystem_len);
+        let id = publisher.next_message_id();
+        let h = publisher.bus.inner.seg.slot(slot).header();
         h.id.store(id, Ordering::Relaxed);
         if h.trace_id.load(Ordering::Relaxed) == 0 {
             h.trace_id.store(id, Ordering::Relaxed);
         }
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         h.timestamp_ns.store(ts, Ordering::Relaxed);
-        let mut name = [0u8; bus_core::layout::SUBSYSTEM_NAME_MAX];
-        // SAFETY: the slot is Loaned by us.
-        let path = unsafe { inner.seg.slot(self.slot).path() }.unwrap_or("");
-        let n = self.subsystem_len.min(path.len()).min(name.len());
-        name[..n].copy_from_slice(&path.as_bytes()[..n]);
-        let subsystem = std::str::from_utf8(&name[..n]).unwrap_or("");
-        let me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `me` is not used or dropped again except through `loan` below.
-        let publisher = unsafe { std::ptr::read(&me.publisher) };
-        let (slot, queue, subsystem_len) = (me.slot, me.queue, me.subsystem_len);
-        match publisher.push(slot, queue, subsystem) {
+        match publisher.push(slot, queue, subsystem_len) {
             Ok(()) => Ok(id),
             Err(error) => Err(LoanSendError { error, loan: Loan { publisher, slot, queue, subsystem_len } }),
         }

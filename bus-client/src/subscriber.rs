@@ -7,7 +7,7 @@ use crate::protocol::{Reply, Request};
 use bus_core::layout::FLAG_REDELIVERED;
 use bus_core::slot_pool::{CorruptSlot, Port, SlotRef};
 use bus_core::SlotIndex;
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -105,14 +105,12 @@ impl Subscriber {
 
     fn wrap(&self, slot: SlotIndex) -> Result<Message<'_>, RecvError> {
         let s = self.bus.inner.seg.slot(slot);
-        // SAFETY: the slot is Held by our client through this port.
-        match unsafe { s.path() } {
-            Ok(path) => match bus_core::path::separator(path) {
-                Some(split) => Ok(Message { sub: self, slot: s, path, split }),
-                None => Err(self.corrupt(slot, "path has no \"://\"")),
-            },
-            Err(c) => Err(self.corrupt(slot, c.what)),
+        // Only the length is checked here (it is on the header's line); the
+        // path itself, at the end of the slot, is read when asked for.
+        if s.header().path_len.load(Ordering::Relaxed) as usize > bus_core::PATH_CAPACITY {
+            return Err(self.corrupt(slot, "path length out of range"));
         }
+        Ok(Message { sub: self, slot: s, parts: OnceCell::new() })
     }
 
     fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
@@ -133,24 +131,33 @@ impl Drop for Subscriber {
 pub struct Message<'a> {
     sub: &'a Subscriber,
     slot: SlotRef<'a>,
-    path: &'a str,
-    split: usize,
+    /// The path and the offset of its `://`, read and checked on first use.
+    parts: OnceCell<Option<(&'a str, usize)>>,
 }
 
 impl<'a> Message<'a> {
-    /// The whole path, `subsystem://route`.
+    fn parts(&self) -> Option<(&'a str, usize)> {
+        *self.parts.get_or_init(|| {
+            // SAFETY: the slot is Held by us for as long as this guard lives.
+            let path = unsafe { self.slot.path() }.ok()?;
+            Some((path, bus_core::path::separator(path)?))
+        })
+    }
+
+    /// The whole path, `subsystem://route` (empty if a faulty sender wrote
+    /// a path that is not valid).
     pub fn path(&self) -> &'a str {
-        self.path
+        self.parts().map_or("", |(p, _)| p)
     }
 
     /// The subsystem.
     pub fn subsystem(&self) -> &'a str {
-        &self.path[..self.split]
+        self.parts().map_or("", |(p, s)| &p[..s])
     }
 
     /// The route (after `://`).
     pub fn route(&self) -> &'a str {
-        &self.path[self.split + 3..]
+        self.parts().map_or("", |(p, s)| &p[s + 3..])
     }
 
     /// Bus-unique message id.
@@ -219,7 +226,7 @@ impl<'a> Message<'a> {
 
 impl std::fmt::Debug for Message<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message").field("path", &self.path).field("id", &self.id()).finish_non_exhaustive()
+        f.debug_struct("Message").field("path", &self.path()).field("id", &self.id()).finish_non_exhaustive()
     }
 }
 

@@ -10,9 +10,10 @@
 //!  ─────────────────────                 ──────────────────────────────
 //!  cell CAS            (SeqCst)          waiters += 1           (SeqCst)
 //!  if waiters > 0      (SeqCst load)     w = word               (SeqCst)
-//!      word += 1; futex_wake(word)       re-check ring          (SeqCst load)
-//!                                        if still empty: futex_wait(word, w)
-//!                                        waiters -= 1
+//!   and swap(pending,1)==0 (SeqCst)      swap(pending, 0)       (SeqCst)
+//!      word += 1 (Release)               re-check ring          (SeqCst load)
+//!      futex_wake(word)                  if still empty: futex_wait(word, w)
+//!                                        swap(pending, 0); waiters -= 1
 //! ```
 //!
 //! SYNC: doorbell. All four marked operations are `SeqCst`, so they fall in
@@ -23,6 +24,15 @@
 //! `word != w` in the kernel's atomic check or is woken. On x86 the SeqCst
 //! loads are plain loads and the CAS is a locked instruction anyway: the
 //! awake path costs one extra load of a line that stays shared.
+//!
+//! `pending` makes it one syscall per sleep instead of one per push while a
+//! sleeper is being scheduled: a ringer that finds a wake-up already on its
+//! way skips the syscall. SYNC: doorbell-pending — the sleeper clears the
+//! flag after reading the word. If a ringer's swap comes before that clear,
+//! the clear reads the ringer's 1 and so synchronizes with it: the re-check
+//! sees the ringer's item. If it comes after, the ringer reads 0 and wakes;
+//! the word the sleeper read predates that bump (they are ordered through
+//! the two swaps), so the futex call returns.
 //!
 //! [`Line`]: crate::line::Line
 
@@ -39,6 +49,10 @@ pub struct Doorbell {
     /// The futex word. Bumped by a ringer that saw a waiter; sleepers wait
     /// while it holds the value they read. Wraps.
     word: AtomicU32,
+    /// 1 while a wake-up is on its way and not yet taken by a sleeper: later
+    /// ringers skip the syscall. Set by the ringer that wakes (swap), cleared
+    /// by a sleeper when it announces itself and when it wakes.
+    pending: AtomicU32,
     /// Under loom, the "kernel" of the futex model: a mutex and condvar that
     /// give `FUTEX_WAIT`'s atomic check-and-sleep.
     #[cfg(loom)]
@@ -60,6 +74,7 @@ impl Doorbell {
         Doorbell {
             waiters: AtomicU32::new(0),
             word: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
             kernel: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
         }
     }
@@ -68,18 +83,45 @@ impl Doorbell {
     /// memory is a valid doorbell).
     #[cfg(not(loom))]
     pub const fn zeroed() -> Self {
-        Doorbell { waiters: AtomicU32::new(0), word: AtomicU32::new(0) }
+        Doorbell { waiters: AtomicU32::new(0), word: AtomicU32::new(0), pending: AtomicU32::new(0) }
     }
 
     /// Rings after an item was made available. Must be called after the
     /// `SeqCst` operation that published the item (SYNC: doorbell).
     #[inline]
     pub fn ring(&self) {
-        crate::sync::seqcst_order_for_loom();
-        // SYNC: doorbell — pairs with the SeqCst increment in `announce`.
-        if self.waiters.load(Ordering::SeqCst) > 0 {
+        if self.has_waiters() {
+            self.wake_once();
+        }
+    }
+
+    /// Wakes one sleeper unless a wake-up is already on its way. While a
+    /// sleeper takes tens of microseconds to be scheduled, every push would
+    /// otherwise see it as a waiter and pay a syscall.
+    #[inline]
+    fn wake_once(&self) {
+        // SYNC: doorbell-pending — SeqCst pairs with the clearing store in
+        // `announce`: if this swap reads 1 from an earlier cycle, the
+        // sleeper's clear comes later in the total order, and so does its
+        // re-check, which then sees our item.
+        if self.pending.swap(1, Ordering::SeqCst) == 0 {
             self.wake(1);
         }
+    }
+
+    /// Whether anyone announced it sleeps (the same `SeqCst` load as
+    /// [`Doorbell::ring`], for ringers that wake only past a threshold).
+    #[inline]
+    pub fn has_waiters(&self) -> bool {
+        crate::sync::seqcst_order_for_loom();
+        // SYNC: doorbell — pairs with the SeqCst increment in `announce`.
+        self.waiters.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wakes one sleeper (unless a wake-up is already on its way); for
+    /// ringers that checked [`Doorbell::has_waiters`] themselves.
+    pub fn ring_one(&self) {
+        self.wake_once();
     }
 
     /// Wakes every sleeper (shutdown, reclaim): they re-check and find out.
@@ -88,9 +130,12 @@ impl Doorbell {
     }
 
     fn wake(&self, count: u32) {
-        // Relaxed is enough for the bump: the kernel's futex check and the
-        // wake syscall order it for the sleeper (SYNC: doorbell).
-        self.word.fetch_add(1, Ordering::Relaxed);
+        // SYNC: doorbell-word — Release pairs with the sleeper's SeqCst
+        // (Acquire) load of the word in `announce`. A sleeper that reads the
+        // bumped value does not sleep on it and must then see our item in
+        // its re-check; a Relaxed bump would give it no happens-before edge
+        // to our push (found by the loom model).
+        self.word.fetch_add(1, Ordering::Release);
         #[cfg(not(loom))]
         crate::futex::wake(&self.word, count);
         #[cfg(loom)]
@@ -109,7 +154,16 @@ impl Doorbell {
         // SYNC: doorbell — pairs with the SeqCst load in `ring`.
         self.waiters.fetch_add(1, Ordering::SeqCst);
         crate::sync::seqcst_order_for_loom();
-        self.word.load(Ordering::SeqCst)
+        let seen = self.word.load(Ordering::SeqCst);
+        // SYNC: doorbell-pending — see `wake_once`. Cleared *after* reading
+        // the word: a wake-up that bumped the word before we read it is used
+        // up (we will not sleep on the old value), so from here on a ringer
+        // must wake us again. Clearing before the read lost that wake-up
+        // (found by the loom model). A swap, not a store: as
+        // read-modify-writes, the ringer's swap and this clear are ordered
+        // by the location itself. Slow path only.
+        self.pending.swap(0, Ordering::SeqCst);
+        seen
     }
 
     /// Second half: sleep while the word still reads `seen`, for at most
@@ -126,6 +180,8 @@ impl Doorbell {
             }
             false
         };
+        // Taken: the next ringer may wake another sleeper.
+        self.pending.swap(0, Ordering::SeqCst);
         self.retire();
         timed_out
     }

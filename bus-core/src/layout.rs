@@ -34,8 +34,13 @@
 //! | free_ring + 640 | 8·free_capacity | cells | everyone | everyone | `free_capacity` = 2·next_pow2(slot_count) |
 //! | queues + q·queue_stride | 640 + 8·queue_capacity | ring of subsystem q | publishers push, subscribers pop | | `queue_capacity` a power of two |
 //! | slots + i·slot_size | 64 | [`SlotHeader`] of slot i | the owner of slot i (see `own`) | the next owner | `own` is the ownership record |
-//! | slots + i·slot_size + 64 | path_len | path bytes | owner | receiver | `path_len` ≤ min([`PATH_CAPACITY`], slot_size − 64) |
-//! | slots + i·slot_size + body_offset | body_len | body (16-byte aligned) | owner | receiver | `body_offset` + `body_len` ≤ slot_size |
+//! | slots + i·slot_size + 64 | body_len | body (64-byte aligned) | owner | receiver | 64 + `body_len` ≤ slot_size − `path_len` |
+//! | slots + (i+1)·slot_size − path_len | path_len | path bytes, at the end of the slot | owner | receiver (only if it asks for the path) | `path_len` ≤ min([`PATH_CAPACITY`], slot_size − 64) |
+//!
+//! The body starts right after the header so that a small body shares the
+//! header's neighbourhood (header + 64-byte body = two cache lines), and the
+//! path sits at the end of the slot so that a receiver that does not look at
+//! the path never pulls its cache line over.
 //!
 //! Ownership of a slot is the `own` word of its header, changed by CAS where
 //! two parties may race for it (see [`crate::slot_pool`]). Nothing in the
@@ -52,7 +57,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\0");
 /// Bumped whenever any structure below, the slot header, or the rkyv major
 /// version used for bodies changes (all processes on a bus must agree).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Size of the segment header region.
 pub const HEADER_SIZE: usize = 4096;
 /// Port intent records per client (threads of one client that use the bus
@@ -64,8 +69,9 @@ pub const SLOT_HEADER_SIZE: usize = 64;
 pub const PATH_CAPACITY: usize = 255;
 /// Longest subsystem name.
 pub const SUBSYSTEM_NAME_MAX: usize = 32;
-/// Alignment of message bodies inside a slot.
-pub const BODY_ALIGN: usize = 16;
+/// Offset of the body within a slot: right after the header, so 64-byte
+/// aligned (rkyv needs 16).
+pub const BODY_OFFSET: usize = SLOT_HEADER_SIZE;
 
 /// Limits that a configuration must respect (checked at create and open).
 pub mod limits {
@@ -258,13 +264,14 @@ impl SegmentParams {
 
     /// Largest body a slot can hold for a path of `path_len` bytes.
     pub fn body_capacity(&self, path_len: usize) -> usize {
-        (self.slot_size as usize).saturating_sub(body_offset(path_len))
+        body_capacity(self.slot_size as usize, path_len)
     }
 }
 
-/// Offset of the body within a slot, for a path of `path_len` bytes.
-pub const fn body_offset(path_len: usize) -> usize {
-    (SLOT_HEADER_SIZE + path_len).div_ceil(BODY_ALIGN) * BODY_ALIGN
+/// Largest body a slot of `slot_size` bytes holds beside a path of
+/// `path_len` bytes (the path sits at the end of the slot).
+pub const fn body_capacity(slot_size: usize, path_len: usize) -> usize {
+    slot_size.saturating_sub(BODY_OFFSET + path_len)
 }
 
 /// The fixed start of the segment.
@@ -419,7 +426,8 @@ pub struct SlotHeader {
     pub body_len: AtomicU32,
     /// Path length in bytes (≤ [`PATH_CAPACITY`]).
     pub path_len: AtomicU16,
-    /// Body offset from the slot start (= `body_offset(path_len)`).
+    /// Body offset from the slot start: [`BODY_OFFSET`] in this layout
+    /// version (kept so that a later version can move the body).
     pub body_offset: AtomicU16,
     /// Client serial of the requester's reply queue (0: none). Reserved for
     /// request/response.
@@ -480,11 +488,10 @@ mod tests {
     }
 
     #[test]
-    fn body_offset_is_aligned_after_the_path() {
-        assert_eq!(body_offset(0), 64);
-        assert_eq!(body_offset(1), 80);
-        assert_eq!(body_offset(16), 80);
-        assert_eq!(body_offset(17), 96);
-        assert_eq!(body_offset(PATH_CAPACITY) % BODY_ALIGN, 0);
+    fn the_body_fills_the_slot_between_header_and_path() {
+        assert_eq!(body_capacity(256, 0), 192);
+        assert_eq!(body_capacity(256, 17), 175);
+        assert_eq!(body_capacity(128, PATH_CAPACITY), 0);
+        assert_eq!(BODY_OFFSET % 16, 0);
     }
 }

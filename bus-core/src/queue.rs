@@ -217,6 +217,28 @@ impl<'a> Ring<'a> {
         self.header.space.ring();
     }
 
+    /// After a pop: wakes the producers sleeping on a full ring, but only
+    /// once it has drained to half its capacity. Waking them at every pop
+    /// would cost a syscall per message while the ring stays nearly full;
+    /// a producer also re-checks on its own every time-slice, so the worst
+    /// a missed threshold costs is one slice.
+    #[inline]
+    pub fn notify_space_when_half_empty(&self) {
+        if self.header.space.has_waiters() && self.len() <= self.capacity() / 2 {
+            self.header.space.ring_all();
+        }
+    }
+
+    /// After a push: wakes one consumer sleeping on this ring, but only once
+    /// it holds at least `min` entries (used for the free ring, whose
+    /// consumers take slots in batches).
+    #[inline]
+    pub fn notify_items_at_least(&self, min: u64) {
+        if self.header.items.has_waiters() && self.len() >= min {
+            self.header.items.ring_one();
+        }
+    }
+
     /// Number of entries, approximately (tail and head are read at different
     /// times and may lag by a few positions). Never more than the capacity.
     pub fn len(&self) -> u64 {

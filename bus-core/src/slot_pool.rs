@@ -34,7 +34,7 @@
 //! extra entry is skipped later. Slots in `Cached`, `Loaned` or `Held` name
 //! their client, so the daemon finds them by a scan.
 
-use crate::layout::{body_offset, SlotHeader, BODY_ALIGN, FLAG_RAW, PATH_CAPACITY, SLOT_HEADER_SIZE};
+use crate::layout::{body_capacity, SlotHeader, BODY_OFFSET, FLAG_RAW, PATH_CAPACITY, SLOT_HEADER_SIZE};
 use crate::queue::Ring;
 use crate::segment::{Segment, SlotIndex};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +86,10 @@ impl Own {
         Own { gen: (w >> 32) as u32, state, who: (w & 0xff_ffff) as u32 }
     }
 }
+
+/// Free slots that must be back in the free ring before a release wakes a
+/// publisher sleeping for one (the size of a publisher's cache refill).
+pub const FREE_WAKE_BATCH: u64 = 32;
 
 /// Ring id of the free ring in an intent.
 pub const RING_FREE: u32 = 0;
@@ -175,22 +179,22 @@ impl<'a> SlotRef<'a> {
 
     /// Bytes available for the body after a path of `path_len` bytes.
     pub fn body_capacity(&self, path_len: usize) -> usize {
-        self.size.saturating_sub(body_offset(path_len))
+        body_capacity(self.size, path_len)
     }
 
-    /// Writes the path after the header and records its length and the body
-    /// offset.
+    /// Writes the path at the end of the slot and records its length and the
+    /// body offset.
     ///
     /// # Safety
     /// The caller owns the slot (state `Loaned` by its client): nobody else
     /// reads or writes the slot's bytes meanwhile.
     pub unsafe fn write_path(&self, path: &str) {
-        assert!(path.len() <= PATH_CAPACITY && body_offset(path.len()) <= self.size);
-        // SAFETY: the range [64, 64 + len) is inside the slot (asserted) and
-        // the caller owns the slot.
-        unsafe { std::ptr::copy_nonoverlapping(path.as_ptr(), self.base.add(SLOT_HEADER_SIZE), path.len()) };
+        assert!(path.len() <= PATH_CAPACITY && BODY_OFFSET + path.len() <= self.size);
+        // SAFETY: the range [size - len, size) is inside the slot and after
+        // the header (asserted), and the caller owns the slot.
+        unsafe { std::ptr::copy_nonoverlapping(path.as_ptr(), self.base.add(self.size - path.len()), path.len()) };
         self.header.path_len.store(path.len() as u16, Ordering::Relaxed);
-        self.header.body_offset.store(body_offset(path.len()) as u16, Ordering::Relaxed);
+        self.header.body_offset.store(BODY_OFFSET as u16, Ordering::Relaxed);
     }
 
     /// The body area after a path of `path_len` bytes, 16-byte aligned.
@@ -203,12 +207,11 @@ impl<'a> SlotRef<'a> {
     /// ownership (the returned lifetime is bounded by the segment only).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn body_area(&self, path_len: usize) -> &'a mut [u8] {
-        let off = body_offset(path_len);
-        assert!(off <= self.size);
-        // SAFETY: [off, size) is inside the slot; the caller owns the slot,
-        // so this is the only reference to those bytes; the base is
-        // 64-aligned and `off` a multiple of BODY_ALIGN.
-        unsafe { std::slice::from_raw_parts_mut(self.base.add(off), self.size - off) }
+        let len = body_capacity(self.size, path_len);
+        // SAFETY: [BODY_OFFSET, BODY_OFFSET + len) is inside the slot and
+        // before the path; the caller owns the slot, so this is the only
+        // reference to those bytes; the base is 64-aligned.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(BODY_OFFSET), len) }
     }
 
     /// The path, bounds- and UTF-8-checked.
@@ -220,8 +223,9 @@ impl<'a> SlotRef<'a> {
         if len > PATH_CAPACITY || SLOT_HEADER_SIZE + len > self.size {
             return Err(self.corrupt("path length out of range"));
         }
-        // SAFETY: in bounds (checked); the caller owns the slot.
-        let bytes = unsafe { std::slice::from_raw_parts(self.base.add(SLOT_HEADER_SIZE), len) };
+        // SAFETY: [size - len, size) is in bounds (checked); the caller owns
+        // the slot.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base.add(self.size - len), len) };
         std::str::from_utf8(bytes).map_err(|_| self.corrupt("path is not UTF-8"))
     }
 
@@ -232,7 +236,7 @@ impl<'a> SlotRef<'a> {
     pub unsafe fn body(&self) -> Result<&'a [u8], CorruptSlot> {
         let off = self.header.body_offset.load(Ordering::Relaxed) as usize;
         let len = self.header.body_len.load(Ordering::Relaxed) as usize;
-        if off < SLOT_HEADER_SIZE || off % BODY_ALIGN != 0 || off > self.size || len > self.size - off {
+        if off < SLOT_HEADER_SIZE || off % 16 != 0 || off > self.size || len > self.size - off {
             return Err(self.corrupt("body offset or length out of range"));
         }
         // SAFETY: in bounds (checked); the caller owns the slot.
@@ -332,7 +336,10 @@ impl<'a> Port<'a> {
             std::thread::yield_now();
         }
         self.clear_intent();
-        ring.notify_items();
+        // Publishers take free slots 32 at a time (their private cache): wake
+        // one when a batch is there, not at every release.
+        let batch = (self.seg.params().slot_count as u64 / 2).clamp(1, FREE_WAKE_BATCH);
+        ring.notify_items_at_least(batch);
     }
 
     /// Marks a slot this client owns as loaned (`Cached → Loaned`).
@@ -398,7 +405,7 @@ impl<'a> Port<'a> {
                         .is_ok()
             });
             self.clear_intent();
-            ring.notify_space();
+            ring.notify_space_when_half_empty();
             match claimed {
                 Some(i) => return Some(i),
                 None => {

@@ -91,3 +91,24 @@ fn two_consumers_share_entries_without_duplicates() {
         assert_eq!(r.ring().pop(), None);
     });
 }
+
+#[test]
+fn two_sleeping_consumers_of_one_ring_are_both_woken() {
+    loom::model(|| {
+        let r = Arc::new(OwnedRing::new(2));
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let r = r.clone();
+                thread::spawn(move || pop_blocking(&r, 1))
+            })
+            .collect();
+        for p in 0..2u32 {
+            let ring = r.ring();
+            ring.push(p).unwrap();
+            ring.notify_items();
+        }
+        let mut got: Vec<u32> = consumers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![0, 1]);
+    });
+}

@@ -42,7 +42,7 @@ fn an_oversized_body_reports_both_sizes_and_returns_the_slot() {
     let _sub = c.subscribe("api").unwrap();
     let mut p = c.publisher().create().unwrap();
     let cap = c.body_capacity("api://x".len());
-    assert_eq!(cap, 256 - 80);
+    assert_eq!(cap, 256 - 64 - "api://x".len());
     let e = p.send_bytes("api://x", &vec![0u8; cap + 1]).unwrap_err();
     assert_eq!(e, SendError::BodyTooLarge { size: cap + 1, capacity: cap });
     let e = p.send("api://x", &Other { text: "x".repeat(1000) }).unwrap_err();
