@@ -144,6 +144,17 @@ pub enum SendError {
     },
 }
 
+/// A batch send that stopped part-way: the first `sent` messages were
+/// sent, the rest were not (their slots are back in the pool).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error} (after {sent} messages of the batch were sent)")]
+pub struct BatchError {
+    /// Messages sent before the failure.
+    pub sent: usize,
+    /// What stopped the batch.
+    pub error: SendError,
+}
+
 /// Why a receive failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

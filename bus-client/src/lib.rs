@@ -32,6 +32,6 @@ mod subscriber;
 pub use body::{fingerprint, Body};
 pub use bus::{Bus, BusBuilder, DEFAULT_SPINS};
 pub use bus_core::{Path, PathError, PATH_CAPACITY};
-pub use error::{BodyError, ConnectError, RecvError, RequestError, SendError};
+pub use error::{BatchError, BodyError, ConnectError, RecvError, RequestError, SendError};
 pub use publisher::{Backpressure, Loan, LoanSendError, LoanUninit, Publisher, PublisherBuilder};
 pub use subscriber::{Message, Subscriber};

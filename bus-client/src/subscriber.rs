@@ -93,6 +93,51 @@ impl Subscriber {
         }
     }
 
+    /// Waits (for at most `timeout`, `None`: as long as it takes) until at
+    /// least one message is queued, then appends up to `max` queued
+    /// messages to `out` with one ring operation; returns how many. Reuse
+    /// `out` (clearing it releases the messages) and this allocates nothing.
+    /// A message with a corrupt header is released and skipped.
+    pub fn recv_batch<'a>(
+        &'a self,
+        out: &mut Vec<Message<'a>>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, RecvError> {
+        let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");
+        let r = self.bus.inner.wait_on(&ring.header().items, timeout, self.spins.get(), || {
+            let n = self.take_batch(out, max);
+            (n > 0).then_some(n)
+        });
+        match r {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(RecvError::Timeout(timeout.unwrap_or_default())),
+            Err(()) => Err(RecvError::BusGone),
+        }
+    }
+
+    /// Appends up to `max` queued messages to `out` without waiting; returns
+    /// how many (0 when the queue is empty). Makes no system call.
+    pub fn try_recv_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> Result<usize, RecvError> {
+        match self.take_batch(out, max) {
+            0 if !self.bus.inner.seg.daemon_running() => Err(RecvError::BusGone),
+            n => Ok(n),
+        }
+    }
+
+    fn take_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> usize {
+        let port = self.port();
+        let mut n = 0;
+        port.dequeue_many(self.queue, max, |slot| {
+            // A corrupt message was released by `wrap`; skip it.
+            if let Ok(m) = self.wrap(slot) {
+                out.push(m);
+                n += 1;
+            }
+        });
+        n
+    }
+
     fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
         let port = self.port();
         let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");

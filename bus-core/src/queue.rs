@@ -199,6 +199,92 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Appends as many of `indices` as fit, in order; returns how many.
+    /// Each entry is still taken by its own cell CAS (so a crash leaves no
+    /// reserved cell), but the tail moves once at the end, and consecutive
+    /// cells share cache lines: the consumer gets 8 entries per line moved.
+    /// `before(index)` runs before each claiming CAS.
+    pub fn push_many(&self, indices: &[u32], mut before: impl FnMut(u32)) -> usize {
+        let mut t = self.header.tail.load(Ordering::Relaxed);
+        let mut done = 0;
+        while done < indices.len() {
+            let cell = self.cell(t);
+            // SYNC: cell-free — as in `push`.
+            let c = cell.load(Ordering::Acquire);
+            let diff = seq_of(c).wrapping_sub(t as u32) as i32;
+            if diff == 0 {
+                let index = indices[done];
+                before(index);
+                // SYNC: slot-published (and doorbell) — as in `push`.
+                match cell.compare_exchange_weak(c, pack(t + 1, index), Ordering::SeqCst, Ordering::Relaxed) {
+                    Ok(_) => {
+                        done += 1;
+                        t += 1;
+                    }
+                    Err(_) => t = t.max(self.header.tail.load(Ordering::Relaxed)),
+                }
+            } else if diff == 1 {
+                t += 1; // filled by someone else at this lap
+            } else if diff < 0 {
+                break; // full
+            } else {
+                t = t.max(self.header.tail.load(Ordering::Relaxed));
+                crate::sync::spin_hint();
+            }
+        }
+        self.advance(&self.header.tail, t);
+        done
+    }
+
+    /// Takes up to `max` entries, oldest first, calling `got(index)` right
+    /// after each is taken (before the next is tried); returns how many.
+    /// The head moves once at the end. `before(index)` as in
+    /// [`Ring::pop_with`].
+    pub fn pop_many(&self, max: usize, mut before: impl FnMut(u32), mut got: impl FnMut(u32)) -> usize {
+        let cap = self.capacity();
+        let mut h = self.header.head.load(Ordering::Relaxed);
+        let mut done = 0;
+        while done < max {
+            let cell = self.cell(h);
+            // SYNC: slot-published — as in `pop_with` (SeqCst: doorbell re-check).
+            let c = cell.load(Ordering::SeqCst);
+            let diff = seq_of(c).wrapping_sub((h + 1) as u32) as i32;
+            if diff == 0 {
+                let index = c as u32;
+                before(index);
+                // SYNC: cell-free — as in `pop_with`.
+                match cell.compare_exchange_weak(c, pack(h + cap, index), Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => {
+                        done += 1;
+                        h += 1;
+                        got(index);
+                    }
+                    Err(_) => h = h.max(self.header.head.load(Ordering::Relaxed)),
+                }
+            } else if diff as i64 == cap as i64 - 1 {
+                h += 1; // taken by someone else at this lap
+            } else if diff < 0 {
+                break; // empty
+            } else {
+                h = h.max(self.header.head.load(Ordering::Relaxed));
+                crate::sync::spin_hint();
+            }
+        }
+        self.advance(&self.header.head, h);
+        done
+    }
+
+    /// Moves a tail or head hint forward to `to` (never back).
+    fn advance(&self, hint: &AtomicU64, to: u64) {
+        let mut cur = hint.load(Ordering::Relaxed);
+        while cur < to {
+            match hint.compare_exchange_weak(cur, to, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(x) => cur = x,
+            }
+        }
+    }
+
     /// [`Ring::pop_with`] without an intent hook.
     #[inline]
     pub fn pop(&self) -> Option<u32> {
@@ -364,6 +450,84 @@ mod tests {
             }
         }
         assert!(ring.is_empty());
+    }
+
+    #[test]
+    fn batches_push_and_pop_in_order_and_stop_at_full_and_empty() {
+        let r = OwnedRing::new(8);
+        let ring = r.ring();
+        assert_eq!(ring.push_many(&[1, 2, 3, 4, 5], |_| {}), 5);
+        assert_eq!(ring.push_many(&[6, 7, 8, 9, 10], |_| {}), 3);
+        assert_eq!(ring.len(), 8);
+        let mut got = Vec::new();
+        assert_eq!(ring.pop_many(6, |_| {}, |i| got.push(i)), 6);
+        assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+        ring.push(11).unwrap();
+        got.clear();
+        assert_eq!(ring.pop_many(10, |_| {}, |i| got.push(i)), 3);
+        assert_eq!(got, [7, 8, 11]);
+        assert!(ring.is_empty());
+        // Single operations interleave with batches.
+        ring.push(12).unwrap();
+        assert_eq!(ring.push_many(&[13], |_| {}), 1);
+        assert_eq!(ring.pop(), Some(12));
+        assert_eq!(ring.pop(), Some(13));
+    }
+
+    #[test]
+    fn concurrent_batch_producers_and_consumers_lose_and_duplicate_nothing() {
+        use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
+        let n: u32 = if cfg!(miri) { 64 } else { 40_000 };
+        let r = OwnedRing::new(64);
+        let done = AtomicBool::new(false);
+        let seen: Vec<AtomicU8> = (0..2 * n).map(|_| AtomicU8::new(0)).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        std::thread::scope(|s| {
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (ring, seen, done) = (r.ring(), &seen, &done);
+                    s.spawn(move || loop {
+                        let got = ring.pop_many(
+                            7,
+                            |_| {},
+                            |i| {
+                                seen[i as usize].fetch_add(1, Relaxed);
+                            },
+                        );
+                        if got == 0
+                            && done.load(Acquire)
+                            && ring.pop_many(
+                                7,
+                                |_| {},
+                                |i| {
+                                    seen[i as usize].fetch_add(1, Relaxed);
+                                },
+                            ) == 0
+                        {
+                            return;
+                        }
+                        assert!(std::time::Instant::now() < deadline, "consumer timed out");
+                    })
+                })
+                .collect();
+            let producers: Vec<_> = (0..2u32)
+                .map(|p| {
+                    let ring = r.ring();
+                    s.spawn(move || {
+                        let all: Vec<u32> = (p * n..(p + 1) * n).collect();
+                        let mut at = 0;
+                        while at < all.len() {
+                            at += ring.push_many(&all[at..(at + 5).min(all.len())], |_| {});
+                            assert!(std::time::Instant::now() < deadline, "producer timed out");
+                        }
+                    })
+                })
+                .collect();
+            producers.into_iter().for_each(|h| h.join().unwrap());
+            done.store(true, Release);
+            consumers.into_iter().for_each(|h| h.join().unwrap());
+        });
+        assert!(seen.iter().all(|c| c.load(Relaxed) == 1), "an entry was lost or duplicated");
     }
 
     #[test]

@@ -291,35 +291,131 @@ impl<'a> Port<'a> {
     /// Takes one free slot into this client's cache (`Free → Cached`).
     /// `None` when the free ring is empty.
     pub fn take_free(&self) -> Option<SlotIndex> {
+        let mut got = None;
+        self.take_free_many(1, |i| got = Some(i));
+        got.or_else(|| {
+            // A skipped duplicate is not "empty": try once more.
+            let mut again = None;
+            if !self.seg.free_ring().is_empty() {
+                self.take_free_many(1, |i| again = Some(i));
+            }
+            again
+        })
+    }
+
+    /// Takes up to `max` free slots into this client's cache with one pass
+    /// over the free ring, calling `f` for each. Returns how many.
+    pub fn take_free_many(&self, max: usize, mut f: impl FnMut(SlotIndex)) -> usize {
         let ring = self.seg.free_ring();
-        loop {
-            let raw = ring.pop_with(|i| self.set_intent(IntentOp::Pop, RING_FREE, i));
-            let Some(raw) = raw else {
-                self.clear_intent();
-                return None;
-            };
-            let claimed = self.seg.slot_index(raw).and_then(|i| {
-                let slot = self.seg.slot(i);
-                let w = slot.header().own.load(Ordering::Relaxed);
-                let own = Own::unpack(w);
-                (own.state == Some(SlotState::Free))
-                    .then(|| Own::pack(own.gen.wrapping_add(1), SlotState::Cached, self.client))
-                    // SYNC: slot-claim — AcqRel pairs with the Release of the
-                    // releaser's state store through the free ring and with
-                    // any competing claim of a duplicate entry.
-                    .filter(|&new| {
-                        slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-                    })
-                    .map(|_| i)
-            });
-            self.clear_intent();
-            match claimed {
-                Some(i) => return Some(i),
-                None => {
-                    ring.header().stats.skipped.fetch_add(1, Ordering::Relaxed);
+        let mut taken = 0;
+        let mut skipped = 0;
+        ring.pop_many(
+            max,
+            |i| self.set_intent(IntentOp::Pop, RING_FREE, i),
+            |raw| match self.claim_free(raw) {
+                Some(i) => {
+                    taken += 1;
+                    f(i)
                 }
+                None => skipped += 1,
+            },
+        );
+        self.clear_intent();
+        if skipped > 0 {
+            ring.header().stats.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// `Free → Cached` for an index just popped from the free ring; `None`
+    /// for a duplicate or an out-of-range index.
+    fn claim_free(&self, raw: u32) -> Option<SlotIndex> {
+        let i = self.seg.slot_index(raw)?;
+        let slot = self.seg.slot(i);
+        let w = slot.header().own.load(Ordering::Relaxed);
+        let own = Own::unpack(w);
+        if own.state != Some(SlotState::Free) {
+            return None;
+        }
+        let new = Own::pack(own.gen.wrapping_add(1), SlotState::Cached, self.client);
+        // SYNC: slot-claim — AcqRel pairs with the Release of the releaser's
+        // state store through the free ring and with any competing claim of
+        // a duplicate entry.
+        slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| i)
+    }
+
+    /// Pushes loaned slots onto queue `q` in order (`Loaned → Queued(q)`),
+    /// as many as fit; returns how many. The rest stay loaned. Does not ring
+    /// the doorbell (see [`Port::notify`]): one ring covers the batch.
+    pub fn enqueue_many(&self, q: u32, slots: &[SlotIndex]) -> usize {
+        let ring = self.seg.queue(q).expect("queue index validated by the caller");
+        let ring_id = ring_of_queue(q);
+        // SlotIndex is a checked u32; the ring wants the raw values.
+        let mut raw = [0u32; 64];
+        let mut done = 0;
+        for chunk in slots.chunks(raw.len()) {
+            for (r, s) in raw.iter_mut().zip(chunk) {
+                *r = s.get();
+            }
+            let n = ring.push_many(&raw[..chunk.len()], |i| {
+                self.set_intent(IntentOp::Push, ring_id, i);
+                let slot = self.seg.slot(self.seg.slot_index(i).expect("our own loaned slot"));
+                slot.header().own.store(Own::pack(slot.own().gen, SlotState::Queued, q), Ordering::Relaxed);
+            });
+            done += n;
+            if n < chunk.len() {
+                // The one whose state was set but whose push found the ring
+                // full goes back to Loaned (the others were never touched).
+                let s = self.seg.slot(chunk[n]);
+                s.header().own.store(Own::pack(s.own().gen, SlotState::Loaned, self.client), Ordering::Relaxed);
+                break;
             }
         }
+        self.clear_intent();
+        done
+    }
+
+    /// Takes up to `max` messages of queue `q` (`Queued(q) → Held`), calling
+    /// `f` for each right after it is claimed. Returns how many.
+    pub fn dequeue_many(&self, q: u32, max: usize, mut f: impl FnMut(SlotIndex)) -> usize {
+        let Some(ring) = self.seg.queue(q) else { return 0 };
+        let ring_id = ring_of_queue(q);
+        let mut taken = 0;
+        let mut skipped = 0;
+        ring.pop_many(
+            max,
+            |i| self.set_intent(IntentOp::Pop, ring_id, i),
+            |raw| match self.claim_queued(q, raw) {
+                Some(i) => {
+                    taken += 1;
+                    f(i)
+                }
+                None => skipped += 1,
+            },
+        );
+        self.clear_intent();
+        ring.notify_space_when_half_empty();
+        if skipped > 0 {
+            ring.header().stats.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// `Queued(q) → Held` for an index just popped from queue `q`; `None`
+    /// for a duplicate or an out-of-range index.
+    fn claim_queued(&self, q: u32, raw: u32) -> Option<SlotIndex> {
+        let i = self.seg.slot_index(raw)?;
+        let slot = self.seg.slot(i);
+        let w = slot.header().own.load(Ordering::Relaxed);
+        let own = Own::unpack(w);
+        if own.state != Some(SlotState::Queued) || own.who != q {
+            return None;
+        }
+        let new = Own::pack(own.gen, SlotState::Held, self.client);
+        // SYNC: slot-claim — Acquire: the publisher's writes to the slot
+        // (published by its ring CAS) are visible; the CAS settles a race
+        // with a duplicate entry.
+        slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| i)
     }
 
     /// Returns a slot this client owns (`Cached`, `Loaned` or `Held`) to the
@@ -381,36 +477,15 @@ impl<'a> Port<'a> {
     /// Takes the next message of queue `q` (`Queued(q) → Held`). Duplicates
     /// and out-of-range indices are skipped. `None` when empty.
     pub fn dequeue(&self, q: u32) -> Option<SlotIndex> {
-        let ring = self.seg.queue(q)?;
-        let ring_id = ring_of_queue(q);
         loop {
-            let raw = ring.pop_with(|i| self.set_intent(IntentOp::Pop, ring_id, i));
-            let Some(raw) = raw else {
-                self.clear_intent();
+            let mut got = None;
+            self.dequeue_many(q, 1, |i| got = Some(i));
+            if got.is_some() {
+                return got;
+            }
+            // Nothing taken: empty, or the one entry was a skipped duplicate.
+            if self.seg.queue(q)?.is_empty() {
                 return None;
-            };
-            let claimed = self.seg.slot_index(raw).filter(|&i| {
-                let slot = self.seg.slot(i);
-                let w = slot.header().own.load(Ordering::Relaxed);
-                let own = Own::unpack(w);
-                own.state == Some(SlotState::Queued)
-                    && own.who == q
-                    // SYNC: slot-claim — Acquire: the publisher's writes to
-                    // the slot (published by its ring CAS) are visible; the
-                    // CAS settles a race with a duplicate entry.
-                    && slot
-                        .header()
-                        .own
-                        .compare_exchange(w, Own::pack(own.gen, SlotState::Held, self.client), Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-            });
-            self.clear_intent();
-            ring.notify_space_when_half_empty();
-            match claimed {
-                Some(i) => return Some(i),
-                None => {
-                    ring.header().stats.skipped.fetch_add(1, Ordering::Relaxed);
-                }
             }
         }
     }

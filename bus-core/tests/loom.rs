@@ -112,3 +112,29 @@ fn two_sleeping_consumers_of_one_ring_are_both_woken() {
         assert_eq!(got, vec![0, 1]);
     });
 }
+
+#[test]
+fn batch_pushes_and_pops_lapping_a_small_ring_keep_fifo_order() {
+    loom::model(|| {
+        let r = Arc::new(OwnedRing::new(2));
+        let r2 = r.clone();
+        let producer = thread::spawn(move || {
+            let ring = r2.ring();
+            let items = [0u32, 1, 2];
+            let mut at = 0;
+            while at < items.len() {
+                at += ring.push_many(&items[at..], |_| {});
+                loom::thread::yield_now();
+            }
+        });
+        let ring = r.ring();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            if ring.pop_many(2, |_| {}, |i| got.push(i)) == 0 {
+                loom::thread::yield_now();
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(got, vec![0, 1, 2]);
+    });
+}
