@@ -17,14 +17,19 @@ fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("throughput_1to1");
     g.throughput(Throughput::Elements(1));
     for size in [8usize, 64, 4096] {
-        for (t, touch) in [
-            (Transport::Shmbus, Touch::Header),
-            (Transport::Shmbus, Touch::Full),
-            (Transport::Uds, Touch::Full),
-            (Transport::Pipe, Touch::Full),
+        for (t, touch, batch) in [
+            (Transport::Shmbus, Touch::Header, 1),
+            (Transport::Shmbus, Touch::Full, 1),
+            (Transport::Shmbus, Touch::Header, 32),
+            (Transport::Uds, Touch::Full, 1),
+            (Transport::Pipe, Touch::Full, 1),
         ] {
-            let name = format!("{}/{size}B/{}", t.name(), if touch == Touch::Full { "full" } else { "header" });
-            let mut s = Stream::open(t, Some(&b.bus), size, touch, cpus.map(|c| c.1)).expect("open stream");
+            let kind = if touch == Touch::Full { "full" } else { "header" };
+            let name = match batch {
+                1 => format!("{}/{size}B/{kind}", t.name()),
+                b => format!("{}/{size}B/{kind}/batch{b}", t.name()),
+            };
+            let mut s = Stream::open(t, Some(&b.bus), size, touch, cpus.map(|c| c.1), batch).expect("open stream");
             g.bench_function(name, |bench| {
                 bench.iter_custom(|iters| {
                     let r = s.round(iters).expect("round");

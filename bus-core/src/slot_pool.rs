@@ -291,25 +291,29 @@ impl<'a> Port<'a> {
     /// Takes one free slot into this client's cache (`Free → Cached`).
     /// `None` when the free ring is empty.
     pub fn take_free(&self) -> Option<SlotIndex> {
-        let mut got = None;
-        self.take_free_many(1, |i| got = Some(i));
-        got.or_else(|| {
-            // A skipped duplicate is not "empty": try once more.
-            let mut again = None;
-            if !self.seg.free_ring().is_empty() {
-                self.take_free_many(1, |i| again = Some(i));
+        loop {
+            let mut got = None;
+            let (_, popped) = self.take_free_counted(1, |i| got = Some(i));
+            // Popped but not taken: a duplicate was skipped; try again.
+            if got.is_some() || popped == 0 {
+                return got;
             }
-            again
-        })
+        }
     }
 
     /// Takes up to `max` free slots into this client's cache with one pass
     /// over the free ring, calling `f` for each. Returns how many.
-    pub fn take_free_many(&self, max: usize, mut f: impl FnMut(SlotIndex)) -> usize {
+    pub fn take_free_many(&self, max: usize, f: impl FnMut(SlotIndex)) -> usize {
+        self.take_free_counted(max, f).0
+    }
+
+    /// [`Port::take_free_many`], also returning how many entries were
+    /// popped (taken plus skipped duplicates).
+    fn take_free_counted(&self, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
         let ring = self.seg.free_ring();
         let mut taken = 0;
         let mut skipped = 0;
-        ring.pop_many(
+        let popped = ring.pop_many(
             max,
             |i| self.set_intent(IntentOp::Pop, RING_FREE, i),
             |raw| match self.claim_free(raw) {
@@ -324,7 +328,7 @@ impl<'a> Port<'a> {
         if skipped > 0 {
             ring.header().stats.skipped.fetch_add(skipped, Ordering::Relaxed);
         }
-        taken
+        (taken, popped)
     }
 
     /// `Free → Cached` for an index just popped from the free ring; `None`
@@ -377,12 +381,18 @@ impl<'a> Port<'a> {
 
     /// Takes up to `max` messages of queue `q` (`Queued(q) → Held`), calling
     /// `f` for each right after it is claimed. Returns how many.
-    pub fn dequeue_many(&self, q: u32, max: usize, mut f: impl FnMut(SlotIndex)) -> usize {
-        let Some(ring) = self.seg.queue(q) else { return 0 };
+    pub fn dequeue_many(&self, q: u32, max: usize, f: impl FnMut(SlotIndex)) -> usize {
+        self.dequeue_counted(q, max, f).0
+    }
+
+    /// [`Port::dequeue_many`], also returning how many entries were popped
+    /// (taken plus skipped duplicates).
+    fn dequeue_counted(&self, q: u32, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
+        let Some(ring) = self.seg.queue(q) else { return (0, 0) };
         let ring_id = ring_of_queue(q);
         let mut taken = 0;
         let mut skipped = 0;
-        ring.pop_many(
+        let popped = ring.pop_many(
             max,
             |i| self.set_intent(IntentOp::Pop, ring_id, i),
             |raw| match self.claim_queued(q, raw) {
@@ -394,11 +404,13 @@ impl<'a> Port<'a> {
             },
         );
         self.clear_intent();
-        ring.notify_space_when_half_empty();
+        if popped > 0 {
+            ring.notify_space_when_half_empty();
+        }
         if skipped > 0 {
             ring.header().stats.skipped.fetch_add(skipped, Ordering::Relaxed);
         }
-        taken
+        (taken, popped)
     }
 
     /// `Queued(q) → Held` for an index just popped from queue `q`; `None`
@@ -475,17 +487,14 @@ impl<'a> Port<'a> {
     }
 
     /// Takes the next message of queue `q` (`Queued(q) → Held`). Duplicates
-    /// and out-of-range indices are skipped. `None` when empty.
+    /// and out-of-range indices are skipped. `None` when empty. An empty
+    /// poll reads only the head cell: it never touches the producers' tail.
     pub fn dequeue(&self, q: u32) -> Option<SlotIndex> {
         loop {
             let mut got = None;
-            self.dequeue_many(q, 1, |i| got = Some(i));
-            if got.is_some() {
+            let (_, popped) = self.dequeue_counted(q, 1, |i| got = Some(i));
+            if got.is_some() || popped == 0 {
                 return got;
-            }
-            // Nothing taken: empty, or the one entry was a skipped duplicate.
-            if self.seg.queue(q)?.is_empty() {
-                return None;
             }
         }
     }

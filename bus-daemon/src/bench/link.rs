@@ -96,8 +96,14 @@ pub fn fill(body: &mut [u8], seq: u64, touch: Touch) {
 /// byte and checks the pattern (a torn body reads as a lost message).
 pub fn check(body: &[u8], touch: Touch) -> Option<u64> {
     let seq = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
-    if touch == Touch::Full && seq < FLUSH && !body[8..].iter().all(|&b| b == seq as u8) {
-        return None;
+    if touch == Touch::Full && seq < FLUSH {
+        // Every byte is read; 8 at a time, as a real consumer would.
+        let word = u64::from_ne_bytes([seq as u8; 8]);
+        let mut chunks = body[8..].chunks_exact(8);
+        let words_ok = chunks.all(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")) == word);
+        if !words_ok || !chunks.remainder().iter().all(|&b| b == seq as u8) {
+            return None;
+        }
     }
     Some(seq)
 }
@@ -208,6 +214,7 @@ pub struct Stream {
     peer: Peer,
     size: usize,
     touch: Touch,
+    batch: usize,
     scratch: Vec<u8>,
 }
 
@@ -224,22 +231,27 @@ pub struct Round {
 
 impl Stream {
     /// Opens a stream of `size`-byte messages over `t` to a child pinned to
-    /// `cpu`. `bus` is needed for shmbus.
+    /// `cpu`. `bus` is needed for shmbus. With `batch` > 1 (shmbus only),
+    /// both sides use the batch API, `batch` messages per call.
     pub fn open(
         t: Transport,
         bus: Option<&Bus>,
         size: usize,
         touch: Touch,
         cpu: Option<usize>,
+        batch: usize,
     ) -> std::io::Result<Stream> {
         let size = size.max(8);
+        let batch = if t == Transport::Shmbus { batch.max(1) } else { 1 };
         let touch_s = if touch == Touch::Full { "full" } else { "header" };
         let cpu_s = cpu.map(|c| format!(" cpu={c}")).unwrap_or_default();
         let (sender, peer) = match t {
             Transport::Shmbus => {
                 let bus = bus.ok_or_else(|| std::io::Error::other("shmbus needs a bus"))?;
                 let subsystem = fresh_subsystem("tput");
-                let spec = format!("recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem}{cpu_s}");
+                let spec = format!(
+                    "recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem} batch={batch}{cpu_s}"
+                );
                 let peer = Peer::spawn(&spec, &[], Some(bus.socket_path()))?;
                 let p = bus.publisher().create().map_err(std::io::Error::other)?;
                 (Sender::Shmbus(p, format!("{subsystem}://x")), peer)
@@ -253,15 +265,34 @@ impl Stream {
             }
             Transport::Futex => return Err(std::io::Error::other("futex has no stream form")),
         };
-        Ok(Stream { sender, peer, size, touch, scratch: vec![0; size] })
+        Ok(Stream { sender, peer, size, touch, batch, scratch: vec![0; size] })
+    }
+
+    /// Sends messages `from..to` (in batches if the stream has them).
+    fn send_range(&mut self, from: u64, to: u64) -> std::io::Result<()> {
+        let (size, touch) = (self.size, self.touch);
+        match &mut self.sender {
+            Sender::Shmbus(p, path) if self.batch > 1 => {
+                let mut seq = from;
+                while seq < to {
+                    let k = (to - seq).min(self.batch as u64) as usize;
+                    p.send_batch_with(path, k, |i, body| {
+                        fill(&mut body[..size], seq + i as u64, touch);
+                        size
+                    })
+                    .map_err(std::io::Error::other)?;
+                    seq += k as u64;
+                }
+                Ok(())
+            }
+            _ => (from..to).try_for_each(|seq| self.sender.send(seq, size, touch, &mut self.scratch)),
+        }
     }
 
     /// Sends `n` messages and a FLUSH; returns the receiver's report.
     pub fn round(&mut self, n: u64) -> std::io::Result<Round> {
         let t0 = mono_ns();
-        for seq in 0..n {
-            self.sender.send(seq, self.size, self.touch, &mut self.scratch)?;
-        }
+        self.send_range(0, n)?;
         self.flush_report(t0)
     }
 
@@ -271,10 +302,8 @@ impl Stream {
         let end = t0 + d.as_nanos() as u64;
         let mut seq = 0;
         loop {
-            for _ in 0..256 {
-                self.sender.send(seq, self.size, self.touch, &mut self.scratch)?;
-                seq += 1;
-            }
+            self.send_range(seq, seq + 256)?;
+            seq += 256;
             if mono_ns() >= end {
                 break;
             }

@@ -59,6 +59,20 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             writeln!(out, "ready")?;
             out.flush()?;
             let mut tally = Tally::default();
+            let batch: usize = kv(spec, "batch").and_then(|b| b.parse().ok()).unwrap_or(1);
+            if batch > 1 {
+                let mut msgs = Vec::with_capacity(batch);
+                loop {
+                    sub.recv_batch(&mut msgs, batch, Some(Duration::from_secs(60))).map_err(std::io::Error::other)?;
+                    for m in msgs.drain(..) {
+                        let seq = check(m.body_bytes().map_err(std::io::Error::other)?, touch);
+                        drop(m);
+                        if tally.see(seq, &mut out)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             loop {
                 let m = sub.recv_timeout(Duration::from_secs(60)).map_err(std::io::Error::other)?;
                 let seq = check(m.body_bytes().map_err(std::io::Error::other)?, touch);
@@ -189,7 +203,8 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
     }
 }
 
-/// Counts a round: received, lost (gaps and torn bodies), last receipt time.
+/// Counts a round: received, lost (gaps and torn bodies), and the time the
+/// round ended.
 #[derive(Default)]
 struct Tally {
     next: u64,
@@ -204,18 +219,20 @@ impl Tally {
         match seq {
             Some(STOP) => return Ok(true),
             Some(FLUSH) => {
+                // FLUSH follows the round's last message at once: its
+                // arrival time is the round's end (one clock read per round,
+                // not one per message).
+                self.last_ns = mono_ns();
                 writeln!(out, "ack {} {} {}", self.received, self.lost, self.last_ns)?;
                 out.flush()?;
                 *self = Tally::default();
             }
             Some(s) => {
-                self.last_ns = mono_ns();
                 self.received += 1;
                 self.lost += s.saturating_sub(self.next);
                 self.next = s + 1;
             }
             None => {
-                self.last_ns = mono_ns();
                 self.lost += 1;
                 self.next += 1;
             }

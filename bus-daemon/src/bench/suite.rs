@@ -63,6 +63,8 @@ pub struct Measurement {
     pub wait: Option<Wait>,
     /// Publishers (1, or 4 for fan-in).
     pub publishers: u32,
+    /// Messages per send and receive call (1: one at a time).
+    pub batch: usize,
     /// Median over rounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msgs_per_sec: Option<f64>,
@@ -107,9 +109,12 @@ pub struct Sample {
     pub handoff_ns: f64,
 }
 
+/// Messages per call in the batched throughput runs.
+pub const BATCH: usize = 32;
+
 #[derive(Debug, Clone, Copy)]
 enum Spec {
-    Tput { t: Transport, size: usize, touch: Touch },
+    Tput { t: Transport, size: usize, touch: Touch, batch: usize },
     FanIn { size: usize },
     Lat { t: Transport, size: usize, wait: Wait },
 }
@@ -117,7 +122,10 @@ enum Spec {
 impl Spec {
     fn name(&self) -> String {
         match *self {
-            Spec::Tput { t, size, touch } => format!("throughput/{}/{size}/{}", t.name(), touch_name(touch)),
+            Spec::Tput { t, size, touch, batch: 1 } => format!("throughput/{}/{size}/{}", t.name(), touch_name(touch)),
+            Spec::Tput { t, size, touch, batch } => {
+                format!("throughput-batch{batch}/{}/{size}/{}", t.name(), touch_name(touch))
+            }
             Spec::FanIn { size } => format!("throughput-4to1/shmbus/{size}"),
             Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait_name(wait)),
         }
@@ -145,10 +153,11 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
     let sizes: Vec<usize> = o.sizes.iter().copied().filter(|&s| s <= max_body).collect();
     if o.throughput {
         for &size in &sizes {
-            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Header });
-            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Full });
-            v.push(Spec::Tput { t: Transport::Uds, size, touch: Touch::Full });
-            v.push(Spec::Tput { t: Transport::Pipe, size, touch: Touch::Full });
+            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Header, batch: 1 });
+            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Full, batch: 1 });
+            v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Header, batch: BATCH });
+            v.push(Spec::Tput { t: Transport::Uds, size, touch: Touch::Full, batch: 1 });
+            v.push(Spec::Tput { t: Transport::Pipe, size, touch: Touch::Full, batch: 1 });
         }
         if max_body >= 64 {
             v.push(Spec::FanIn { size: 64 });
@@ -209,8 +218,8 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
     }
     let blank = Sample { msgs_per_sec: None, p50_ns: None, p99_ns: None, p999_ns: None, lost: 0, handoff_ns };
     match spec {
-        Spec::Tput { t, size, touch } => {
-            let mut s = Stream::open(t, Some(bus), size, touch, child_cpu)?;
+        Spec::Tput { t, size, touch, batch } => {
+            let mut s = Stream::open(t, Some(bus), size, touch, child_cpu, batch)?;
             s.round(2_000)?; // warm-up: page faults, caches, the child's first wake-up
             let r = s.round_for(o.duration)?;
             s.close()?;
@@ -288,7 +297,7 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
 
 fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
     let (kind, transport, body_bytes, touch, wait, publishers) = match spec {
-        Spec::Tput { t, size, touch } => ("throughput", t.name(), size, Some(touch), None, 1),
+        Spec::Tput { t, size, touch, .. } => ("throughput", t.name(), size, Some(touch), None, 1),
         Spec::FanIn { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 4),
         Spec::Lat { t, size, wait } => ("latency", t.name(), size, None, Some(wait), 1),
     };
@@ -303,6 +312,10 @@ fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
         touch,
         wait,
         publishers,
+        batch: match spec {
+            Spec::Tput { batch, .. } => batch,
+            _ => 1,
+        },
         msgs_per_sec: median(rates),
         msgs_per_sec_range: range,
         p50_ns: median(samples.iter().filter_map(|s| s.p50_ns).collect()),
@@ -333,7 +346,7 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
     writeln!(
         out,
         "{:<38} {:>6} {:>12} {:>21} {:>9} {:>8} {:>8} {:>5}",
-        "throughput (1 message per call)", "body", "median", "min-max", "hand-off", "vs uds", "vs pipe", "lost"
+        "throughput", "body", "median", "min-max", "hand-off", "vs uds", "vs pipe", "lost"
     )?;
     let rate = |s: &Sample| s.msgs_per_sec;
     for m in ms.iter().filter(|m| m.kind == "throughput") {
@@ -347,6 +360,7 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         };
         let label = match (m.transport, m.publishers, m.touch) {
             ("shmbus", 4, _) => "shmbus, 4 publishers -> 1".to_string(),
+            ("shmbus", _, _) if m.batch > 1 => format!("shmbus, batches of {} (header)", m.batch),
             ("shmbus", _, Some(Touch::Header)) => "shmbus (header touched)".to_string(),
             ("shmbus", _, _) => "shmbus (whole body written and read)".to_string(),
             (t, _, _) => format!("{t} (one write, one read per message)"),

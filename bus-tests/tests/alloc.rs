@@ -1,0 +1,147 @@
+//! Zero heap allocations per message in steady state, publisher side and
+//! subscriber side, one-message and batch APIs. A counting global allocator
+//! counts the allocations made by the measuring thread; the other side of
+//! the bus is a real peer process.
+
+mod common;
+use bus_tests::Seq;
+use common::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+struct Counting;
+
+thread_local! {
+    // const-initialized, no destructor: usable inside the allocator.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only
+// counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+/// The counter sees this thread's allocations (else a zero proves nothing).
+fn assert_counter_works() {
+    let before = allocations();
+    std::hint::black_box(vec![1u8; 16]);
+    assert!(allocations() > before, "the counting allocator is not in use");
+}
+
+const WARM: u64 = 5_000;
+const MEASURED: u64 = 50_000;
+
+#[test]
+fn publishing_allocates_nothing_per_message_single_and_batched() {
+    assert_counter_works();
+    let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256"]);
+    let total = WARM + MEASURED + (WARM + MEASURED);
+    let mut sub = bus.peer(&["sub", "subsystem=alloc", &format!("count={total}"), "timeout_ms=120000"]);
+    sub.wait_line("subscribed", Duration::from_secs(10));
+    let c = bus.connect();
+    let mut p = c.publisher().create().unwrap();
+    for seq in 0..WARM {
+        p.send("alloc://x", &Seq { publisher: 0, seq }).unwrap();
+    }
+    let before = allocations();
+    for seq in WARM..WARM + MEASURED {
+        p.send("alloc://x", &Seq { publisher: 0, seq }).unwrap();
+    }
+    let single = allocations() - before;
+
+    let items: Vec<Seq> = (0..32).map(|seq| Seq { publisher: 1, seq }).collect();
+    let mut batch = items.clone();
+    for k in 0..WARM / 32 {
+        for (i, s) in batch.iter_mut().enumerate() {
+            s.seq = k * 32 + i as u64;
+        }
+        p.send_batch("alloc://x", &batch).unwrap();
+    }
+    let sent_warm = (WARM / 32) * 32;
+    let before = allocations();
+    let rounds = MEASURED / 32;
+    for k in 0..rounds {
+        for (i, s) in batch.iter_mut().enumerate() {
+            s.seq = sent_warm + k * 32 + i as u64;
+        }
+        p.send_batch("alloc://x", &batch).unwrap();
+    }
+    let batched = allocations() - before;
+    // Top up so the peer's count is reached exactly.
+    let sent = WARM + MEASURED + sent_warm + rounds * 32;
+    for seq in 0..total - sent {
+        p.send("alloc://x", &Seq { publisher: 2, seq }).unwrap();
+    }
+    drop(items);
+    let (st, out, err) = sub.wait(Duration::from_secs(120));
+    assert!(st.success(), "{err}");
+    assert_eq!(summary(&out)["received"], total);
+    assert_eq!(single, 0, "allocations in {MEASURED} single sends");
+    assert_eq!(batched, 0, "allocations in {} batched sends", rounds * 32);
+}
+
+#[test]
+fn receiving_allocates_nothing_per_message_single_and_batched() {
+    assert_counter_works();
+    let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("alloc").unwrap();
+    let n = 2 * (WARM + MEASURED);
+    let publisher = bus.peer(&["pub", "path=alloc://x", "publisher=5", &format!("count={n}")]);
+    let mut check = |m: &bus_client::Message<'_>| {
+        std::hint::black_box(m.body::<Seq>().expect("a Seq").seq.to_native());
+    };
+    for _ in 0..WARM {
+        check(&sub.recv_timeout(Duration::from_secs(30)).unwrap());
+    }
+    let before = allocations();
+    for _ in 0..MEASURED {
+        check(&sub.recv_timeout(Duration::from_secs(30)).unwrap());
+    }
+    let single = allocations() - before;
+
+    let mut out = Vec::with_capacity(32);
+    let mut got = 0;
+    while got < WARM {
+        got += sub.recv_batch(&mut out, 32, Some(Duration::from_secs(30))).unwrap() as u64;
+        out.iter().for_each(&mut check);
+        out.clear();
+    }
+    let before = allocations();
+    let mut measured = 0;
+    // The publisher sends 2 x (WARM + MEASURED); the single phase took half.
+    while got < WARM + MEASURED {
+        let k = sub.recv_batch(&mut out, 32, Some(Duration::from_secs(30))).unwrap() as u64;
+        got += k;
+        measured += k;
+        out.iter().for_each(&mut check);
+        out.clear();
+    }
+    let batched = allocations() - before;
+    let (st, _, err) = publisher.wait(Duration::from_secs(60));
+    assert!(st.success(), "{err}");
+    assert_eq!(single, 0, "allocations in {MEASURED} single receives");
+    assert_eq!(batched, 0, "allocations in {measured} batched receives");
+}
