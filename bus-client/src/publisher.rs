@@ -59,6 +59,12 @@ impl PublisherBuilder {
             backpressure: self.backpressure,
             next_id: 0,
             batch: Vec::with_capacity(BATCH_CHUNK),
+            last: LastPath {
+                path: String::with_capacity(bus_core::PATH_CAPACITY),
+                queue: 0,
+                subsystem_len: 0,
+                version: u64::MAX,
+            },
         })
     }
 }
@@ -88,6 +94,16 @@ pub struct Publisher {
     next_id: u64,
     /// Slots of the batch being sent (capacity kept: no allocation per batch).
     batch: Vec<SlotIndex>,
+    last: LastPath,
+}
+
+/// The last path sent and its resolution, valid while the routing table's
+/// version is `version`.
+struct LastPath {
+    path: String,
+    queue: u32,
+    subsystem_len: usize,
+    version: u64,
 }
 
 impl Publisher {
@@ -154,15 +170,10 @@ impl Publisher {
         mut write: impl FnMut(usize, &mut [u8]) -> Result<(usize, u64, u16), SendError>,
     ) -> Result<usize, BatchError> {
         let fail = |sent, error| Err(BatchError { sent, error });
-        let p = match Path::parse(path) {
-            Ok(p) => p,
-            Err(e) => return fail(0, SendError::InvalidPath(e)),
-        };
-        let queue = match self.resolve(p.subsystem()) {
-            Ok(q) => q,
+        let (queue, subsystem_len) = match self.route_of(path) {
+            Ok(r) => r,
             Err(e) => return fail(0, e),
         };
-        let subsystem_len = p.subsystem().len();
         let mut sent = 0;
         while sent < count {
             let n = (count - sent).min(BATCH_CHUNK);
@@ -256,8 +267,7 @@ impl Publisher {
 
     /// Claims a slot for a message to `path` and writes the path into it.
     pub fn loan(&mut self, path: &str) -> Result<LoanUninit<'_>, SendError> {
-        let p = Path::parse(path).map_err(SendError::InvalidPath)?;
-        let queue = self.resolve(p.subsystem())?;
+        let (queue, subsystem_len) = self.route_of(path)?;
         let slot = self.take_slot()?;
         let port = self.port();
         port.mark_loaned(slot);
@@ -266,15 +276,34 @@ impl Publisher {
         // else touches its bytes until we push it.
         unsafe { s.write_path(path) };
         s.header().queue.store(queue as u16, Ordering::Relaxed);
-        Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len: p.subsystem().len() })
+        Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len })
     }
 
-    fn resolve(&mut self, subsystem: &str) -> Result<u32, SendError> {
+    /// Parses `path` and resolves its subsystem's queue; returns the queue
+    /// and the subsystem's length. The last path is remembered: sending to
+    /// it again costs one comparison while the routing table is unchanged.
+    fn route_of(&mut self, path: &str) -> Result<(u32, usize), SendError> {
         let seg = &self.bus.inner.seg;
         // Same line as the routes version: no extra cache miss.
         if !seg.daemon_running() {
             return Err(SendError::BusGone);
         }
+        if routing::version(seg) == self.last.version && path == self.last.path {
+            return Ok((self.last.queue, self.last.subsystem_len));
+        }
+        let p = Path::parse(path).map_err(SendError::InvalidPath)?;
+        let version = routing::version(seg);
+        let queue = self.resolve(p.subsystem())?;
+        self.last.path.clear();
+        self.last.path.push_str(path); // capacity reserved: no allocation
+        self.last.queue = queue;
+        self.last.subsystem_len = p.subsystem().len();
+        self.last.version = version;
+        Ok((queue, self.last.subsystem_len))
+    }
+
+    fn resolve(&mut self, subsystem: &str) -> Result<u32, SendError> {
+        let seg = &self.bus.inner.seg;
         let v = routing::version(seg);
         if v != self.routes_version {
             self.routes.clear();

@@ -27,9 +27,15 @@ impl<'a> Path<'a> {
         }
         let split = separator(full).ok_or(PathError::MissingSeparator)?;
         validate_subsystem(&full[..split])?;
-        let route = &full[split + 3..];
-        if let Some((pos, ch)) = route.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(PathError::ControlCharacter { pos: split + 3 + pos, ch });
+        // Control characters are C0 (< 0x20), DEL (0x7f) and C1 (U+0080 to
+        // U+009F, encoded 0xC2 0x80..=0x9F): found on bytes, no decoding.
+        let bytes = full.as_bytes();
+        for pos in split + 3..bytes.len() {
+            let b = bytes[pos];
+            if b < 0x20 || b == 0x7f || (b == 0xc2 && matches!(bytes.get(pos + 1), Some(0x80..=0x9f))) {
+                let ch = full[pos..].chars().next().unwrap_or('\0');
+                return Err(PathError::ControlCharacter { pos, ch });
+            }
         }
         Ok(Path { full, split })
     }
@@ -66,9 +72,10 @@ pub fn validate_subsystem(name: &str) -> Result<(), PathError> {
     if name.len() > SUBSYSTEM_NAME_MAX {
         return Err(PathError::SubsystemTooLong { len: name.len(), max: SUBSYSTEM_NAME_MAX });
     }
-    for (pos, ch) in name.char_indices() {
-        let ok = ch.is_ascii_lowercase() || ch.is_ascii_digit() || (pos > 0 && matches!(ch, '_' | '.' | '-'));
+    for (pos, &b) in name.as_bytes().iter().enumerate() {
+        let ok = b.is_ascii_lowercase() || b.is_ascii_digit() || (pos > 0 && matches!(b, b'_' | b'.' | b'-'));
         if !ok {
+            let ch = name[pos..].chars().next().unwrap_or('\0');
             return Err(PathError::InvalidSubsystemChar { pos, ch });
         }
     }
@@ -187,6 +194,10 @@ mod tests {
         ));
         assert!(matches!(Path::parse(&format!("a://{}", "r".repeat(300))), Err(PathError::TooLong { .. })));
         assert_eq!(Path::parse("a://x\ny"), Err(PathError::ControlCharacter { pos: 5, ch: '\n' }));
+        assert_eq!(Path::parse("a://x\u{85}"), Err(PathError::ControlCharacter { pos: 5, ch: '\u{85}' }));
+        assert_eq!(Path::parse("a://x\u{7f}"), Err(PathError::ControlCharacter { pos: 5, ch: '\u{7f}' }));
+        assert!(Path::parse("a://ünïcødé/€").is_ok());
+        assert_eq!(Path::parse("aé://x"), Err(PathError::InvalidSubsystemChar { pos: 1, ch: 'é' }));
     }
 
     #[test]

@@ -350,8 +350,9 @@ pub fn kernel_pair(t: Transport) -> std::io::Result<(OwnedFd, OwnedFd)> {
 pub enum PingPong {
     /// Over shmbus.
     Shmbus {
-        /// To the child.
-        publisher: Publisher,
+        /// To the child (boxed: a publisher is much larger than the other
+        /// variants).
+        publisher: Box<Publisher>,
         /// Its path.
         path: String,
         /// From the child.
@@ -410,7 +411,14 @@ impl PingPong {
                     format!("echo transport=shmbus size={size} wait={wait_s} subsystem={ping} reply={pong}{cpu_s}");
                 let peer = Peer::spawn(&spec, &[], Some(bus.socket_path()))?;
                 let publisher = bus.publisher().create().map_err(std::io::Error::other)?;
-                Ok(PingPong::Shmbus { publisher, path: format!("{ping}://x"), sub, wait, size, peer })
+                Ok(PingPong::Shmbus {
+                    publisher: Box::new(publisher),
+                    path: format!("{ping}://x"),
+                    sub,
+                    wait,
+                    size,
+                    peer,
+                })
             }
             Transport::Uds | Transport::Pipe => {
                 let (tx, rx, child_fds) = if t == Transport::Uds {
