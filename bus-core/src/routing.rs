@@ -107,16 +107,25 @@ pub struct TableFull {
 }
 
 /// Daemon only: finds or creates the entry of `name` (already validated).
-pub fn find_or_create(seg: &Segment, name: &str, durable: bool) -> Result<u32, TableFull> {
+/// When no entry is unused, an entry for which `recyclable(q)` holds is
+/// taken over (the daemon decides: no subscriber, not durable, empty queue,
+/// idle long enough). Returns the queue and whether it was newly assigned.
+pub fn find_or_create(
+    seg: &Segment,
+    name: &str,
+    durable: bool,
+    recyclable: impl Fn(u32) -> bool,
+) -> Result<(u32, bool), TableFull> {
     if let Some(v) = find(seg, name) {
         if durable && !v.durable {
             write(seg, v.queue, |e| e.flags.store(ROUTE_DURABLE, Ordering::Relaxed));
         }
-        return Ok(v.queue);
+        return Ok((v.queue, false));
     }
     let max = seg.params().max_subsystems;
     let q = (0..max)
         .find(|&q| seg.route(q).is_some_and(|e| e.state.load(Ordering::Relaxed) != ROUTE_ACTIVE))
+        .or_else(|| (0..max).find(|&q| recyclable(q)))
         .ok_or(TableFull { max })?;
     let words = pack_name(name);
     write(seg, q, |e| {
@@ -129,7 +138,7 @@ pub fn find_or_create(seg: &Segment, name: &str, durable: bool) -> Result<u32, T
         e.flags.store(if durable { ROUTE_DURABLE } else { 0 }, Ordering::Relaxed);
         e.state.store(ROUTE_ACTIVE, Ordering::Relaxed);
     });
-    Ok(q)
+    Ok((q, true))
 }
 
 /// Daemon only: sets the subscriber count of entry `q`.
@@ -170,8 +179,9 @@ mod tests {
         let seg = seg();
         let v0 = version(&seg);
         assert!(find(&seg, "api").is_none());
-        let q = find_or_create(&seg, "api", false).unwrap();
-        assert_eq!(find_or_create(&seg, "api", false).unwrap(), q);
+        let (q, new) = find_or_create(&seg, "api", false, |_| false).unwrap();
+        assert!(new);
+        assert_eq!(find_or_create(&seg, "api", false, |_| false).unwrap(), (q, false));
         let v = find(&seg, "api").unwrap();
         assert_eq!((v.name(), v.subscribers, v.deliverable()), ("api", 0, false));
         set_subscribers(&seg, q, 2);
@@ -182,16 +192,21 @@ mod tests {
     #[test]
     fn a_full_table_is_an_error_naming_the_limit() {
         let seg = seg();
-        find_or_create(&seg, "a", false).unwrap();
-        find_or_create(&seg, "b", true).unwrap();
+        find_or_create(&seg, "a", false, |_| false).unwrap();
+        find_or_create(&seg, "b", true, |_| false).unwrap();
         assert!(find(&seg, "b").unwrap().deliverable());
-        assert_eq!(find_or_create(&seg, "c", false), Err(TableFull { max: 2 }));
+        assert_eq!(find_or_create(&seg, "c", false, |_| false), Err(TableFull { max: 2 }));
+        // An entry the daemon declares recyclable is taken over.
+        let (q, new) = find_or_create(&seg, "c", false, |q| q == 0).unwrap();
+        assert_eq!((q, new), (0, true));
+        assert!(find(&seg, "a").is_none());
+        assert_eq!(find(&seg, "c").unwrap().queue, 0);
     }
 
     #[test]
     fn a_corrupt_entry_reads_as_absent() {
         let seg = seg();
-        let q = find_or_create(&seg, "api", false).unwrap();
+        let (q, _) = find_or_create(&seg, "api", false, |_| false).unwrap();
         seg.route(q).unwrap().name_len.store(200, Ordering::Relaxed);
         assert!(read(&seg, q).is_none());
     }

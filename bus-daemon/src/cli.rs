@@ -326,6 +326,9 @@ fn bench(b: &BusArgs, o: crate::bench::suite::Options, json: bool) -> Result<(),
     if json {
         serde_json::to_writer_pretty(&mut out, &ms)?;
         writeln!(out)?;
+        // The same run's table, for people, on stderr.
+        writeln!(err)?;
+        crate::bench::suite::print_table(&mut err, &ms, &o)?;
     } else {
         writeln!(out, "machine: {n} CPUs, {cpu}")?;
         crate::bench::suite::print_table(&mut out, &ms, &o)?;

@@ -71,7 +71,17 @@ pub struct Server {
     /// once its first packet has been read (closing a Unix socket with
     /// unread data would reset the connection and lose the reason).
     refused: Vec<(OwnedFd, std::time::Instant)>,
+    /// Since when each entry has had no subscriber (durable entries never
+    /// appear). An entry idle this long with an empty queue may be recycled.
+    idle_since: BTreeMap<u32, std::time::Instant>,
+    /// Counter values of each entry when its current subsystem took it over.
+    baselines: BTreeMap<u32, crate::status::Baseline>,
 }
+
+/// How long an entry must have had no subscriber, and an empty queue,
+/// before another subsystem may take it over. Much longer than the few
+/// instructions between a publisher's route check and its push.
+const RECYCLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Server {
     /// Creates the segment and binds the socket. After this returns, clients
@@ -90,7 +100,7 @@ impl Server {
             }
         };
         for d in &cfg.durable {
-            routing::find_or_create(&seg, d, true).map_err(|e| {
+            routing::find_or_create(&seg, d, true, |_| false).map_err(|e| {
                 DaemonError::Config(crate::config::ConfigError::Invalid(format!("durable subsystem {d}: {e}")))
             })?;
         }
@@ -104,6 +114,8 @@ impl Server {
             buf: Vec::new(),
             stop: false,
             refused: Vec::new(),
+            idle_since: BTreeMap::new(),
+            baselines: BTreeMap::new(),
         })
     }
 
@@ -302,8 +314,21 @@ impl Server {
                     return err(ErrorKind::Invalid, e.to_string());
                 }
                 let durable = self.cfg.durable.contains(&subsystem);
-                match routing::find_or_create(&self.seg, &subsystem, durable) {
-                    Ok(q) => {
+                let recyclable = |q: u32| {
+                    let (Some(v), Some(ring)) = (routing::read(&self.seg, q), self.seg.queue(q)) else {
+                        return false;
+                    };
+                    !v.durable
+                        && v.subscribers == 0
+                        && ring.is_empty()
+                        && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
+                };
+                match routing::find_or_create(&self.seg, &subsystem, durable, recyclable) {
+                    Ok((q, new)) => {
+                        if new {
+                            self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
+                            tracing::debug!(%subsystem, queue = q, "routing entry assigned");
+                        }
                         self.conns.get_mut(&id).expect("present").subscriptions.push((subsystem.clone(), q));
                         self.recount(q);
                         tracing::debug!(client = id, %subsystem, queue = q, "subscribed");
@@ -334,7 +359,12 @@ impl Server {
                         subscriptions: c.subscriptions.iter().map(|(s, _)| s.clone()).collect(),
                     })
                     .collect();
-                Reply::Status(crate::status::build(&self.seg, &self.cfg.socket.to_string_lossy(), clients))
+                Reply::Status(crate::status::build(
+                    &self.seg,
+                    &self.cfg.socket.to_string_lossy(),
+                    clients,
+                    &self.baselines,
+                ))
             }
             Request::Shutdown => {
                 tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");
@@ -344,10 +374,16 @@ impl Server {
         }
     }
 
-    /// Sets queue `q`'s subscriber count from the connections' records.
-    fn recount(&self, q: u32) {
+    /// Sets queue `q`'s subscriber count from the connections' records, and
+    /// notes when it became idle.
+    fn recount(&mut self, q: u32) {
         let n = self.conns.values().flat_map(|c| &c.subscriptions).filter(|(_, sq)| *sq == q).count();
         routing::set_subscribers(&self.seg, q, n as u32);
+        if n == 0 {
+            self.idle_since.entry(q).or_insert_with(std::time::Instant::now);
+        } else {
+            self.idle_since.remove(&q);
+        }
     }
 
     fn drop_client(&mut self, id: u32) {

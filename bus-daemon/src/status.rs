@@ -5,22 +5,50 @@ use bus_core::segment::Segment;
 use bus_core::{routing, slot_pool};
 use std::sync::atomic::Ordering;
 
+/// The counters of a routing entry's queue at the moment its current
+/// subsystem took it over (entries are recycled), subtracted in status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Baseline {
+    sent: u64,
+    delivered: u64,
+    redelivered: u64,
+}
+
+impl Baseline {
+    /// The counters of queue `q` now.
+    pub fn of(seg: &Segment, q: u32) -> Baseline {
+        let Some(ring) = seg.queue(q) else { return Baseline::default() };
+        let stats = &ring.header().stats;
+        Baseline {
+            sent: ring.pushed().saturating_sub(stats.daemon_pushes.load(Ordering::Relaxed)),
+            delivered: ring.popped().saturating_sub(stats.skipped.load(Ordering::Relaxed)),
+            redelivered: stats.redelivered.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A snapshot of the bus. `clients` lists (id, pid, uid, subscriptions).
-pub fn build(seg: &Segment, socket: &str, clients: Vec<ClientStatus>) -> Status {
+pub fn build(
+    seg: &Segment,
+    socket: &str,
+    clients: Vec<ClientStatus>,
+    baselines: &std::collections::BTreeMap<u32, Baseline>,
+) -> Status {
     let p = seg.params();
     let census = slot_pool::census(seg);
     let mut subsystems = Vec::new();
     for q in 0..p.max_subsystems {
         let (Some(view), Some(ring)) = (routing::read(seg, q), seg.queue(q)) else { continue };
-        let stats = &ring.header().stats;
+        let now = Baseline::of(seg, q);
+        let base = baselines.get(&q).copied().unwrap_or_default();
         subsystems.push(SubsystemStatus {
             name: view.name().to_owned(),
             queue_depth: ring.len(),
             subscribers: view.subscribers,
             durable: view.durable,
-            sent: ring.pushed().saturating_sub(stats.daemon_pushes.load(Ordering::Relaxed)),
-            delivered: ring.popped().saturating_sub(stats.skipped.load(Ordering::Relaxed)),
-            redelivered: stats.redelivered.load(Ordering::Relaxed),
+            sent: now.sent.saturating_sub(base.sent),
+            delivered: now.delivered.saturating_sub(base.delivered),
+            redelivered: now.redelivered.saturating_sub(base.redelivered),
         });
     }
     let c = &seg.header().counters;

@@ -336,3 +336,22 @@ fn status_json_has_the_documented_keys() {
         (Some("api"), Some(1), Some(1))
     );
 }
+
+#[test]
+fn an_idle_subsystem_with_an_empty_queue_gives_its_entry_to_a_new_one_after_a_second() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256", "--max-subsystems", "1"]);
+    let c = bus.connect();
+    let a = c.subscribe("a").unwrap();
+    c.publisher().create().unwrap().send_bytes("a://x", b"1").unwrap();
+    assert_eq!(a.try_recv().unwrap().unwrap().body_bytes().unwrap(), b"1");
+    drop(a);
+    // Just left: not yet recyclable.
+    assert!(c.subscribe("b").err().unwrap().to_string().contains("--max-subsystems"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let _b = c.subscribe("b").expect("the idle entry is recycled");
+    let s = bus.status();
+    assert_eq!(s["subsystems"].as_array().unwrap().len(), 1);
+    assert_eq!(s["subsystems"][0]["name"], "b");
+    assert_eq!(s["subsystems"][0]["sent"], 0, "counters start again for the new subsystem");
+    assert!(matches!(c.publisher().create().unwrap().send_bytes("a://x", b"x"), Err(SendError::NoSubscriber { .. })));
+}

@@ -199,11 +199,11 @@ impl Drop for Peer {
     }
 }
 
-/// A fresh subsystem name for one measurement.
+/// The subsystem a measurement of kind `tag` uses: one per kind and
+/// benchmarking process (measurements of a kind run one after another, and
+/// each ends with its queue drained).
 pub fn fresh_subsystem(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("bench-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!("bench-{tag}-{}", std::process::id())
 }
 
 /// A one-way stream to a receiving child: what the throughput measurements
