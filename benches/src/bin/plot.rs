@@ -45,7 +45,7 @@ fn y_of(v: f64, lo: f64, hi: f64) -> f64 {
     H - BOTTOM - f * (H - BOTTOM - TOP)
 }
 
-fn frame(svg: &mut String, title: &str, unit: &str, lo: f64, hi: f64) {
+fn frame(svg: &mut String, title: &str, fmt: fn(f64) -> String, lo: f64, hi: f64) {
     let _ = write!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
@@ -63,30 +63,32 @@ fn frame(svg: &mut String, title: &str, unit: &str, lo: f64, hi: f64) {
             W - 20.0,
             LEFT - 6.0,
             y + 4.0,
-            human(v, unit)
+            fmt(v)
         );
         v *= 10.0;
     }
     let _ = writeln!(svg, r#"<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{}" stroke="black"/>"#, H - BOTTOM);
 }
 
-fn human(v: f64, unit: &str) -> String {
-    let (x, p) = if v >= 1e9 {
-        (v / 1e9, "G")
-    } else if v >= 1e6 {
-        (v / 1e6, "M")
-    } else if v >= 1e3 {
-        (v / 1e3, "k")
-    } else {
-        (v, "")
-    };
-    format!("{x:.0}{p}{unit}")
+fn rate(v: f64) -> String {
+    match v {
+        v if v >= 1e6 => format!("{:.0}M msg/s", v / 1e6),
+        v if v >= 1e3 => format!("{:.0}k msg/s", v / 1e3),
+        v => format!("{v:.0} msg/s"),
+    }
 }
 
-fn legend(svg: &mut String, names: &[String]) {
+fn nanos(v: f64) -> String {
+    match v {
+        v if v >= 1e6 => format!("{:.0} ms", v / 1e6),
+        v if v >= 1e3 => format!("{:.0} µs", v / 1e3),
+        v => format!("{v:.0} ns"),
+    }
+}
+
+fn legend(svg: &mut String, names: &[String], y: f64) {
     for (i, n) in names.iter().enumerate() {
         let x = LEFT + 10.0 + (i as f64) * 135.0;
-        let y = H - 25.0;
         let _ = writeln!(
             svg,
             r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{y}">{n}</text>"#,
@@ -113,7 +115,7 @@ fn throughput(data: &[Value]) -> String {
     frame(
         &mut svg,
         &format!("Throughput, 1 publisher process → 1 subscriber process (cache-line hand-off ≈ {hand:.0} ns)"),
-        " msg/s",
+        rate,
         lo,
         hi,
     );
@@ -143,7 +145,7 @@ fn throughput(data: &[Value]) -> String {
             );
         }
     }
-    legend(&mut svg, &names);
+    legend(&mut svg, &names, H - 25.0);
     svg.push_str("</svg>\n");
     svg
 }
@@ -156,11 +158,10 @@ fn latency(data: &[Value]) -> String {
     frame(
         &mut svg,
         &format!("One-way latency (round trip / 2): p50, p99, p99.9 (cache-line hand-off ≈ {hand:.0} ns)"),
-        "s",
-        lo * 1e-9,
-        hi * 1e-9,
+        nanos,
+        lo,
+        hi,
     );
-    // The frame's axis is in seconds; redraw bars in ns on the same scale.
     let slot = (W - LEFT - 40.0) / ms.len().max(1) as f64;
     let pcts = ["p50_ns", "p99_ns", "p999_ns"];
     for (i, m) in ms.iter().enumerate() {
@@ -174,7 +175,7 @@ fn latency(data: &[Value]) -> String {
         );
         for (pi, p) in pcts.iter().enumerate() {
             let v = m[*p].as_f64().unwrap_or(0.0);
-            let y = y_of(v * 1e-9, lo * 1e-9, hi * 1e-9);
+            let y = y_of(v, lo, hi);
             let w = (slot - 8.0) / 3.0;
             let _ = writeln!(
                 svg,
@@ -186,7 +187,7 @@ fn latency(data: &[Value]) -> String {
             );
         }
     }
-    legend(&mut svg, &["p50".into(), "p99".into(), "p99.9".into()]);
+    legend(&mut svg, &["p50".into(), "p99".into(), "p99.9".into()], TOP + 4.0);
     svg.push_str("</svg>\n");
     svg
 }
