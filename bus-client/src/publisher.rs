@@ -279,6 +279,29 @@ impl Publisher {
         Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len })
     }
 
+    /// Claims a slot for a message pushed straight to queue `queue` (a
+    /// reply), without routing. `path` must come from a received message
+    /// (already valid).
+    pub(crate) fn loan_direct(&mut self, queue: u32, path: &str) -> Result<LoanUninit<'_>, SendError> {
+        if self.bus.inner.seg.queue(queue).is_none() || path.len() > bus_core::PATH_CAPACITY {
+            return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
+        }
+        let subsystem_len = bus_core::path::separator(path).unwrap_or(0);
+        let slot = self.take_slot()?;
+        let port = self.port();
+        port.mark_loaned(slot);
+        let s = port.segment().slot(slot);
+        // SAFETY: the slot is Loaned by our client, through this port.
+        unsafe { s.write_path(path) };
+        s.header().queue.store(queue as u16, Ordering::Relaxed);
+        Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len })
+    }
+
+    /// The bus this publisher sends on.
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     /// Parses `path` and resolves its subsystem's queue; returns the queue
     /// and the subsystem's length. The last path is remembered: sending to
     /// it again costs one comparison while the routing table is unchanged.
@@ -520,6 +543,27 @@ impl std::fmt::Debug for LoanSendError<'_> {
 }
 
 impl<'a> Loan<'a> {
+    /// Marks the message as a request: replies go to queue `queue`, matched
+    /// by `correlation`.
+    pub(crate) fn request(self, queue: u32, correlation: u64) -> Self {
+        let h = self.publisher.bus.inner.seg.slot(self.slot).header();
+        h.reply_to.store(queue + 1, Ordering::Relaxed);
+        h.correlation_id.store(correlation, Ordering::Relaxed);
+        self
+    }
+
+    /// Marks the message as the reply to `correlation`; `error` makes it an
+    /// error reply of that kind.
+    pub(crate) fn reply(self, correlation: u64, error: Option<u64>) -> Self {
+        let h = self.publisher.bus.inner.seg.slot(self.slot).header();
+        h.correlation_id.store(correlation, Ordering::Relaxed);
+        if let Some(kind) = error {
+            h.flags.fetch_or(bus_core::layout::FLAG_ERROR, Ordering::Relaxed);
+            h.fingerprint.store(kind, Ordering::Relaxed);
+        }
+        self
+    }
+
     /// Sets the trace id (default: the message's own id, starting a trace).
     pub fn trace_id(self, id: u64) -> Self {
         self.publisher.bus.inner.seg.slot(self.slot).header().trace_id.store(id, Ordering::Relaxed);

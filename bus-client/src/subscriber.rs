@@ -7,7 +7,7 @@ use crate::protocol::{Reply, Request};
 use bus_core::layout::FLAG_REDELIVERED;
 use bus_core::slot_pool::{CorruptSlot, Port, SlotRef};
 use bus_core::SlotIndex;
-use std::cell::{Cell, OnceCell};
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +19,12 @@ impl Bus {
     /// put back after a subscriber died) are received first.
     pub fn subscribe(&self, subsystem: &str) -> Result<Subscriber, RequestError> {
         bus_core::path::validate_subsystem(subsystem).map_err(RequestError::InvalidName)?;
+        self.subscribe_unchecked(subsystem)
+    }
+
+    /// [`Bus::subscribe`] without the name check: for the reserved
+    /// `_reply.` names of requesters (the daemon checks those itself).
+    pub(crate) fn subscribe_unchecked(&self, subsystem: &str) -> Result<Subscriber, RequestError> {
         let port = self.inner.claim_port()?;
         let reply = self.inner.request(&Request::Subscribe { subsystem: subsystem.to_owned() });
         let queue = match reply {
@@ -62,6 +68,16 @@ impl Subscriber {
     /// The subsystem.
     pub fn subsystem(&self) -> &str {
         &self.subsystem
+    }
+
+    /// Its queue.
+    pub(crate) fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Releases a slot taken out of a message with [`Message::into_slot`].
+    pub(crate) fn release(&self, slot: SlotIndex) {
+        self.port().give_free(slot);
     }
 
     /// How many times a blocking receive polls the queue before it sleeps on
@@ -155,7 +171,7 @@ impl Subscriber {
         if s.header().path_len.load(Ordering::Relaxed) as usize > bus_core::PATH_CAPACITY {
             return Err(self.corrupt(slot, "path length out of range"));
         }
-        Ok(Message { sub: self, slot: s, parts: OnceCell::new() })
+        Ok(Message { sub: self, slot: s, split: Cell::new(None) })
     }
 
     fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
@@ -176,17 +192,25 @@ impl Drop for Subscriber {
 pub struct Message<'a> {
     sub: &'a Subscriber,
     slot: SlotRef<'a>,
-    /// The path and the offset of its `://`, read and checked on first use.
-    parts: OnceCell<Option<(&'a str, usize)>>,
+    /// The offset of the path's `://`, found on first use (`Some(None)`:
+    /// the path is not valid). Holds no borrow, so that `Message` stays
+    /// covariant in `'a`.
+    split: Cell<Option<Option<usize>>>,
 }
 
 impl<'a> Message<'a> {
     fn parts(&self) -> Option<(&'a str, usize)> {
-        *self.parts.get_or_init(|| {
-            // SAFETY: the slot is Held by us for as long as this guard lives.
-            let path = unsafe { self.slot.path() }.ok()?;
-            Some((path, bus_core::path::separator(path)?))
-        })
+        // SAFETY: the slot is Held by us for as long as this guard lives.
+        let path = unsafe { self.slot.path() }.ok()?;
+        let split = match self.split.get() {
+            Some(s) => s,
+            None => {
+                let s = bus_core::path::separator(path);
+                self.split.set(Some(s));
+                s
+            }
+        };
+        Some((path, split?))
     }
 
     /// The whole path, `subsystem://route` (empty if a faulty sender wrote
@@ -229,6 +253,29 @@ impl<'a> Message<'a> {
     /// Whether the body is raw bytes (not an rkyv archive).
     pub fn is_raw(&self) -> bool {
         self.slot.is_raw()
+    }
+
+    /// Whether the sender waits for a reply (see [`crate::Router`]).
+    pub fn is_request(&self) -> bool {
+        self.slot.header().reply_to.load(Ordering::Relaxed) != 0
+    }
+
+    /// The correlation id of a request or reply (0 otherwise).
+    pub fn correlation_id(&self) -> u64 {
+        self.slot.header().correlation_id.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the slot held (not released on drop) and returns it; release it
+    /// later with [`Subscriber::release`].
+    pub(crate) fn into_slot(self) -> SlotIndex {
+        let slot = self.slot.index();
+        std::mem::forget(self);
+        slot
+    }
+
+    /// The reply queue of a request, if it is one.
+    pub(crate) fn reply_queue(&self) -> Option<u32> {
+        self.slot.header().reply_to.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// The body's bytes, in place.

@@ -429,8 +429,7 @@ pub struct SlotHeader {
     /// Body offset from the slot start: [`BODY_OFFSET`] in this layout
     /// version (kept so that a later version can move the body).
     pub body_offset: AtomicU16,
-    /// Client serial of the requester's reply queue (0: none). Reserved for
-    /// request/response.
+    /// Queue index + 1 of the requester's reply queue (0: not a request).
     pub reply_to: AtomicU32,
     /// Type fingerprint of the body (0 for raw bytes).
     pub fingerprint: AtomicU64,
@@ -448,6 +447,9 @@ pub struct SlotHeader {
 pub const FLAG_REDELIVERED: u16 = 1;
 /// The body is raw bytes, not an rkyv archive.
 pub const FLAG_RAW: u16 = 2;
+/// The message is an error reply: the body is its text, and `fingerprint`
+/// holds the kind (see `bus_client::ReplyError`).
+pub const FLAG_ERROR: u16 = 4;
 
 const _: () = assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
 const _: () = assert!(offset_of!(SlotHeader, queue) == 8);

@@ -140,6 +140,26 @@ pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32,
     pending.into_iter().filter(|&(q, i)| !requeue(seg, q, i)).collect()
 }
 
+/// Empties queue `q`, returning its messages' slots to the free ring (the
+/// daemon does this for a requester's reply queue once the requester is
+/// gone: nobody will read what is left there). Returns how many.
+pub fn drain_queue(seg: &Segment, q: u32) -> u64 {
+    let Some(ring) = seg.queue(q) else { return 0 };
+    let mut freed = 0;
+    while let Some(raw) = ring.pop() {
+        let Some(i) = seg.slot_index(raw) else { continue };
+        let w = seg.slot(i).header().own.load(Ordering::Acquire);
+        let own = Own::unpack(w);
+        if own.state == Some(SlotState::Queued) && own.who == q {
+            free(seg, i, w, own.gen);
+            freed += 1;
+        }
+    }
+    seg.free_ring().notify_items();
+    seg.header().counters.slots_reclaimed.fetch_add(freed, Ordering::Relaxed);
+    freed
+}
+
 /// The ring id a queue has in intents (re-exported for the daemon's audit).
 pub fn queue_ring_id(q: u32) -> u32 {
     ring_of_queue(q)

@@ -73,7 +73,11 @@ pub fn read(seg: &Segment, q: u32) -> Option<RouteView> {
             name[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         let s = std::str::from_utf8(&name[..len]).ok()?;
-        validate_subsystem(s).ok()?;
+        // User subsystems, or a requester's reply queue `_reply.<serial>.<n>`.
+        let reply = s.strip_prefix('_').is_some_and(|r| r.starts_with("reply.") && validate_subsystem(r).is_ok());
+        if !reply {
+            validate_subsystem(s).ok()?;
+        }
         return Some(RouteView {
             queue: q,
             name,

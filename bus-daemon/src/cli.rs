@@ -142,6 +142,16 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Send a request to PATH (raw bytes) and print the reply's body.
+    Request {
+        /// subsystem://route
+        path: String,
+        /// The body; read from stdin when absent.
+        body: Option<String>,
+        /// How long to wait for the reply.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+    },
     /// Ask the daemon to shut down.
     Shutdown,
     /// Measure shmbus against a Unix socket, a pipe and a bare futex, each
@@ -261,6 +271,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 out.flush()?;
                 n += 1;
             }
+            Ok(())
+        }
+        Command::Request { path, body, timeout } => {
+            let bytes = match body {
+                Some(b) => b.into_bytes(),
+                None => {
+                    let mut v = Vec::new();
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+            };
+            let bus = connect(&cli.bus, timeout)?;
+            let requester = bus.requester()?;
+            let reply = requester.request_bytes(&path, &bytes, timeout)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", render(reply.body_bytes()?))?;
             Ok(())
         }
         Command::Shutdown => {

@@ -181,6 +181,7 @@ impl Server {
                 self.service(id);
             }
             self.reaper.tick(&self.seg);
+            self.drain_abandoned_reply_queues();
         }
         self.shutdown();
         Ok(())
@@ -310,8 +311,26 @@ impl Server {
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
             Request::Subscribe { subsystem } => {
-                if let Err(e) = bus_core::path::validate_subsystem(&subsystem) {
-                    return err(ErrorKind::Invalid, e.to_string());
+                // `_reply.<serial>.<n>`: a requester's private reply queue,
+                // only for the client whose serial it names.
+                let reply_queue = subsystem.strip_prefix("_reply.").map(|rest| {
+                    let serial = self.seg.client_info(id).map(|i| i.serial.load(Ordering::Relaxed)).unwrap_or(0);
+                    let mut parts = rest.split('.');
+                    parts.next() == Some(serial.to_string().as_str())
+                        && parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                        && parts.next().is_none()
+                        && subsystem.len() <= bus_core::layout::SUBSYSTEM_NAME_MAX
+                });
+                match reply_queue {
+                    Some(true) => {}
+                    Some(false) => {
+                        return err(ErrorKind::Invalid, format!("{subsystem:?} is another client's reply queue"))
+                    }
+                    None => {
+                        if let Err(e) = bus_core::path::validate_subsystem(&subsystem) {
+                            return err(ErrorKind::Invalid, e.to_string());
+                        }
+                    }
                 }
                 let durable = self.cfg.durable.contains(&subsystem);
                 let recyclable = |q: u32| {
@@ -370,6 +389,22 @@ impl Server {
                 tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");
                 self.stop = true;
                 Reply::ShuttingDown
+            }
+        }
+    }
+
+    /// Frees what is left in reply queues whose requester has been gone for
+    /// a while: replies that arrived after it stopped waiting.
+    fn drain_abandoned_reply_queues(&mut self) {
+        for (&q, since) in &self.idle_since {
+            if since.elapsed() < RECYCLE_AFTER {
+                continue;
+            }
+            let Some(v) = routing::read(&self.seg, q) else { continue };
+            if v.subscribers == 0 && v.name().starts_with("_reply.") && self.seg.queue(q).is_some_and(|r| !r.is_empty())
+            {
+                let n = bus_core::reclaim::drain_queue(&self.seg, q);
+                tracing::debug!(queue = q, freed = n, "drained an abandoned reply queue");
             }
         }
     }

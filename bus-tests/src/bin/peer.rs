@@ -121,6 +121,55 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "serve" => {
+            use bus_client::{HandlerError, Router};
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static IN_BARRIER: AtomicUsize = AtomicUsize::new(0);
+            let subsystem = get("subsystem").expect("subsystem=");
+            let router = Router::new(&subsystem)
+                .expect("valid subsystem")
+                .route("echo/{*rest}", |ctx| Ok(ctx.reply_bytes(ctx.message().body_bytes()?)?))
+                .unwrap()
+                .route("users/{id}", |ctx| {
+                    let id: u32 = ctx.param("id").unwrap_or("").parse().map_err(|_| "id must be a number")?;
+                    let asked = ctx.body::<Seq>()?.seq.to_native();
+                    Ok(ctx.reply(&Seq { publisher: id, seq: asked + 1 })?)
+                })
+                .unwrap()
+                .route("fail", |_| Err(HandlerError::new("nope")))
+                .unwrap()
+                .route("panic", |_| panic!("boom"))
+                .unwrap()
+                .route("slow/{ms}", |ctx| {
+                    let ms: u64 = ctx.param("ms").unwrap_or("0").parse().unwrap_or(0);
+                    std::thread::sleep(Duration::from_millis(ms));
+                    Ok(ctx.reply_bytes(b"slept")?)
+                })
+                .unwrap()
+                .route("forward/{*rest}", |ctx| {
+                    ctx.send_bytes("traced://from-handler", b"forwarded")?;
+                    Ok(ctx.reply_bytes(b"forwarded")?)
+                })
+                .unwrap()
+                .route("barrier", |ctx| {
+                    // Replies only once 3 handlers are in here at once:
+                    // proves that workers run handlers concurrently.
+                    IN_BARRIER.fetch_add(1, Ordering::SeqCst);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while IN_BARRIER.load(Ordering::SeqCst) < 3 {
+                        if Instant::now() > deadline {
+                            return Err("handlers did not run concurrently".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(ctx.reply_bytes(b"together")?)
+                })
+                .unwrap();
+            let service = bus.serve(router).workers(num("workers", 1) as usize).start().expect("serve");
+            writeln!(out, "serving").unwrap();
+            out.flush().unwrap();
+            service.join();
+        }
         other => {
             eprintln!("peer: unknown role {other:?}");
             return ExitCode::from(2);

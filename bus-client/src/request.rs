@@ -1,0 +1,333 @@
+//! Request/response. A [`Requester`] owns a private reply queue (a routing
+//! entry named `_reply.<serial>.<n>`, which no user subsystem can be
+//! called). A request carries that queue and a correlation id; the handler's
+//! reply comes back zero-copy in a new slot. Replies are matched by
+//! correlation id, so several requests may be in flight from several
+//! threads at once; a reply that arrives after its requester gave up is
+//! released, not leaked.
+
+use crate::body::{fingerprint, Body};
+use crate::bus::Bus;
+use crate::error::{BodyError, RecvError, RequestError, SendError};
+use crate::handler::kind;
+use crate::publisher::Publisher;
+use crate::subscriber::Subscriber;
+use bus_core::layout::FLAG_ERROR;
+use bus_core::slot_pool::SlotRef;
+use bus_core::SlotIndex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The request could not be sent.
+    #[error("the request was not sent: {0}")]
+    Send(#[from] SendError),
+    /// No reply within the timeout (the handler is slow, or died).
+    #[error("no reply within {0:?}: the handler is slow or gone")]
+    Timeout(Duration),
+    /// The subsystem's router has no route for the request.
+    #[error("no route for {path:?}: {message}")]
+    NoRoute {
+        /// The request's path.
+        path: String,
+        /// The router's message.
+        message: String,
+    },
+    /// The handler returned an error.
+    #[error("the handler failed: {0}")]
+    Handler(String),
+    /// The handler panicked (the service caught it and goes on).
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+    /// The daemon is gone.
+    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    BusGone,
+}
+
+struct Waiting {
+    /// Correlation ids whose requesters still wait.
+    pending: HashSet<u64>,
+    /// Replies that arrived for another waiting thread.
+    arrived: HashMap<u64, SlotIndex>,
+    /// Whether a thread is currently reading the reply queue.
+    polling: bool,
+}
+
+/// Sends requests and receives their replies. `Send + Sync`: share one
+/// between threads (behind an `Arc`) or make one per thread.
+pub struct Requester {
+    bus: Bus,
+    publisher: Mutex<Publisher>,
+    replies: Mutex<Subscriber>,
+    waiting: Mutex<Waiting>,
+    arrived: Condvar,
+    queue: u32,
+    next: AtomicU64,
+}
+
+impl Bus {
+    /// A requester with its own reply queue.
+    pub fn requester(&self) -> Result<Requester, RequestError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = format!("_reply.{}.{}", self.inner.serial, N.fetch_add(1, Ordering::Relaxed));
+        let replies = self.subscribe_unchecked(&name)?;
+        replies.set_spins(crate::DEFAULT_SPINS);
+        let queue = replies.queue();
+        Ok(Requester {
+            bus: self.clone(),
+            publisher: Mutex::new(self.publisher().create()?),
+            replies: Mutex::new(replies),
+            waiting: Mutex::new(Waiting { pending: HashSet::new(), arrived: HashMap::new(), polling: false }),
+            arrived: Condvar::new(),
+            queue,
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// Sends `body` to `path` as a request and waits up to `timeout` for the
+    /// handler's reply. Sets up a requester (a control round trip) for this
+    /// one call: keep a [`Requester`] for repeated requests.
+    pub fn request<T: Body>(&self, path: &str, body: &T, timeout: Duration) -> Result<Reply, ReplyError> {
+        let r = self.requester().map_err(|e| match e {
+            RequestError::BusGone => ReplyError::BusGone,
+            e => ReplyError::Send(SendError::Serialize { detail: e.to_string() }),
+        })?;
+        r.request(path, body, timeout).map(|reply| reply.detach())
+    }
+}
+
+impl Requester {
+    /// Sends `body` to `path` and waits up to `timeout` for the reply.
+    pub fn request<T: Body>(&self, path: &str, body: &T, timeout: Duration) -> Result<Response<'_>, ReplyError> {
+        self.exchange(path, timeout, |p, corr| {
+            p.loan(path)?.write(body)?.request(self.queue, corr).send().map_err(|f| f.error)
+        })
+    }
+
+    /// Sends a raw-byte request.
+    pub fn request_bytes(&self, path: &str, body: &[u8], timeout: Duration) -> Result<Response<'_>, ReplyError> {
+        self.exchange(path, timeout, |p, corr| {
+            p.loan(path)?.write_bytes(body)?.request(self.queue, corr).send().map_err(|f| f.error)
+        })
+    }
+
+    fn exchange(
+        &self,
+        _path: &str,
+        timeout: Duration,
+        send: impl FnOnce(&mut Publisher, u64) -> Result<u64, SendError>,
+    ) -> Result<Response<'_>, ReplyError> {
+        let corr = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock_waiting().pending.insert(corr);
+        let sent = send(&mut self.publisher.lock().unwrap_or_else(|p| p.into_inner()), corr);
+        if let Err(e) = sent {
+            self.lock_waiting().pending.remove(&corr);
+            return Err(if e == SendError::BusGone { ReplyError::BusGone } else { ReplyError::Send(e) });
+        }
+        let slot = self.wait_for(corr, Instant::now() + timeout, timeout)?;
+        let response = Response { requester: self, slot };
+        response.check()?;
+        Ok(response)
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the reply to `corr`. One waiting thread at a time reads the
+    /// reply queue and hands other threads' replies over through `arrived`.
+    fn wait_for(&self, corr: u64, deadline: Instant, timeout: Duration) -> Result<SlotIndex, ReplyError> {
+        let mut w = self.lock_waiting();
+        loop {
+            if let Some(slot) = w.arrived.remove(&corr) {
+                w.pending.remove(&corr);
+                return Ok(slot);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                w.pending.remove(&corr);
+                return Err(ReplyError::Timeout(timeout));
+            }
+            if w.polling {
+                w = self
+                    .arrived
+                    .wait_timeout(w, (deadline - now).min(Duration::from_millis(10)))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            w.polling = true;
+            drop(w);
+            let got = self.poll_reply(deadline - now);
+            w = self.lock_waiting();
+            w.polling = false;
+            match got {
+                Ok(Some((slot, c))) if c == corr => {
+                    w.pending.remove(&corr);
+                    self.arrived.notify_all();
+                    return Ok(slot);
+                }
+                Ok(Some((slot, c))) if w.pending.contains(&c) => {
+                    w.arrived.insert(c, slot);
+                }
+                Ok(Some((slot, _))) => self.release(slot), // a late reply: nobody waits for it
+                Ok(None) => {}
+                Err(()) => {
+                    w.pending.remove(&corr);
+                    self.arrived.notify_all();
+                    return Err(ReplyError::BusGone);
+                }
+            }
+            self.arrived.notify_all();
+        }
+    }
+
+    /// Takes one reply from the queue (waiting up to `within`): its slot and
+    /// correlation id.
+    fn poll_reply(&self, within: Duration) -> Result<Option<(SlotIndex, u64)>, ()> {
+        let sub = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        let got = sub.recv_timeout(within.min(Duration::from_millis(100)));
+        match got {
+            Ok(m) => {
+                let c = m.correlation_id();
+                Ok(Some((m.into_slot(), c)))
+            }
+            Err(RecvError::BusGone) => Err(()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn release(&self, slot: SlotIndex) {
+        self.replies.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+    }
+
+    /// The requester's reply queue.
+    pub fn reply_queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+}
+
+/// A reply, read in place; dropping it releases its slot.
+pub struct Response<'r> {
+    requester: &'r Requester,
+    slot: SlotIndex,
+}
+
+impl<'r> Response<'r> {
+    fn slot(&self) -> SlotRef<'r> {
+        self.requester.bus.inner.seg.slot(self.slot)
+    }
+
+    /// Turns an error reply into the error (releasing it).
+    fn check(&self) -> Result<(), ReplyError> {
+        let h = self.slot().header();
+        if h.flags.load(Ordering::Relaxed) & FLAG_ERROR == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(self.body_bytes().unwrap_or(b"")).into_owned();
+        Err(match h.fingerprint.load(Ordering::Relaxed) {
+            kind::NO_ROUTE => ReplyError::NoRoute {
+                // SAFETY: the slot is Held by the requester's client.
+                path: unsafe { self.slot().path() }.unwrap_or("").to_owned(),
+                message: text,
+            },
+            kind::PANIC => ReplyError::Panicked(text),
+            _ => ReplyError::Handler(text),
+        })
+    }
+
+    /// The reply body's bytes, in place.
+    pub fn body_bytes(&self) -> Result<&[u8], BodyError> {
+        // SAFETY: the slot is Held by the requester's client while we live.
+        Ok(unsafe { self.slot().body() }?)
+    }
+
+    /// The reply body as the archived `T`, validated in place.
+    pub fn body<T: Body>(&self) -> Result<&T::Archived, BodyError> {
+        let h = self.slot().header();
+        let expected = std::any::type_name::<T>();
+        if h.flags.load(Ordering::Relaxed) & bus_core::layout::FLAG_RAW != 0 {
+            return Err(BodyError::Raw { expected });
+        }
+        let found = h.fingerprint.load(Ordering::Relaxed);
+        let expected_fp = fingerprint::<T>();
+        if found != expected_fp {
+            return Err(BodyError::WrongType { expected, expected_fp, found });
+        }
+        rkyv::access::<T::Archived, rkyv::rancor::Error>(self.body_bytes()?)
+            .map_err(|e| BodyError::Invalid { expected, detail: e.to_string() })
+    }
+
+    /// The reply's trace id (the request's).
+    pub fn trace_id(&self) -> u64 {
+        self.slot().header().trace_id.load(Ordering::Relaxed)
+    }
+
+    /// The reply's message id.
+    pub fn id(&self) -> u64 {
+        self.slot().header().id.load(Ordering::Relaxed)
+    }
+
+    fn detach(self) -> Reply {
+        let me = std::mem::ManuallyDrop::new(self);
+        let mut bytes = rkyv::util::AlignedVec::<16>::new();
+        bytes.extend_from_slice(me.body_bytes().unwrap_or(b""));
+        let raw = me.slot().is_raw();
+        let fp = me.slot().header().fingerprint.load(Ordering::Relaxed);
+        let trace = me.trace_id();
+        me.requester.release(me.slot);
+        Reply { bytes, raw, fingerprint: fp, trace_id: trace }
+    }
+}
+
+impl Drop for Response<'_> {
+    fn drop(&mut self) {
+        self.requester.release(self.slot);
+    }
+}
+
+/// A reply copied out of its slot (what [`Bus::request`] returns, since its
+/// one-call requester is gone when it returns).
+#[derive(Debug)]
+pub struct Reply {
+    bytes: rkyv::util::AlignedVec<16>,
+    raw: bool,
+    fingerprint: u64,
+    trace_id: u64,
+}
+
+impl Reply {
+    /// The body's bytes.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> u64 {
+        self.trace_id
+    }
+
+    /// The body as `T`, deserialized from a validated archive.
+    pub fn body<T: Body>(&self) -> Result<&T::Archived, BodyError> {
+        let expected = std::any::type_name::<T>();
+        if self.raw {
+            return Err(BodyError::Raw { expected });
+        }
+        let expected_fp = fingerprint::<T>();
+        if self.fingerprint != expected_fp {
+            return Err(BodyError::WrongType { expected, expected_fp, found: self.fingerprint });
+        }
+        rkyv::access::<T::Archived, rkyv::rancor::Error>(&self.bytes)
+            .map_err(|e| BodyError::Invalid { expected, detail: e.to_string() })
+    }
+}

@@ -1,0 +1,151 @@
+//! [`Router`]: handlers for the routes of one subsystem, matched with
+//! `matchit` (a radix tree compiled at registration; matching a route
+//! allocates nothing for up to a few parameters).
+//!
+//! Routes are the part of a path after `://`: static (`users/list`), with
+//! parameters (`users/{id}`), or catch-all (`files/{*rest}`). Overlapping or
+//! malformed routes are refused when registered.
+
+use crate::handler::{Context, HandlerError};
+use std::fmt;
+
+/// A handler: gets the message, its route parameters and a way to reply.
+pub type Handler = Box<dyn Fn(&mut Context<'_, '_>) -> Result<(), HandlerError> + Send + Sync + 'static>;
+
+/// The routes of one subsystem.
+pub struct Router {
+    subsystem: String,
+    tree: matchit::Router<usize>,
+    handlers: Vec<(String, Handler)>,
+}
+
+/// Why a route could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The subsystem name is not valid.
+    InvalidSubsystem(bus_core::PathError),
+    /// The pattern is malformed.
+    Invalid {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// The pattern overlaps one registered before.
+    Overlap {
+        /// The pattern.
+        pattern: String,
+        /// The route it overlaps.
+        with: String,
+    },
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::InvalidSubsystem(e) => write!(f, "invalid subsystem for a router: {e}"),
+            RouteError::Invalid { pattern, reason } => write!(
+                f,
+                "route {pattern:?} is not valid ({reason}): use segments like users/list, users/{{id}} or files/{{*rest}}"
+            ),
+            RouteError::Overlap { pattern, with } => {
+                write!(f, "route {pattern:?} overlaps {with:?}, registered before: make them distinct")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+impl Router {
+    /// An empty router for `subsystem`.
+    pub fn new(subsystem: &str) -> Result<Router, RouteError> {
+        bus_core::path::validate_subsystem(subsystem).map_err(RouteError::InvalidSubsystem)?;
+        Ok(Router { subsystem: subsystem.to_owned(), tree: matchit::Router::new(), handlers: Vec::new() })
+    }
+
+    /// Registers `handler` for `pattern`.
+    pub fn route(
+        mut self,
+        pattern: &str,
+        handler: impl Fn(&mut Context<'_, '_>) -> Result<(), HandlerError> + Send + Sync + 'static,
+    ) -> Result<Router, RouteError> {
+        if pattern.chars().any(char::is_control) || pattern.len() > bus_core::PATH_CAPACITY {
+            return Err(RouteError::Invalid {
+                pattern: pattern.to_owned(),
+                reason: "control character or too long".into(),
+            });
+        }
+        self.tree.insert(pattern, self.handlers.len()).map_err(|e| match e {
+            matchit::InsertError::Conflict { with } => RouteError::Overlap { pattern: pattern.to_owned(), with },
+            other => RouteError::Invalid { pattern: pattern.to_owned(), reason: other.to_string() },
+        })?;
+        self.handlers.push((pattern.to_owned(), Box::new(handler)));
+        Ok(self)
+    }
+
+    /// The subsystem.
+    pub fn subsystem(&self) -> &str {
+        &self.subsystem
+    }
+
+    /// The registered patterns, in order.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.handlers.iter().map(|(p, _)| p.as_str())
+    }
+
+    /// Matches `route`: the handler and its parameters, or `None`.
+    pub fn at<'r, 'p>(&'r self, route: &'p str) -> Option<(&'r Handler, matchit::Params<'r, 'p>)> {
+        let m = self.tree.at(route).ok()?;
+        Some((&self.handlers[*m.value].1, m.params))
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("subsystem", &self.subsystem)
+            .field("routes", &self.patterns().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(_: &mut Context<'_, '_>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    #[test]
+    fn static_parameter_and_catch_all_routes_match_with_their_parameters() {
+        let r = Router::new("api")
+            .unwrap()
+            .route("users/list", ok)
+            .unwrap()
+            .route("users/{id}", ok)
+            .unwrap()
+            .route("files/{*rest}", ok)
+            .unwrap();
+        assert!(r.at("users/list").is_some_and(|(_, p)| p.is_empty()));
+        assert_eq!(r.at("users/123").unwrap().1.get("id"), Some("123"));
+        assert_eq!(r.at("files/a/b/c.txt").unwrap().1.get("rest"), Some("a/b/c.txt"));
+        assert!(r.at("users").is_none());
+        assert!(r.at("orders/1").is_none());
+        assert_eq!(r.patterns().collect::<Vec<_>>(), ["users/list", "users/{id}", "files/{*rest}"]);
+    }
+
+    #[test]
+    fn overlapping_and_malformed_routes_are_refused_at_registration() {
+        let r = Router::new("api").unwrap().route("users/{id}", ok).unwrap();
+        let e = r.route("users/{name}", ok).err().unwrap();
+        assert!(matches!(&e, RouteError::Overlap { pattern, .. } if pattern == "users/{name}"), "{e}");
+        let r = Router::new("api").unwrap();
+        assert!(matches!(r.route("users/{", ok), Err(RouteError::Invalid { .. })));
+        let r = Router::new("api").unwrap();
+        assert!(matches!(r.route("files/{*rest}/more", ok), Err(RouteError::Invalid { .. })));
+        assert!(matches!(Router::new("Bad Name"), Err(RouteError::InvalidSubsystem(_))));
+    }
+}

@@ -1,0 +1,156 @@
+//! Serving a subsystem with a [`Router`]: `bus.serve(router).workers(n)`
+//! starts n worker threads that share the subsystem's queue, each with its
+//! own subscription and publisher. Handlers run concurrently; a handler
+//! that panics is caught, its requester gets an error reply, and the worker
+//! goes on. A request whose route matches nothing gets a typed "no route"
+//! reply and is counted; a request whose handler sent no reply gets an
+//! empty one, so that no requester waits for its timeout in vain.
+
+use crate::bus::Bus;
+use crate::error::{RecvError, RequestError};
+use crate::handler::{kind, Context};
+use crate::router::Router;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builder for a [`Service`].
+pub struct ServeBuilder {
+    bus: Bus,
+    router: Arc<Router>,
+    workers: usize,
+}
+
+impl Bus {
+    /// Serves `router`'s subsystem (see [`ServeBuilder::start`]).
+    pub fn serve(&self, router: Router) -> ServeBuilder {
+        ServeBuilder { bus: self.clone(), router: Arc::new(router), workers: 1 }
+    }
+}
+
+/// Counters of a running service.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Messages handled (a handler ran and returned).
+    pub handled: AtomicU64,
+    /// Messages whose route matched nothing.
+    pub unrouted: AtomicU64,
+    /// Handlers that returned an error.
+    pub failed: AtomicU64,
+    /// Handlers that panicked.
+    pub panicked: AtomicU64,
+}
+
+impl ServeBuilder {
+    /// Worker threads sharing the queue (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Subscribes every worker, then starts them.
+    pub fn start(self) -> Result<Service, RequestError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ServiceStats::default());
+        let mut threads = Vec::new();
+        for w in 0..self.workers {
+            // Subscribe here, so that the service receives from the moment
+            // `start` returns.
+            let sub = self.bus.subscribe(self.router.subsystem())?;
+            let publisher = self.bus.publisher().create()?;
+            let (router, stop, stats) = (self.router.clone(), stop.clone(), stats.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("shmbus-{}-{w}", self.router.subsystem()))
+                .spawn(move || worker(sub, publisher, &router, &stop, &stats))
+                .map_err(RequestError::Io)?;
+            threads.push(t);
+        }
+        Ok(Service { stop, threads, stats })
+    }
+}
+
+fn worker(
+    sub: crate::Subscriber,
+    mut publisher: crate::Publisher,
+    router: &Router,
+    stop: &AtomicBool,
+    stats: &ServiceStats,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let msg = match sub.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => m,
+            Err(RecvError::Timeout(_)) | Err(RecvError::Corrupt(_)) => continue,
+            Err(_) => return, // the bus is gone
+        };
+        let Some((handler, params)) = router.at(msg.route()) else {
+            stats.unrouted.fetch_add(1, Ordering::Relaxed);
+            let text = format!("no route matches {:?} in subsystem {:?}", msg.route(), router.subsystem());
+            let _ = Context::new(&msg, matchit::Params::new(), &mut publisher).reply_error(kind::NO_ROUTE, &text);
+            continue;
+        };
+        let mut ctx = Context::new(&msg, params, &mut publisher);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut ctx)));
+        let _ = match outcome {
+            Ok(Ok(())) => {
+                stats.handled.fetch_add(1, Ordering::Relaxed);
+                if ctx.is_request() && !ctx.replied() {
+                    ctx.reply_bytes(b"")
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(Err(e)) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                ctx.reply_error(kind::HANDLER, e.message())
+            }
+            Err(panic) => {
+                stats.panicked.fetch_add(1, Ordering::Relaxed);
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "handler panicked".into());
+                ctx.reply_error(kind::PANIC, &text)
+            }
+        };
+    }
+}
+
+/// A running service; stops (and joins its workers) when dropped.
+pub struct Service {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stats: Arc<ServiceStats>,
+}
+
+impl Service {
+    /// Its counters.
+    pub fn stats(&self) -> &ServiceStats {
+        &self.stats
+    }
+
+    /// Stops the workers (within about 100 ms) and waits for them.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    /// Blocks until the workers end (the bus went away).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}

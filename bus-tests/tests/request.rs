@@ -1,0 +1,163 @@
+//! Request/response through a router served by another process: typed and
+//! raw replies, error replies, panics, timeouts with late replies released,
+//! concurrent requests, worker pools, a responder that dies, trace ids.
+
+mod common;
+use bus_client::{ReplyError, Requester};
+use bus_tests::Seq;
+use common::*;
+use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+fn serving(bus: &TestBus, workers: u32) -> Proc {
+    let mut p = bus.peer(&["serve", "subsystem=svc", &format!("workers={workers}")]);
+    p.wait_line("serving", Duration::from_secs(10));
+    p
+}
+
+#[test]
+fn a_request_gets_the_handlers_typed_reply_with_route_parameters() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
+    let _svc = serving(&bus, 1);
+    let c = bus.connect();
+    let r = c.requester().unwrap();
+    let reply = r.request("svc://users/42", &Seq { publisher: 0, seq: 7 }, T).unwrap();
+    let got = reply.body::<Seq>().unwrap();
+    assert_eq!((got.publisher.to_native(), got.seq.to_native()), (42, 8));
+    let echo = r.request_bytes("svc://echo/a/b", b"hello", T).unwrap();
+    assert_eq!(echo.body_bytes().unwrap(), b"hello");
+    // The convenience form, which sets up its own requester.
+    let once = c.request("svc://users/5", &Seq { publisher: 0, seq: 1 }, T).unwrap();
+    assert_eq!(once.body::<Seq>().unwrap().publisher, 5);
+}
+
+#[test]
+fn no_route_handler_errors_and_panics_come_back_as_typed_errors_and_the_worker_survives() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
+    let _svc = serving(&bus, 1);
+    let c = bus.connect();
+    let r = c.requester().unwrap();
+    match r.request_bytes("svc://nothing/here", b"", T) {
+        Err(ReplyError::NoRoute { path, message }) => {
+            assert_eq!(path, "svc://nothing/here");
+            assert!(message.contains("nothing/here"), "{message}");
+        }
+        other => panic!("expected NoRoute, got {:?}", other.map(|_| ())),
+    }
+    assert!(matches!(r.request_bytes("svc://fail", b"", T), Err(ReplyError::Handler(m)) if m == "nope"));
+    assert!(matches!(r.request_bytes("svc://panic", b"", T), Err(ReplyError::Panicked(m)) if m == "boom"));
+    assert!(matches!(r.request_bytes("svc://users/x", b"", T), Err(ReplyError::Handler(m)) if m.contains("number")));
+    // The same single worker still answers.
+    assert_eq!(r.request_bytes("svc://echo/x", b"still here", T).unwrap().body_bytes().unwrap(), b"still here");
+}
+
+#[test]
+fn a_timed_out_request_gets_an_error_and_its_late_reply_is_released_not_leaked() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let _svc = serving(&bus, 1);
+    let c = bus.connect();
+    let r = c.requester().unwrap();
+    let t0 = Instant::now();
+    let e = r.request_bytes("svc://slow/400", b"", Duration::from_millis(100)).err().unwrap();
+    assert_eq!(e, ReplyError::Timeout(Duration::from_millis(100)));
+    assert!(t0.elapsed() < Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(500)); // the late reply arrives
+                                                    // The next exchange reads past the late reply and releases it.
+    assert_eq!(r.request_bytes("svc://echo/x", b"next", T).unwrap().body_bytes().unwrap(), b"next");
+    let s = bus.status();
+    assert_eq!(s["slots"]["held"], 0, "{s}");
+    assert_eq!(s["slots"]["queued"], 0, "{s}");
+}
+
+#[test]
+fn requests_from_several_threads_get_their_own_replies() {
+    let bus = TestBus::start(&["--slots", "512", "--slot-size", "256"]);
+    let _svc = serving(&bus, 2);
+    let c = bus.connect();
+    let r = Arc::new(c.requester().unwrap());
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let r: Arc<Requester> = r.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let reply = r.request(&format!("svc://users/{t}"), &Seq { publisher: t, seq: i }, T).unwrap();
+                    let got = reply.body::<Seq>().unwrap();
+                    assert_eq!((got.publisher.to_native(), got.seq.to_native()), (t, i + 1));
+                }
+            })
+        })
+        .collect();
+    for h in threads {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn a_worker_pool_runs_handlers_concurrently() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
+    let _svc = serving(&bus, 3);
+    assert_eq!(bus.status()["subsystems"][0]["subscribers"], 3);
+    let c = bus.connect();
+    let r = Arc::new(c.requester().unwrap());
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                r.request_bytes("svc://barrier", b"", T).map(|x| x.body_bytes().unwrap().to_vec())
+            })
+        })
+        .collect();
+    for h in threads {
+        assert_eq!(h.join().unwrap().unwrap(), b"together");
+    }
+}
+
+#[test]
+fn a_requester_whose_responder_dies_gets_an_error_within_its_timeout() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let svc = serving(&bus, 1);
+    let c = bus.connect();
+    let r = Arc::new(c.requester().unwrap());
+    let r2 = r.clone();
+    let waiting = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        (r2.request_bytes("svc://slow/5000", b"", Duration::from_secs(2)).err(), t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    svc.signal(Signal::SIGKILL);
+    let (err, took) = waiting.join().unwrap();
+    assert_eq!(err, Some(ReplyError::Timeout(Duration::from_secs(2))));
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // With the responder gone, a new request fails at once.
+    assert!(matches!(r.request_bytes("svc://echo/x", b"", T), Err(ReplyError::Send(_))));
+}
+
+#[test]
+fn replies_and_messages_sent_by_a_handler_carry_the_requests_trace_id() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let _svc = serving(&bus, 1);
+    let c = bus.connect();
+    let traced = c.subscribe("traced").unwrap();
+    let r = c.requester().unwrap();
+    let reply = r.request_bytes("svc://forward/x", b"", T).unwrap();
+    let forwarded = traced.recv_timeout(T).unwrap();
+    assert_eq!(forwarded.body_bytes().unwrap(), b"forwarded");
+    assert_ne!(reply.trace_id(), 0);
+    assert_eq!(forwarded.trace_id(), reply.trace_id());
+    assert_ne!(forwarded.id(), reply.id());
+}
+
+#[test]
+fn the_cli_sends_a_request_and_prints_the_reply() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let _svc = serving(&bus, 1);
+    let (st, out, err) = bus.cli(&["request", "svc://echo/cli", "ping", "--timeout", "5s"]);
+    assert!(st.success(), "{err}");
+    assert_eq!(out, "ping\n");
+    let (st, _, err) = bus.cli(&["request", "svc://fail", "x"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("nope"), "{err}");
+}
