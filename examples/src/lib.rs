@@ -17,3 +17,21 @@ pub struct Greeting {
     /// Number of the greeting.
     pub n: u32,
 }
+
+/// What the service example's clients ask for.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize)]
+pub struct UserQuery {
+    /// Ask for details.
+    pub verbose: bool,
+}
+
+/// What the service example replies.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize)]
+pub struct User {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Whether details were asked for.
+    pub verbose: bool,
+}
