@@ -39,7 +39,7 @@ pub use bus_core::{Path, PathError, PATH_CAPACITY};
 pub use error::{BatchError, BodyError, ConnectError, RecvError, RequestError, SendError};
 pub use handler::{Context, HandlerError};
 pub use publisher::{Backpressure, Loan, LoanSendError, LoanUninit, Publisher, PublisherBuilder};
-pub use request::{Reply, ReplyError, Requester, Response};
+pub use request::{Reply, ReplyError, Requester, Response, REPLY_SPINS};
 pub use router::{Handler, RouteError, Router};
 pub use service::{ServeBuilder, Service, ServiceStats};
 pub use subscriber::{Message, Subscriber};

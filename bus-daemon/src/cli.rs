@@ -178,8 +178,9 @@ enum Command {
         /// Round trips per latency run.
         #[arg(long, default_value_t = 20_000)]
         round_trips: u64,
-        /// Only throughput, or only latency.
-        #[arg(long, value_parser = ["throughput", "latency"])]
+        /// Only throughput, only latency, or only the request/response
+        /// measurements (not in the default suite).
+        #[arg(long, value_parser = ["throughput", "latency", "requests"])]
         only: Option<String>,
     },
 }
@@ -301,17 +302,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 reps: reps.max(1),
                 cpus: if no_pin { None } else { cpus.map(|c| (c[0], c[1])).or_else(crate::bench::default_cpus) },
                 round_trips,
-                throughput: only.as_deref() != Some("latency"),
-                latency: only.as_deref() != Some("throughput"),
+                throughput: only.is_none() || only.as_deref() == Some("throughput"),
+                latency: only.is_none() || only.as_deref() == Some("latency"),
             };
-            bench(&cli.bus, o, json)
+            bench(&cli.bus, o, json, only.as_deref() == Some("requests"))
         }
     }
 }
 
 /// `shmbus bench`: connects to the bus (or starts a daemon on a private
 /// socket, with slots big enough for the largest size), runs the suite.
-fn bench(b: &BusArgs, o: crate::bench::suite::Options, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn bench(
+    b: &BusArgs,
+    o: crate::bench::suite::Options,
+    json: bool,
+    requests: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut err = std::io::stderr();
     let explicit = b.socket.is_some() || b.bus.is_some() || std::env::var_os(bus_client::addr::ENV_SOCKET).is_some();
     let (bus, _daemon) = match connect(b, Duration::from_secs(30)) {
@@ -347,6 +353,30 @@ fn bench(b: &BusArgs, o: crate::bench::suite::Options, json: bool) -> Result<(),
         .unwrap_or_default();
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     writeln!(err, "machine: {n} CPUs, {cpu}")?;
+    if requests {
+        let ms = crate::bench::requests::run(&bus, &o, &mut err)?;
+        let mut out = std::io::stdout().lock();
+        if json {
+            serde_json::to_writer_pretty(&mut out, &ms)?;
+            writeln!(out)?;
+        } else {
+            for m in &ms {
+                let v = match (m.per_sec, m.p50_ns, m.bytes) {
+                    (_, _, Some(b)) => format!("{b} bytes"),
+                    (Some(r), Some(p), _) if m.p99_ns.is_none() => format!("{p} ns per operation ({r:.0}/s)"),
+                    (_, Some(p), _) => {
+                        format!("p50 {p} ns, p99 {} ns, p99.9 {} ns", m.p99_ns.unwrap_or(0), m.p999_ns.unwrap_or(0))
+                    }
+                    (Some(r), None, _) => format!("{r:.0} requests/s"),
+                    _ => String::new(),
+                };
+                let hand =
+                    if m.handoff_ns > 0.0 { format!("  (hand-off {:.0} ns)", m.handoff_ns) } else { String::new() };
+                writeln!(out, "{:<40} {v}{hand}", m.name)?;
+            }
+        }
+        return Ok(());
+    }
     let ms = crate::bench::suite::run(&bus, &o, &mut err)?;
     let mut out = std::io::stdout().lock();
     if json {

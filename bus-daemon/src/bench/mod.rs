@@ -11,6 +11,7 @@
 pub mod link;
 pub mod peer;
 pub mod probe;
+pub mod requests;
 pub mod suite;
 
 /// Environment variable that makes a process a measurement peer.

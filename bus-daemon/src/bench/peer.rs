@@ -208,6 +208,21 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             writeln!(out, "sent {n}")?;
             Ok(())
         }
+        ("serve", _) => {
+            // A service for the request measurements: echoes the body.
+            let bus = bus()?;
+            let subsystem = kv(spec, "subsystem").unwrap_or("bench-svc");
+            let workers: usize = kv(spec, "workers").and_then(|w| w.parse().ok()).unwrap_or(1);
+            let router = bus_client::Router::new(subsystem)
+                .map_err(std::io::Error::other)?
+                .route("echo/{*rest}", |ctx| Ok(ctx.reply_bytes(ctx.message().body_bytes()?)?))
+                .map_err(std::io::Error::other)?;
+            let service = bus.serve(router).workers(workers).start().map_err(std::io::Error::other)?;
+            writeln!(out, "ready")?;
+            out.flush()?;
+            service.join();
+            Ok(())
+        }
         _ => Err(std::io::Error::other(format!("unknown peer role {spec:?}"))),
     }
 }
