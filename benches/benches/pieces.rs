@@ -33,6 +33,17 @@ fn pieces(c: &mut Criterion) {
             black_box(sub.try_recv().expect("recv").expect("a message").body_bytes().expect("body").len());
         })
     });
+    let mut router = bus_client::Router::new("bench").expect("valid");
+    for i in 0..50 {
+        router = router.route(&format!("static/path{i}/list"), |_| Ok(())).expect("route");
+        router = router.route(&format!("items{i}/{{id}}/detail"), |_| Ok(())).expect("route");
+    }
+    c.bench_function("route_match_100_routes/parameter", |bench| {
+        bench.iter(|| black_box(router.at(black_box("items37/12345/detail")).map(|(_, p)| p.len())))
+    });
+    c.bench_function("route_match_100_routes/static", |bench| {
+        bench.iter(|| black_box(router.at(black_box("static/path37/list")).is_some()))
+    });
     c.bench_function("path_parse", |bench| {
         bench.iter(|| black_box(Path::parse(black_box("api://users/123")).expect("valid").route().len()))
     });
