@@ -26,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let path = ctx.param("path").unwrap_or("").to_owned();
             Ok(ctx.reply_bytes(format!("would serve {path}").as_bytes())?)
         })?;
+    let service = bus.serve(router).workers(2).start()?;
+    // Only now: the workers' subscriptions exist, requests will be served.
     println!("serving users:// on bus {:?} with 2 workers (Ctrl-C to stop)", bus.name());
-    bus.serve(router).workers(2).start()?.join();
+    service.join();
     Ok(())
 }
