@@ -43,9 +43,33 @@ fn throughput(c: &mut Criterion) {
     g.finish();
 }
 
+/// 4 publisher processes → 1 subscriber, 64 B. The senders are started for
+/// each batch but not timed: a batch is timed from its first receipt to its
+/// last.
+fn fan_in(c: &mut Criterion) {
+    use bus_daemon::bench::link::{fan_in, Amount};
+    let b = shmbus_benches::start(64);
+    let subsystem = bus_daemon::bench::link::fresh_subsystem("criterion-fanin");
+    let sub = b.bus.subscribe(&subsystem).expect("subscribe");
+    let mut g = c.benchmark_group("throughput_4to1");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("shmbus/64B", |bench| {
+        bench.iter_custom(|iters| {
+            let per = iters.div_ceil(4).max(1);
+            let r = fan_in(&b.bus, &sub, &subsystem, 4, 64, Amount::Count(per)).expect("fan-in");
+            assert_eq!(r.lost, 0, "messages lost");
+            assert_eq!(r.received, 4 * per);
+            // Scale to the iterations criterion asked for.
+            Duration::from_nanos(r.elapsed_ns * iters / (4 * per))
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     bus_daemon::bench::peer_main_if_requested();
     let mut c = Criterion::default().configure_from_args();
     throughput(&mut c);
+    fan_in(&mut c);
     c.final_summary();
 }

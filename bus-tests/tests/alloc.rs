@@ -145,3 +145,24 @@ fn receiving_allocates_nothing_per_message_single_and_batched() {
     assert_eq!(single, 0, "allocations in {MEASURED} single receives");
     assert_eq!(batched, 0, "allocations in {measured} batched receives");
 }
+
+#[test]
+fn matching_a_route_among_100_allocates_nothing() {
+    assert_counter_works();
+    let mut router = bus_client::Router::new("svc").unwrap();
+    for i in 0..50 {
+        router = router.route(&format!("static/path{i}/list"), |_| Ok(())).unwrap();
+        router = router.route(&format!("items{i}/{{id}}/detail"), |_| Ok(())).unwrap();
+    }
+    let routes: Vec<String> = (0..100)
+        .map(|i| if i % 2 == 0 { format!("static/path{}/list", i / 2) } else { format!("items{}/{i}/detail", i / 2) })
+        .collect();
+    let before = allocations();
+    let mut params = 0;
+    for i in 0..10_000 {
+        let (_, p) = router.at(&routes[i % 100]).expect("a match");
+        params += p.get("id").map_or(0, str::len);
+    }
+    assert!(params > 0);
+    assert_eq!(allocations() - before, 0, "allocations in 10 000 route matches");
+}

@@ -524,3 +524,70 @@ pub fn send_seq(p: &mut Publisher, path: &str, seq: u64, size: usize) -> std::io
 pub(crate) fn parse_transport(s: &str) -> Option<Transport> {
     Transport::parse(s)
 }
+
+/// How much each sender of a fan-in sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Amount {
+    /// Exactly this many messages.
+    Count(u64),
+    /// For this long.
+    For(Duration),
+}
+
+/// What a fan-in run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct FanIn {
+    /// Messages received.
+    pub received: u64,
+    /// Sequence gaps.
+    pub lost: u64,
+    /// From the first receipt to the last.
+    pub elapsed_ns: u64,
+}
+
+/// `publishers` sender processes → `sub` (subscribed to `subsystem`) in
+/// this process: starts them, receives until each has sent its STOP, and
+/// times from the first receipt to the last (process start is not timed).
+pub fn fan_in(
+    bus: &Bus,
+    sub: &Subscriber,
+    subsystem: &str,
+    publishers: u64,
+    size: usize,
+    amount: Amount,
+) -> std::io::Result<FanIn> {
+    let size = size.max(16);
+    let how = match amount {
+        Amount::Count(n) => format!("count={n}"),
+        Amount::For(d) => format!("duration_ms={}", d.as_millis().max(1)),
+    };
+    let peers: Vec<Peer> = (0..publishers)
+        .map(|id| {
+            Peer::spawn(&format!("send subsystem={subsystem} size={size} id={id} {how}"), &[], Some(bus.socket_path()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut next = vec![0u64; publishers as usize];
+    let (mut received, mut lost, mut stops) = (0u64, 0u64, 0);
+    let (mut first, mut last) = (0u64, 0u64);
+    while stops < publishers {
+        let m = sub.recv_timeout(Duration::from_secs(30)).map_err(std::io::Error::other)?;
+        let b = m.body_bytes().map_err(std::io::Error::other)?;
+        let seq = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let id = (u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")) % publishers) as usize;
+        if seq == STOP {
+            stops += 1;
+            continue;
+        }
+        last = mono_ns();
+        if first == 0 {
+            first = last;
+        }
+        received += 1;
+        lost += seq.saturating_sub(next[id]);
+        next[id] = seq + 1;
+    }
+    for p in peers {
+        p.finish()?;
+    }
+    Ok(FanIn { received, lost, elapsed_ns: last.saturating_sub(first).max(1) })
+}

@@ -6,8 +6,9 @@
 //!   starts a new round; exits on STOP.
 //! - `echo transport=T size=B [wait=busy|sleep] [subsystem=S reply=R] [fd=N | fds=R,W]`:
 //!   sends every message straight back; exits on STOP.
-//! - `send subsystem=S size=B id=I duration_ms=D`: publishes for D ms
-//!   (the 4 → 1 measurement), then a STOP, and prints `sent N`.
+//! - `send subsystem=S size=B id=I (duration_ms=D | count=N)`: publishes
+//!   for D ms or N messages (the 4 → 1 measurement), then a STOP, and
+//!   prints `sent N`.
 //!
 //! Every role takes `cpu=C` to pin itself and prints `ready` once set up.
 
@@ -181,14 +182,16 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             let path = format!("{}://x", kv(spec, "subsystem").unwrap_or("bench"));
             let id: u64 = kv(spec, "id").and_then(|s| s.parse().ok()).unwrap_or(0);
             let ms: u64 = kv(spec, "duration_ms").and_then(|s| s.parse().ok()).unwrap_or(200);
+            // With count=N: exactly N messages; else for duration_ms.
+            let count: Option<u64> = kv(spec, "count").and_then(|s| s.parse().ok());
             writeln!(out, "ready")?;
             out.flush()?;
-            // Wait for the go line? The parent starts all senders, then
-            // reads their `ready`; a few ms of skew do not matter over D.
+            // The parent starts all senders, then reads their `ready`; a few
+            // ms of skew do not matter: it times first to last receipt.
             let end = mono_ns() + ms * 1_000_000;
             let mut n = 0u64;
-            while mono_ns() < end {
-                for _ in 0..64 {
+            while count.map_or(mono_ns() < end, |c| n < c) {
+                for _ in 0..count.map_or(64, |c| (c - n).min(64)) {
                     let mut loan = p.loan(&path).map_err(std::io::Error::other)?;
                     let body = &mut loan.body_mut()[..size];
                     fill(body, n, Touch::Header);

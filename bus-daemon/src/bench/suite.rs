@@ -254,40 +254,8 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
 fn fan_in(bus: &Bus, o: &Options, size: usize) -> std::io::Result<(f64, u64)> {
     let subsystem = super::link::fresh_subsystem("fanin");
     let sub = bus.subscribe(&subsystem).map_err(std::io::Error::other)?;
-    let ms = o.duration.as_millis().max(1);
-    let peers: Vec<super::link::Peer> = (0..4)
-        .map(|id| {
-            super::link::Peer::spawn(
-                &format!("send subsystem={subsystem} size={size} id={id} duration_ms={ms}"),
-                &[],
-                Some(bus.socket_path()),
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    let mut next = [0u64; 4];
-    let (mut received, mut lost, mut stops) = (0u64, 0u64, 0);
-    let (mut first, mut last) = (0u64, 0u64);
-    while stops < 4 {
-        let m = sub.recv_timeout(Duration::from_secs(30)).map_err(std::io::Error::other)?;
-        let b = m.body_bytes().map_err(std::io::Error::other)?;
-        let seq = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-        let id = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")) as usize % 4;
-        if seq == super::link::STOP {
-            stops += 1;
-            continue;
-        }
-        last = super::link::mono_ns();
-        if first == 0 {
-            first = last;
-        }
-        received += 1;
-        lost += seq.saturating_sub(next[id]);
-        next[id] = seq + 1;
-    }
-    for p in peers {
-        p.finish()?;
-    }
-    Ok((received as f64 * 1e9 / (last - first).max(1) as f64, lost))
+    let r = super::link::fan_in(bus, &sub, &subsystem, 4, size, super::link::Amount::For(o.duration))?;
+    Ok((r.received as f64 * 1e9 / r.elapsed_ns as f64, r.lost))
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
