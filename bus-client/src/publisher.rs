@@ -268,6 +268,11 @@ impl Publisher {
     /// Claims a slot for a message to `path` and writes the path into it.
     pub fn loan(&mut self, path: &str) -> Result<LoanUninit<'_>, SendError> {
         let (queue, subsystem_len) = self.route_of(path)?;
+        self.loan_to(queue, path, subsystem_len)
+    }
+
+    /// Takes a slot, marks it loaned, writes the path and the queue.
+    fn loan_to(&mut self, queue: u32, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
         let slot = self.take_slot()?;
         let port = self.port();
         port.mark_loaned(slot);
@@ -287,14 +292,7 @@ impl Publisher {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
         }
         let subsystem_len = bus_core::path::separator(path).unwrap_or(0);
-        let slot = self.take_slot()?;
-        let port = self.port();
-        port.mark_loaned(slot);
-        let s = port.segment().slot(slot);
-        // SAFETY: the slot is Loaned by our client, through this port.
-        unsafe { s.write_path(path) };
-        s.header().queue.store(queue as u16, Ordering::Relaxed);
-        Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len })
+        self.loan_to(queue, path, subsystem_len)
     }
 
     /// The bus this publisher sends on.

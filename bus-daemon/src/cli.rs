@@ -225,14 +225,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Send { path, body, timeout } => {
-            let bytes = match body {
-                Some(b) => b.into_bytes(),
-                None => {
-                    let mut v = Vec::new();
-                    std::io::stdin().read_to_end(&mut v)?;
-                    v
-                }
-            };
+            let bytes = body_or_stdin(body)?;
             let bus = connect(&cli.bus, timeout)?;
             let mut publisher = bus.publisher().create()?;
             publisher.send_bytes(&path, &bytes)?;
@@ -275,14 +268,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Request { path, body, timeout } => {
-            let bytes = match body {
-                Some(b) => b.into_bytes(),
-                None => {
-                    let mut v = Vec::new();
-                    std::io::stdin().read_to_end(&mut v)?;
-                    v
-                }
-            };
+            let bytes = body_or_stdin(body)?;
             let bus = connect(&cli.bus, timeout)?;
             let requester = bus.requester()?;
             let reply = requester.request_bytes(&path, &bytes, timeout)?;
@@ -394,6 +380,18 @@ fn bench(
         return Err(format!("{lost} messages were lost during the benchmark").into());
     }
     Ok(())
+}
+
+/// The BODY argument's bytes, or all of stdin when it is absent.
+fn body_or_stdin(body: Option<String>) -> std::io::Result<Vec<u8>> {
+    match body {
+        Some(b) => Ok(b.into_bytes()),
+        None => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v)?;
+            Ok(v)
+        }
+    }
 }
 
 /// A body as text if it is UTF-8 without control characters, else hex.
