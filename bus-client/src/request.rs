@@ -74,8 +74,18 @@ pub struct Requester {
     replies: Mutex<Subscriber>,
     waiting: Mutex<Waiting>,
     arrived: Condvar,
+    /// A port of its own for releasing replies: the reply subscriber's is
+    /// held by the polling thread for up to a time-slice.
+    release_port: Mutex<u32>,
     queue: u32,
     next: AtomicU64,
+}
+
+impl Drop for Requester {
+    fn drop(&mut self) {
+        let port = *self.release_port.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.bus.inner.release_port(port);
+    }
 }
 
 impl Bus {
@@ -86,12 +96,14 @@ impl Bus {
         let replies = self.subscribe_unchecked(&name)?;
         replies.set_spins(REPLY_SPINS);
         let queue = replies.queue();
+        let release_port = Mutex::new(self.inner.claim_port()?);
         Ok(Requester {
             bus: self.clone(),
             publisher: Mutex::new(self.publisher().create()?),
             replies: Mutex::new(replies),
             waiting: Mutex::new(Waiting { pending: HashSet::new(), arrived: HashMap::new(), polling: false }),
             arrived: Condvar::new(),
+            release_port,
             queue,
             next: AtomicU64::new(1),
         })
@@ -211,7 +223,10 @@ impl Requester {
     }
 
     fn release(&self, slot: SlotIndex) {
-        self.replies.lock().unwrap_or_else(|p| p.into_inner()).release(slot);
+        let port = self.release_port.lock().unwrap_or_else(|p| p.into_inner());
+        bus_core::slot_pool::Port::new(&self.bus.inner.seg, self.bus.inner.client, *port)
+            .expect("port index in range")
+            .give_free(slot);
     }
 
     /// How many times a waiting request polls its reply queue before it

@@ -75,11 +75,6 @@ impl Subscriber {
         self.queue
     }
 
-    /// Releases a slot taken out of a message with [`Message::into_slot`].
-    pub(crate) fn release(&self, slot: SlotIndex) {
-        self.port().give_free(slot);
-    }
-
     /// How many times a blocking receive polls the queue before it sleeps on
     /// the futex (default [`crate::DEFAULT_SPINS`], a few microseconds). 0
     /// sleeps at once: least CPU, most wake-up latency.
@@ -265,8 +260,8 @@ impl<'a> Message<'a> {
         self.slot.header().correlation_id.load(Ordering::Relaxed)
     }
 
-    /// Keeps the slot held (not released on drop) and returns it; release it
-    /// later with [`Subscriber::release`].
+    /// Keeps the slot held (not released on drop) and returns it; the caller
+    /// releases it later through a port of the same client.
     pub(crate) fn into_slot(self) -> SlotIndex {
         let slot = self.slot.index();
         std::mem::forget(self);
