@@ -257,18 +257,16 @@ impl Inner {
         spins: u32,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Result<Option<T>, ()> {
-        // Read the clock only once the fast path failed: a receiver that
-        // finds its message at once makes no clock call.
-        if let Some(v) = attempt() {
-            return Ok(Some(v));
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        for _ in 0..spins {
+        // Read the clock only once polling has found nothing: a receiver that
+        // keeps up makes no clock call. (The timeout thus starts after the
+        // few microseconds of polling.)
+        for _ in 0..=spins {
             if let Some(v) = attempt() {
                 return Ok(Some(v));
             }
             std::hint::spin_loop();
         }
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if !self.alive() {
                 return Err(());
