@@ -162,6 +162,7 @@ impl Doorbell {
         // (found by the loom model). A swap, not a store: as
         // read-modify-writes, the ringer's swap and this clear are ordered
         // by the location itself. Slow path only.
+        // SYNC: doorbell-pending — pairs with the swap in `wake_once`.
         self.pending.swap(0, Ordering::SeqCst);
         seen
     }
@@ -175,12 +176,14 @@ impl Doorbell {
         let timed_out = {
             let _ = timeout;
             let guard = self.kernel.0.lock().unwrap();
+            // The model of FUTEX_WAIT's atomic check (SYNC: doorbell-word).
             if self.word.load(Ordering::SeqCst) == seen {
                 drop(self.kernel.1.wait(guard).unwrap());
             }
             false
         };
         // Taken: the next ringer may wake another sleeper.
+        // SYNC: doorbell-pending — pairs with the swap in `wake_once`.
         self.pending.swap(0, Ordering::SeqCst);
         self.retire();
         timed_out

@@ -351,6 +351,8 @@ impl<'a> Ring<'a> {
     /// Calls `f` with every index that is currently in a full cell. Only
     /// meaningful when nobody pushes or pops concurrently (tests, audits).
     pub fn for_each_queued(&self, mut f: impl FnMut(u32)) {
+        // Audit only, on a quiescent ring: Acquire pairs with the last
+        // producers' and consumers' cell CASes (SYNC: slot-published).
         let h = self.header.head.load(Ordering::Acquire);
         for pos in h..h + self.capacity() {
             let c = self.cell(pos).load(Ordering::Acquire);

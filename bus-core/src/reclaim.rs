@@ -46,6 +46,8 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
 
     for port in 0..crate::layout::PORTS_PER_CLIENT as u32 {
         let Some(rec) = seg.port_intent(client, port) else { break };
+        // SYNC: intent — pairs with the port's Release clear; the client is
+        // gone, so this reads its last intent.
         let word = rec.intent.swap(0, Ordering::AcqRel);
         let Some(intent) = Intent::unpack(word) else { continue };
         let Some(i) = seg.slot_index(intent.index) else { continue };
@@ -70,6 +72,9 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     for raw in 0..seg.params().slot_count {
         let i = seg.slot_index(raw).expect("in range");
         let slot = seg.slot(i);
+        // SYNC: slot-claim — Acquire pairs with the claiming CASes of the
+        // dead client; the CASes below race only with consumers popping a
+        // duplicate entry, which CAS the same word.
         let w = slot.header().own.load(Ordering::Acquire);
         let own = Own::unpack(w);
         if own.who != client {
@@ -110,6 +115,8 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
 
 fn free(seg: &Segment, i: SlotIndex, w: u64, gen: u32) {
     let slot = seg.slot(i);
+    // SYNC: slot-claim — AcqRel pairs with a consumer's claim CAS of a
+    // duplicate entry of this slot; only one of them wins.
     if slot
         .header()
         .own
@@ -148,6 +155,7 @@ pub fn drain_queue(seg: &Segment, q: u32) -> u64 {
     let mut freed = 0;
     while let Some(raw) = ring.pop() {
         let Some(i) = seg.slot_index(raw) else { continue };
+        // SYNC: slot-claim — as in `reclaim_client`.
         let w = seg.slot(i).header().own.load(Ordering::Acquire);
         let own = Own::unpack(w);
         if own.state == Some(SlotState::Queued) && own.who == q {

@@ -212,6 +212,8 @@ impl Segment {
 
     /// Whether the daemon still runs (it sets STOPPED on a clean shutdown).
     pub fn daemon_running(&self) -> bool {
+        // SYNC: daemon-stopped — pairs with the Release store in the
+        // daemon's shutdown.
         self.header().live.daemon_state.load(Ordering::Acquire) == DAEMON_RUNNING
     }
 

@@ -174,6 +174,9 @@ impl<'a> SlotRef<'a> {
 
     /// Decoded ownership word.
     pub fn own(&self) -> Own {
+        // SYNC: slot-claim — Acquire pairs with the CAS or store that made
+        // the current owner; a reader of other fields after checking the
+        // owner sees what that owner wrote.
         Own::unpack(self.header.own.load(Ordering::Acquire))
     }
 

@@ -17,6 +17,9 @@ impl Reaper {
     /// Reclaims client `client` of `seg` (its connection is already closed).
     pub fn reap(&mut self, seg: &Segment, client: u32, pid: u32) {
         let Some(info) = seg.client_info(client) else { return };
+        // SYNC: client-state — Release pairs with the Acquire in the accept
+        // loop's search for a free entry (same thread today; kept for
+        // anything else that reads the client table).
         info.state.store(CLIENT_RECLAIMING, Ordering::Release);
         let report = reclaim::reclaim_client(seg, client);
         tracing::info!(
@@ -31,6 +34,7 @@ impl Reaper {
         );
         self.pending.extend(report.pending);
         info.pid.store(0, Ordering::Relaxed);
+        // SYNC: client-state — as above.
         info.state.store(CLIENT_FREE, Ordering::Release);
         seg.header().counters.clients_reclaimed.fetch_add(1, Ordering::Relaxed);
     }

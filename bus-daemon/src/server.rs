@@ -209,6 +209,7 @@ impl Server {
             };
             let Some(client) = (0..self.seg.params().max_clients).find(|&c| {
                 !self.conns.contains_key(&c)
+                    // SYNC: client-state — pairs with the reaper's Release.
                     && self.seg.client_info(c).is_some_and(|i| i.state.load(Ordering::Acquire) == CLIENT_FREE)
             }) else {
                 tracing::warn!(pid = cred.pid(), "refusing a client: client table full");
@@ -222,6 +223,7 @@ impl Server {
             info.pid.store(cred.pid() as u32, Ordering::Relaxed);
             info.uid.store(cred.uid(), Ordering::Relaxed);
             info.gid.store(cred.gid(), Ordering::Relaxed);
+            // SYNC: client-state — pairs with the Acquire in this search.
             info.state.store(CLIENT_ACTIVE, Ordering::Release);
             self.seg.header().counters.clients_accepted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client, pid = cred.pid(), uid = cred.uid(), "client connected");

@@ -478,6 +478,8 @@ impl PingPong {
             }
             PingPong::Futex { words, .. } => {
                 let v = (seq as u32).wrapping_add(1);
+                // SYNC: futex-baseline — Release/Acquire pair with the echo
+                // peer's load of word 0 and its store of word 1.
                 words.word(0).store(v, std::sync::atomic::Ordering::Release);
                 bus_core::futex::wake(words.word(0), 1);
                 loop {
@@ -505,6 +507,7 @@ impl PingPong {
                 peer.finish()
             }
             PingPong::Futex { words, peer } => {
+                // SYNC: futex-baseline — the stop value.
                 words.word(0).store(u32::MAX, std::sync::atomic::Ordering::Release);
                 bus_core::futex::wake(words.word(0), 1);
                 peer.finish()

@@ -163,6 +163,8 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             out.flush()?;
             let mut seen = 0u32;
             loop {
+                // SYNC: futex-baseline — pairs with the parent's Release
+                // store of word 0; our store of word 1 pairs with its load.
                 let v = words.word(0).load(std::sync::atomic::Ordering::Acquire);
                 if v == seen {
                     bus_core::futex::wait(words.word(0), seen, Some(Duration::from_secs(60)));

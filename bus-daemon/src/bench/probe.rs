@@ -39,6 +39,7 @@ fn one_run(cpus: Option<(usize, usize)>, n: u64) -> f64 {
         }
         let t = Instant::now();
         for i in 0..n {
+            // SYNC: probe — pairs with the other thread's Acquire load.
             line.0.store(2 * i + 1, Ordering::Release);
             while line.0.load(Ordering::Acquire) != 2 * i + 2 {
                 std::hint::spin_loop();
