@@ -347,13 +347,11 @@ fn bench(
             writeln!(out)?;
         } else {
             for m in &ms {
-                let v = match (m.per_sec, m.p50_ns, m.bytes) {
-                    (_, _, Some(b)) => format!("{b} bytes"),
-                    (Some(r), Some(p), _) if m.p99_ns.is_none() => format!("{p} ns per operation ({r:.0}/s)"),
-                    (_, Some(p), _) => {
-                        format!("p50 {p} ns, p99 {} ns, p99.9 {} ns", m.p99_ns.unwrap_or(0), m.p999_ns.unwrap_or(0))
-                    }
-                    (Some(r), None, _) => format!("{r:.0} requests/s"),
+                let v = match (m.latency, m.ns_per_op, m.per_sec, m.bytes) {
+                    (_, _, _, Some(b)) => format!("{b} bytes"),
+                    (Some(p), ..) => format!("p50 {} ns, p99 {} ns, p99.9 {} ns", p.p50_ns, p.p99_ns, p.p999_ns),
+                    (_, Some(ns), Some(r), _) => format!("{ns} ns per operation ({r:.0}/s)"),
+                    (_, _, Some(r), _) => format!("{r:.0} requests/s"),
                     _ => String::new(),
                 };
                 let hand =

@@ -5,31 +5,37 @@
 //! routes, bytes per message).
 
 use super::link::Peer;
+use super::suite::Percentiles;
 use bus_client::{Bus, Router};
 use std::time::{Duration, Instant};
 
-/// One result.
+/// One result: a latency distribution, a rate, a time per operation, or a
+/// size, with the cache-line hand-off measured before it (0 for in-process
+/// timings, where no line crosses).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RequestMeasurement {
     /// e.g. `request/roundtrip/1worker`.
     pub name: String,
-    /// Requests (or operations) per second, median over rounds.
+    /// Round-trip percentiles.
+    #[serde(flatten)]
+    pub latency: Option<Percentiles>,
+    /// Requests (or operations) per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_sec: Option<f64>,
-    /// Median, p99, p99.9 in nanoseconds (round trip, or per operation).
+    /// Nanoseconds per operation (in-process timings).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_ns: Option<u64>,
-    /// p99.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_ns: Option<u64>,
-    /// p99.9.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p999_ns: Option<u64>,
-    /// Bytes (for the size figures).
+    pub ns_per_op: Option<u64>,
+    /// Bytes (the size figures).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
     /// Cache-line hand-off before the run.
     pub handoff_ns: f64,
+}
+
+impl RequestMeasurement {
+    fn new(name: impl Into<String>, handoff_ns: f64) -> Self {
+        RequestMeasurement { name: name.into(), latency: None, per_sec: None, ns_per_op: None, bytes: None, handoff_ns }
+    }
 }
 
 fn serve_peer(bus: &Bus, workers: usize, cpu: Option<usize>) -> std::io::Result<Peer> {
@@ -68,16 +74,9 @@ pub fn run(
     }
     drop(requester);
     drop(peer);
-    let rt = RequestMeasurement {
-        name: "request/roundtrip/1worker".into(),
-        per_sec: None,
-        p50_ns: Some(h.value_at_quantile(0.5)),
-        p99_ns: Some(h.value_at_quantile(0.99)),
-        p999_ns: Some(h.value_at_quantile(0.999)),
-        bytes: None,
-        handoff_ns: handoff,
-    };
-    writeln!(progress, "{}: p50 {} ns, p99 {} ns", rt.name, rt.p50_ns.unwrap_or(0), rt.p99_ns.unwrap_or(0))?;
+    let p = Percentiles::of(&h);
+    let rt = RequestMeasurement { latency: Some(p), ..RequestMeasurement::new("request/roundtrip/1worker", handoff) };
+    writeln!(progress, "{}: p50 {} ns, p99 {} ns", rt.name, p.p50_ns, p.p99_ns)?;
     out.push(rt);
 
     // Throughput with 1, 2, 4 workers, 4 requester threads, each with its
@@ -110,13 +109,8 @@ pub fn run(
         let rate = total as f64 / start.elapsed().as_secs_f64();
         writeln!(progress, "request/throughput/{workers}workers: {rate:.0} requests/s")?;
         out.push(RequestMeasurement {
-            name: format!("request/throughput/{workers}workers"),
             per_sec: Some(rate),
-            p50_ns: None,
-            p99_ns: None,
-            p999_ns: None,
-            bytes: None,
-            handoff_ns: handoff,
+            ..RequestMeasurement::new(format!("request/throughput/{workers}workers"), handoff)
         });
     }
 
@@ -163,36 +157,17 @@ fn pieces(bus: &Bus) -> std::io::Result<Vec<RequestMeasurement>> {
         std::hint::black_box(loan.commit(64).expect("fits"));
     });
     let one = |name: &str, ns: f64| RequestMeasurement {
-        name: name.into(),
         per_sec: Some(1e9 / ns),
-        p50_ns: Some(ns.round() as u64),
-        p99_ns: None,
-        p999_ns: None,
-        bytes: None,
-        handoff_ns: 0.0,
+        ns_per_op: Some(ns.round() as u64),
+        ..RequestMeasurement::new(name, 0.0)
     };
+    let size = |name: &str, bytes: u64| RequestMeasurement { bytes: Some(bytes), ..RequestMeasurement::new(name, 0.0) };
     let slot = bus.slot_size() as u64;
     Ok(vec![
         one("route-match/100-routes/parameter", param_ns),
         one("route-match/100-routes/static", static_ns),
         one("message-creation/loan-write-64B", create_ns),
-        RequestMeasurement {
-            name: "bytes-per-message/slot".into(),
-            per_sec: None,
-            p50_ns: None,
-            p99_ns: None,
-            p999_ns: None,
-            bytes: Some(slot),
-            handoff_ns: 0.0,
-        },
-        RequestMeasurement {
-            name: "bytes-per-message/header".into(),
-            per_sec: None,
-            p50_ns: None,
-            p99_ns: None,
-            p999_ns: None,
-            bytes: Some(bus_core::layout::SLOT_HEADER_SIZE as u64),
-            handoff_ns: 0.0,
-        },
+        size("bytes-per-message/slot", slot),
+        size("bytes-per-message/header", bus_core::layout::SLOT_HEADER_SIZE as u64),
     ])
 }

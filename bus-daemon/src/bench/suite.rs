@@ -71,15 +71,9 @@ pub struct Measurement {
     /// Min and max over rounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msgs_per_sec_range: Option<(f64, f64)>,
-    /// One-way latency percentiles (median over rounds), nanoseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_ns: Option<u64>,
-    /// 99th percentile.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_ns: Option<u64>,
-    /// 99.9th percentile.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p999_ns: Option<u64>,
+    /// One-way latency percentiles, each the median over rounds.
+    #[serde(flatten)]
+    pub latency: Option<Percentiles>,
     /// Messages lost over all rounds (must be 0).
     pub lost: u64,
     /// Median cache-line hand-off measured just before each round's run.
@@ -95,18 +89,43 @@ pub struct Sample {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msgs_per_sec: Option<f64>,
     /// Latency percentiles of this round.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p50_ns: Option<u64>,
-    /// .
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p99_ns: Option<u64>,
-    /// .
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p999_ns: Option<u64>,
+    #[serde(flatten)]
+    pub latency: Option<Percentiles>,
     /// Lost in this round.
     pub lost: u64,
     /// The probe before it.
     pub handoff_ns: f64,
+}
+
+/// Latency percentiles in nanoseconds (`p50_ns`, `p99_ns`, `p999_ns` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+}
+
+impl Percentiles {
+    /// The percentiles of a histogram.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        Percentiles {
+            p50_ns: h.value_at_quantile(0.5),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+        }
+    }
+
+    /// Each percentile's median over `rounds` (`None` if there are none).
+    fn median_of(rounds: impl Iterator<Item = Percentiles> + Clone) -> Option<Percentiles> {
+        Some(Percentiles {
+            p50_ns: median(rounds.clone().map(|p| p.p50_ns).collect())?,
+            p99_ns: median(rounds.clone().map(|p| p.p99_ns).collect())?,
+            p999_ns: median(rounds.map(|p| p.p999_ns).collect())?,
+        })
+    }
 }
 
 /// Messages per call in the batched throughput runs.
@@ -193,9 +212,9 @@ pub fn run(bus: &Bus, o: &Options, progress: &mut dyn Write) -> std::io::Result<
             done += 1;
             let handoff = probe::handoff_ns(o.cpus, 20_000);
             let s = measure(bus, o, *spec, handoff)?;
-            let shown = match (s.msgs_per_sec, s.p50_ns) {
+            let shown = match (s.msgs_per_sec, s.latency) {
                 (Some(r), _) => format!("{:.2} M msg/s", r / 1e6),
-                (_, Some(p)) => format!("p50 {p} ns"),
+                (_, Some(p)) => format!("p50 {} ns", p.p50_ns),
                 _ => String::new(),
             };
             writeln!(
@@ -216,7 +235,7 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
     if let Some((a, _)) = o.cpus {
         super::pin(a);
     }
-    let blank = Sample { msgs_per_sec: None, p50_ns: None, p99_ns: None, p999_ns: None, lost: 0, handoff_ns };
+    let blank = Sample { msgs_per_sec: None, latency: None, lost: 0, handoff_ns };
     match spec {
         Spec::Tput { t, size, touch, batch } => {
             let mut s = Stream::open(t, Some(bus), size, touch, child_cpu, batch)?;
@@ -240,12 +259,7 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
                 let _ = h.record((rtt / 2).max(1));
             }
             pp.close()?;
-            Ok(Sample {
-                p50_ns: Some(h.value_at_quantile(0.5)),
-                p99_ns: Some(h.value_at_quantile(0.99)),
-                p999_ns: Some(h.value_at_quantile(0.999)),
-                ..blank
-            })
+            Ok(Sample { latency: Some(Percentiles::of(&h)), ..blank })
         }
     }
 }
@@ -286,9 +300,7 @@ fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
         },
         msgs_per_sec: median(rates),
         msgs_per_sec_range: range,
-        p50_ns: median(samples.iter().filter_map(|s| s.p50_ns).collect()),
-        p99_ns: median(samples.iter().filter_map(|s| s.p99_ns).collect()),
-        p999_ns: median(samples.iter().filter_map(|s| s.p999_ns).collect()),
+        latency: Percentiles::median_of(samples.iter().filter_map(|s| s.latency)),
         lost: samples.iter().map(|s| s.lost).sum(),
         handoff_ns: median(samples.iter().map(|s| s.handoff_ns).collect()).unwrap_or(0.0),
         samples,
@@ -356,6 +368,7 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
     )?;
     let futex = find("latency/futex/8/sleep".into());
     for m in ms.iter().filter(|m| m.kind == "latency") {
+        let p = m.latency.unwrap_or(Percentiles { p50_ns: 0, p99_ns: 0, p999_ns: 0 });
         let label = match (m.transport, m.wait) {
             ("shmbus", Some(Wait::Busy)) => "shmbus, busy-polling receiver",
             ("shmbus", _) => "shmbus, receiver sleeps (futex wake)",
@@ -365,7 +378,7 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         };
         let vs = match (m.transport, m.wait, futex) {
             ("shmbus", Some(Wait::Sleep), Some(f)) => {
-                paired_ratio(m, f, |s| s.p50_ns.map(|p| p as f64)).map(|r| format!("{r:.2}x"))
+                paired_ratio(m, f, |s| s.latency.map(|p| p.p50_ns as f64)).map(|r| format!("{r:.2}x"))
             }
             _ => None,
         };
@@ -374,9 +387,9 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
             "{:<38} {:>4} B {:>6} ns {:>6} ns {:>6} ns {:>6.0} ns {:>9}",
             label,
             m.body_bytes,
-            m.p50_ns.unwrap_or(0),
-            m.p99_ns.unwrap_or(0),
-            m.p999_ns.unwrap_or(0),
+            p.p50_ns,
+            p.p99_ns,
+            p.p999_ns,
             m.handoff_ns,
             vs.unwrap_or_default()
         )?;
