@@ -1,13 +1,14 @@
 //! [`Bus`]: one connection to a daemon, holding the mapped segment.
 
 use crate::control::{self, Received};
-use crate::error::{ConnectError, RequestError};
+use crate::error::{ConnectError, RequestError, Unusable};
 use crate::protocol::{ErrorKind, Reply, Request, Status};
-use bus_core::doorbell::Doorbell;
+use bus_core::doorbell::Sleeper;
 use bus_core::layout::PORTS_PER_CLIENT;
 use bus_core::segment::Segment;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,73 @@ pub(crate) struct Inner {
     control: Mutex<(OwnedFd, Vec<u8>)>,
     ports: Mutex<u32>,
     pub(crate) send_timeout: Duration,
+    /// Set by the watcher thread once the daemon's end of the control
+    /// connection closed (it stopped or was killed).
+    gone: Arc<AtomicBool>,
+    /// [`FORKS`] when this connection was made: a different value means we
+    /// are a forked child of the process that connected.
+    forks: u64,
+    /// The watcher thread and the write end of the pipe that stops it.
+    watcher: Option<(std::thread::JoinHandle<()>, OwnedFd)>,
+}
+
+/// Forks this process has gone through (incremented in the child by a
+/// `pthread_atfork` handler): a process-local word, so checking it costs a
+/// load, not a `getpid()` system call.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn install_fork_counter() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic, which
+        // is async-signal-safe and fine in a freshly forked child.
+        unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
+    });
+}
+
+/// Starts the thread that notices a dead daemon: it sleeps in `poll` on the
+/// control socket (asking for no events, so it is woken only by a hang-up
+/// or an error, never by the daemon's answers, which other threads read)
+/// and on a pipe that stops it. On a hang-up it sets `gone`, which every
+/// call checks with one load: busy callers notice a killed daemon at their
+/// next call, without a system call on the hot path.
+fn start_watcher(
+    control: BorrowedFd<'_>,
+    gone: Arc<AtomicBool>,
+) -> std::io::Result<(std::thread::JoinHandle<()>, OwnedFd)> {
+    let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let control = control.as_raw_fd();
+    let handle = std::thread::Builder::new().name("shmbus-watch".into()).spawn(move || {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        // SAFETY: `Inner::drop` stops and joins this thread before the
+        // control socket is closed, so the descriptor outlives the borrow.
+        let control = unsafe { BorrowedFd::borrow_raw(control) };
+        loop {
+            let mut fds = [PollFd::new(control, PollFlags::empty()), PollFd::new(stop_r.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+                Ok(_) => {}
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            if fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL))
+            {
+                // Relaxed: a flag with no data behind it; callers re-check it
+                // at every call.
+                gone.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    })?;
+    Ok((handle, stop_w))
 }
 
 /// Builder for [`Bus`].
@@ -120,6 +188,10 @@ impl BusBuilder {
         if client >= seg.params().max_clients {
             return Err(ConnectError::Protocol { detail: format!("client index {client} out of range") });
         }
+        install_fork_counter();
+        let gone = Arc::new(AtomicBool::new(false));
+        let watcher = start_watcher(fd.as_fd(), gone.clone())
+            .map_err(|source| ConnectError::Io { socket: socket.clone(), source })?;
         Ok(Bus {
             inner: Arc::new(Inner {
                 seg,
@@ -130,6 +202,9 @@ impl BusBuilder {
                 control: Mutex::new((fd, buf)),
                 ports: Mutex::new(0),
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
+                gone,
+                forks: FORKS.load(Ordering::Relaxed),
+                watcher: Some(watcher),
             }),
         })
     }
@@ -187,9 +262,10 @@ impl Bus {
         }
     }
 
-    /// Whether the daemon is still there.
+    /// Whether the daemon is still there (and this process may use the
+    /// connection: not a forked child of the one that connected).
     pub fn is_alive(&self) -> bool {
-        self.inner.alive()
+        self.inner.usable().is_ok()
     }
 }
 
@@ -202,6 +278,7 @@ pub(crate) fn unexpected(r: Reply) -> RequestError {
 
 impl Inner {
     pub(crate) fn request(&self, req: &Request) -> Result<Reply, RequestError> {
+        self.usable()?;
         let mut guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let (fd, buf) = &mut *guard;
         let gone = |e: std::io::Error| {
@@ -219,17 +296,27 @@ impl Inner {
         }
     }
 
-    /// Whether the daemon is running: it has not marked the segment stopped
-    /// and has not closed our connection (it was not killed).
-    pub(crate) fn alive(&self) -> bool {
-        if !self.seg.daemon_running() {
-            return false;
+    /// Whether this connection may be used: the daemon has not marked the
+    /// segment stopped, has not closed our connection (it was not killed:
+    /// the watcher thread would have seen the hang-up), and we are not a
+    /// forked child. Two loads of process-local words and one of a segment
+    /// line that only changes at shutdown: no system call.
+    #[inline]
+    pub(crate) fn usable(&self) -> Result<(), Unusable> {
+        if FORKS.load(Ordering::Relaxed) != self.forks {
+            return Err(Unusable::Forked);
         }
-        match self.control.try_lock() {
-            Ok(g) => !control::peer_closed(g.0.as_fd()),
-            // Someone is mid-request; they will see a dead daemon themselves.
-            Err(_) => true,
+        if self.gone.load(Ordering::Relaxed) || !self.seg.daemon_running() {
+            return Err(Unusable::Gone);
         }
+        Ok(())
+    }
+
+    /// Whether we are a forked child of the process that connected: then
+    /// destructors must not touch the parent's slots or connection.
+    #[inline]
+    pub(crate) fn forked(&self) -> bool {
+        FORKS.load(Ordering::Relaxed) != self.forks
     }
 
     pub(crate) fn claim_port(&self) -> Result<u32, RequestError> {
@@ -252,11 +339,11 @@ impl Inner {
     /// in slices of at most [`LIVENESS_SLICE`].
     pub(crate) fn wait_on<T>(
         &self,
-        bell: &Doorbell,
+        bell: &Sleeper<'_>,
         timeout: Option<Duration>,
         spins: u32,
         mut attempt: impl FnMut() -> Option<T>,
-    ) -> Result<Option<T>, ()> {
+    ) -> Result<Option<T>, Unusable> {
         // Read the clock only once polling has found nothing: a receiver that
         // keeps up makes no clock call. (The timeout thus starts after the
         // few microseconds of polling.)
@@ -268,9 +355,7 @@ impl Inner {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if !self.alive() {
-                return Err(());
-            }
+            self.usable()?;
             let slice = match deadline {
                 Some(d) => {
                     let now = Instant::now();
@@ -282,6 +367,7 @@ impl Inner {
                 None => LIVENESS_SLICE,
             };
             let seen = bell.announce();
+            bus_core::crash_point!(DoorbellAnnounced);
             if let Some(v) = attempt() {
                 bell.retire();
                 return Ok(Some(v));
@@ -291,5 +377,20 @@ impl Inner {
                 return Ok(Some(v));
             }
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Some((handle, stop)) = self.watcher.take() else { return };
+        if self.forked() {
+            // The watcher thread lives in the parent only, and the pipe is
+            // shared with it: neither is ours to touch.
+            std::mem::forget(handle);
+            std::mem::forget(stop);
+            return;
+        }
+        let _ = nix::unistd::write(&stop, &[1]);
+        let _ = handle.join();
     }
 }

@@ -69,6 +69,10 @@ pub enum RequestError {
     /// The daemon is gone.
     #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
     BusGone,
+    /// This process was forked from the one that connected: the child
+    /// shares the parent's client identity and slots, so it may not use them.
+    #[error("this Bus was connected by the parent process before a fork(): the child must call Bus::connect() itself")]
+    Forked,
     /// The daemon answered with an error.
     #[error("{message}")]
     Daemon {
@@ -136,6 +140,10 @@ pub enum SendError {
     /// The daemon is gone.
     #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
     BusGone,
+    /// This process was forked from the one that connected: the child
+    /// shares the parent's client identity and slots, so it may not use them.
+    #[error("this Bus was connected by the parent process before a fork(): the child must call Bus::connect() itself")]
+    Forked,
     /// The body could not be serialized.
     #[error("serializing the body failed: {detail}")]
     Serialize {
@@ -165,6 +173,10 @@ pub enum RecvError {
     /// The daemon is gone.
     #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
     BusGone,
+    /// This process was forked from the one that connected: the child
+    /// shares the parent's client identity and slots, so it may not use them.
+    #[error("this Bus was connected by the parent process before a fork(): the child must call Bus::connect() itself")]
+    Forked,
     /// The message's slot was corrupt; it was released and skipped.
     #[error("received a corrupt message ({0}); it was dropped: check the senders")]
     Corrupt(bus_core::slot_pool::CorruptSlot),
@@ -201,4 +213,40 @@ pub enum BodyError {
     /// The slot header is corrupt.
     #[error("{0}")]
     Corrupt(#[from] bus_core::slot_pool::CorruptSlot),
+}
+
+/// Why a [`crate::Bus`] can no longer be used (see `Inner::usable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unusable {
+    /// The daemon stopped or died.
+    Gone,
+    /// We are a forked child of the process that connected.
+    Forked,
+}
+
+impl From<Unusable> for RequestError {
+    fn from(u: Unusable) -> Self {
+        match u {
+            Unusable::Gone => RequestError::BusGone,
+            Unusable::Forked => RequestError::Forked,
+        }
+    }
+}
+
+impl From<Unusable> for SendError {
+    fn from(u: Unusable) -> Self {
+        match u {
+            Unusable::Gone => SendError::BusGone,
+            Unusable::Forked => SendError::Forked,
+        }
+    }
+}
+
+impl From<Unusable> for RecvError {
+    fn from(u: Unusable) -> Self {
+        match u {
+            Unusable::Gone => RecvError::BusGone,
+            Unusable::Forked => RecvError::Forked,
+        }
+    }
 }

@@ -66,8 +66,52 @@ impl From<String> for HandlerError {
     }
 }
 
+/// Whether `name` is a requester's reply queue, `_reply.<serial>.<n>`, of
+/// the client whose connection serial ends in the 24 bits `serial` (message
+/// ids carry them: see `Publisher::next_message_id`). A request may only
+/// have its reply pushed to a reply queue of its own client, never to a
+/// user subsystem or to another client's replies.
+pub(crate) fn is_reply_queue_of(name: &str, serial: u64) -> bool {
+    let mut parts = name.split('.');
+    parts.next() == Some("_reply")
+        && parts.next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s & 0xff_ffff == serial & 0xff_ffff)
+        && parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        && parts.next().is_none()
+}
+
 /// The message being handled and what a handler can do with it.
+///
+/// `'a` is the borrow of the [`Message`] guard (`&'a Message<'a>`), not of
+/// its subscriber: what [`Context::message`], [`Context::body`],
+/// [`Context::param`] and [`Context::params`] return may outlive the
+/// `Context` but never the message, whose slot is released only once the
+/// handler has returned and the borrow has ended. A handler
+/// ([`crate::Handler`]) is generic over `'a`, so it cannot keep any of it:
+///
+/// ```no_run
+/// use std::sync::Mutex;
+/// static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// let router = bus_client::Router::new("api")?.route("x", |ctx| {
+///     KEPT.lock().unwrap().push(ctx.message().body_bytes()?.to_vec()); // a copy
+///     Ok(())
+/// })?;
+/// # Ok::<(), bus_client::RouteError>(())
+/// ```
+///
+/// ```compile_fail,E0521
+/// use std::sync::Mutex;
+/// static KEPT: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
+/// let router = bus_client::Router::new("api")?.route("x", |ctx| {
+///     KEPT.lock().unwrap().push(ctx.message().body_bytes()?); // the slot itself
+///     Ok(())
+/// })?;
+/// # Ok::<(), bus_client::RouteError>(())
+/// ```
 pub struct Context<'a, 'p> {
+    // One lifetime for both: `Message` is covariant, so its subscriber's
+    // lifetime shrinks to this borrow of the guard, and no slot bytes are
+    // reachable through the subscriber's lifetime anyway (they borrow the
+    // guard, `&self`). So every `'a` handed out here ends with this borrow.
     msg: &'a Message<'a>,
     params: matchit::Params<'a, 'a>,
     publisher: &'p mut Publisher,
@@ -94,8 +138,11 @@ impl<'a, 'p> Context<'a, 'p> {
         self.params.iter()
     }
 
-    /// The body as the archived `T`, validated in place.
+    /// The body as the archived `T`, validated in place. Borrows the
+    /// message (for `'a`), not the `Context`.
     pub fn body<T: Body>(&self) -> Result<&'a T::Archived, BodyError> {
+        // `self.msg` is `&'a Message`, so this borrows the message for `'a`
+        // (and `Message::body` ties the bytes to that borrow).
         self.msg.body::<T>()
     }
 
@@ -144,12 +191,17 @@ impl<'a, 'p> Context<'a, 'p> {
         // A requester that died has no subscription on its reply queue
         // any more: drop the reply instead of leaving it there.
         let seg = &self.publisher.bus().inner.seg;
-        if bus_core::routing::read(seg, queue).is_none_or(|v| v.subscribers == 0) {
-            return Ok(());
+        let sender_serial = self.msg.id() >> 40;
+        match bus_core::routing::read(seg, queue) {
+            Some(v) if v.subscribers > 0 && is_reply_queue_of(v.name(), sender_serial) => {}
+            // No reply queue of the request's own client (a forged or stale
+            // `reply_to`), or a requester that died: nothing is pushed.
+            _ => return Ok(()),
         }
         let (corr, trace, path) = (self.msg.correlation_id(), self.msg.trace_id(), self.msg.path());
         let loan = self.publisher.loan_direct(queue, path)?;
         let loan = write(loan)?.reply(corr, error).trace_id(trace);
+        bus_core::crash_point!(ReplyBeforePush);
         loan.send().map(|_| ()).map_err(|f| f.error)
     }
 
@@ -163,5 +215,21 @@ impl<'a, 'p> Context<'a, 'p> {
     pub fn send_bytes(&mut self, path: &str, body: &[u8]) -> Result<u64, SendError> {
         let trace = self.trace_id();
         self.publisher.loan(path)?.write_bytes(body)?.trace_id(trace).send().map_err(|f| f.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_reply_queue_of;
+
+    #[test]
+    fn only_a_reply_queue_of_the_senders_own_client_is_accepted() {
+        assert!(is_reply_queue_of("_reply.7.0", 7));
+        assert!(is_reply_queue_of("_reply.16777223.12", 7)); // the id keeps 24 bits
+        assert!(!is_reply_queue_of("_reply.8.0", 7));
+        assert!(!is_reply_queue_of("api", 7));
+        assert!(!is_reply_queue_of("_reply.7", 7));
+        assert!(!is_reply_queue_of("_reply.7.x", 7));
+        assert!(!is_reply_queue_of("_reply.7.0.1", 7));
     }
 }

@@ -125,6 +125,9 @@ pub struct SlotCounts {
     pub queued: u64,
     /// Received and not released.
     pub held: u64,
+    /// With a state byte that is no known state (corruption).
+    #[serde(default)]
+    pub corrupt: u64,
 }
 
 /// One connected client.
@@ -157,6 +160,14 @@ pub struct SubsystemStatus {
     pub delivered: u64,
     /// Messages put back after their receiver died.
     pub redelivered: u64,
+    /// Ring operations on its queue that gave up on words that cannot be
+    /// right (see `bus_core::queue::Ring::step_budget`).
+    #[serde(default)]
+    pub stalls: u64,
+    /// The daemon found its queue corrupt and no longer pushes repairs or
+    /// redeliveries into it (restart the bus to clear it).
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 /// Bus-wide counters.
@@ -170,4 +181,10 @@ pub struct Counters {
     pub slots_reclaimed: u64,
     /// Messages redelivered by reclaim.
     pub messages_redelivered: u64,
+    /// Words found in the segment that cannot be right (see `shmbus status`).
+    #[serde(default)]
+    pub corruption: u64,
+    /// Slots out of circulation because a corrupt ring could not take them.
+    #[serde(default)]
+    pub slots_lost: u64,
 }

@@ -193,7 +193,10 @@ impl Publisher {
                 port.mark_loaned(slot);
                 let s = port.segment().slot(slot);
                 // SAFETY: the slot is Loaned by us through this port.
-                unsafe { s.write_path(path) };
+                if let Err(e) = unsafe { s.write_path(path) } {
+                    self.give_back_batch();
+                    return fail(sent, SendError::InvalidPath(e));
+                }
                 // SAFETY: as above; the area is ours until pushed.
                 let area = unsafe { s.body_area(path.len()) };
                 let (len, fp, flags) = match write(i, area) {
@@ -233,15 +236,14 @@ impl Publisher {
                     Some(d) => {
                         let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
                         let left = d.saturating_duration_since(std::time::Instant::now());
-                        match self.bus.inner.wait_on(
-                            &ring.header().space,
-                            Some(left),
-                            crate::bus::DEFAULT_SPINS,
-                            || (ring.len() < ring.capacity()).then_some(()),
-                        ) {
+                        let port = self.port();
+                        let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
+                        match self.bus.inner.wait_on(&bell, Some(left), crate::bus::DEFAULT_SPINS, || {
+                            (ring.len() < ring.capacity()).then_some(())
+                        }) {
                             Ok(_) if std::time::Instant::now() < d => Ok(()),
                             Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
-                            Err(()) => Err(SendError::BusGone),
+                            Err(u) => Err(u.into()),
                         }
                     }
                 };
@@ -252,6 +254,9 @@ impl Publisher {
                 }
             }
             sent += n;
+            if sent < count {
+                bus_core::crash_point!(BatchBetweenChunks);
+            }
         }
         Ok(sent)
     }
@@ -279,7 +284,11 @@ impl Publisher {
         let s = port.segment().slot(slot);
         // SAFETY: the slot is Loaned by our client, through this port; nobody
         // else touches its bytes until we push it.
-        unsafe { s.write_path(path) };
+        if let Err(e) = unsafe { s.write_path(path) } {
+            self.give_back(slot);
+            return Err(SendError::InvalidPath(e));
+        }
+        bus_core::crash_point!(LoanPathWritten);
         s.header().queue.store(queue as u16, Ordering::Relaxed);
         Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len })
     }
@@ -304,11 +313,8 @@ impl Publisher {
     /// and the subsystem's length. The last path is remembered: sending to
     /// it again costs one comparison while the routing table is unchanged.
     fn route_of(&mut self, path: &str) -> Result<(u32, usize), SendError> {
+        self.bus.inner.usable()?;
         let seg = &self.bus.inner.seg;
-        // Same line as the routes version: no extra cache miss.
-        if !seg.daemon_running() {
-            return Err(SendError::BusGone);
-        }
         if routing::version(seg) == self.last.version && path == self.last.path {
             return Ok((self.last.queue, self.last.subsystem_len));
         }
@@ -361,12 +367,12 @@ impl Publisher {
         match self.backpressure {
             Backpressure::FailFast => Err(SendError::PoolExhausted { slots }),
             Backpressure::Block(t) => {
-                let bell = &self.bus.inner.seg.free_ring().header().items;
+                let bell = port.sleeper(None, false).expect("the free ring exists");
                 let cache = &mut self.cache;
-                match self.bus.inner.wait_on(bell, Some(t), crate::bus::DEFAULT_SPINS, || refill(cache, &port)) {
+                match self.bus.inner.wait_on(&bell, Some(t), crate::bus::DEFAULT_SPINS, || refill(cache, &port)) {
                     Ok(Some(i)) => Ok(i),
                     Ok(None) => Err(SendError::Timeout { waited: t, what: "a free slot" }),
-                    Err(()) => Err(SendError::BusGone),
+                    Err(u) => Err(u.into()),
                 }
             }
         }
@@ -387,6 +393,7 @@ impl Publisher {
     }
 
     fn push(&mut self, slot: SlotIndex, queue: u32, subsystem_len: usize) -> Result<(), SendError> {
+        bus_core::crash_point!(SendBeforePush);
         let port = self.port();
         if port.enqueue(queue, slot).is_ok() {
             port.notify(queue);
@@ -395,16 +402,18 @@ impl Publisher {
         match self.backpressure {
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: self.subsystem_of(slot, subsystem_len) }),
             Backpressure::Block(t) => {
-                let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
-                match self.bus.inner.wait_on(&ring.header().space, Some(t), crate::bus::DEFAULT_SPINS, || {
-                    port.enqueue(queue, slot).ok()
-                }) {
+                let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
+                match self
+                    .bus
+                    .inner
+                    .wait_on(&bell, Some(t), crate::bus::DEFAULT_SPINS, || port.enqueue(queue, slot).ok())
+                {
                     Ok(Some(())) => {
                         port.notify(queue);
                         Ok(())
                     }
                     Ok(None) => Err(SendError::Timeout { waited: t, what: "space in the queue" }),
-                    Err(()) => Err(SendError::BusGone),
+                    Err(u) => Err(u.into()),
                 }
             }
         }
@@ -425,6 +434,9 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
+        if self.bus.inner.forked() {
+            return; // the parent's slots and port, not ours
+        }
         let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
         for slot in self.cache.drain(..) {
             port.give_free(slot);
@@ -514,6 +526,9 @@ impl<'a> LoanUninit<'a> {
 
 impl Drop for LoanUninit<'_> {
     fn drop(&mut self) {
+        if self.publisher.bus.inner.forked() {
+            return;
+        }
         self.publisher.give_back(self.slot);
     }
 }
@@ -591,6 +606,9 @@ impl<'a> Loan<'a> {
 
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
+        if self.publisher.bus.inner.forked() {
+            return;
+        }
         self.publisher.give_back(self.slot);
     }
 }

@@ -11,9 +11,8 @@ use crate::bus::Bus;
 use crate::error::{BodyError, RecvError, RequestError, SendError};
 use crate::handler::kind;
 use crate::publisher::Publisher;
-use crate::subscriber::Subscriber;
+use crate::subscriber::{HeldSlot, Subscriber};
 use bus_core::layout::FLAG_ERROR;
-use bus_core::slot_pool::SlotRef;
 use bus_core::SlotIndex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +114,7 @@ impl Bus {
     pub fn request<T: Body>(&self, path: &str, body: &T, timeout: Duration) -> Result<Reply, ReplyError> {
         let r = self.requester().map_err(|e| match e {
             RequestError::BusGone => ReplyError::BusGone,
+            RequestError::Forked => ReplyError::Send(SendError::Forked),
             e => ReplyError::Send(SendError::Serialize { detail: e.to_string() }),
         })?;
         r.request(path, body, timeout).map(|reply| reply.detach())
@@ -150,6 +150,10 @@ impl Requester {
             return Err(if e == SendError::BusGone { ReplyError::BusGone } else { ReplyError::Send(e) });
         }
         let slot = self.wait_for(corr, Instant::now() + timeout, timeout)?;
+        // SAFETY: `wait_for` handed this reply's slot to us alone (it left
+        // the queue and `arrived`), and this client holds it; only the
+        // `Response` releases it, in its `Drop` or in `detach`.
+        let slot = unsafe { HeldSlot::new(self.bus.inner.seg.slot(slot)) };
         let response = Response { requester: self, slot };
         response.check()?;
         Ok(response)
@@ -223,6 +227,9 @@ impl Requester {
     }
 
     fn release(&self, slot: SlotIndex) {
+        if self.bus.inner.forked() {
+            return; // the parent holds this slot, not us
+        }
         let port = self.release_port.lock().unwrap_or_else(|p| p.into_inner());
         bus_core::slot_pool::Port::new(&self.bus.inner.seg, self.bus.inner.client, *port)
             .expect("port index in range")
@@ -249,30 +256,61 @@ impl Requester {
     }
 }
 
-/// A reply, read in place; dropping it releases its slot.
+/// A reply, read in place; dropping it releases its slot. What is read from
+/// the slot borrows the `Response` (not the [`Requester`]), so it cannot be
+/// used after the response is dropped:
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// fn ask(req: &bus_client::Requester) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+///     let response = req.request_bytes("api://ping", b"", Duration::from_secs(1))?;
+///     let body = response.body_bytes()?;
+///     let kept = body.to_vec();
+///     drop(response); // releases the slot
+///     Ok(kept)
+/// }
+/// ```
+///
+/// A body still in use when its response is dropped does not compile
+/// (E0505):
+///
+/// ```compile_fail,E0505
+/// # use std::time::Duration;
+/// fn ask(req: &bus_client::Requester) -> Result<usize, Box<dyn std::error::Error>> {
+///     let response = req.request_bytes("api://ping", b"", Duration::from_secs(1))?;
+///     let body = response.body_bytes()?;
+///     drop(response); // the slot is released and may be reused…
+///     Ok(body.len()) // …so this would read another message's bytes
+/// }
+/// ```
+///
+/// nor one read from a response dropped at once (E0716):
+///
+/// ```compile_fail,E0716
+/// # use std::time::Duration;
+/// fn ask(req: &bus_client::Requester) -> Result<usize, Box<dyn std::error::Error>> {
+///     let body = req.request_bytes("api://ping", b"", Duration::from_secs(1))?.body_bytes()?;
+///     Ok(body.len())
+/// }
+/// ```
+///
+/// [`Bus::request`] returns a [`Reply`] instead, an owned copy.
 pub struct Response<'r> {
     requester: &'r Requester,
-    slot: SlotIndex,
+    /// The reply's slot, held until drop: the only way to its bytes.
+    slot: HeldSlot<'r>,
 }
 
-impl<'r> Response<'r> {
-    fn slot(&self) -> SlotRef<'r> {
-        self.requester.bus.inner.seg.slot(self.slot)
-    }
-
+impl Response<'_> {
     /// Turns an error reply into the error (releasing it).
     fn check(&self) -> Result<(), ReplyError> {
-        let h = self.slot().header();
+        let h = self.slot.header();
         if h.flags.load(Ordering::Relaxed) & FLAG_ERROR == 0 {
             return Ok(());
         }
         let text = String::from_utf8_lossy(self.body_bytes().unwrap_or(b"")).into_owned();
         Err(match h.fingerprint.load(Ordering::Relaxed) {
-            kind::NO_ROUTE => ReplyError::NoRoute {
-                // SAFETY: the slot is Held by the requester's client.
-                path: unsafe { self.slot().path() }.unwrap_or("").to_owned(),
-                message: text,
-            },
+            kind::NO_ROUTE => ReplyError::NoRoute { path: self.slot.path().unwrap_or("").to_owned(), message: text },
             kind::PANIC => ReplyError::Panicked(text),
             _ => ReplyError::Handler(text),
         })
@@ -280,13 +318,12 @@ impl<'r> Response<'r> {
 
     /// The reply body's bytes, in place.
     pub fn body_bytes(&self) -> Result<&[u8], BodyError> {
-        // SAFETY: the slot is Held by the requester's client while we live.
-        Ok(unsafe { self.slot().body() }?)
+        Ok(self.slot.body()?)
     }
 
     /// The reply body as the archived `T`, validated in place.
     pub fn body<T: Body>(&self) -> Result<&T::Archived, BodyError> {
-        let h = self.slot().header();
+        let h = self.slot.header();
         let expected = std::any::type_name::<T>();
         if h.flags.load(Ordering::Relaxed) & bus_core::layout::FLAG_RAW != 0 {
             return Err(BodyError::Raw { expected });
@@ -302,29 +339,29 @@ impl<'r> Response<'r> {
 
     /// The reply's trace id (the request's).
     pub fn trace_id(&self) -> u64 {
-        self.slot().header().trace_id.load(Ordering::Relaxed)
+        self.slot.header().trace_id.load(Ordering::Relaxed)
     }
 
     /// The reply's message id.
     pub fn id(&self) -> u64 {
-        self.slot().header().id.load(Ordering::Relaxed)
+        self.slot.header().id.load(Ordering::Relaxed)
     }
 
     fn detach(self) -> Reply {
         let me = std::mem::ManuallyDrop::new(self);
         let mut bytes = rkyv::util::AlignedVec::<16>::new();
         bytes.extend_from_slice(me.body_bytes().unwrap_or(b""));
-        let raw = me.slot().is_raw();
-        let fp = me.slot().header().fingerprint.load(Ordering::Relaxed);
+        let raw = me.slot.is_raw();
+        let fp = me.slot.header().fingerprint.load(Ordering::Relaxed);
         let trace = me.trace_id();
-        me.requester.release(me.slot);
+        me.requester.release(me.slot.index());
         Reply { bytes, raw, fingerprint: fp, trace_id: trace }
     }
 }
 
 impl Drop for Response<'_> {
     fn drop(&mut self) {
-        self.requester.release(self.slot);
+        self.requester.release(self.slot.index());
     }
 }
 
@@ -361,5 +398,17 @@ impl Reply {
         }
         rkyv::access::<T::Archived, rkyv::rancor::Error>(&self.bytes)
             .map_err(|e| BodyError::Invalid { expected, detail: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A `Response` owns its slot as a `HeldSlot` token now, not as a bare
+    /// index: it must still move and be shared between threads as before.
+    #[test]
+    fn response_and_reply_stay_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::Response<'static>>();
+        send_sync::<super::Reply>();
     }
 }

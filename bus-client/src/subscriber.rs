@@ -4,7 +4,7 @@ use crate::body::{fingerprint, Body};
 use crate::bus::{unexpected, Bus};
 use crate::error::{BodyError, RecvError, RequestError};
 use crate::protocol::{Reply, Request};
-use bus_core::layout::FLAG_REDELIVERED;
+use bus_core::layout::{SlotHeader, FLAG_REDELIVERED};
 use bus_core::slot_pool::{CorruptSlot, Port, SlotRef};
 use bus_core::SlotIndex;
 use std::cell::Cell;
@@ -97,9 +97,9 @@ impl Subscriber {
 
     /// The next message if one is queued. Makes no system call.
     pub fn try_recv(&self) -> Result<Option<Message<'_>>, RecvError> {
+        self.bus.inner.usable()?;
         match self.port().dequeue(self.queue) {
             Some(i) => self.wrap(i).map(Some),
-            None if !self.bus.inner.seg.daemon_running() => Err(RecvError::BusGone),
             None => Ok(None),
         }
     }
@@ -115,25 +115,25 @@ impl Subscriber {
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<usize, RecvError> {
-        let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");
-        let r = self.bus.inner.wait_on(&ring.header().items, timeout, self.spins.get(), || {
+        self.bus.inner.usable()?;
+        let port = self.port();
+        let bell = port.sleeper(Some(self.queue), false).expect("queue in range");
+        let r = self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || {
             let n = self.take_batch(out, max);
             (n > 0).then_some(n)
         });
         match r {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Err(RecvError::Timeout(timeout.unwrap_or_default())),
-            Err(()) => Err(RecvError::BusGone),
+            Err(u) => Err(u.into()),
         }
     }
 
     /// Appends up to `max` queued messages to `out` without waiting; returns
     /// how many (0 when the queue is empty). Makes no system call.
     pub fn try_recv_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> Result<usize, RecvError> {
-        match self.take_batch(out, max) {
-            0 if !self.bus.inner.seg.daemon_running() => Err(RecvError::BusGone),
-            n => Ok(n),
-        }
+        self.bus.inner.usable()?;
+        Ok(self.take_batch(out, max))
     }
 
     fn take_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> usize {
@@ -150,12 +150,13 @@ impl Subscriber {
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
+        self.bus.inner.usable()?;
         let port = self.port();
-        let ring = self.bus.inner.seg.queue(self.queue).expect("queue in range");
-        match self.bus.inner.wait_on(&ring.header().items, timeout, self.spins.get(), || port.dequeue(self.queue)) {
+        let bell = port.sleeper(Some(self.queue), false).expect("queue in range");
+        match self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || port.dequeue(self.queue)) {
             Ok(Some(i)) => self.wrap(i),
             Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
-            Err(()) => Err(RecvError::BusGone),
+            Err(u) => Err(u.into()),
         }
     }
 
@@ -166,7 +167,11 @@ impl Subscriber {
         if s.header().path_len.load(Ordering::Relaxed) as usize > bus_core::PATH_CAPACITY {
             return Err(self.corrupt(slot, "path length out of range"));
         }
-        Ok(Message { sub: self, slot: s, split: Cell::new(None) })
+        // SAFETY: `slot` was just dequeued by our port, so this client holds
+        // it; only the `Message` releases it (on drop), or hands it on
+        // (`into_slot`), and neither leaves a borrow of the token behind.
+        let slot = unsafe { HeldSlot::new(s) };
+        Ok(Message { sub: self, slot, split: Cell::new(None) })
     }
 
     fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
@@ -177,26 +182,154 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        if self.bus.inner.forked() {
+            return; // the parent's subscription and connection, not ours
+        }
         // Best effort: if the daemon is gone there is nothing to undo.
         let _ = self.bus.inner.request(&Request::Unsubscribe { subsystem: self.subsystem.clone() });
         self.bus.inner.release_port(self.port);
     }
 }
 
-/// A received message. Borrows its slot; dropping it releases the slot.
+/// Slot ownership as a type: a slot this client holds (dequeued by one of
+/// its ports and not given back yet), and the only way to reach the slot's
+/// path and body bytes. Every borrow it hands out takes the lifetime of
+/// `&self`, that is of the guard owning the token ([`Message`],
+/// [`crate::Response`]); the guard releases the slot only where no such
+/// borrow can remain (in its own `Drop`, or after giving the token up), so
+/// the compiler, not a comment, keeps slot bytes from outliving the hold.
+/// `'s` is only the segment's lifetime: nothing read from the slot is ever
+/// returned with it.
+///
+/// Neither `Clone` nor `Copy`: one token per hold.
+pub(crate) struct HeldSlot<'s> {
+    slot: SlotRef<'s>,
+}
+
+// SAFETY: the token only reads (shared byte slices, and the header's
+// atomics) memory that stays mapped for all of `'s`, and nobody writes a
+// slot while it is held. A hold belongs to the client (the process), not to
+// a thread, so the token may move to and be read from any thread. (Without
+// this `Response`, which owns one, would lose the `Send + Sync` it had when
+// it kept a bare slot index.)
+unsafe impl Send for HeldSlot<'_> {}
+// SAFETY: as for `Send` above: shared access is read-only.
+unsafe impl Sync for HeldSlot<'_> {}
+
+impl<'s> HeldSlot<'s> {
+    /// Takes the hold of `slot`.
+    ///
+    /// # Safety
+    /// This client must hold `slot` (one of its ports dequeued it, or was
+    /// handed it, and nobody released it) until the token's owner releases
+    /// it, and the owner may release it only where no borrow of the token
+    /// can remain: in the owner's `Drop`, or after taking the token apart.
+    pub(crate) unsafe fn new(slot: SlotRef<'s>) -> Self {
+        HeldSlot { slot }
+    }
+
+    /// The slot's index.
+    pub(crate) fn index(&self) -> SlotIndex {
+        self.slot.index()
+    }
+
+    /// The slot's header (atomics).
+    pub(crate) fn header(&self) -> &SlotHeader {
+        self.slot.header()
+    }
+
+    /// Whether the body is raw bytes.
+    pub(crate) fn is_raw(&self) -> bool {
+        self.slot.is_raw()
+    }
+
+    /// The path, in place, borrowed for as long as `self` is.
+    pub(crate) fn path(&self) -> Result<&str, CorruptSlot> {
+        // SAFETY: this client holds the slot (the contract of `new`), and the
+        // `&str` borrows `self`, not `'s`: it ends before the guard that owns
+        // this token can release the slot, so it never sees a reused slot.
+        unsafe { self.slot.path() }
+    }
+
+    /// The body bytes, in place, borrowed for as long as `self` is.
+    pub(crate) fn body(&self) -> Result<&[u8], CorruptSlot> {
+        // SAFETY: this client holds the slot (the contract of `new`), and the
+        // slice borrows `self`, not `'s`: it ends before the guard that owns
+        // this token can release the slot, so it never sees a reused slot.
+        unsafe { self.slot.body() }
+    }
+}
+
+/// A received message. Holds its slot; dropping it releases the slot, which
+/// may be reused for another message at once.
+///
+/// So everything read from the slot ([`path`](Message::path),
+/// [`subsystem`](Message::subsystem), [`route`](Message::route),
+/// [`body_bytes`](Message::body_bytes), [`body`](Message::body)) borrows the
+/// `Message`, not the [`Subscriber`], and the compiler rejects any use of it
+/// after the message is gone. Keep the message while you read its body, or
+/// copy out what you keep:
+///
+/// ```no_run
+/// fn handle(sub: &bus_client::Subscriber) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+///     let msg = sub.recv()?;
+///     let body = msg.body_bytes()?; // borrows `msg`
+///     let kept = body.to_vec(); // an owned copy outlives it
+///     drop(msg); // releases the slot
+///     Ok(kept)
+/// }
+/// ```
+///
+/// A body still in use when its message is dropped does not compile
+/// (E0505, `msg` moved while borrowed):
+///
+/// ```compile_fail,E0505
+/// fn handle(sub: &bus_client::Subscriber) -> Result<usize, Box<dyn std::error::Error>> {
+///     let msg = sub.recv()?;
+///     let body = msg.body_bytes()?;
+///     drop(msg); // the slot is released and may be reused…
+///     Ok(body.len()) // …so this would read another message's bytes
+/// }
+/// ```
+///
+/// In a batch receive each body borrows its message in `out`, so `out` can
+/// be cleared (which releases the messages) only once no body is in use:
+///
+/// ```no_run
+/// fn drain(sub: &bus_client::Subscriber) -> Result<usize, Box<dyn std::error::Error>> {
+///     let mut out = Vec::new();
+///     sub.recv_batch(&mut out, 64, None)?;
+///     let first = out[0].body_bytes()?.len();
+///     out.clear();
+///     Ok(first)
+/// }
+/// ```
+///
+/// and otherwise does not compile (E0502, `out` borrowed mutably while
+/// borrowed):
+///
+/// ```compile_fail,E0502
+/// fn drain(sub: &bus_client::Subscriber) -> Result<usize, Box<dyn std::error::Error>> {
+///     let mut out = Vec::new();
+///     sub.recv_batch(&mut out, 64, None)?;
+///     let first = out[0].body_bytes()?;
+///     out.clear(); // releases the slots…
+///     Ok(first.len()) // …so `first` would dangle
+/// }
+/// ```
 pub struct Message<'a> {
     sub: &'a Subscriber,
-    slot: SlotRef<'a>,
+    /// The slot, held until drop: the only way to its bytes.
+    slot: HeldSlot<'a>,
     /// The offset of the path's `://`, found on first use (`Some(None)`:
     /// the path is not valid). Holds no borrow, so that `Message` stays
     /// covariant in `'a`.
     split: Cell<Option<Option<usize>>>,
 }
 
-impl<'a> Message<'a> {
-    fn parts(&self) -> Option<(&'a str, usize)> {
-        // SAFETY: the slot is Held by us for as long as this guard lives.
-        let path = unsafe { self.slot.path() }.ok()?;
+impl Message<'_> {
+    fn parts(&self) -> Option<(&str, usize)> {
+        let path = self.slot.path().ok()?;
         let split = match self.split.get() {
             Some(s) => s,
             None => {
@@ -209,18 +342,72 @@ impl<'a> Message<'a> {
     }
 
     /// The whole path, `subsystem://route` (empty if a faulty sender wrote
-    /// a path that is not valid).
-    pub fn path(&self) -> &'a str {
+    /// a path that is not valid). Borrows the message:
+    ///
+    /// ```no_run
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), bus_client::RecvError> {
+    /// let msg = sub.recv()?;
+    /// let path = msg.path();
+    /// println!("{path}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Not from a message dropped at once (E0716, temporary dropped while
+    /// borrowed):
+    ///
+    /// ```compile_fail,E0716
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), bus_client::RecvError> {
+    /// let path = sub.recv()?.path(); // the message is dropped at the `;`
+    /// println!("{path}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn path(&self) -> &str {
         self.parts().map_or("", |(p, _)| p)
     }
 
-    /// The subsystem.
-    pub fn subsystem(&self) -> &'a str {
+    /// The subsystem. Borrows the message:
+    ///
+    /// ```no_run
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), bus_client::RecvError> {
+    /// let msg = sub.recv()?;
+    /// let subsystem = msg.subsystem();
+    /// println!("{subsystem}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail,E0716
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), bus_client::RecvError> {
+    /// let subsystem = sub.recv()?.subsystem(); // the message is dropped at the `;`
+    /// println!("{subsystem}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subsystem(&self) -> &str {
         self.parts().map_or("", |(p, s)| &p[..s])
     }
 
-    /// The route (after `://`).
-    pub fn route(&self) -> &'a str {
+    /// The route (after `://`). Borrows the message:
+    ///
+    /// ```no_run
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), bus_client::RecvError> {
+    /// let msg = sub.recv()?;
+    /// let route = msg.route();
+    /// println!("{route}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail,E0716
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), bus_client::RecvError> {
+    /// let route = sub.recv()?.route(); // the message is dropped at the `;`
+    /// println!("{route}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn route(&self) -> &str {
         self.parts().map_or("", |(p, s)| &p[s + 3..])
     }
 
@@ -273,31 +460,80 @@ impl<'a> Message<'a> {
         self.slot.header().reply_to.load(Ordering::Relaxed).checked_sub(1)
     }
 
-    /// The body's bytes, in place.
-    pub fn body_bytes(&self) -> Result<&'a [u8], BodyError> {
-        // SAFETY: the slot is Held by us for as long as this guard lives.
-        Ok(unsafe { self.slot.body() }?)
+    /// The body's bytes, in place. Borrows the message:
+    ///
+    /// ```no_run
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), Box<dyn std::error::Error>> {
+    /// let msg = sub.recv()?;
+    /// let body = msg.body_bytes()?;
+    /// println!("{} bytes", body.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Not from a message dropped at once (E0716):
+    ///
+    /// ```compile_fail,E0716
+    /// # fn f(sub: &bus_client::Subscriber) -> Result<(), Box<dyn std::error::Error>> {
+    /// let body = sub.recv()?.body_bytes()?; // the message is dropped at the `;`
+    /// println!("{} bytes", body.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn body_bytes(&self) -> Result<&[u8], BodyError> {
+        Ok(self.slot.body()?)
     }
 
-    /// The body as the archived `T`, validated in place.
-    pub fn body<T: Body>(&self) -> Result<&'a T::Archived, BodyError> {
+    /// The body as the archived `T`, validated in place. Borrows the
+    /// message:
+    ///
+    /// ```no_run
+    /// #[derive(rkyv::Archive, rkyv::Serialize)]
+    /// struct User {
+    ///     name: String,
+    /// }
+    ///
+    /// fn f(sub: &bus_client::Subscriber) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let msg = sub.recv()?;
+    ///     let user = msg.body::<User>()?;
+    ///     println!("{}", user.name);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// Not from a message dropped at once (E0716):
+    ///
+    /// ```compile_fail,E0716
+    /// #[derive(rkyv::Archive, rkyv::Serialize)]
+    /// struct User {
+    ///     name: String,
+    /// }
+    ///
+    /// fn f(sub: &bus_client::Subscriber) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let user = sub.recv()?.body::<User>()?; // the message is dropped at the `;`
+    ///     println!("{}", user.name);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn body<T: Body>(&self) -> Result<&T::Archived, BodyError> {
         let bytes = self.checked_type::<T>()?;
         rkyv::access::<T::Archived, rkyv::rancor::Error>(bytes)
             .map_err(|e| BodyError::Invalid { expected: std::any::type_name::<T>(), detail: e.to_string() })
     }
 
     /// The body as the archived `T` without validating the bytes (the type
-    /// fingerprint is still checked).
+    /// fingerprint is still checked). Borrows the message, as
+    /// [`Message::body`] does.
     ///
     /// # Safety
     /// The sender must be trusted to have written a valid archive of `T`.
-    pub unsafe fn body_unchecked<T: Body>(&self) -> Result<&'a T::Archived, BodyError> {
+    pub unsafe fn body_unchecked<T: Body>(&self) -> Result<&T::Archived, BodyError> {
         let bytes = self.checked_type::<T>()?;
         // SAFETY: the caller vouches for the bytes; the fingerprint matched.
         Ok(unsafe { rkyv::access_unchecked::<T::Archived>(bytes) })
     }
 
-    fn checked_type<T: Body>(&self) -> Result<&'a [u8], BodyError> {
+    fn checked_type<T: Body>(&self) -> Result<&[u8], BodyError> {
         let expected = std::any::type_name::<T>();
         if self.is_raw() {
             return Err(BodyError::Raw { expected });
@@ -319,6 +555,9 @@ impl std::fmt::Debug for Message<'_> {
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
+        if self.sub.bus.inner.forked() {
+            return; // the parent holds this slot, not us
+        }
         self.sub.port().give_free(self.slot.index());
     }
 }

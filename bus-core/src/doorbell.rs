@@ -168,8 +168,17 @@ impl Doorbell {
     }
 
     /// Second half: sleep while the word still reads `seen`, for at most
-    /// `timeout` (`None`: until woken). Returns whether the timeout elapsed.
+    /// `timeout` (`None`: until woken), then withdraw the announcement.
+    /// Returns whether the timeout elapsed.
     pub fn sleep(&self, seen: u32, timeout: Option<Duration>) -> bool {
+        let timed_out = self.wait(seen, timeout);
+        self.retire();
+        timed_out
+    }
+
+    /// [`Doorbell::sleep`] without the final [`Doorbell::retire`] (the
+    /// caller retires, recording that it does: see [`Sleeper`]).
+    pub fn wait(&self, seen: u32, timeout: Option<Duration>) -> bool {
         #[cfg(not(loom))]
         let timed_out = crate::futex::wait(&self.word, seen, timeout) == crate::futex::Wait::TimedOut;
         #[cfg(loom)]
@@ -185,7 +194,6 @@ impl Doorbell {
         // Taken: the next ringer may wake another sleeper.
         // SYNC: doorbell-pending — pairs with the swap in `wake_once`.
         self.pending.swap(0, Ordering::SeqCst);
-        self.retire();
         timed_out
     }
 
@@ -197,8 +205,93 @@ impl Doorbell {
         self.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Daemon, for a sleeper that died announced: withdraws its count, but
+    /// never below zero (a corrupt count is not made worse).
+    pub fn withdraw_dead(&self) {
+        let _ = self.waiters.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
+    }
+
     /// Current number of announced sleepers (for status).
     pub fn waiters(&self) -> u32 {
         self.waiters.load(Ordering::Relaxed)
     }
+}
+
+/// A port's way to sleep on a doorbell so that the daemon can withdraw its
+/// announcement if the process dies asleep: otherwise `waiters` would stay
+/// above zero for good, and every later ring would pay a `futex_wake`.
+///
+/// The port's record word (`PortIntent::bell` in the segment) says which
+/// bell and how far the port got:
+///
+/// | record       | meaning                                   | daemon, after the client died |
+/// |--------------|-------------------------------------------|-------------------------------|
+/// | 0            | not sleeping                              | nothing                       |
+/// | `id`·PRE     | about to announce (count maybe not raised) | nothing                       |
+/// | `id`·IN      | announced: counted in `waiters`           | `retire` once                 |
+/// | `id`·OUT     | retiring (count maybe already lowered)    | nothing                       |
+///
+/// The two "maybe" states are one instruction wide each; there the daemon
+/// does nothing, so the worst a death in them leaves is one stale count
+/// (a needless wake call per ring), never a count too low (a lost wake-up).
+/// The record is Relaxed: the daemon reads it only after the process is
+/// gone, when all its stores are visible.
+pub struct Sleeper<'a> {
+    bell: &'a Doorbell,
+    record: &'a crate::sync::AtomicU64,
+    id: u64,
+}
+
+/// Record states (low 2 bits).
+const PRE: u64 = 1;
+const IN: u64 = 2;
+const OUT: u64 = 3;
+
+impl<'a> Sleeper<'a> {
+    /// Sleeps on `bell`, known to the daemon as `id` (see [`bell_id`]),
+    /// recording progress in `record`.
+    pub fn new(bell: &'a Doorbell, record: &'a crate::sync::AtomicU64, id: u64) -> Self {
+        Sleeper { bell, record, id: id << 2 }
+    }
+
+    /// [`Doorbell::announce`], recorded.
+    pub fn announce(&self) -> u32 {
+        self.record.store(self.id | PRE, Ordering::Relaxed);
+        let seen = self.bell.announce();
+        self.record.store(self.id | IN, Ordering::Relaxed);
+        seen
+    }
+
+    /// [`Doorbell::retire`], recorded.
+    pub fn retire(&self) {
+        self.record.store(self.id | OUT, Ordering::Relaxed);
+        self.bell.retire();
+        self.record.store(0, Ordering::Relaxed);
+    }
+
+    /// [`Doorbell::sleep`], recorded.
+    pub fn sleep(&self, seen: u32, timeout: Option<Duration>) -> bool {
+        let timed_out = self.bell.wait(seen, timeout);
+        crate::crash_point!(DoorbellBeforeRetire);
+        self.retire();
+        timed_out
+    }
+}
+
+/// The id of a ring's doorbell in a [`Sleeper`] record: the ring as in
+/// intents (`RING_FREE`, or `ring_of_queue(q)`), and whether it is the
+/// `space` bell (else `items`).
+pub fn bell_id(ring: u32, space: bool) -> u64 {
+    (ring as u64) << 1 | space as u64
+}
+
+/// Daemon, after the client died: the bell a record says the client is
+/// counted on, as (ring, space), if any. `None` for 0 and the "maybe"
+/// states (see [`Sleeper`]).
+pub fn counted_on(record: u64) -> Option<(u32, bool)> {
+    if record & 3 != IN {
+        return None;
+    }
+    let id = record >> 2;
+    Some(((id >> 1) as u32, id & 1 == 1))
 }

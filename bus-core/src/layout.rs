@@ -28,7 +28,7 @@
 //! | 384 | 128 | `counters` ([`Counters`]) | daemon | status | monotonic |
 //! | 512 | 3584 | reserved | — | — | zero |
 //! | client_table + i·2176 | 128 | [`ClientInfo`] | daemon | daemon, status | `state` FREE/ACTIVE/RECLAIMING |
-//! | … + 128 + p·64 | 64 | [`PortIntent`] p of client i | the thread owning port p of client i | daemon (reclaim only) | 0 or `op·ring·index` with index < slot_count, ring ≤ max_subsystems |
+//! | … + 128 + p·64 | 64 | [`PortIntent`] p of client i | the thread owning port p of client i | daemon (reclaim only) | `intent`: 0 or `op·ring·index` with index < slot_count, ring ≤ max_subsystems; `bell`: 0 or a [`crate::doorbell::Sleeper`] record |
 //! | routing_table + q·128 | 128 | [`RouteEntry`] q | daemon only (seqlock) | clients, lock-free | `name_len` ≤ 32; name valid per [`crate::path`] |
 //! | free_ring | 640 | [`RingHeader`] | everyone | everyone | see [`crate::queue`] |
 //! | free_ring + 640 | 8·free_capacity | cells | everyone | everyone | `free_capacity` = 2·next_pow2(slot_count) |
@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\0");
 /// Bumped whenever any structure below, the slot header, or the rkyv major
 /// version used for bodies changes (all processes on a bus must agree).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Size of the segment header region.
 pub const HEADER_SIZE: usize = 4096;
 /// Port intent records per client (threads of one client that use the bus
@@ -325,6 +325,13 @@ pub struct Counters {
     pub intents_repaired: AtomicU64,
     /// Slots whose header was found corrupt during reclaim and were freed.
     pub corrupt_slots: AtomicU64,
+    /// Slots that could not be returned to the free ring because it stayed
+    /// full (only a corrupt ring does): out of circulation until restart.
+    pub slots_lost: AtomicU64,
+    /// Words found that cannot be right (a torn seqlock that never settles,
+    /// an out-of-range intent, a queue entry that cannot be pushed back);
+    /// each is logged by the daemon and its entry quarantined.
+    pub corruption: AtomicU64,
 }
 
 const _: () = assert!(offset_of!(SegmentHeader, magic) == 0);
@@ -370,6 +377,10 @@ const _: () = assert!(size_of::<ClientInfo>() == 128);
 pub struct PortIntent {
     /// 0 (none) or `op << 56 | ring << 32 | index`.
     pub intent: AtomicU64,
+    /// 0 (awake) or the doorbell this port announced itself on, and how far
+    /// (see [`crate::doorbell::Sleeper`]): the daemon withdraws a dead
+    /// sleeper's announcement with it.
+    pub bell: AtomicU64,
 }
 
 const _: () = assert!(size_of::<PortIntent>() == 64);

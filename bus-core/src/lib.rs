@@ -13,6 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod crash;
 pub mod doorbell;
 #[cfg(not(loom))]
 pub mod futex;

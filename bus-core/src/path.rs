@@ -134,6 +134,14 @@ pub enum PathError {
         /// The limit.
         max: usize,
     },
+    /// The path is valid but longer than the slots of this bus can hold
+    /// (it shares the slot with the header and the body).
+    TooLongForSlot {
+        /// Its length.
+        len: usize,
+        /// The most a slot of this bus holds.
+        max: usize,
+    },
 }
 
 impl fmt::Display for PathError {
@@ -159,6 +167,10 @@ impl fmt::Display for PathError {
             PathError::TooLong { len, max } => {
                 write!(f, "path is {len} bytes, longer than the {max} a message can carry")
             }
+            PathError::TooLongForSlot { len, max } => write!(
+                f,
+                "path is {len} bytes, longer than the {max} a slot of this bus holds: use a shorter path, or start the daemon with a larger --slot-size"
+            ),
         }
     }
 }

@@ -6,10 +6,16 @@
 //! with one change made for crash safety: a cell is one `AtomicU64` holding
 //! `{seq: u32, index: u32}`, and both push and pop take the cell with a single
 //! CAS on it (instead of a CAS on tail/head followed by a store to the cell).
-//! Tail and head are then only hints that anyone may advance by one
-//! ("helping"). The consequence: a process killed at any instruction never
-//! leaves a reserved-but-unpublished cell that would stall the ring; the worst
-//! it leaves is a lagging tail or head, which the next operation repairs.
+//! Tail and head are then only hints. One state machine ([`Ring::run`])
+//! serves push, pop and their batch forms: from the hint it steps over
+//! every position already done on its side — whoever did it, even a process
+//! that died or was stopped before moving the hint — and moves the hint
+//! forward at the end ("helping"). The consequence: a process killed or
+//! stopped at any instruction never leaves a reserved-but-unpublished cell
+//! that would stall the ring, nor a hint that others cannot get past. And
+//! since the words come from shared memory, every operation is bounded
+//! ([`Ring::step_budget`]): corrupt words end it as "full" or "empty",
+//! counted in [`RingStats::stalls`], never as a spin without end.
 //!
 //! Cell states for position `p` (lap of `p` = `p / cap`), comparing `seq`
 //! with `p` in wrapping 32-bit arithmetic:
@@ -63,6 +69,9 @@ pub struct RingStats {
     pub skipped: AtomicU64,
     /// Messages redelivered into this ring after their receiver died.
     pub redelivered: AtomicU64,
+    /// Operations that gave up after [`Ring::step_budget`] steps: the
+    /// ring's words cannot be right (corruption). Written by anyone.
+    pub stalls: AtomicU64,
 }
 
 /// Size in bytes of a [`RingHeader`].
@@ -81,6 +90,15 @@ fn pack(seq: u64, index: u32) -> u64 {
 #[inline]
 fn seq_of(cell: u64) -> u32 {
     (cell >> 32) as u32
+}
+
+/// Which end of the ring an operation works on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Fills cells at the tail.
+    Produce,
+    /// Takes cells at the head.
+    Consume,
 }
 
 /// Why a push failed.
@@ -119,41 +137,14 @@ impl<'a> Ring<'a> {
         &self.cells[(pos & (self.capacity() - 1)) as usize]
     }
 
-    /// Appends `index`. Fails with [`Full`] when every cell holds an entry.
+    /// Appends `index`. Fails with [`Full`] when every cell holds an entry
+    /// (or the ring's words are corrupt, see [`Ring::step_budget`]).
     /// Does not ring the doorbell: call [`Ring::notify_items`] after (one
     /// call may cover several pushes).
     pub fn push(&self, index: u32) -> Result<(), Full> {
-        let cap = self.capacity();
-        let mut t = self.header.tail.load(Ordering::Relaxed);
-        loop {
-            let cell = self.cell(t);
-            // SYNC: cell-free — pairs with the consumer's AcqRel claim CAS:
-            // a cell is refilled only after its previous entry was taken.
-            let c = cell.load(Ordering::Acquire);
-            let diff = seq_of(c).wrapping_sub(t as u32) as i32;
-            if diff == 0 {
-                // SYNC: slot-published (and doorbell): SeqCst, see module doc.
-                match cell.compare_exchange_weak(c, pack(t + 1, index), Ordering::SeqCst, Ordering::Relaxed) {
-                    Ok(_) => {
-                        let _ = self.header.tail.compare_exchange(t, t + 1, Ordering::Relaxed, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    Err(_) => t = self.header.tail.load(Ordering::Relaxed),
-                }
-            } else if diff == 1 {
-                // Filled at this lap by a producer that has not moved the
-                // tail yet (or died before it could): help, then retry.
-                let _ = self.header.tail.compare_exchange(t, t + 1, Ordering::Relaxed, Ordering::Relaxed);
-                t = self.header.tail.load(Ordering::Relaxed);
-            } else if diff < 0 {
-                // The cell still holds the entry of the previous lap.
-                debug_assert!(diff as i64 == 1 - cap as i64 || cap > i32::MAX as u64);
-                return Err(Full);
-            } else {
-                // Our tail was stale: the cell is already in a later lap.
-                t = self.header.tail.load(Ordering::Relaxed);
-            }
-            crate::sync::spin_hint();
+        match self.run(Side::Produce, 1, |_| index, |_| {}, |_| {}) {
+            1 => Ok(()),
+            _ => Err(Full),
         }
     }
 
@@ -163,40 +154,10 @@ impl<'a> Ring<'a> {
     /// another consumer then takes). Does not ring the space doorbell: call
     /// [`Ring::notify_space`] after.
     #[inline]
-    pub fn pop_with(&self, mut before_claim: impl FnMut(u32)) -> Option<u32> {
-        let cap = self.capacity();
-        let mut h = self.header.head.load(Ordering::Relaxed);
-        loop {
-            let cell = self.cell(h);
-            // SYNC: slot-published — pairs with the producer's SeqCst cell
-            // CAS. SeqCst (not just Acquire) because this load is the
-            // sleeper's re-check in the doorbell protocol.
-            let c = cell.load(Ordering::SeqCst);
-            let diff = seq_of(c).wrapping_sub((h + 1) as u32) as i32;
-            if diff == 0 {
-                let index = c as u32;
-                before_claim(index);
-                // SYNC: cell-free — Release pairs with the Acquire load in
-                // `push`; Acquire keeps our later slot reads after the claim.
-                match cell.compare_exchange_weak(c, pack(h + cap, index), Ordering::AcqRel, Ordering::Relaxed) {
-                    Ok(_) => {
-                        let _ = self.header.head.compare_exchange(h, h + 1, Ordering::Relaxed, Ordering::Relaxed);
-                        return Some(index);
-                    }
-                    Err(_) => h = self.header.head.load(Ordering::Relaxed),
-                }
-            } else if diff as i64 == cap as i64 - 1 {
-                // Taken at this lap by a consumer that has not moved the head.
-                let _ = self.header.head.compare_exchange(h, h + 1, Ordering::Relaxed, Ordering::Relaxed);
-                h = self.header.head.load(Ordering::Relaxed);
-            } else if diff < 0 {
-                // seq == h: nothing published at this position yet.
-                return None;
-            } else {
-                h = self.header.head.load(Ordering::Relaxed);
-            }
-            crate::sync::spin_hint();
-        }
+    pub fn pop_with(&self, before_claim: impl FnMut(u32)) -> Option<u32> {
+        let mut got = None;
+        self.run(Side::Consume, 1, |_| 0, before_claim, |i| got = Some(i));
+        got
     }
 
     /// Appends as many of `indices` as fit, in order; returns how many.
@@ -204,77 +165,149 @@ impl<'a> Ring<'a> {
     /// reserved cell), but the tail moves once at the end, and consecutive
     /// cells share cache lines: the consumer gets 8 entries per line moved.
     /// `before(index)` runs before each claiming CAS.
-    pub fn push_many(&self, indices: &[u32], mut before: impl FnMut(u32)) -> usize {
-        let mut t = self.header.tail.load(Ordering::Relaxed);
-        let mut done = 0;
-        while done < indices.len() {
-            let cell = self.cell(t);
-            // SYNC: cell-free — as in `push`.
-            let c = cell.load(Ordering::Acquire);
-            let diff = seq_of(c).wrapping_sub(t as u32) as i32;
-            if diff == 0 {
-                let index = indices[done];
-                before(index);
-                // SYNC: slot-published (and doorbell) — as in `push`.
-                match cell.compare_exchange_weak(c, pack(t + 1, index), Ordering::SeqCst, Ordering::Relaxed) {
-                    Ok(_) => {
-                        done += 1;
-                        t += 1;
-                    }
-                    Err(_) => t = t.max(self.header.tail.load(Ordering::Relaxed)),
-                }
-            } else if diff == 1 {
-                t += 1; // filled by someone else at this lap
-            } else if diff < 0 {
-                break; // full
-            } else {
-                t = t.max(self.header.tail.load(Ordering::Relaxed));
-                crate::sync::spin_hint();
-            }
-        }
-        self.advance(&self.header.tail, t);
-        done
+    pub fn push_many(&self, indices: &[u32], before: impl FnMut(u32)) -> usize {
+        self.run(Side::Produce, indices.len(), |k| indices[k], before, |_| {})
     }
 
     /// Takes up to `max` entries, oldest first, calling `got(index)` right
     /// after each is taken (before the next is tried); returns how many.
     /// The head moves once at the end. `before(index)` as in
     /// [`Ring::pop_with`].
-    pub fn pop_many(&self, max: usize, mut before: impl FnMut(u32), mut got: impl FnMut(u32)) -> usize {
+    pub fn pop_many(&self, max: usize, before: impl FnMut(u32), got: impl FnMut(u32)) -> usize {
+        self.run(Side::Consume, max, |_| 0, before, got)
+    }
+
+    /// Most cell steps one operation of up to `n` entries may take before it
+    /// gives up. A healthy ring needs at most `n` claims, one step per
+    /// position a hint lags behind (never more than the capacity), and one
+    /// retry per CAS lost to a competitor (each loss is someone else's
+    /// progress); the bound leaves room for thousands of those. Only words
+    /// that cannot be right (or a competitor that wins thousands of races in
+    /// a row) exhaust it: the operation then ends as if the ring were full
+    /// or empty, and [`RingStats::stalls`] counts it, so no caller ever
+    /// spins forever on shared state.
+    pub fn step_budget(&self, n: usize) -> u64 {
+        2 * self.capacity() + 4 * n as u64 + 4096
+    }
+
+    /// The one state machine behind push, pop and their batch forms.
+    ///
+    /// From the position in the hint, each step classifies one cell (see
+    /// the module table): `Take` — claim it with one CAS; `Passed` — this
+    /// position is already done on this side (by a competitor, or by a
+    /// process that died before moving the hint), so step past it; `Stop` —
+    /// the ring is full (producer) or empty (consumer). A lost CAS reloads
+    /// the hint. The hint is moved forward once at the end, to the position
+    /// after the last one taken or passed: that is the help that repairs a
+    /// hint left behind by a dead or preempted process, in every path.
+    ///
+    /// `entry(k)` is the index to push as the `k`th entry (producers);
+    /// `before(index)` runs before each claiming CAS; `got(index)` after
+    /// each successful claim. Returns the number of entries moved.
+    #[inline]
+    fn run(
+        &self,
+        side: Side,
+        max: usize,
+        mut entry: impl FnMut(usize) -> u32,
+        mut before: impl FnMut(u32),
+        mut got: impl FnMut(u32),
+    ) -> usize {
         let cap = self.capacity();
-        let mut h = self.header.head.load(Ordering::Relaxed);
+        let hint = match side {
+            Side::Produce => &self.header.tail,
+            Side::Consume => &self.header.head,
+        };
+        let mut pos = hint.load(Ordering::Relaxed);
         let mut done = 0;
+        let mut budget = self.step_budget(max);
+        let mut moved = false;
         while done < max {
-            let cell = self.cell(h);
-            // SYNC: slot-published — as in `pop_with` (SeqCst: doorbell re-check).
-            let c = cell.load(Ordering::SeqCst);
-            let diff = seq_of(c).wrapping_sub((h + 1) as u32) as i32;
-            if diff == 0 {
-                let index = c as u32;
-                before(index);
-                // SYNC: cell-free — as in `pop_with`.
-                match cell.compare_exchange_weak(c, pack(h + cap, index), Ordering::AcqRel, Ordering::Relaxed) {
-                    Ok(_) => {
-                        done += 1;
-                        h += 1;
-                        got(index);
-                    }
-                    Err(_) => h = h.max(self.header.head.load(Ordering::Relaxed)),
+            if budget == 0 {
+                self.header.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            budget -= 1;
+            let cell = self.cell(pos);
+            let c = match side {
+                // SYNC: cell-free — pairs with the consumer's AcqRel claim
+                // CAS: a cell is refilled only after its entry was taken.
+                Side::Produce => cell.load(Ordering::Acquire),
+                // SYNC: slot-published — pairs with the producer's SeqCst
+                // cell CAS. SeqCst (not just Acquire) because this load is
+                // the sleeper's re-check in the doorbell protocol.
+                Side::Consume => cell.load(Ordering::SeqCst),
+            };
+            // Positions wrap only after 2^64 operations, or when a hint was
+            // overwritten with garbage: wrapping arithmetic, so that such a
+            // word is no panic in a debug build either.
+            let expect = match side {
+                Side::Produce => pos,
+                Side::Consume => pos.wrapping_add(1),
+            };
+            // Wrapping distance of the cell's seq from what this side
+            // expects at `pos`: 0 is ours to take; ahead means this
+            // position was already done on this side (filled: `pos + 1`,
+            // or a later lap; taken: `pos + cap`, or a later lap); behind
+            // means not yet ready (full for a producer: the previous lap's
+            // entry is still there; empty for a consumer).
+            let diff = seq_of(c).wrapping_sub(expect as u32) as i32;
+            if diff > 0 {
+                pos = pos.wrapping_add(1);
+                moved = true;
+                continue;
+            }
+            if diff < 0 {
+                break;
+            }
+            let (new, index) = match side {
+                Side::Produce => {
+                    let index = entry(done);
+                    (pack(pos.wrapping_add(1), index), index)
                 }
-            } else if diff as i64 == cap as i64 - 1 {
-                h += 1; // taken by someone else at this lap
-            } else if diff < 0 {
-                break; // empty
+                Side::Consume => (pack(pos.wrapping_add(cap), c as u32), c as u32),
+            };
+            before(index);
+            let won = match side {
+                Side::Produce => {
+                    crate::crash_point!(RingPushBeforeCas);
+                    // SYNC: slot-published (and doorbell): SeqCst, see the
+                    // module doc.
+                    cell.compare_exchange_weak(c, new, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+                }
+                Side::Consume => {
+                    crate::crash_point!(RingPopBeforeCas);
+                    // SYNC: cell-free — Release pairs with the Acquire load
+                    // of producers; Acquire keeps our slot reads after it.
+                    cell.compare_exchange_weak(c, new, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                }
+            };
+            if won {
+                match side {
+                    Side::Produce => crate::crash_point!(RingPushAfterCas),
+                    Side::Consume => crate::crash_point!(RingPopAfterCas),
+                }
+                got(index);
+                done += 1;
+                pos = pos.wrapping_add(1);
+                moved = true;
             } else {
-                h = h.max(self.header.head.load(Ordering::Relaxed));
+                pos = pos.max(hint.load(Ordering::Relaxed));
                 crate::sync::spin_hint();
             }
         }
-        self.advance(&self.header.head, h);
+        if moved {
+            self.advance(hint, pos);
+            match side {
+                Side::Produce => crate::crash_point!(RingPushDone),
+                Side::Consume => crate::crash_point!(RingPopDone),
+            }
+        }
         done
     }
 
-    /// Moves a tail or head hint forward to `to` (never back).
+    /// Moves a tail or head hint forward to `to` (never back). Bounded: each
+    /// lost CAS means the hint moved, and it only moves forward.
     fn advance(&self, hint: &AtomicU64, to: u64) {
         let mut cur = hint.load(Ordering::Relaxed);
         while cur < to {
@@ -354,9 +387,10 @@ impl<'a> Ring<'a> {
         // Audit only, on a quiescent ring: Acquire pairs with the last
         // producers' and consumers' cell CASes (SYNC: slot-published).
         let h = self.header.head.load(Ordering::Acquire);
-        for pos in h..h + self.capacity() {
+        for k in 0..self.capacity() {
+            let pos = h.wrapping_add(k);
             let c = self.cell(pos).load(Ordering::Acquire);
-            if seq_of(c) == (pos + 1) as u32 {
+            if seq_of(c) == pos.wrapping_add(1) as u32 {
                 f(c as u32);
             }
         }
@@ -384,6 +418,7 @@ impl OwnedRing {
             daemon_pushes: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
         };
         #[cfg(not(loom))]
         let bell = Doorbell::zeroed;
@@ -555,6 +590,59 @@ mod tests {
         ring.cell(0).store(pack(4, 1), Ordering::SeqCst);
         assert_eq!(ring.pop(), Some(2));
         assert_eq!(ring.pop(), None);
+    }
+
+    #[test]
+    fn a_push_after_a_dead_producers_entry_was_taken_does_not_wedge() {
+        // A producer filled cell 0 and died before moving the tail; a
+        // consumer then took that entry. The cell now reads "taken at lap
+        // 0" while the tail still says 0.
+        let r = OwnedRing::new(4);
+        let ring = r.ring();
+        ring.cell(0).store(pack(1, 5), Ordering::SeqCst);
+        assert_eq!(ring.pop(), Some(5));
+        ring.push(6).unwrap();
+        assert_eq!(ring.push_many(&[7, 8], |_| {}), 2);
+        assert_eq!(ring.pop(), Some(6));
+        assert_eq!(ring.pop_many(4, |_| {}, |_| {}), 2);
+        assert_eq!(ring.header.tail.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn a_pop_after_a_dead_consumers_cell_was_refilled_does_not_wedge() {
+        // A consumer took cell 0 and died before moving the head; producers
+        // then filled the ring's next lap into that cell.
+        let r = OwnedRing::new(2);
+        let ring = r.ring();
+        ring.push(1).unwrap();
+        ring.cell(0).store(pack(2, 1), Ordering::SeqCst); // taken, head still 0
+        ring.push(2).unwrap();
+        ring.push(3).unwrap(); // position 2 = cell 0, next lap
+        assert_eq!(ring.pop(), Some(2));
+        assert_eq!(ring.pop(), Some(3));
+        assert_eq!(ring.pop(), None);
+        ring.push(4).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(ring.pop_many(4, |_| {}, |i| got.push(i)), 1);
+        assert_eq!(got, [4]);
+    }
+
+    #[test]
+    fn every_operation_on_a_corrupt_ring_returns_and_is_counted() {
+        let r = OwnedRing::new(8);
+        let ring = r.ring();
+        // Every cell claims to be far ahead of any hint: each step passes.
+        for i in 0..8 {
+            ring.cell(i).store(pack(u32::MAX as u64 / 4, 3), Ordering::SeqCst);
+        }
+        ring.header.tail.store(u64::MAX / 2, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let _ = ring.push(1);
+        let _ = ring.pop();
+        let _ = ring.push_many(&[1, 2, 3], |_| {});
+        let _ = ring.pop_many(3, |_| {}, |_| {});
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(ring.header.stats.stalls.load(Ordering::Relaxed) >= 1);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Report {
     /// (queue, slot) pairs that could not be requeued because the queue was
     /// full; the caller retries them with [`retry_requeue`].
     pub pending: Vec<(u32, SlotIndex)>,
+    /// Intent words that cannot be right (unknown op, index out of range),
+    /// or repairs impossible because a ring was corrupt.
+    pub corrupt_words: u64,
 }
 
 /// Reclaims everything client `client` owned. See the module doc.
@@ -48,9 +51,28 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
         let Some(rec) = seg.port_intent(client, port) else { break };
         // SYNC: intent — pairs with the port's Release clear; the client is
         // gone, so this reads its last intent.
+        // A port that died asleep: withdraw its announcement, so that
+        // ringers stop paying a wake call for it.
+        if let Some((ring, space)) = crate::doorbell::counted_on(rec.bell.swap(0, Ordering::Relaxed)) {
+            let ring = if ring == RING_FREE { Some(seg.free_ring()) } else { seg.queue(ring - 1) };
+            match ring {
+                Some(r) if space => r.header().space.withdraw_dead(),
+                Some(r) => r.header().items.withdraw_dead(),
+                None => report.corrupt_words += 1,
+            }
+        }
         let word = rec.intent.swap(0, Ordering::AcqRel);
-        let Some(intent) = Intent::unpack(word) else { continue };
-        let Some(i) = seg.slot_index(intent.index) else { continue };
+        let Some(intent) = Intent::unpack(word) else {
+            if word != 0 {
+                report.corrupt_words += 1;
+            }
+            continue;
+        };
+        let Some(i) = seg.slot_index(intent.index) else {
+            report.corrupt_words += 1;
+            continue;
+        };
+        crate::crash_point!(ReclaimIntent);
         let own = seg.slot(i).own();
         let ring = if intent.ring == RING_FREE {
             (own.state == Some(SlotState::Free)).then(|| seg.free_ring())
@@ -65,6 +87,11 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
                 report.intents_repaired += 1;
             } else if intent.ring != RING_FREE {
                 report.pending.push((intent.ring - 1, i));
+            } else {
+                // The free ring has room for every slot twice: full means
+                // corrupt. The slot stays Free and out of circulation.
+                report.corrupt_words += 1;
+                counters.slots_lost.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -97,6 +124,7 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
                 if slot.header().own.compare_exchange(w, queued, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                     continue;
                 }
+                crate::crash_point!(ReclaimRequeue);
                 report.redelivered += 1;
                 if !requeue(seg, q, i) {
                     report.pending.push((q, i));
@@ -110,6 +138,7 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     counters.messages_redelivered.fetch_add(report.redelivered, Ordering::Relaxed);
     counters.intents_repaired.fetch_add(report.intents_repaired, Ordering::Relaxed);
     counters.corrupt_slots.fetch_add(report.corrupt, Ordering::Relaxed);
+    counters.corruption.fetch_add(report.corrupt_words, Ordering::Relaxed);
     report
 }
 
@@ -123,11 +152,17 @@ fn free(seg: &Segment, i: SlotIndex, w: u64, gen: u32) {
         .compare_exchange(w, Own::pack(gen, SlotState::Free, 0), Ordering::AcqRel, Ordering::Relaxed)
         .is_ok()
     {
+        crate::crash_point!(ReclaimFree);
         let ring = seg.free_ring();
-        while ring.push(i.get()).is_err() {
-            std::thread::yield_now();
+        if crate::slot_pool::push_bounded(&ring, i.get()) {
+            ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Only a corrupt free ring stays full (it has room for every
+            // slot twice): the slot stays Free and out of circulation.
+            let c = &seg.header().counters;
+            c.slots_lost.fetch_add(1, Ordering::Relaxed);
+            c.corruption.fetch_add(1, Ordering::Relaxed);
         }
-        ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -149,11 +184,14 @@ pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32,
 
 /// Empties queue `q`, returning its messages' slots to the free ring (the
 /// daemon does this for a requester's reply queue once the requester is
-/// gone: nobody will read what is left there). Returns how many.
+/// gone: nobody will read what is left there). Returns how many. Takes at
+/// most one ring's capacity of entries per call, so that a client that
+/// keeps pushing cannot keep the daemon here.
 pub fn drain_queue(seg: &Segment, q: u32) -> u64 {
     let Some(ring) = seg.queue(q) else { return 0 };
     let mut freed = 0;
-    while let Some(raw) = ring.pop() {
+    for _ in 0..ring.capacity() {
+        let Some(raw) = ring.pop() else { break };
         let Some(i) = seg.slot_index(raw) else { continue };
         // SYNC: slot-claim — as in `reclaim_client`.
         let w = seg.slot(i).header().own.load(Ordering::Acquire);
@@ -258,6 +296,30 @@ mod tests {
         let live = Port::new(&seg, 0, 0).unwrap();
         assert_eq!(live.dequeue(0), Some(i));
         assert_eq!(live.dequeue(0), None);
+    }
+
+    #[test]
+    fn a_client_that_died_asleep_on_a_doorbell_no_longer_counts_as_a_waiter() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 2).unwrap();
+        let items = &seg.queue(1).unwrap().header().items;
+        let space = &seg.queue(0).unwrap().header().space;
+        // Announced on queue 1's items bell, and died before retiring.
+        dead.sleeper(Some(1), false).unwrap().announce();
+        assert_eq!(items.waiters(), 1);
+        // A live port sleeps on queue 0's space bell meanwhile.
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let s = live.sleeper(Some(0), true).unwrap();
+        s.announce();
+        reclaim_client(&seg, 1);
+        assert_eq!(items.waiters(), 0);
+        assert_eq!(space.waiters(), 1, "another client's announcement is untouched");
+        s.retire();
+        assert_eq!(space.waiters(), 0);
+        // A record in a "maybe" state, or a corrupt one, changes nothing.
+        seg.port_intent(1, 2).unwrap().bell.store(1, Ordering::Relaxed);
+        reclaim_client(&seg, 1);
+        assert_eq!(items.waiters(), 0);
     }
 
     #[test]

@@ -44,11 +44,36 @@ fn pack_name(name: &str) -> [u64; 4] {
     core::array::from_fn(|i| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
 }
 
+/// How many times a client reader retries an entry that is being written
+/// (the daemon's write is a handful of stores, but the daemon may be
+/// preempted in it): 64 spins, then yields, a few milliseconds in all.
+const READER_TRIES: u32 = 2_000;
+
 /// Reads entry `q` consistently. `None` if unused, out of range, or its
-/// contents are invalid (a corrupt entry is treated as absent).
+/// contents are invalid (a corrupt entry is treated as absent), or if its
+/// seqlock never settles (counted as corruption: a reader never waits on it
+/// beyond a few milliseconds).
 pub fn read(seg: &Segment, q: u32) -> Option<RouteView> {
+    read_within(seg, q, READER_TRIES)
+}
+
+/// [`read`] for the daemon, the table's only writer: an entry it finds
+/// mid-write was not left so by itself, so it is corrupt at once (counted;
+/// the daemon's next write of the entry makes its seq even again).
+pub fn read_as_writer(seg: &Segment, q: u32) -> Option<RouteView> {
+    read_within(seg, q, 1)
+}
+
+fn read_within(seg: &Segment, q: u32, tries: u32) -> Option<RouteView> {
     let e = seg.route(q)?;
-    loop {
+    for attempt in 0.. {
+        if attempt >= tries {
+            seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if attempt >= 64 {
+            std::thread::yield_now();
+        }
         // SYNC: route-seqlock — pairs with the writer's final Release store.
         let s1 = e.seq.load(Ordering::Acquire);
         if s1 & 1 == 1 {
@@ -86,10 +111,15 @@ pub fn read(seg: &Segment, q: u32) -> Option<RouteView> {
             durable: flags & ROUTE_DURABLE != 0,
         });
     }
+    None
 }
 
 /// Finds the entry of subsystem `name`.
 pub fn find(seg: &Segment, name: &str) -> Option<RouteView> {
+    find_with(seg, name, read)
+}
+
+fn find_with(seg: &Segment, name: &str, read: fn(&Segment, u32) -> Option<RouteView>) -> Option<RouteView> {
     let h = fnv1a(name.as_bytes());
     (0..seg.params().max_subsystems)
         .filter(|&q| seg.route(q).is_some_and(|e| e.hash.load(Ordering::Relaxed) == h))
@@ -120,7 +150,7 @@ pub fn find_or_create(
     durable: bool,
     recyclable: impl Fn(u32) -> bool,
 ) -> Result<(u32, bool), TableFull> {
-    if let Some(v) = find(seg, name) {
+    if let Some(v) = find_with(seg, name, read_as_writer) {
         if durable && !v.durable {
             write(seg, v.queue, |e| e.flags.store(ROUTE_DURABLE, Ordering::Relaxed));
         }
@@ -205,6 +235,19 @@ mod tests {
         assert_eq!((q, new), (0, true));
         assert!(find(&seg, "a").is_none());
         assert_eq!(find(&seg, "c").unwrap().queue, 0);
+    }
+
+    #[test]
+    fn an_entry_whose_seqlock_never_settles_reads_as_absent_and_is_counted() {
+        let seg = seg();
+        let (q, _) = find_or_create(&seg, "api", false, |_| false).unwrap();
+        seg.route(q).unwrap().seq.store(7, Ordering::Relaxed); // odd, forever
+        assert!(read(&seg, q).is_none());
+        assert!(read_as_writer(&seg, q).is_none());
+        assert_eq!(seg.header().counters.corruption.load(Ordering::Relaxed), 2);
+        // The daemon's next write of the entry repairs it.
+        set_subscribers(&seg, q, 1);
+        assert_eq!(read(&seg, q).unwrap().subscribers, 1);
     }
 
     #[test]

@@ -185,19 +185,29 @@ impl<'a> SlotRef<'a> {
         body_capacity(self.size, path_len)
     }
 
+    /// Longest path a slot of this bus holds (with an empty body).
+    pub fn path_capacity(&self) -> usize {
+        PATH_CAPACITY.min(self.size - BODY_OFFSET)
+    }
+
     /// Writes the path at the end of the slot and records its length and the
-    /// body offset.
+    /// body offset. A path longer than [`SlotRef::path_capacity`] is an
+    /// error, and nothing is written.
     ///
     /// # Safety
     /// The caller owns the slot (state `Loaned` by its client): nobody else
     /// reads or writes the slot's bytes meanwhile.
-    pub unsafe fn write_path(&self, path: &str) {
-        assert!(path.len() <= PATH_CAPACITY && BODY_OFFSET + path.len() <= self.size);
+    pub unsafe fn write_path(&self, path: &str) -> Result<(), crate::PathError> {
+        let max = self.path_capacity();
+        if path.len() > max {
+            return Err(crate::PathError::TooLongForSlot { len: path.len(), max });
+        }
         // SAFETY: the range [size - len, size) is inside the slot and after
-        // the header (asserted), and the caller owns the slot.
+        // the header (checked above), and the caller owns the slot.
         unsafe { std::ptr::copy_nonoverlapping(path.as_ptr(), self.base.add(self.size - path.len()), path.len()) };
         self.header.path_len.store(path.len() as u16, Ordering::Relaxed);
         self.header.body_offset.store(BODY_OFFSET as u16, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The body area after a path of `path_len` bytes, 16-byte aligned.
@@ -262,13 +272,28 @@ pub struct Port<'a> {
     seg: &'a Segment,
     client: u32,
     intent: &'a AtomicU64,
+    bell: &'a AtomicU64,
 }
 
 impl<'a> Port<'a> {
     /// The port `port` of `client`. None if either is out of range.
     pub fn new(seg: &'a Segment, client: u32, port: u32) -> Option<Self> {
-        let intent = &seg.port_intent(client, port)?.intent;
-        Some(Port { seg, client, intent })
+        let rec = seg.port_intent(client, port)?;
+        Some(Port { seg, client, intent: &rec.intent, bell: &rec.bell })
+    }
+
+    /// A [`Sleeper`](crate::doorbell::Sleeper) for the `items` (or, with
+    /// `space`, the `space`) doorbell of the free ring (`queue: None`) or of
+    /// queue `q`, recording in this port's entry. `None` if `q` is out of
+    /// range.
+    pub fn sleeper(&self, queue: Option<u32>, space: bool) -> Option<crate::doorbell::Sleeper<'a>> {
+        let (ring, id) = match queue {
+            None => (self.seg.free_ring(), RING_FREE),
+            Some(q) => (self.seg.queue(q)?, ring_of_queue(q)),
+        };
+        let header = ring.header();
+        let bell = if space { &header.space.0 } else { &header.items.0 };
+        Some(crate::doorbell::Sleeper::new(bell, self.bell, crate::doorbell::bell_id(id, space)))
     }
 
     /// The segment.
@@ -348,7 +373,37 @@ impl<'a> Port<'a> {
         // SYNC: slot-claim — AcqRel pairs with the Release of the releaser's
         // state store through the free ring and with any competing claim of
         // a duplicate entry.
-        slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| i)
+        let claimed = slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        if claimed {
+            crate::crash_point!(PoolCached);
+        }
+        claimed.then_some(i)
+    }
+
+    /// Stores `own` of a slot this port owns, publishing what the port wrote
+    /// into the slot. SYNC: slot-handover — Release pairs with the AcqRel
+    /// claim CAS of whoever takes the slot next, including a consumer that
+    /// reaches it through a duplicate ring entry left by a crash repair
+    /// (then the ring's own Release does not order our writes for it).
+    #[inline]
+    fn hand_over(&self, i: SlotIndex, state: SlotState, who: u32) -> u64 {
+        let slot = self.seg.slot(i);
+        let new = Own::pack(slot.own().gen, state, who);
+        slot.header().own.store(new, Ordering::Release);
+        new
+    }
+
+    /// Undoes a `Loaned → Queued(q)` whose push found the ring full. A CAS,
+    /// not a store: a consumer may have claimed the slot meanwhile through a
+    /// duplicate entry of it (a crash repair's), and then the message is
+    /// delivered: `true` means it was rolled back and is still ours.
+    fn roll_back(&self, i: SlotIndex, queued: u64) -> bool {
+        crate::crash_point!(EnqueueRollback);
+        let own = Own::unpack(queued);
+        let loaned = Own::pack(own.gen, SlotState::Loaned, self.client);
+        // SYNC: slot-claim — AcqRel pairs with a consumer's claim CAS; only
+        // one of the two wins.
+        self.seg.slot(i).header().own.compare_exchange(queued, loaned, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// Pushes loaned slots onto queue `q` in order (`Loaned → Queued(q)`),
@@ -364,17 +419,25 @@ impl<'a> Port<'a> {
             for (r, s) in raw.iter_mut().zip(chunk) {
                 *r = s.get();
             }
+            // The last slot marked Queued, and the word it was given.
+            let mut marked: Option<(u32, u64)> = None;
             let n = ring.push_many(&raw[..chunk.len()], |i| {
                 self.set_intent(IntentOp::Push, ring_id, i);
-                let slot = self.seg.slot(self.seg.slot_index(i).expect("our own loaned slot"));
-                slot.header().own.store(Own::pack(slot.own().gen, SlotState::Queued, q), Ordering::Relaxed);
+                if let Some(slot) = self.seg.slot_index(i) {
+                    marked = Some((i, self.hand_over(slot, SlotState::Queued, q)));
+                    crate::crash_point!(EnqueueMarked);
+                }
             });
             done += n;
             if n < chunk.len() {
                 // The one whose state was set but whose push found the ring
-                // full goes back to Loaned (the others were never touched).
-                let s = self.seg.slot(chunk[n]);
-                s.header().own.store(Own::pack(s.own().gen, SlotState::Loaned, self.client), Ordering::Relaxed);
+                // full goes back to Loaned (the others were never touched),
+                // unless a consumer took it through a duplicate entry.
+                if let Some((_, queued)) = marked.filter(|&(i, _)| i == chunk[n].get()) {
+                    if !self.roll_back(chunk[n], queued) {
+                        done += 1;
+                    }
+                }
                 break;
             }
         }
@@ -428,23 +491,29 @@ impl<'a> Port<'a> {
         }
         let new = Own::pack(own.gen, SlotState::Held, self.client);
         // SYNC: slot-claim — Acquire: the publisher's writes to the slot
-        // (published by its ring CAS) are visible; the CAS settles a race
-        // with a duplicate entry.
-        slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| i)
+        // (published by its ring CAS, and by its Release store of `Queued`,
+        // SYNC: slot-handover) are visible; the CAS settles a race with a
+        // duplicate entry.
+        let claimed = slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        if claimed {
+            crate::crash_point!(DequeueClaimed);
+        }
+        claimed.then_some(i)
     }
 
     /// Returns a slot this client owns (`Cached`, `Loaned` or `Held`) to the
     /// free ring and wakes a publisher waiting for one.
     pub fn give_free(&self, i: SlotIndex) {
-        let slot = self.seg.slot(i);
-        let gen = slot.own().gen;
         self.set_intent(IntentOp::Push, RING_FREE, i.get());
-        slot.header().own.store(Own::pack(gen, SlotState::Free, 0), Ordering::Relaxed);
+        self.hand_over(i, SlotState::Free, 0);
+        crate::crash_point!(ReleaseMarked);
         let ring = self.seg.free_ring();
         // The free ring has twice as many cells as there are slots, so it
-        // only fills up if duplicates pile up; then spin until one is popped.
-        while ring.push(i.get()).is_err() {
-            std::thread::yield_now();
+        // only fills up if duplicates pile up: then retry while a consumer
+        // takes some. A ring that stays full that long is corrupt: the slot
+        // is counted lost instead of spinning forever.
+        if !push_bounded(&ring, i.get()) {
+            self.seg.header().counters.slots_lost.fetch_add(1, Ordering::Relaxed);
         }
         self.clear_intent();
         // Publishers take free slots 32 at a time (their private cache): wake
@@ -456,13 +525,18 @@ impl<'a> Port<'a> {
     /// Marks a slot this client owns as loaned (`Cached → Loaned`).
     pub fn mark_loaned(&self, i: SlotIndex) {
         let slot = self.seg.slot(i);
+        // Relaxed: the slot stays with this client; only the daemon reads it
+        // back, after the client is gone.
         slot.header().own.store(Own::pack(slot.own().gen, SlotState::Loaned, self.client), Ordering::Relaxed);
+        crate::crash_point!(PoolLoaned);
     }
 
     /// Puts a loaned slot back in the private cache (`Loaned → Cached`).
     pub fn mark_cached(&self, i: SlotIndex) {
         let slot = self.seg.slot(i);
+        // Relaxed: as in `mark_loaned`.
         slot.header().own.store(Own::pack(slot.own().gen, SlotState::Cached, self.client), Ordering::Relaxed);
+        crate::crash_point!(PoolUnloaned);
     }
 
     /// Pushes a loaned slot onto queue `q` (`Loaned → Queued(q)`). On a full
@@ -470,13 +544,12 @@ impl<'a> Port<'a> {
     /// the doorbell (see [`Port::notify`]).
     pub fn enqueue(&self, q: u32, i: SlotIndex) -> Result<(), crate::queue::Full> {
         let ring = self.seg.queue(q).expect("queue index validated by the caller");
-        let slot = self.seg.slot(i);
-        let gen = slot.own().gen;
         self.set_intent(IntentOp::Push, ring_of_queue(q), i.get());
-        slot.header().own.store(Own::pack(gen, SlotState::Queued, q), Ordering::Relaxed);
-        let r = ring.push(i.get());
-        if r.is_err() {
-            slot.header().own.store(Own::pack(gen, SlotState::Loaned, self.client), Ordering::Relaxed);
+        let queued = self.hand_over(i, SlotState::Queued, q);
+        crate::crash_point!(EnqueueMarked);
+        let mut r = ring.push(i.get());
+        if r.is_err() && !self.roll_back(i, queued) {
+            r = Ok(()); // delivered through a duplicate entry after all
         }
         self.clear_intent();
         r
@@ -506,6 +579,21 @@ impl<'a> Port<'a> {
     pub fn client(&self) -> u32 {
         self.client
     }
+}
+
+/// Pushes `index` onto `ring`, retrying for a while if it is full; `false`
+/// if it stayed full (only a corrupt ring does: the free ring has twice as
+/// many cells as there are slots).
+pub(crate) fn push_bounded(ring: &Ring<'_>, index: u32) -> bool {
+    for attempt in 0..1000 {
+        if ring.push(index).is_ok() {
+            return true;
+        }
+        if attempt > 10 {
+            std::thread::yield_now();
+        }
+    }
+    false
 }
 
 /// Counts of slots by state (a snapshot, not atomic as a whole).
@@ -612,6 +700,37 @@ mod tests {
         p.mark_loaned(slots[4]);
         assert!(p.enqueue(0, slots[4]).is_err());
         assert_eq!(seg.slot(slots[4]).own().state, Some(SlotState::Loaned));
+    }
+
+    #[test]
+    fn a_rollback_never_overwrites_a_claim_made_through_a_duplicate_entry() {
+        let seg = seg();
+        let p = Port::new(&seg, 0, 0).unwrap();
+        let c = Port::new(&seg, 1, 0).unwrap();
+        let i = p.take_free().unwrap();
+        p.mark_loaned(i);
+        // The publisher marked the slot queued, its push found the ring full,
+        // and before it rolled back a consumer popped a duplicate entry of
+        // the slot (a crash repair's) and claimed it.
+        let queued = p.hand_over(i, SlotState::Queued, 0);
+        seg.queue(0).unwrap().push(i.get()).unwrap();
+        assert_eq!(c.dequeue(0), Some(i));
+        assert!(!p.roll_back(i, queued), "the message was delivered: not ours any more");
+        assert_eq!(seg.slot(i).own(), Own { gen: 1, state: Some(SlotState::Held), who: 1 });
+    }
+
+    #[test]
+    fn a_path_longer_than_the_slot_holds_is_an_error_not_a_panic() {
+        let seg = seg(); // 256-byte slots: 192 bytes for path and body
+        let p = Port::new(&seg, 0, 0).unwrap();
+        let i = p.take_free().unwrap();
+        let slot = seg.slot(i);
+        let long = format!("a://{}", "x".repeat(200));
+        // SAFETY: the slot is Cached by our client.
+        let e = unsafe { slot.write_path(&long) }.unwrap_err();
+        assert_eq!(e, crate::PathError::TooLongForSlot { len: 204, max: 192 });
+        // SAFETY: as above.
+        unsafe { slot.write_path("a://b") }.unwrap();
     }
 
     #[test]

@@ -409,6 +409,14 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
         "slots      {} total: {} free, {} cached, {} loaned, {} queued, {} held",
         c.total, c.free, c.cached, c.loaned, c.queued, c.held
     )?;
+    let k = &s.counters;
+    if k.corruption > 0 || k.slots_lost > 0 || c.corrupt > 0 {
+        writeln!(
+            out,
+            "corruption {} bad words seen, {} slots with a bad state, {} slots lost: a process wrote garbage into the segment; restart the bus",
+            k.corruption, c.corrupt, k.slots_lost
+        )?;
+    }
     writeln!(out, "clients    {}", s.clients)?;
     for cl in &s.client_list {
         writeln!(out, "  #{:<4} pid {:<8} uid {:<6} {}", cl.id, cl.pid, cl.uid, cl.subscriptions.join(","))?;
@@ -424,14 +432,15 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
     for x in &s.subsystems {
         writeln!(
             out,
-            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}{}",
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}{}{}",
             x.name,
             x.queue_depth,
             x.subscribers,
             x.sent,
             x.delivered,
             x.redelivered,
-            if x.durable { "  durable" } else { "" }
+            if x.durable { "  durable" } else { "" },
+            if x.quarantined { "  QUARANTINED (corrupt queue)" } else { "" }
         )?;
     }
     Ok(())

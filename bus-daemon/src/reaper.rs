@@ -39,11 +39,20 @@ impl Reaper {
         seg.header().counters.clients_reclaimed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Retries pending requeues.
-    pub fn tick(&mut self, seg: &Segment) {
-        if !self.pending.is_empty() {
-            self.pending = reclaim::retry_requeue(seg, std::mem::take(&mut self.pending));
+    /// Retries pending requeues. Those into a quarantined (corrupt) queue
+    /// are given up: their slots are counted lost.
+    pub fn tick(&mut self, seg: &Segment, quarantined: &std::collections::BTreeSet<u32>) {
+        if self.pending.is_empty() {
+            return;
         }
+        let before = self.pending.len();
+        self.pending.retain(|(q, _)| !quarantined.contains(q));
+        let dropped = (before - self.pending.len()) as u64;
+        if dropped > 0 {
+            tracing::warn!(dropped, "gave up redeliveries into quarantined queues");
+            seg.header().counters.slots_lost.fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.pending = reclaim::retry_requeue(seg, std::mem::take(&mut self.pending));
     }
 
     /// Whether requeues are waiting (the daemon then polls more often).

@@ -76,6 +76,11 @@ pub struct Server {
     idle_since: BTreeMap<u32, std::time::Instant>,
     /// Counter values of each entry when its current subsystem took it over.
     baselines: BTreeMap<u32, crate::status::Baseline>,
+    /// Queues found corrupt: the daemon pushes nothing more into them, and
+    /// never recycles their entries (see [`Server::audit`]).
+    quarantined: std::collections::BTreeSet<u32>,
+    /// When the segment was last audited.
+    audited: std::time::Instant,
 }
 
 /// How long an entry must have had no subscriber, and an empty queue,
@@ -116,6 +121,8 @@ impl Server {
             refused: Vec::new(),
             idle_since: BTreeMap::new(),
             baselines: BTreeMap::new(),
+            quarantined: std::collections::BTreeSet::new(),
+            audited: std::time::Instant::now(),
         })
     }
 
@@ -180,8 +187,9 @@ impl Server {
             for id in readable {
                 self.service(id);
             }
-            self.reaper.tick(&self.seg);
+            self.reaper.tick(&self.seg, &self.quarantined);
             self.drain_abandoned_reply_queues();
+            self.audit();
         }
         self.shutdown();
         Ok(())
@@ -336,10 +344,11 @@ impl Server {
                 }
                 let durable = self.cfg.durable.contains(&subsystem);
                 let recyclable = |q: u32| {
-                    let (Some(v), Some(ring)) = (routing::read(&self.seg, q), self.seg.queue(q)) else {
+                    let (Some(v), Some(ring)) = (routing::read_as_writer(&self.seg, q), self.seg.queue(q)) else {
                         return false;
                     };
                     !v.durable
+                        && !self.quarantined.contains(&q)
                         && v.subscribers == 0
                         && ring.is_empty()
                         && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
@@ -385,12 +394,39 @@ impl Server {
                     &self.cfg.socket.to_string_lossy(),
                     clients,
                     &self.baselines,
+                    &self.quarantined,
                 ))
             }
             Request::Shutdown => {
                 tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");
                 self.stop = true;
                 Reply::ShuttingDown
+            }
+        }
+    }
+
+    /// Twice a second: quarantines every queue whose ring operations gave
+    /// up on words that cannot be right (its `stalls` counter grew), and
+    /// logs it once. Bounded: one look at each queue's counters.
+    fn audit(&mut self) {
+        if self.audited.elapsed() < std::time::Duration::from_millis(500) {
+            return;
+        }
+        self.audited = std::time::Instant::now();
+        for q in 0..self.seg.params().max_subsystems {
+            if self.quarantined.contains(&q) {
+                continue;
+            }
+            let base = self.baselines.get(&q).map_or(0, |b| b.stalls());
+            if crate::status::Baseline::of(&self.seg, q).stalls() > base {
+                let name = routing::read_as_writer(&self.seg, q).map(|v| v.name().to_owned()).unwrap_or_default();
+                tracing::error!(
+                    queue = q,
+                    subsystem = %name,
+                    "queue {q} is corrupt (its ring words cannot be right): quarantined; restart the bus to clear it"
+                );
+                self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
+                self.quarantined.insert(q);
             }
         }
     }
@@ -402,7 +438,7 @@ impl Server {
             if since.elapsed() < RECYCLE_AFTER {
                 continue;
             }
-            let Some(v) = routing::read(&self.seg, q) else { continue };
+            let Some(v) = routing::read_as_writer(&self.seg, q) else { continue };
             if v.subscribers == 0 && v.name().starts_with("_reply.") && self.seg.queue(q).is_some_and(|r| !r.is_empty())
             {
                 let n = bus_core::reclaim::drain_queue(&self.seg, q);

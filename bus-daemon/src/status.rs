@@ -12,9 +12,15 @@ pub struct Baseline {
     sent: u64,
     delivered: u64,
     redelivered: u64,
+    stalls: u64,
 }
 
 impl Baseline {
+    /// Ring operations on the queue that gave up (corruption), since start.
+    pub fn stalls(&self) -> u64 {
+        self.stalls
+    }
+
     /// The counters of queue `q` now.
     pub fn of(seg: &Segment, q: u32) -> Baseline {
         let Some(ring) = seg.queue(q) else { return Baseline::default() };
@@ -23,6 +29,7 @@ impl Baseline {
             sent: ring.pushed().saturating_sub(stats.daemon_pushes.load(Ordering::Relaxed)),
             delivered: ring.popped().saturating_sub(stats.skipped.load(Ordering::Relaxed)),
             redelivered: stats.redelivered.load(Ordering::Relaxed),
+            stalls: stats.stalls.load(Ordering::Relaxed),
         }
     }
 }
@@ -33,12 +40,13 @@ pub fn build(
     socket: &str,
     clients: Vec<ClientStatus>,
     baselines: &std::collections::BTreeMap<u32, Baseline>,
+    quarantined: &std::collections::BTreeSet<u32>,
 ) -> Status {
     let p = seg.params();
     let census = slot_pool::census(seg);
     let mut subsystems = Vec::new();
     for q in 0..p.max_subsystems {
-        let (Some(view), Some(ring)) = (routing::read(seg, q), seg.queue(q)) else { continue };
+        let (Some(view), Some(ring)) = (routing::read_as_writer(seg, q), seg.queue(q)) else { continue };
         let now = Baseline::of(seg, q);
         let base = baselines.get(&q).copied().unwrap_or_default();
         subsystems.push(SubsystemStatus {
@@ -49,6 +57,8 @@ pub fn build(
             sent: now.sent.saturating_sub(base.sent),
             delivered: now.delivered.saturating_sub(base.delivered),
             redelivered: now.redelivered.saturating_sub(base.redelivered),
+            stalls: now.stalls.saturating_sub(base.stalls),
+            quarantined: quarantined.contains(&q),
         });
     }
     let c = &seg.header().counters;
@@ -65,6 +75,7 @@ pub fn build(
             loaned: census.loaned,
             queued: census.queued,
             held: census.held,
+            corrupt: census.corrupt,
         },
         clients: clients.len() as u32,
         client_list: clients,
@@ -74,6 +85,8 @@ pub fn build(
             clients_reclaimed: c.clients_reclaimed.load(Ordering::Relaxed),
             slots_reclaimed: c.slots_reclaimed.load(Ordering::Relaxed),
             messages_redelivered: c.messages_redelivered.load(Ordering::Relaxed),
+            corruption: c.corruption.load(Ordering::Relaxed),
+            slots_lost: c.slots_lost.load(Ordering::Relaxed),
         },
     }
 }

@@ -36,6 +36,30 @@ fn malformed_paths_are_rejected_before_anything_is_sent() {
 }
 
 #[test]
+fn a_path_longer_than_a_slot_holds_is_a_typed_error_that_returns_the_slot() {
+    let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
+    let c = bus.connect();
+    let _sub = c.subscribe("api").unwrap();
+    let path = format!("api://{}", "x".repeat(194)); // 200 bytes; a slot holds 192
+    let mut p = c.publisher().create().unwrap();
+    let e = p.send_bytes(&path, b"").unwrap_err();
+    assert_eq!(e, SendError::InvalidPath(bus_core::PathError::TooLongForSlot { len: 200, max: 192 }));
+    let items = [Other { text: "x".into() }];
+    let e = p.send_batch(&path, &items).unwrap_err();
+    assert_eq!(
+        (e.sent, e.error),
+        (0, SendError::InvalidPath(bus_core::PathError::TooLongForSlot { len: 200, max: 192 }))
+    );
+    drop(p);
+    // The command line: a one-line error and exit status 1, not a panic.
+    let (st, _, err) = bus.cli(&["send", &path, "hello"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("--slot-size") && !err.contains("panicked"), "{err}");
+    let s = bus.status();
+    assert_eq!((s["slots"]["loaned"].as_u64(), s["slots"]["free"].as_u64()), (Some(0), Some(16)), "{s}");
+}
+
+#[test]
 fn an_oversized_body_reports_both_sizes_and_returns_the_slot() {
     let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
     let c = bus.connect();

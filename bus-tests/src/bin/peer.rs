@@ -8,6 +8,13 @@
 //!   and receives H messages (never released), prints `holding`, sleeps.
 //! - `churn path=P subsystem=S`: sends and receives forever (killed by
 //!   the test at a random point).
+//! - `busy op=OP subsystem=S`: calls OP (`send`, `loan`, `send_batch`,
+//!   `try_recv`, `try_recv_batch`) in a tight loop, draining S with
+//!   `try_recv` between sends, until OP fails; then prints
+//!   `gone UNIX_NANOS ERROR` and exits 0.
+//! - `fork subsystem=S`: holds a received message, forks; the
+//!   child tries each kind of call (each must fail with the fork error) and
+//!   drops everything; the parent then checks that its own bus still works.
 
 use bus_client::{Bus, Message};
 use bus_tests::{kv, Seq};
@@ -169,6 +176,90 @@ fn main() -> ExitCode {
             writeln!(out, "serving").unwrap();
             out.flush().unwrap();
             service.join();
+        }
+        "busy" => {
+            let subsystem = get("subsystem").expect("subsystem=");
+            let op = get("op").expect("op=");
+            let path = format!("{subsystem}://busy");
+            let sub = bus.subscribe(&subsystem).expect("subscribe");
+            let mut p = bus.publisher().create().expect("publisher");
+            let mut batch = Vec::new();
+            writeln!(out, "ready").unwrap();
+            out.flush().unwrap();
+            let mut seq = 0u64;
+            let error = loop {
+                seq += 1;
+                let body = Seq { publisher: 0, seq };
+                let r: Result<(), String> = match op.as_str() {
+                    "send" => p.send(&path, &body).map(drop).map_err(|e| e.to_string()),
+                    "loan" => p.loan(&path).map(drop).map_err(|e| e.to_string()),
+                    "send_batch" => p.send_batch(&path, &[body]).map(drop).map_err(|e| e.to_string()),
+                    "try_recv" => sub.try_recv().map(drop).map_err(|e| e.to_string()),
+                    "try_recv_batch" => {
+                        let r = sub.try_recv_batch(&mut batch, 8).map(drop).map_err(|e| e.to_string());
+                        batch.clear();
+                        r
+                    }
+                    other => panic!("unknown op {other}"),
+                };
+                if let Err(e) = r {
+                    break e;
+                }
+                // Keep the queue from filling; errors here are not the op's.
+                while let Ok(Some(_)) = sub.try_recv() {}
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            writeln!(out, "gone {now} {error}").unwrap();
+        }
+        "fork" => {
+            let subsystem = get("subsystem").expect("subsystem=");
+            let path = format!("{subsystem}://forked");
+            let sub = bus.subscribe(&subsystem).expect("subscribe");
+            let mut p = bus.publisher().create().expect("publisher");
+            p.send(&path, &Seq { publisher: 1, seq: 1 }).expect("send");
+            let held = sub.recv_timeout(Duration::from_secs(10)).expect("receive");
+            out.flush().unwrap();
+            // SAFETY: the child only runs this code and exits; it calls
+            // async-signal-unsafe functions (allocation, printing), which
+            // glibc supports after fork in practice; this is a test.
+            match unsafe { nix::unistd::fork() }.expect("fork") {
+                nix::unistd::ForkResult::Child => {
+                    let mut lines = Vec::new();
+                    lines.push(format!("child send: {:?}", p.send(&path, &Seq { publisher: 2, seq: 2 }).err()));
+                    lines.push(format!("child loan: {:?}", p.loan(&path).err()));
+                    lines.push(format!("child try_recv: {:?}", sub.try_recv().err()));
+                    lines.push(format!("child recv: {:?}", sub.recv_timeout(Duration::from_millis(10)).err()));
+                    lines.push(format!("child status: {:?}", bus.status().err()));
+                    lines.push(format!("child subscribe: {:?}", bus.subscribe(&subsystem).err()));
+                    lines.push(format!("child alive: {}", bus.is_alive()));
+                    // Dropping the parent's message, publisher, subscriber and
+                    // bus here must leave the parent's slots alone.
+                    drop(held);
+                    drop(p);
+                    drop(sub);
+                    drop(bus);
+                    for l in lines {
+                        writeln!(out, "{l}").unwrap();
+                    }
+                    out.flush().unwrap();
+                    std::process::exit(0);
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    let st = nix::sys::wait::waitpid(child, None).expect("wait for the child");
+                    writeln!(out, "child exited: {st:?}").unwrap();
+                    let s = bus.status().expect("status");
+                    writeln!(out, "parent sees held={}", s.slots.held).unwrap();
+                    assert_eq!(held.body::<Seq>().expect("still ours").seq.to_native(), 1);
+                    drop(held);
+                    p.send(&path, &Seq { publisher: 1, seq: 3 }).expect("parent send after the fork");
+                    let m = sub.recv_timeout(Duration::from_secs(10)).expect("parent receive after the fork");
+                    assert_eq!(m.body::<Seq>().unwrap().seq.to_native(), 3);
+                    drop(m);
+                    drop(p);
+                    let s = bus.status().expect("status");
+                    writeln!(out, "parent ok free={} total={}", s.slots.free, s.slots.total).unwrap();
+                }
+            }
         }
         other => {
             eprintln!("peer: unknown role {other:?}");
