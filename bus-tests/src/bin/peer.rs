@@ -12,6 +12,17 @@
 //!   `try_recv`, `try_recv_batch`) in a tight loop, draining S with
 //!   `try_recv` between sends, until OP fails; then prints
 //!   `gone UNIX_NANOS ERROR` and exits 0.
+//! - `cppub publisher=N path=P count=C`: the crash-point workload's
+//!   publisher: a mix of single sends, loans, dropped loans, batches of up
+//!   to 8 and of 70 (more than one chunk), pausing now and then; prints
+//!   `a SEQ` for every message whose send returned `Ok`, then `done`.
+//! - `cpsub subsystem=S done_file=F`: the workload's subscriber: receives
+//!   one at a time and in batches, keeps up to 3 messages held, pauses now
+//!   and then; prints `g PUBLISHER SEQ REDELIVERED` for every message when it
+//!   is received (before it is released). Exits once F exists and nothing
+//!   came for 300 ms.
+//! - `cpreq path=P done_file=F`: requests in a loop until F exists; any
+//!   error is fine (its service may be the one killed), a hang is not.
 //! - `fork subsystem=S`: holds a received message, forks; the
 //!   child tries each kind of call (each must fail with the fork error) and
 //!   drops everything; the parent then checks that its own bus still works.
@@ -28,7 +39,8 @@ fn main() -> ExitCode {
     let role = args.first().cloned().unwrap_or_default();
     let get = |k: &str| kv(&args, k);
     let num = |k: &str, d: u64| get(k).map(|v| v.parse().expect("number")).unwrap_or(d);
-    let bus = match Bus::builder().send_timeout(Duration::from_secs(30)).connect() {
+    let send_timeout = Duration::from_millis(num("send_timeout_ms", 30_000));
+    let bus = match Bus::builder().send_timeout(send_timeout).connect() {
         Ok(b) => b,
         Err(e) => {
             eprintln!("peer: {e}");
@@ -210,6 +222,148 @@ fn main() -> ExitCode {
             };
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
             writeln!(out, "gone {now} {error}").unwrap();
+        }
+        "cppub" => {
+            let path = get("path").expect("path=");
+            let me = num("publisher", 0) as u32;
+            let count = num("count", 1000);
+            let mut p = bus.publisher().create().expect("publisher");
+            let mut seq = 0u64;
+            let mut batch = Vec::with_capacity(70);
+            while seq < count {
+                let left = count - seq;
+                let fail = |e: &dyn std::fmt::Display| -> ExitCode {
+                    eprintln!("peer cppub {me}: at {seq}: {e}");
+                    ExitCode::from(1)
+                };
+                match seq % 16 {
+                    5 => {
+                        // A loan dropped unsent goes back to the cache.
+                        drop(p.loan(&path));
+                        let loan = match p.loan(&path) {
+                            Ok(l) => l,
+                            Err(e) => return fail(&e),
+                        };
+                        let loan = match loan.write(&Seq { publisher: me, seq }) {
+                            Ok(l) => l,
+                            Err(e) => return fail(&e),
+                        };
+                        if let Err(e) = loan.send() {
+                            return fail(&e.error);
+                        }
+                        writeln!(out, "a {seq}").unwrap();
+                        seq += 1;
+                    }
+                    9 | 13 => {
+                        let n = if seq % 160 == 9 { 70 } else { 8 }.min(left);
+                        batch.clear();
+                        batch.extend((seq..seq + n).map(|s| Seq { publisher: me, seq: s }));
+                        let sent = match p.send_batch(&path, &batch) {
+                            Ok(n) => n as u64,
+                            Err(e) => {
+                                for s in seq..seq + e.sent as u64 {
+                                    writeln!(out, "a {s}").unwrap();
+                                }
+                                return fail(&e.error);
+                            }
+                        };
+                        for s in seq..seq + sent {
+                            writeln!(out, "a {s}").unwrap();
+                        }
+                        seq += sent;
+                    }
+                    _ => {
+                        if let Err(e) = p.send(&path, &Seq { publisher: me, seq }) {
+                            return fail(&e);
+                        }
+                        writeln!(out, "a {seq}").unwrap();
+                        seq += 1;
+                    }
+                }
+                if seq % 400 < 2 {
+                    // Let the subscribers run dry and go to sleep.
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            }
+            writeln!(out, "done").unwrap();
+        }
+        "cpsub" => {
+            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            let done_file = std::path::PathBuf::from(get("done_file").expect("done_file="));
+            writeln!(out, "subscribed").unwrap();
+            let mut held = std::collections::VecDeque::new();
+            let mut batch = Vec::with_capacity(8);
+            let mut received = 0u64;
+            let mut idle_since = Instant::now();
+            let report = |out: &mut std::io::StdoutLock<'_>, m: &Message<'_>| {
+                let s = m.body::<Seq>().expect("a Seq body");
+                writeln!(out, "g {} {} {}", s.publisher, s.seq, m.is_redelivered() as u8).unwrap();
+            };
+            loop {
+                let got = if received & 1 == 0 {
+                    match sub.recv_timeout(Duration::from_millis(50)) {
+                        Ok(m) => {
+                            report(&mut out, &m);
+                            held.push_back(m);
+                            1
+                        }
+                        Err(bus_client::RecvError::Timeout(_)) => 0,
+                        Err(e) => {
+                            eprintln!("peer cpsub: after {received}: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                } else {
+                    match sub.recv_batch(&mut batch, 8, Some(Duration::from_millis(50))) {
+                        Ok(n) => {
+                            for m in batch.drain(..) {
+                                report(&mut out, &m);
+                                held.push_back(m);
+                            }
+                            n as u64
+                        }
+                        Err(bus_client::RecvError::Timeout(_)) => 0,
+                        Err(e) => {
+                            eprintln!("peer cpsub: after {received}: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                };
+                while held.len() > 3 {
+                    held.pop_front();
+                }
+                if got > 0 {
+                    if received / 700 != (received + got) / 700 {
+                        // Fall behind for a moment: the queue fills up and
+                        // the publishers block and roll back.
+                        std::thread::sleep(Duration::from_millis(30));
+                    }
+                    received += got;
+                    idle_since = Instant::now();
+                } else {
+                    held.clear();
+                    if done_file.exists() && idle_since.elapsed() > Duration::from_millis(300) {
+                        break;
+                    }
+                }
+            }
+            writeln!(out, "received {received}").unwrap();
+        }
+        "cpreq" => {
+            let path = get("path").expect("path=");
+            let done_file = std::path::PathBuf::from(get("done_file").expect("done_file="));
+            let requester = bus.requester().expect("requester");
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while !done_file.exists() && bus.is_alive() {
+                match requester.request_bytes(&path, b"ping", Duration::from_millis(500)) {
+                    Ok(_) => ok += 1,
+                    Err(_) => {
+                        failed += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            writeln!(out, "requests {ok} ok {failed} failed").unwrap();
         }
         "fork" => {
             let subsystem = get("subsystem").expect("subsystem=");
