@@ -8,13 +8,13 @@ use bus_core::layout::PORTS_PER_CLIENT;
 use bus_core::segment::Segment;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest single futex sleep while blocking: after each, the bus's
 /// liveness is checked, so a dead daemon is noticed within this time.
-pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(100);
+pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(50);
 
 /// Default number of polls before a blocked receiver or sender parks on a
 /// futex (a few microseconds).
@@ -51,8 +51,49 @@ pub(crate) struct Inner {
 /// load, not a `getpid()` system call.
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
+/// How many forks this process has gone through (see [`FORKS`]).
+pub(crate) fn fork_count() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}
+
+/// The control sockets of this process's connections (-1: unused entry).
+/// A forked child must not keep them open: the daemon learns that a client
+/// died when its socket closes, and a child holding a copy (fork without
+/// exec) would hide the parent's death until the child exits.
+static CONTROL_FDS: [AtomicI32; 64] = [const { AtomicI32::new(-1) }; 64];
+
+fn register_control_fd(fd: i32) {
+    // A process with more than 64 connections at once: the others are not
+    // covered (documented at `Bus`), nothing worse.
+    let _ = CONTROL_FDS.iter().find(|e| e.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed).is_ok());
+}
+
+fn unregister_control_fd(fd: i32) {
+    let _ = CONTROL_FDS.iter().find(|e| e.compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed).is_ok());
+}
+
+/// Runs in the child right after `fork()`: counts the fork, and puts
+/// `/dev/null` in place of every registered control socket (the numbers
+/// stay valid, so the child's destructors close what they expect; the
+/// parent's sockets are then held by the parent alone). Only
+/// async-signal-safe calls.
 extern "C" fn count_fork_in_child() {
     FORKS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: open, dup3 and close on descriptors this process owns; the
+    // path is a NUL-terminated literal.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return;
+        }
+        for e in &CONTROL_FDS {
+            let fd = e.load(Ordering::Relaxed);
+            if fd >= 0 && fd != null {
+                libc::dup3(null, fd, libc::O_CLOEXEC);
+            }
+        }
+        libc::close(null);
+    }
 }
 
 fn install_fork_counter() {
@@ -85,7 +126,12 @@ fn start_watcher(
             let mut fds = [PollFd::new(control, PollFlags::empty()), PollFd::new(stop_r.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+                Err(_) => {
+                    // Cannot watch any more: take the bus for gone rather
+                    // than leave callers unaware.
+                    gone.store(true, Ordering::Relaxed);
+                    return;
+                }
                 Ok(_) => {}
             }
             if fds[1].revents().is_some_and(|r| !r.is_empty()) {
@@ -192,6 +238,7 @@ impl BusBuilder {
         let gone = Arc::new(AtomicBool::new(false));
         let watcher = start_watcher(fd.as_fd(), gone.clone())
             .map_err(|source| ConnectError::Io { socket: socket.clone(), source })?;
+        register_control_fd(fd.as_raw_fd());
         Ok(Bus {
             inner: Arc::new(Inner {
                 seg,
@@ -392,5 +439,7 @@ impl Drop for Inner {
         }
         let _ = nix::unistd::write(&stop, &[1]);
         let _ = handle.join();
+        let control = self.control.get_mut().unwrap_or_else(|p| p.into_inner());
+        unregister_control_fd(control.0.as_raw_fd());
     }
 }

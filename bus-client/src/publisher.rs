@@ -393,6 +393,9 @@ impl Publisher {
     }
 
     fn push(&mut self, slot: SlotIndex, queue: u32, subsystem_len: usize) -> Result<(), SendError> {
+        // Again here, not only when the loan was made: the daemon may have
+        // died since, or this may be a forked child sending its parent's loan.
+        self.bus.inner.usable()?;
         bus_core::crash_point!(SendBeforePush);
         let port = self.port();
         if port.enqueue(queue, slot).is_ok() {
@@ -462,6 +465,7 @@ impl<'a> LoanUninit<'a> {
 
     /// Serializes `value` with rkyv directly into the slot.
     pub fn write<T: Body>(self, value: &T) -> Result<Loan<'a>, SendError> {
+        self.publisher.bus.inner.usable()?;
         let seg = &self.publisher.bus.inner.seg;
         // SAFETY: the slot is Loaned by us; the area is ours until sent.
         let area = unsafe { seg.slot(self.slot).body_area(self.path_len) };
@@ -483,6 +487,7 @@ impl<'a> LoanUninit<'a> {
 
     /// Copies raw bytes into the slot.
     pub fn write_bytes(mut self, body: &[u8]) -> Result<Loan<'a>, SendError> {
+        self.publisher.bus.inner.usable()?;
         let capacity = self.capacity();
         if body.len() > capacity {
             return Err(SendError::BodyTooLarge { size: body.len(), capacity });
@@ -502,6 +507,7 @@ impl<'a> LoanUninit<'a> {
 
     /// Declares the first `len` bytes of [`LoanUninit::body_mut`] the body.
     pub fn commit(self, len: usize) -> Result<Loan<'a>, SendError> {
+        self.publisher.bus.inner.usable()?;
         let capacity = self.capacity();
         if len > capacity {
             return Err(SendError::BodyTooLarge { size: len, capacity });

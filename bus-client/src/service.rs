@@ -65,7 +65,7 @@ impl ServeBuilder {
                 .map_err(RequestError::Io)?;
             threads.push(t);
         }
-        Ok(Service { stop, threads, stats })
+        Ok(Service { stop, threads, stats, forks: crate::bus::fork_count() })
     }
 }
 
@@ -121,6 +121,9 @@ pub struct Service {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stats: Arc<ServiceStats>,
+    /// `crate::bus::fork_count()` when started: in a forked child the
+    /// worker threads do not exist, and must not be joined.
+    forks: u64,
 }
 
 impl Service {
@@ -151,6 +154,10 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if crate::bus::fork_count() != self.forks {
+            std::mem::take(&mut self.threads).into_iter().for_each(std::mem::forget);
+            return;
+        }
         self.stop_inner();
     }
 }

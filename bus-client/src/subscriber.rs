@@ -386,7 +386,9 @@ impl Message<'_> {
     /// # }
     /// ```
     pub fn subsystem(&self) -> &str {
-        self.parts().map_or("", |(p, s)| &p[..s])
+        // `get`: a hostile peer may rewrite the path after the split was
+        // found; then this is empty, never a panic.
+        self.parts().and_then(|(p, s)| p.get(..s)).unwrap_or("")
     }
 
     /// The route (after `://`). Borrows the message:
@@ -408,7 +410,7 @@ impl Message<'_> {
     /// # }
     /// ```
     pub fn route(&self) -> &str {
-        self.parts().map_or("", |(p, s)| &p[s + 3..])
+        self.parts().and_then(|(p, s)| p.get(s + 3..)).unwrap_or("")
     }
 
     /// Bus-unique message id.

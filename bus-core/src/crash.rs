@@ -12,9 +12,16 @@
 //! - `stop`: prints `shmbus crash point NAME: stopped` to stderr and sends
 //!   itself `SIGSTOP`; it carries on from there when a `SIGCONT` comes.
 //!
-//! A point fires once per process. The release builds of the daemon, the CLI
-//! and the examples are built without the feature; `bus-tests` turns it on
-//! for the test builds.
+//! A point fires once per process. Only `bus-tests` turns the feature on,
+//! and the points exist only in builds with debug assertions: a release
+//! build never has them, even when feature unification across the
+//! workspace (a plain `cargo build --release` at the root) turns the
+//! feature on for every binary. [`ENABLED`] says whether this build has
+//! them.
+
+/// Whether crash points are compiled in (the `crash-points` feature, in a
+/// build with debug assertions).
+pub const ENABLED: bool = cfg!(all(feature = "crash-points", debug_assertions));
 
 /// A named step. The order is the order of [`ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -145,20 +152,20 @@ macro_rules! crash_point {
 }
 
 /// Passes point `p` (called through [`crash_point!`](crate::crash_point)).
-#[cfg(not(feature = "crash-points"))]
+#[cfg(not(all(feature = "crash-points", debug_assertions)))]
 #[inline(always)]
 pub fn hit(_p: Point) {}
 
 /// Reads `SHMBUS_CRASH_POINT` now (it is otherwise read at the first point
 /// passed, which allocates). Nothing without the feature.
-#[cfg(not(feature = "crash-points"))]
+#[cfg(not(all(feature = "crash-points", debug_assertions)))]
 #[inline(always)]
 pub fn init() {}
 
-#[cfg(feature = "crash-points")]
+#[cfg(all(feature = "crash-points", debug_assertions))]
 pub use armed::{hit, init};
 
-#[cfg(feature = "crash-points")]
+#[cfg(all(feature = "crash-points", debug_assertions))]
 mod armed {
     use super::Point;
     use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -92,6 +92,17 @@ fn seq_of(cell: u64) -> u32 {
     (cell >> 32) as u32
 }
 
+/// The later of two positions, in wrapping arithmetic (positions are 64-bit
+/// counters; only garbage makes them wrap).
+#[inline]
+fn later(a: u64, b: u64) -> u64 {
+    if (b.wrapping_sub(a) as i64) > 0 {
+        b
+    } else {
+        a
+    }
+}
+
 /// Which end of the ring an operation works on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -187,7 +198,8 @@ impl<'a> Ring<'a> {
     /// or empty, and [`RingStats::stalls`] counts it, so no caller ever
     /// spins forever on shared state.
     pub fn step_budget(&self, n: usize) -> u64 {
-        2 * self.capacity() + 4 * n as u64 + 4096
+        let n = (n as u64).min(self.capacity());
+        2 * self.capacity() + 4 * n + 4096
     }
 
     /// The one state machine behind push, pop and their batch forms.
@@ -209,6 +221,25 @@ impl<'a> Ring<'a> {
         &self,
         side: Side,
         max: usize,
+        entry: impl FnMut(usize) -> u32,
+        before: impl FnMut(u32),
+        got: impl FnMut(u32),
+    ) -> usize {
+        let hint = match side {
+            Side::Produce => &self.header.tail,
+            Side::Consume => &self.header.head,
+        };
+        self.run_from(side, hint.load(Ordering::Relaxed), max, entry, before, got)
+    }
+
+    /// [`Ring::run`] from position `pos` (the hint, as just read; tests
+    /// pass a stale one).
+    #[inline]
+    fn run_from(
+        &self,
+        side: Side,
+        mut pos: u64,
+        max: usize,
         mut entry: impl FnMut(usize) -> u32,
         mut before: impl FnMut(u32),
         mut got: impl FnMut(u32),
@@ -218,7 +249,6 @@ impl<'a> Ring<'a> {
             Side::Produce => &self.header.tail,
             Side::Consume => &self.header.head,
         };
-        let mut pos = hint.load(Ordering::Relaxed);
         let mut done = 0;
         let mut budget = self.step_budget(max);
         let mut moved = false;
@@ -253,11 +283,22 @@ impl<'a> Ring<'a> {
             // entry is still there; empty for a consumer).
             let diff = seq_of(c).wrapping_sub(expect as u32) as i32;
             if diff > 0 {
-                pos = pos.wrapping_add(1);
+                // Done already. If we were preempted while others went
+                // round, the hint is far ahead of us: jump there instead of
+                // walking (a walk of many laps would exhaust the budget).
+                pos = later(pos.wrapping_add(1), hint.load(Ordering::Relaxed));
                 moved = true;
                 continue;
             }
             if diff < 0 {
+                // Full or empty — unless our position is stale (we were
+                // preempted for 2^31 positions, and the sign flipped): a
+                // hint ahead of us says so.
+                let h = hint.load(Ordering::Relaxed);
+                if later(pos, h) != pos {
+                    pos = h;
+                    continue;
+                }
                 break;
             }
             let (new, index) = match side {
@@ -306,13 +347,18 @@ impl<'a> Ring<'a> {
         done
     }
 
-    /// Moves a tail or head hint forward to `to` (never back). Bounded: each
-    /// lost CAS means the hint moved, and it only moves forward.
+    /// Moves a tail or head hint forward to `to` (never back). Each lost
+    /// CAS means the hint moved forward; the tries are bounded all the same,
+    /// against a peer that keeps writing garbage there (a hint left behind
+    /// is repaired by the next operation).
     fn advance(&self, hint: &AtomicU64, to: u64) {
         let mut cur = hint.load(Ordering::Relaxed);
-        while cur < to {
+        for _ in 0..64 {
+            if later(cur, to) == cur {
+                return;
+            }
             match hint.compare_exchange_weak(cur, to, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => break,
+                Ok(_) => return,
                 Err(x) => cur = x,
             }
         }
@@ -565,6 +611,7 @@ mod tests {
             consumers.into_iter().for_each(|h| h.join().unwrap());
         });
         assert!(seen.iter().all(|c| c.load(Relaxed) == 1), "an entry was lost or duplicated");
+        assert_eq!(r.header.stats.stalls.load(Relaxed), 0, "a healthy ring never stalls");
     }
 
     #[test]
@@ -628,6 +675,29 @@ mod tests {
     }
 
     #[test]
+    fn an_operation_far_behind_the_hint_jumps_to_it_instead_of_stalling() {
+        // A producer and a consumer preempted (stale local positions) while
+        // others went round the ring many times.
+        let r = OwnedRing::new(4);
+        let ring = r.ring();
+        for i in 0..100_000u32 {
+            ring.push(i).unwrap();
+            assert_eq!(ring.pop(), Some(i));
+        }
+        let mut got = None;
+        let stale = 3; // as if read before the 100 000 laps
+        assert_eq!(ring.run_from(Side::Produce, stale, 1, |_| 7, |_| {}, |_| {}), 1, "the push jumped to the tail");
+        ring.run_from(Side::Consume, stale, 1, |_| 0, |_| {}, |i| got = Some(i));
+        assert_eq!(got, Some(7));
+        assert_eq!(ring.header.stats.stalls.load(Ordering::Relaxed), 0);
+        // A position 2^31 behind: the seq distance changes sign.
+        ring.push(8).unwrap();
+        let far = ring.header.head.load(Ordering::Relaxed).wrapping_sub(1 << 31);
+        ring.run_from(Side::Consume, far, 1, |_| 0, |_| {}, |i| got = Some(i));
+        assert_eq!(got, Some(8));
+    }
+
+    #[test]
     fn every_operation_on_a_corrupt_ring_returns_and_is_counted() {
         let r = OwnedRing::new(8);
         let ring = r.ring();
@@ -687,5 +757,6 @@ mod tests {
             consumers.into_iter().for_each(|h| h.join().unwrap());
         });
         assert!(seen.iter().all(|c| c.load(Relaxed) == 1), "an entry was lost or duplicated");
+        assert_eq!(r.header.stats.stalls.load(Relaxed), 0, "a healthy ring never stalls");
     }
 }

@@ -422,6 +422,12 @@ impl<'a> Port<'a> {
             // The last slot marked Queued, and the word it was given.
             let mut marked: Option<(u32, u64)> = None;
             let n = ring.push_many(&raw[..chunk.len()], |i| {
+                // The hook runs again for the same index after a lost cell
+                // CAS: mark it once. A second store could overwrite a claim
+                // that a consumer made meanwhile through a duplicate entry.
+                if marked.is_some_and(|(m, _)| m == i) {
+                    return;
+                }
                 self.set_intent(IntentOp::Push, ring_id, i);
                 if let Some(slot) = self.seg.slot_index(i) {
                     marked = Some((i, self.hand_over(slot, SlotState::Queued, q)));
@@ -581,17 +587,17 @@ impl<'a> Port<'a> {
     }
 }
 
-/// Pushes `index` onto `ring`, retrying for a while if it is full; `false`
-/// if it stayed full (only a corrupt ring does: the free ring has twice as
-/// many cells as there are slots).
+/// Pushes `index` onto the free ring `ring`, retrying a little if it is
+/// full; `false` if it stayed full. The free ring has twice as many cells as
+/// there are slots, so it is never full in a healthy bus, not even for a
+/// moment: a failure means corrupt words, and the retries are few so that a
+/// corrupt ring costs each caller little.
 pub(crate) fn push_bounded(ring: &Ring<'_>, index: u32) -> bool {
-    for attempt in 0..1000 {
+    for _ in 0..3 {
         if ring.push(index).is_ok() {
             return true;
         }
-        if attempt > 10 {
-            std::thread::yield_now();
-        }
+        std::thread::yield_now();
     }
     false
 }

@@ -7,15 +7,17 @@ use nix::sys::signal::Signal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[test]
-fn every_kind_of_busy_call_notices_a_killed_daemon_within_100_ms() {
+fn every_kind_of_call_busy_or_blocked_notices_a_killed_daemon_within_100_ms() {
     let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256"]);
-    let ops = ["send", "loan", "send_batch", "try_recv", "try_recv_batch"];
+    let ops = ["send", "loan", "send_batch", "try_recv", "try_recv_batch", "recv", "blocked_send"];
     let mut peers: Vec<(&str, Proc)> =
         ops.iter().map(|op| (*op, bus.peer(&["busy", &format!("op={op}"), &format!("subsystem=busy-{op}")]))).collect();
     for (_, p) in &mut peers {
         p.wait_line("ready", Duration::from_secs(10));
     }
-    std::thread::sleep(Duration::from_millis(200)); // all of them at full speed
+    // All of them at full speed, or blocked (the queue of `blocked_send`
+    // fills in well under this).
+    std::thread::sleep(Duration::from_millis(300));
     let killed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     bus.daemon.signal(Signal::SIGKILL);
     for (op, p) in peers {
@@ -47,4 +49,27 @@ fn a_forked_child_cannot_use_its_parents_bus_and_leaves_the_parents_slots_alone(
     let s = bus.status();
     assert_eq!(s["slots"]["free"], 64, "{s}");
     assert_eq!(s["slots"]["total"], 64);
+}
+
+#[test]
+fn a_forked_child_does_not_keep_its_killed_parents_connection_alive() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let mut parent = bus.peer(&["forkhold", "subsystem=forkheld"]);
+    let line = parent.wait_line("holding child=", Duration::from_secs(10));
+    let child: i32 = line.trim_start_matches("holding child=").parse().unwrap();
+    let child = nix::unistd::Pid::from_raw(child);
+    assert_eq!(bus.status()["slots"]["held"], 1);
+    parent.signal(Signal::SIGKILL);
+    // The child still runs, with a copy of every descriptor but the control
+    // socket: the daemon sees the parent's death and redelivers at once.
+    let took = eventually(Duration::from_secs(5), || {
+        let s = bus.status();
+        s["slots"]["held"] == 0 && s["slots"]["queued"] == 1
+    });
+    let alive = nix::sys::signal::kill(child, None).is_ok();
+    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
+    assert!(alive, "the child was still running while the parent was reclaimed");
+    let took = took.expect("the killed parent's held message was redelivered while its child lives");
+    assert!(took < Duration::from_secs(1), "reclaim took {took:?}");
 }

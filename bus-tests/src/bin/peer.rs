@@ -11,11 +11,16 @@
 //! - `busy op=OP subsystem=S`: calls OP (`send`, `loan`, `send_batch`,
 //!   `try_recv`, `try_recv_batch`) in a tight loop, draining S with
 //!   `try_recv` between sends, until OP fails; then prints
-//!   `gone UNIX_NANOS ERROR` and exits 0.
-//! - `cppub publisher=N path=P count=C`: the crash-point workload's
+//!   `gone UNIX_NANOS ERROR` and exits 0. OP `recv` blocks in a receive on
+//!   an empty queue; `blocked_send` sends without draining, so it ends up
+//!   blocked on a full queue.
+//! - `forkhold subsystem=S`: receives one message and holds it, forks a
+//!   child that sleeps (fork without exec), prints `holding child=PID`.
+//! - `cppub publisher=N path=P count=C [until_file=F]`: the crash-point workload's
 //!   publisher: a mix of single sends, loans, dropped loans, batches of up
 //!   to 8 and of 70 (more than one chunk), pausing now and then; prints
-//!   `a SEQ` for every message whose send returned `Ok`, then `done`.
+//!   `a SEQ` for every message whose send returned `Ok`, then `done`. With
+//!   F, goes on after C messages until F exists.
 //! - `cpsub subsystem=S done_file=F`: the workload's subscriber: receives
 //!   one at a time and in batches, keeps up to 3 messages held, pauses now
 //!   and then; prints `g PUBLISHER SEQ REDELIVERED` for every message when it
@@ -207,6 +212,8 @@ fn main() -> ExitCode {
                     "loan" => p.loan(&path).map(drop).map_err(|e| e.to_string()),
                     "send_batch" => p.send_batch(&path, &[body]).map(drop).map_err(|e| e.to_string()),
                     "try_recv" => sub.try_recv().map(drop).map_err(|e| e.to_string()),
+                    "recv" => sub.recv().map(drop).map_err(|e| e.to_string()),
+                    "blocked_send" => p.send(&path, &body).map(drop).map_err(|e| e.to_string()),
                     "try_recv_batch" => {
                         let r = sub.try_recv_batch(&mut batch, 8).map(drop).map_err(|e| e.to_string());
                         batch.clear();
@@ -218,7 +225,9 @@ fn main() -> ExitCode {
                     break e;
                 }
                 // Keep the queue from filling; errors here are not the op's.
-                while let Ok(Some(_)) = sub.try_recv() {}
+                if op != "blocked_send" {
+                    while let Ok(Some(_)) = sub.try_recv() {}
+                }
             };
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
             writeln!(out, "gone {now} {error}").unwrap();
@@ -227,11 +236,12 @@ fn main() -> ExitCode {
             let path = get("path").expect("path=");
             let me = num("publisher", 0) as u32;
             let count = num("count", 1000);
+            let until = get("until_file").map(std::path::PathBuf::from);
             let mut p = bus.publisher().create().expect("publisher");
             let mut seq = 0u64;
             let mut batch = Vec::with_capacity(70);
-            while seq < count {
-                let left = count - seq;
+            while seq < count || until.as_ref().is_some_and(|f| !f.exists()) {
+                let left = count.saturating_sub(seq).max(70);
                 let fail = |e: &dyn std::fmt::Display| -> ExitCode {
                     eprintln!("peer cppub {me}: at {seq}: {e}");
                     ExitCode::from(1)
@@ -297,14 +307,23 @@ fn main() -> ExitCode {
             let mut idle_since = Instant::now();
             let report = |out: &mut std::io::StdoutLock<'_>, m: &Message<'_>| {
                 let s = m.body::<Seq>().expect("a Seq body");
-                writeln!(out, "g {} {} {}", s.publisher, s.seq, m.is_redelivered() as u8).unwrap();
+                let (p, n) = (s.publisher.to_native(), s.seq.to_native());
+                writeln!(out, "g {p} {n} {}", m.is_redelivered() as u8).unwrap();
+                (p, n)
+            };
+            // Printed before the release: a process killed after this line
+            // but before the release still holds the message (it is then
+            // redelivered, and the duplicate is flagged).
+            let release = |out: &mut std::io::StdoutLock<'_>, (p, n, m): (u32, u64, Message<'_>)| {
+                writeln!(out, "r {p} {n}").unwrap();
+                drop(m);
             };
             loop {
                 let got = if received & 1 == 0 {
                     match sub.recv_timeout(Duration::from_millis(50)) {
                         Ok(m) => {
-                            report(&mut out, &m);
-                            held.push_back(m);
+                            let (p, n) = report(&mut out, &m);
+                            held.push_back((p, n, m));
                             1
                         }
                         Err(bus_client::RecvError::Timeout(_)) => 0,
@@ -317,8 +336,8 @@ fn main() -> ExitCode {
                     match sub.recv_batch(&mut batch, 8, Some(Duration::from_millis(50))) {
                         Ok(n) => {
                             for m in batch.drain(..) {
-                                report(&mut out, &m);
-                                held.push_back(m);
+                                let (p, n) = report(&mut out, &m);
+                                held.push_back((p, n, m));
                             }
                             n as u64
                         }
@@ -330,7 +349,7 @@ fn main() -> ExitCode {
                     }
                 };
                 while held.len() > 3 {
-                    held.pop_front();
+                    release(&mut out, held.pop_front().expect("not empty"));
                 }
                 if got > 0 {
                     if received / 700 != (received + got) / 700 {
@@ -341,7 +360,9 @@ fn main() -> ExitCode {
                     received += got;
                     idle_since = Instant::now();
                 } else {
-                    held.clear();
+                    while let Some(h) = held.pop_front() {
+                        release(&mut out, h);
+                    }
                     if done_file.exists() && idle_since.elapsed() > Duration::from_millis(300) {
                         break;
                     }
@@ -364,6 +385,28 @@ fn main() -> ExitCode {
                 }
             }
             writeln!(out, "requests {ok} ok {failed} failed").unwrap();
+        }
+        "forkhold" => {
+            let subsystem = get("subsystem").expect("subsystem=");
+            let sub = bus.subscribe(&subsystem).expect("subscribe");
+            let mut p = bus.publisher().create().expect("publisher");
+            p.send(&format!("{subsystem}://held"), &Seq { publisher: 1, seq: 1 }).expect("send");
+            let held = sub.recv_timeout(Duration::from_secs(10)).expect("receive");
+            drop(p);
+            out.flush().unwrap();
+            // SAFETY: the child only sleeps and exits.
+            match unsafe { nix::unistd::fork() }.expect("fork") {
+                nix::unistd::ForkResult::Child => {
+                    std::thread::sleep(Duration::from_secs(60));
+                    std::process::exit(0);
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    writeln!(out, "holding child={child}").unwrap();
+                    out.flush().unwrap();
+                    std::thread::sleep(Duration::from_secs(600));
+                    drop(held);
+                }
+            }
         }
         "fork" => {
             let subsystem = get("subsystem").expect("subsystem=");
