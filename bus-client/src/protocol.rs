@@ -164,8 +164,8 @@ pub struct SubsystemStatus {
     /// right (see `bus_core::queue::Ring::step_budget`).
     #[serde(default)]
     pub stalls: u64,
-    /// The daemon found its queue corrupt and no longer pushes repairs or
-    /// redeliveries into it (restart the bus to clear it).
+    /// The daemon found its queue corrupt: logged, never given to another
+    /// subsystem (restart the bus to clear it).
     #[serde(default)]
     pub quarantined: bool,
 }

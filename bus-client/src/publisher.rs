@@ -304,6 +304,13 @@ impl Publisher {
         self.loan_to(queue, path, subsystem_len)
     }
 
+    /// For a blocking publisher: how long its sends wait from now on.
+    pub(crate) fn set_block_timeout(&mut self, t: Duration) {
+        if let Backpressure::Block(_) = self.backpressure {
+            self.backpressure = Backpressure::Block(t);
+        }
+    }
+
     /// The bus this publisher sends on.
     pub(crate) fn bus(&self) -> &Bus {
         &self.bus

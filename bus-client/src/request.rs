@@ -143,13 +143,21 @@ impl Requester {
         send: impl FnOnce(&mut Publisher, u64) -> Result<u64, SendError>,
     ) -> Result<Response<'_>, ReplyError> {
         let corr = self.next.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
         self.lock_waiting().pending.insert(corr);
-        let sent = send(&mut self.publisher.lock().unwrap_or_else(|p| p.into_inner()), corr);
+        let sent = {
+            let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+            // The request's timeout covers the send too: waiting for a free
+            // slot or for queue space never outlasts it.
+            let left = deadline.saturating_duration_since(Instant::now());
+            publisher.set_block_timeout(left.min(self.bus.inner.send_timeout));
+            send(&mut publisher, corr)
+        };
         if let Err(e) = sent {
             self.lock_waiting().pending.remove(&corr);
             return Err(if e == SendError::BusGone { ReplyError::BusGone } else { ReplyError::Send(e) });
         }
-        let slot = self.wait_for(corr, Instant::now() + timeout, timeout)?;
+        let slot = self.wait_for(corr, deadline, timeout)?;
         // SAFETY: `wait_for` handed this reply's slot to us alone (it left
         // the queue and `arrived`), and this client holds it; only the
         // `Response` releases it, in its `Drop` or in `detach`.

@@ -208,7 +208,16 @@ impl Doorbell {
     /// Daemon, for a sleeper that died announced: withdraws its count, but
     /// never below zero (a corrupt count is not made worse).
     pub fn withdraw_dead(&self) {
-        let _ = self.waiters.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
+        // Bounded: each lost CAS is another sleeper's announce or retire; a
+        // peer that keeps scribbling here costs a stale count, not a hang.
+        let mut w = self.waiters.load(Ordering::Relaxed);
+        for _ in 0..64 {
+            let Some(less) = w.checked_sub(1) else { return };
+            match self.waiters.compare_exchange_weak(w, less, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(x) => w = x,
+            }
+        }
     }
 
     /// Current number of announced sleepers (for status).

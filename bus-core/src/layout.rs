@@ -30,12 +30,21 @@
 //! | client_table + i·2176 | 128 | [`ClientInfo`] | daemon | daemon, status | `state` FREE/ACTIVE/RECLAIMING |
 //! | … + 128 + p·64 | 64 | [`PortIntent`] p of client i | the thread owning port p of client i | daemon (reclaim only) | `intent`: 0 or `op·ring·index` with index < slot_count, ring ≤ max_subsystems; `bell`: 0 or a [`crate::doorbell::Sleeper`] record |
 //! | routing_table + q·128 | 128 | [`RouteEntry`] q | daemon only (seqlock) | clients, lock-free | `name_len` ≤ 32; name valid per [`crate::path`] |
-//! | free_ring | 640 | [`RingHeader`] | everyone | everyone | see [`crate::queue`] |
+//! | free_ring | 640 | [`RingHeader`](crate::queue::RingHeader) | everyone | everyone | see [`crate::queue`] |
 //! | free_ring + 640 | 8·free_capacity | cells | everyone | everyone | `free_capacity` = 2·next_pow2(slot_count) |
 //! | queues + q·queue_stride | 640 + 8·queue_capacity | ring of subsystem q | publishers push, subscribers pop | | `queue_capacity` a power of two |
 //! | slots + i·slot_size | 64 | [`SlotHeader`] of slot i | the owner of slot i (see `own`) | the next owner | `own` is the ownership record |
 //! | slots + i·slot_size + 64 | body_len | body (64-byte aligned) | owner | receiver | 64 + `body_len` ≤ slot_size − `path_len` |
 //! | slots + (i+1)·slot_size − path_len | path_len | path bytes, at the end of the slot | owner | receiver (only if it asks for the path) | `path_len` ≤ min([`PATH_CAPACITY`], slot_size − 64) |
+//!
+//! Any process that maps the segment can write any word of it. What the
+//! daemon alone writes it also keeps to itself, and puts back when the
+//! segment's copy differs (counted in [`Counters::corruption`], logged): the
+//! header's `magic`, `version` and `params` and the `RUNNING` state
+//! ([`crate::segment::Segment::repair_header`]), the routing table
+//! ([`crate::routing::rewrite`]), and a client entry's words before the
+//! entry is handed out again. Rings whose words cannot be right are
+//! quarantined ([`crate::segment::Segment::ring_plausible`]).
 //!
 //! The body starts right after the header so that a small body shares the
 //! header's neighbourhood (header + 64-byte body = two cache lines), and the

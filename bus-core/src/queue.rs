@@ -6,7 +6,7 @@
 //! with one change made for crash safety: a cell is one `AtomicU64` holding
 //! `{seq: u32, index: u32}`, and both push and pop take the cell with a single
 //! CAS on it (instead of a CAS on tail/head followed by a store to the cell).
-//! Tail and head are then only hints. One state machine ([`Ring::run`])
+//! Tail and head are then only hints. One state machine (`Ring::run`)
 //! serves push, pop and their batch forms: from the hint it steps over
 //! every position already done on its side — whoever did it, even a process
 //! that died or was stopped before moving the hint — and moves the hint
@@ -412,6 +412,20 @@ impl<'a> Ring<'a> {
         t.saturating_sub(h).min(self.capacity())
     }
 
+    /// Whether any cell holds an entry, whatever the hints say: cell `i`
+    /// is full at position `p ≡ i` exactly when its `seq` is `p + 1`, so
+    /// when `seq ≡ i + 1 (mod cap)`. One pass over the cells (the daemon's
+    /// check before it gives a queue to another subsystem).
+    pub fn holds_entries(&self) -> bool {
+        let mask = (self.capacity() - 1) as u32;
+        self.cells.iter().enumerate().any(|(i, cell)| {
+            // Relaxed: a snapshot; the caller also requires the queue idle
+            // for a second.
+            let seq = seq_of(cell.load(Ordering::Relaxed));
+            seq.wrapping_sub(i as u32 + 1) & mask == 0
+        })
+    }
+
     /// Whether [`Ring::len`] is zero.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -695,6 +709,25 @@ mod tests {
         let far = ring.header.head.load(Ordering::Relaxed).wrapping_sub(1 << 31);
         ring.run_from(Side::Consume, far, 1, |_| 0, |_| {}, |i| got = Some(i));
         assert_eq!(got, Some(8));
+    }
+
+    #[test]
+    fn holds_entries_sees_an_entry_that_the_tail_does_not_count_yet() {
+        let r = OwnedRing::new(4);
+        let ring = r.ring();
+        assert!(!ring.holds_entries());
+        for i in 0..6 {
+            ring.push(i).unwrap();
+            ring.pop().unwrap();
+        }
+        assert!(!ring.holds_entries());
+        // A producer filled position 6 (cell 2) and stopped before moving
+        // the tail: the hints say empty, the cells do not.
+        ring.cell(6).store(pack(7, 9), Ordering::SeqCst);
+        assert!(ring.is_empty());
+        assert!(ring.holds_entries());
+        assert_eq!(ring.pop(), Some(9));
+        assert!(!ring.holds_entries());
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct Report {
 pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     let mut report = Report::default();
     let counters = &seg.header().counters;
+    let mut free_ring = FreeRing::new(seg);
 
     for port in 0..crate::layout::PORTS_PER_CLIENT as u32 {
         let Some(rec) = seg.port_intent(client, port) else { break };
@@ -109,13 +110,13 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
         }
         match own.state {
             Some(SlotState::Cached | SlotState::Loaned) => {
-                free(seg, i, w, own.gen);
+                free(seg, &mut free_ring, i, w, own.gen);
                 report.freed += 1;
             }
             Some(SlotState::Held) => {
                 let q = slot.header().queue.load(Ordering::Relaxed) as u32;
                 if seg.queue(q).is_none() {
-                    free(seg, i, w, own.gen);
+                    free(seg, &mut free_ring, i, w, own.gen);
                     report.corrupt += 1;
                     continue;
                 }
@@ -142,7 +143,54 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     report
 }
 
-fn free(seg: &Segment, i: SlotIndex, w: u64, gen: u32) {
+/// How long the daemon retries a push onto a free ring that looks full
+/// before it concludes the ring is corrupt. The free ring has room for
+/// every slot twice, so only duplicates piling up (consumers drain them
+/// within microseconds) or overwritten words make it look full; the daemon,
+/// single-threaded, must not wait for long: `slot_pool::push_bounded`'s
+/// 1000 yields take seconds on a loaded machine, per slot.
+const FREE_PUSH_PATIENCE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The free ring as the daemon pushes onto it during one reclaim or drain:
+/// once a push found it full for [`FREE_PUSH_PATIENCE`], it is taken for
+/// corrupt, and later pushes try only once each, so that one reclaim costs
+/// at most one wait, however many slots it frees.
+struct FreeRing<'a> {
+    ring: crate::queue::Ring<'a>,
+    broken: bool,
+}
+
+impl<'a> FreeRing<'a> {
+    fn new(seg: &'a Segment) -> Self {
+        FreeRing { ring: seg.free_ring(), broken: false }
+    }
+
+    /// Pushes `index`; `false` if the ring stayed full.
+    fn push(&mut self, index: u32) -> bool {
+        let mut since = None;
+        for attempt in 0u32.. {
+            if self.ring.push(index).is_ok() {
+                return true;
+            }
+            if self.broken {
+                return false;
+            }
+            if attempt < 16 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let t = *since.get_or_insert_with(std::time::Instant::now);
+            if t.elapsed() >= FREE_PUSH_PATIENCE {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self.broken = true;
+        false
+    }
+}
+
+fn free(seg: &Segment, free_ring: &mut FreeRing<'_>, i: SlotIndex, w: u64, gen: u32) {
     let slot = seg.slot(i);
     // SYNC: slot-claim — AcqRel pairs with a consumer's claim CAS of a
     // duplicate entry of this slot; only one of them wins.
@@ -153,9 +201,8 @@ fn free(seg: &Segment, i: SlotIndex, w: u64, gen: u32) {
         .is_ok()
     {
         crate::crash_point!(ReclaimFree);
-        let ring = seg.free_ring();
-        if crate::slot_pool::push_bounded(&ring, i.get()) {
-            ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+        if free_ring.push(i.get()) {
+            free_ring.ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
         } else {
             // Only a corrupt free ring stays full (it has room for every
             // slot twice): the slot stays Free and out of circulation.
@@ -189,6 +236,7 @@ pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32,
 /// keeps pushing cannot keep the daemon here.
 pub fn drain_queue(seg: &Segment, q: u32) -> u64 {
     let Some(ring) = seg.queue(q) else { return 0 };
+    let mut free_ring = FreeRing::new(seg);
     let mut freed = 0;
     for _ in 0..ring.capacity() {
         let Some(raw) = ring.pop() else { break };
@@ -197,7 +245,7 @@ pub fn drain_queue(seg: &Segment, q: u32) -> u64 {
         let w = seg.slot(i).header().own.load(Ordering::Acquire);
         let own = Own::unpack(w);
         if own.state == Some(SlotState::Queued) && own.who == q {
-            free(seg, i, w, own.gen);
+            free(seg, &mut free_ring, i, w, own.gen);
             freed += 1;
         }
     }
@@ -320,6 +368,24 @@ mod tests {
         seg.port_intent(1, 2).unwrap().bell.store(1, Ordering::Relaxed);
         reclaim_client(&seg, 1);
         assert_eq!(items.waiters(), 0);
+    }
+
+    #[test]
+    fn a_free_ring_that_looks_full_costs_one_short_wait_per_reclaim_not_one_per_slot() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let taken: Vec<_> = (0..6).map(|_| dead.take_free().unwrap()).collect();
+        // A faulty process moved the tail hint laps ahead: every push now
+        // finds a cell of an earlier lap, which reads as full.
+        let tail = &seg.free_ring().header().tail;
+        tail.store(tail.load(Ordering::Relaxed) + 16 * 100, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let r = reclaim_client(&seg, 1);
+        assert!(started.elapsed() < FREE_PUSH_PATIENCE * 50, "took {:?}", started.elapsed());
+        assert_eq!(r.freed, taken.len() as u64);
+        let c = &seg.header().counters;
+        assert_eq!(c.slots_lost.load(Ordering::Relaxed), taken.len() as u64);
+        assert_eq!(c.corruption.load(Ordering::Relaxed), taken.len() as u64);
     }
 
     #[test]

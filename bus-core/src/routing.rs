@@ -7,7 +7,7 @@
 //! (Release). Reader: `seq` (Acquire), field loads (Relaxed), Acquire fence,
 //! `seq` again (Relaxed); equal and even means the fields are one version.
 
-use crate::layout::{RouteEntry, ROUTE_ACTIVE, ROUTE_DURABLE, SUBSYSTEM_NAME_MAX};
+use crate::layout::{RouteEntry, ROUTE_ACTIVE, ROUTE_DURABLE, ROUTE_UNUSED, SUBSYSTEM_NAME_MAX};
 use crate::path::{fnv1a, validate_subsystem};
 use crate::segment::Segment;
 use std::sync::atomic::{fence, Ordering};
@@ -46,38 +46,92 @@ fn pack_name(name: &str) -> [u64; 4] {
 
 /// How many times a client reader retries an entry that is being written
 /// (the daemon's write is a handful of stores, but the daemon may be
-/// preempted in it): 64 spins, then yields, a few milliseconds in all.
+/// preempted in it): [`READER_SPINS`] spins, then yields, for at most
+/// [`READER_PATIENCE`] in all.
 const READER_TRIES: u32 = 2_000;
+/// Retries that spin before a reader starts yielding.
+const READER_SPINS: u32 = 64;
+/// The most time a reader waits for entries to settle, whatever
+/// [`READER_TRIES`] says, over one [`read`] or one whole [`find`]: on a
+/// loaded machine one `yield_now` may give the CPU away for a whole
+/// time-slice, and 2000 of them took 6 to 12 s in the hostile-bytes test
+/// (an entry whose `seq` a faulty process left odd), inside a send whose
+/// timeout was 500 ms.
+const READER_PATIENCE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long a reader may keep retrying entries found mid-write. One budget
+/// covers every entry a lookup reads, so that many entries left mid-write
+/// cannot add up.
+struct Patience {
+    /// Retries left.
+    tries: u32,
+    /// Retries made.
+    used: u32,
+    /// When the first yield was made (the clock is read only once spinning
+    /// did not do).
+    since: Option<std::time::Instant>,
+}
+
+impl Patience {
+    /// A client's: [`READER_TRIES`] retries within [`READER_PATIENCE`].
+    fn reader() -> Patience {
+        Patience { tries: READER_TRIES - 1, used: 0, since: None }
+    }
+
+    /// The daemon's: no retry (it is the only writer).
+    fn writer() -> Patience {
+        Patience { tries: 0, used: 0, since: None }
+    }
+
+    /// Waits a little before one more look; `false` once patience is out.
+    fn again(&mut self) -> bool {
+        if self.tries == 0 {
+            return false;
+        }
+        self.tries -= 1;
+        self.used += 1;
+        if self.used <= READER_SPINS {
+            std::hint::spin_loop();
+            return true;
+        }
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= READER_PATIENCE {
+            self.tries = 0;
+            return false;
+        }
+        std::thread::yield_now();
+        true
+    }
+}
 
 /// Reads entry `q` consistently. `None` if unused, out of range, or its
 /// contents are invalid (a corrupt entry is treated as absent), or if its
 /// seqlock never settles (counted as corruption: a reader never waits on it
-/// beyond a few milliseconds).
+/// beyond `READER_PATIENCE`, 10 ms).
 pub fn read(seg: &Segment, q: u32) -> Option<RouteView> {
-    read_within(seg, q, READER_TRIES)
+    read_within(seg, q, &mut Patience::reader())
 }
 
 /// [`read`] for the daemon, the table's only writer: an entry it finds
 /// mid-write was not left so by itself, so it is corrupt at once (counted;
 /// the daemon's next write of the entry makes its seq even again).
 pub fn read_as_writer(seg: &Segment, q: u32) -> Option<RouteView> {
-    read_within(seg, q, 1)
+    read_within(seg, q, &mut Patience::writer())
 }
 
-fn read_within(seg: &Segment, q: u32, tries: u32) -> Option<RouteView> {
+fn read_within(seg: &Segment, q: u32, patience: &mut Patience) -> Option<RouteView> {
     let e = seg.route(q)?;
-    for attempt in 0.. {
-        if attempt >= tries {
+    // Every entry gets one look, even when an earlier one used up the
+    // patience; retries need patience left.
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) && !patience.again() {
             seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
             return None;
-        }
-        if attempt >= 64 {
-            std::thread::yield_now();
         }
         // SYNC: route-seqlock — pairs with the writer's final Release store.
         let s1 = e.seq.load(Ordering::Acquire);
         if s1 & 1 == 1 {
-            std::hint::spin_loop();
             continue;
         }
         let state = e.state.load(Ordering::Relaxed);
@@ -111,19 +165,18 @@ fn read_within(seg: &Segment, q: u32, tries: u32) -> Option<RouteView> {
             durable: flags & ROUTE_DURABLE != 0,
         });
     }
-    None
 }
 
 /// Finds the entry of subsystem `name`.
 pub fn find(seg: &Segment, name: &str) -> Option<RouteView> {
-    find_with(seg, name, read)
+    find_with(seg, name, Patience::reader())
 }
 
-fn find_with(seg: &Segment, name: &str, read: fn(&Segment, u32) -> Option<RouteView>) -> Option<RouteView> {
+fn find_with(seg: &Segment, name: &str, mut patience: Patience) -> Option<RouteView> {
     let h = fnv1a(name.as_bytes());
     (0..seg.params().max_subsystems)
         .filter(|&q| seg.route(q).is_some_and(|e| e.hash.load(Ordering::Relaxed) == h))
-        .filter_map(|q| read(seg, q))
+        .filter_map(|q| read_within(seg, q, &mut patience))
         .find(|v| v.name() == name)
 }
 
@@ -150,7 +203,7 @@ pub fn find_or_create(
     durable: bool,
     recyclable: impl Fn(u32) -> bool,
 ) -> Result<(u32, bool), TableFull> {
-    if let Some(v) = find_with(seg, name, read_as_writer) {
+    if let Some(v) = find_with(seg, name, Patience::writer()) {
         if durable && !v.durable {
             write(seg, v.queue, |e| e.flags.store(ROUTE_DURABLE, Ordering::Relaxed));
         }
@@ -178,6 +231,71 @@ pub fn find_or_create(
 /// Daemon only: sets the subscriber count of entry `q`.
 pub fn set_subscribers(seg: &Segment, q: u32, n: u32) {
     write(seg, q, |e| e.subscribers.store(n, Ordering::Relaxed));
+}
+
+/// What the daemon last wrote into a routing entry (its own record, which
+/// a faulty process cannot change): `None` for an entry never assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected<'a> {
+    /// The subsystem.
+    pub name: &'a str,
+    /// Queued without subscribers.
+    pub durable: bool,
+    /// Connected subscriptions.
+    pub subscribers: u32,
+}
+
+/// Daemon only: whether entry `q` holds exactly what the daemon wrote
+/// (`expect`; `None`: never assigned, all zero), with its seqlock at rest.
+/// The daemon is the only writer, so it reads its own words directly; any
+/// difference was made by a faulty process. `true` for an out-of-range `q`.
+pub fn matches(seg: &Segment, q: u32, expect: Option<Expected<'_>>) -> bool {
+    let Some(e) = seg.route(q) else { return true };
+    let (state, len, words, hash, flags, subscribers) = match expect {
+        Some(x) => (
+            ROUTE_ACTIVE,
+            x.name.len() as u32,
+            pack_name(x.name),
+            fnv1a(x.name.as_bytes()),
+            if x.durable { ROUTE_DURABLE } else { 0 },
+            x.subscribers,
+        ),
+        None => (ROUTE_UNUSED, 0, [0; 4], 0, 0, 0),
+    };
+    e.seq.load(Ordering::Relaxed) & 1 == 0
+        && e.state.load(Ordering::Relaxed) == state
+        && e.name_len.load(Ordering::Relaxed) == len
+        && e.name.iter().zip(words).all(|(w, x)| w.load(Ordering::Relaxed) == x)
+        && e.hash.load(Ordering::Relaxed) == hash
+        && e.flags.load(Ordering::Relaxed) == flags
+        && e.subscribers.load(Ordering::Relaxed) == subscribers
+        && e.reserved.load(Ordering::Relaxed) == 0
+}
+
+/// Daemon only: rewrites every field of entry `q` from the daemon's own
+/// record (`None`: unused), in one seqlocked write (so readers see the old
+/// or the new entry) that also bumps the routes version (so publishers drop
+/// what they cached). How the daemon repairs an entry that [`matches()`]
+/// found overwritten. `name` must be valid (the daemon validated it).
+pub fn rewrite(seg: &Segment, q: u32, expect: Option<Expected<'_>>) {
+    if seg.route(q).is_none() {
+        return;
+    }
+    write(seg, q, |e| {
+        let (state, name, durable, subscribers) = match expect {
+            Some(x) => (ROUTE_ACTIVE, x.name, x.durable, x.subscribers),
+            None => (ROUTE_UNUSED, "", false, 0),
+        };
+        e.name_len.store(name.len() as u32, Ordering::Relaxed);
+        for (slot, w) in e.name.iter().zip(pack_name(name)) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        e.hash.store(if expect.is_some() { fnv1a(name.as_bytes()) } else { 0 }, Ordering::Relaxed);
+        e.subscribers.store(subscribers, Ordering::Relaxed);
+        e.flags.store(if durable { ROUTE_DURABLE } else { 0 }, Ordering::Relaxed);
+        e.reserved.store(0, Ordering::Relaxed);
+        e.state.store(state, Ordering::Relaxed);
+    });
 }
 
 /// Daemon only: one seqlocked write of entry `q`, then the version bump.
@@ -248,6 +366,63 @@ mod tests {
         // The daemon's next write of the entry repairs it.
         set_subscribers(&seg, q, 1);
         assert_eq!(read(&seg, q).unwrap().subscribers, 1);
+    }
+
+    #[test]
+    fn a_lookup_over_entries_that_never_settle_gives_up_within_its_patience() {
+        let seg = seg();
+        find_or_create(&seg, "api", false, |_| false).unwrap();
+        find_or_create(&seg, "web", false, |_| false).unwrap();
+        // Both entries claim the hash of "api" and are mid-write forever.
+        for q in 0..2 {
+            let e = seg.route(q).unwrap();
+            e.hash.store(fnv1a(b"api"), Ordering::Relaxed);
+            e.seq.store(9, Ordering::Relaxed);
+        }
+        // Keep both CPUs busy, so that yields give the CPU away.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            let started = std::time::Instant::now();
+            assert!(find(&seg, "api").is_none());
+            let took = started.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            assert!(took < READER_PATIENCE * 20, "took {took:?}");
+        });
+        assert_eq!(seg.header().counters.corruption.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_overwritten_entry_is_found_and_rewritten_from_the_daemons_record() {
+        let seg = seg();
+        let (q, _) = find_or_create(&seg, "api", true, |_| false).unwrap();
+        set_subscribers(&seg, q, 2);
+        let expect = Some(Expected { name: "api", durable: true, subscribers: 2 });
+        assert!(matches(&seg, q, expect));
+        assert!(matches(&seg, 1, None));
+        // A faulty process: an odd seq and a wrong hash in one entry, a
+        // plausible "api" in the unused one.
+        let e = seg.route(q).unwrap();
+        e.seq.fetch_add(1, Ordering::Relaxed);
+        e.hash.store(5, Ordering::Relaxed);
+        let other = seg.route(1).unwrap();
+        other.state.store(ROUTE_ACTIVE, Ordering::Relaxed);
+        assert!(!matches(&seg, q, expect));
+        assert!(!matches(&seg, 1, None));
+        let v0 = version(&seg);
+        rewrite(&seg, q, expect);
+        rewrite(&seg, 1, None);
+        assert!(matches(&seg, q, expect) && matches(&seg, 1, None));
+        assert!(version(&seg) > v0);
+        let v = find(&seg, "api").unwrap();
+        assert_eq!((v.queue, v.subscribers, v.durable), (q, 2, true));
+        assert!(read(&seg, 1).is_none());
     }
 
     #[test]

@@ -210,6 +210,48 @@ impl Segment {
         self.at(0)
     }
 
+    /// Creator only, while it serves: puts back what openers validate —
+    /// magic, params and version — and the `RUNNING` state, from this
+    /// process's own copy, if a
+    /// faulty process overwrote them; without this, every later connect
+    /// would fail (bad magic, inconsistent params) and every client would
+    /// take the bus for stopped. Returns the names of the fields repaired
+    /// (empty if none). The version is stored last (Release), as at
+    /// creation: an opener that sees it sees the rest.
+    pub fn repair_header(&self) -> Vec<&'static str> {
+        let mut repaired = Vec::new();
+        let h = self.header();
+        if h.magic.load(Ordering::Relaxed) != MAGIC {
+            h.magic.store(MAGIC, Ordering::Relaxed);
+            repaired.push("magic");
+        }
+        let hdr = self.base() as *mut SegmentHeader;
+        // SAFETY: the header is in bounds and aligned (see `open`). Other
+        // processes may write these bytes (wrongly) at any time, so they are
+        // copied with a volatile read, never referenced; every bit pattern
+        // is a valid `SegmentParams` (integers and byte arrays).
+        let found = unsafe { core::ptr::addr_of!((*hdr).params).read_volatile() };
+        if found != self.params {
+            // SAFETY: as above; a volatile write of our own validated copy.
+            unsafe { core::ptr::addr_of_mut!((*hdr).params).write_volatile(self.params) };
+            repaired.push("params");
+        }
+        if h.version.load(Ordering::Relaxed) != LAYOUT_VERSION || !repaired.is_empty() {
+            if h.version.load(Ordering::Relaxed) != LAYOUT_VERSION {
+                repaired.push("version");
+            }
+            // SYNC: segment-ready — as in `initialize`: pairs with the
+            // Acquire load in `open`.
+            h.version.store(LAYOUT_VERSION, Ordering::Release);
+        }
+        if h.live.daemon_state.load(Ordering::Relaxed) != DAEMON_RUNNING {
+            // SYNC: daemon-stopped — Release, as the daemon's shutdown store.
+            h.live.daemon_state.store(DAEMON_RUNNING, Ordering::Release);
+            repaired.push("daemon_state");
+        }
+        repaired
+    }
+
     /// Whether the daemon still runs (it sets STOPPED on a clean shutdown).
     pub fn daemon_running(&self) -> bool {
         // SYNC: daemon-stopped — pairs with the Release store in the
@@ -258,6 +300,42 @@ impl Segment {
         }
         let hdr = self.at::<RingHeader>(self.params.queues + q as u64 * self.params.queue_stride);
         Some(Ring::new(hdr, self.queue_cells(q)))
+    }
+
+    /// Daemon audit: whether the hints of the free ring (`queue: None`) or
+    /// of queue `q`, and the cells they point at, hold values a healthy ring
+    /// can hold, give or take a capacity and 1024 positions of concurrent
+    /// progress between the loads. `false` means words that cannot be right
+    /// (a faulty process wrote them): a ring operation stops for good at
+    /// such a cell or hint, as if the ring were full or empty, without
+    /// counting a stall. O(1): two hints and two cells. `true` for an
+    /// out-of-range `q`.
+    pub fn ring_plausible(&self, queue: Option<u32>) -> bool {
+        let (header, cells) = match queue {
+            None => (self.params.free_ring, self.free_cells()),
+            Some(q) if q < self.params.max_subsystems => {
+                (self.params.queues + q as u64 * self.params.queue_stride, self.queue_cells(q))
+            }
+            Some(_) => return true,
+        };
+        let h: &RingHeader = self.at(header);
+        let cap = cells.len() as i64;
+        let slack = 2 * cap + 1024;
+        // Relaxed: a snapshot whose parts may be a few positions apart;
+        // the slack covers that.
+        let head = h.head.load(Ordering::Relaxed);
+        let tail = h.tail.load(Ordering::Relaxed);
+        // A healthy tail is at most a capacity ahead of the head, and the
+        // head at most a capacity ahead of the tail (consumers pass cells
+        // filled by producers that have not moved the tail yet).
+        let gap = tail.wrapping_sub(head) as i64;
+        // A cell at position `p` holds `p`, `p + 1`, `p + cap` or
+        // `p - cap + 1` in its `seq` (see `crate::queue`), when hints lag.
+        let near = |pos: u64| {
+            let seq = (cells[(pos % cells.len() as u64) as usize].load(Ordering::Relaxed) >> 32) as u32;
+            (seq.wrapping_sub(pos as u32) as i32 as i64).abs() <= slack
+        };
+        gap.abs() <= slack && near(tail) && near(head)
     }
 
     /// Checks an index read from a ring or a header.
@@ -326,6 +404,47 @@ mod tests {
         seg.header().magic.store(1, Ordering::Relaxed);
         let err = Segment::open(seg.fd().try_clone_to_owned().unwrap()).unwrap_err();
         assert!(matches!(err, SegmentError::BadMagic { found: 1 }));
+    }
+
+    #[test]
+    fn the_creator_repairs_an_overwritten_header_so_that_it_opens_again() {
+        let seg = Segment::create(&small(), "unit", 7).unwrap();
+        assert!(seg.repair_header().is_empty());
+        let hdr = seg.base() as *mut SegmentHeader;
+        // SAFETY: test-only corruption of our own fresh mapping; nobody else maps it.
+        unsafe { core::ptr::addr_of_mut!((*hdr).params.queues).write(12) };
+        seg.header().magic.store(3, Ordering::Relaxed);
+        seg.header().version.store(0, Ordering::Relaxed);
+        seg.header().live.daemon_state.store(77, Ordering::Relaxed);
+        assert!(Segment::open(seg.fd().try_clone_to_owned().unwrap()).is_err());
+        assert_eq!(seg.repair_header(), ["magic", "params", "version", "daemon_state"]);
+        let other = Segment::open(seg.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(other.params(), seg.params());
+        assert!(other.daemon_running());
+        assert!(seg.repair_header().is_empty());
+    }
+
+    #[test]
+    fn ring_words_that_cannot_be_right_are_told_apart_from_a_busy_ring() {
+        let seg = Segment::create(&small(), "unit", 7).unwrap();
+        assert!(seg.ring_plausible(None) && seg.ring_plausible(Some(0)));
+        // Busy, lapped rings are plausible.
+        let q = seg.queue(1).unwrap();
+        for i in 0..100 {
+            q.push(i % 16).unwrap();
+            q.pop().unwrap();
+        }
+        for i in 0..8 {
+            q.push(i).unwrap();
+        }
+        assert!(seg.ring_plausible(Some(1)), "full, after 12 laps");
+        // A hint moved far away, or a cell's seq, is not.
+        let h = &seg.queue(2).unwrap().header().head;
+        h.store(1 << 40, Ordering::Relaxed);
+        assert!(!seg.ring_plausible(Some(2)));
+        seg.queue_cells(3)[0].store(0x8000_0000_0000_0005, Ordering::Relaxed);
+        assert!(!seg.ring_plausible(Some(3)));
+        assert!(seg.ring_plausible(Some(99)));
     }
 
     #[test]

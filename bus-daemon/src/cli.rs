@@ -210,11 +210,70 @@ fn connect(b: &BusArgs, send_timeout: Duration) -> Result<Bus, Box<dyn std::erro
     Ok(builder.connect()?)
 }
 
+/// A control request (`status`, `shutdown`): through a [`Bus`], as every
+/// client; but these need nothing of the segment, so when it does not open
+/// (a faulty process overwrote its header) or reads as stopped while the
+/// daemon still answers, the request goes over the control socket alone.
+/// The daemon answers control requests whatever the segment holds.
+fn control(
+    b: &BusArgs,
+    req: bus_client::protocol::Request,
+) -> Result<bus_client::protocol::Reply, Box<dyn std::error::Error>> {
+    use bus_client::protocol::{Reply, Request};
+    use bus_client::{ConnectError, RequestError};
+    let first: Box<dyn std::error::Error> = match connect(b, Duration::from_secs(5)) {
+        Ok(bus) => {
+            let r = match &req {
+                Request::Shutdown => bus.shutdown_daemon().map(|()| Reply::ShuttingDown),
+                _ => bus.status().map(Reply::Status),
+            };
+            match r {
+                Err(RequestError::BusGone) => RequestError::BusGone.into(),
+                r => return Ok(r?),
+            }
+        }
+        Err(e) if e.downcast_ref::<ConnectError>().is_some_and(|e| matches!(e, ConnectError::Segment(_))) => e,
+        Err(e) => return Err(e),
+    };
+    // The fallback's own failure would hide the real one: report the first.
+    control_socket_only(b, req).map_err(|_| first)
+}
+
+/// One control request over the socket alone: hello (the segment fd that
+/// comes with the welcome is closed unmapped), then `req`.
+fn control_socket_only(
+    b: &BusArgs,
+    req: bus_client::protocol::Request,
+) -> Result<bus_client::protocol::Reply, Box<dyn std::error::Error>> {
+    use bus_client::control::{self, Received};
+    use bus_client::protocol::{Reply, Request};
+    use std::os::fd::AsFd;
+    let socket = bus_client::addr::socket_path(b.socket.as_deref(), b.bus.as_deref());
+    let fd = control::connect(&socket)?;
+    let tv = nix::sys::time::TimeVal::new(5, 0);
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
+    let mut buf = Vec::new();
+    let mut ask = |r: &Request| -> Result<Reply, Box<dyn std::error::Error>> {
+        control::send(fd.as_fd(), r, None)?;
+        match control::recv::<Reply>(fd.as_fd(), &mut buf)? {
+            Received::Packet(Reply::Error { message, .. }, _) => Err(message.into()),
+            Received::Packet(reply, _) => Ok(reply),
+            Received::Closed => Err("the daemon closed the connection".into()),
+        }
+    };
+    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION })? {
+        Reply::Welcome { .. } => ask(&req),
+        other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Status { json } => {
-            let bus = connect(&cli.bus, Duration::from_secs(5))?;
-            let s = bus.status()?;
+            let s = match control(&cli.bus, bus_client::protocol::Request::Status)? {
+                bus_client::protocol::Reply::Status(s) => s,
+                other => return Err(format!("unexpected answer from the daemon: {other:?}").into()),
+            };
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &s)?;
@@ -276,11 +335,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             writeln!(out, "{}", render(reply.body_bytes()?))?;
             Ok(())
         }
-        Command::Shutdown => {
-            let bus = connect(&cli.bus, Duration::from_secs(5))?;
-            bus.shutdown_daemon()?;
-            Ok(())
-        }
+        Command::Shutdown => match control(&cli.bus, bus_client::protocol::Request::Shutdown)? {
+            bus_client::protocol::Reply::ShuttingDown => Ok(()),
+            other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
+        },
         Command::Bench { json, sizes, duration, reps, cpus, no_pin, round_trips, only } => {
             let o = crate::bench::suite::Options {
                 sizes,

@@ -39,20 +39,14 @@ impl Reaper {
         seg.header().counters.clients_reclaimed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Retries pending requeues. Those into a quarantined (corrupt) queue
-    /// are given up: their slots are counted lost.
-    pub fn tick(&mut self, seg: &Segment, quarantined: &std::collections::BTreeSet<u32>) {
-        if self.pending.is_empty() {
-            return;
+    /// Retries pending requeues, each with one bounded push per tick. A
+    /// queue taken for corrupt (quarantined) keeps its pending messages
+    /// too: quarantine marks and logs, it never drops what may still be
+    /// delivered, so a false alarm costs nothing.
+    pub fn tick(&mut self, seg: &Segment) {
+        if !self.pending.is_empty() {
+            self.pending = reclaim::retry_requeue(seg, std::mem::take(&mut self.pending));
         }
-        let before = self.pending.len();
-        self.pending.retain(|(q, _)| !quarantined.contains(q));
-        let dropped = (before - self.pending.len()) as u64;
-        if dropped > 0 {
-            tracing::warn!(dropped, "gave up redeliveries into quarantined queues");
-            seg.header().counters.slots_lost.fetch_add(dropped, Ordering::Relaxed);
-        }
-        self.pending = reclaim::retry_requeue(seg, std::mem::take(&mut self.pending));
     }
 
     /// Whether requeues are waiting (the daemon then polls more often).

@@ -51,6 +51,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> DaemonEr
 struct Conn {
     fd: OwnedFd,
     client: u32,
+    /// The connection's serial (the copy in the segment is for status
+    /// readers; this one is what the daemon trusts).
+    serial: u32,
     pid: u32,
     uid: u32,
     welcomed: bool,
@@ -81,6 +84,13 @@ pub struct Server {
     quarantined: std::collections::BTreeSet<u32>,
     /// When the segment was last audited.
     audited: std::time::Instant,
+    /// What the daemon wrote into each routing entry it assigned: the
+    /// subsystem and whether it is durable (subscriber counts come from
+    /// `conns`). The segment's copy is checked against it, and repaired
+    /// from it (see [`Server::repair_routes`]).
+    routes: BTreeMap<u32, (String, bool)>,
+    /// The free ring was found corrupt (logged once; nothing to quarantine).
+    free_ring_corrupt: bool,
 }
 
 /// How long an entry must have had no subscriber, and an empty queue,
@@ -104,10 +114,12 @@ impl Server {
                 return Err(e.into());
             }
         };
+        let mut routes = BTreeMap::new();
         for d in &cfg.durable {
-            routing::find_or_create(&seg, d, true, |_| false).map_err(|e| {
+            let (q, _) = routing::find_or_create(&seg, d, true, |_| false).map_err(|e| {
                 DaemonError::Config(crate::config::ConfigError::Invalid(format!("durable subsystem {d}: {e}")))
             })?;
+            routes.insert(q, (d.clone(), true));
         }
         Ok(Server {
             cfg,
@@ -123,6 +135,8 @@ impl Server {
             baselines: BTreeMap::new(),
             quarantined: std::collections::BTreeSet::new(),
             audited: std::time::Instant::now(),
+            routes,
+            free_ring_corrupt: false,
         })
     }
 
@@ -187,7 +201,7 @@ impl Server {
             for id in readable {
                 self.service(id);
             }
-            self.reaper.tick(&self.seg, &self.quarantined);
+            self.reaper.tick(&self.seg);
             self.drain_abandoned_reply_queues();
             self.audit();
         }
@@ -215,15 +229,17 @@ impl Server {
                     continue;
                 }
             };
-            let Some(client) = (0..self.seg.params().max_clients).find(|&c| {
-                !self.conns.contains_key(&c)
-                    // SYNC: client-state — pairs with the reaper's Release.
-                    && self.seg.client_info(c).is_some_and(|i| i.state.load(Ordering::Acquire) == CLIENT_FREE)
-            }) else {
+            // The daemon alone writes the client table, and reclaims an entry
+            // completely before it leaves `conns`: every entry not in
+            // `conns` is free, whatever the segment says (a faulty process
+            // may have overwritten its state; trusting that word would leak
+            // the entry for good).
+            let Some(client) = (0..self.seg.params().max_clients).find(|c| !self.conns.contains_key(c)) else {
                 tracing::warn!(pid = cred.pid(), "refusing a client: client table full");
                 self.refused.push((fd, std::time::Instant::now()));
                 continue;
             };
+            self.scrub_client_entry(client);
             let info = self.seg.client_info(client).expect("in range");
             let serial = self.next_serial;
             self.next_serial = self.next_serial.wrapping_add(1).max(1);
@@ -240,12 +256,73 @@ impl Server {
                 Conn {
                     fd,
                     client,
+                    serial,
                     pid: cred.pid() as u32,
                     uid: cred.uid(),
                     welcomed: false,
                     subscriptions: Vec::new(),
                 },
             );
+        }
+    }
+
+    /// Before entry `client` is handed to a new client: its state must read
+    /// FREE and its port records 0 (the reaper left them so). Anything else
+    /// was written by a faulty process: counted as corruption, logged, and
+    /// cleared, so that the next reclaim of the entry does not act on it.
+    fn scrub_client_entry(&self, client: u32) {
+        let Some(info) = self.seg.client_info(client) else { return };
+        let mut bad = 0u64;
+        // SYNC: client-state — pairs with the reaper's Release.
+        if info.state.load(Ordering::Acquire) != CLIENT_FREE {
+            bad += 1;
+        }
+        for port in 0..bus_core::layout::PORTS_PER_CLIENT as u32 {
+            let Some(rec) = self.seg.port_intent(client, port) else { break };
+            // Relaxed: nobody uses the entry until its welcome.
+            bad += (rec.intent.swap(0, Ordering::Relaxed) != 0) as u64;
+            bad += (rec.bell.swap(0, Ordering::Relaxed) != 0) as u64;
+        }
+        if bad > 0 {
+            tracing::error!(client, words = bad, "client entry {client} held words the daemon did not write: cleared");
+            self.seg.header().counters.corruption.fetch_add(bad, Ordering::Relaxed);
+        }
+    }
+
+    /// Checks every routing entry against what the daemon wrote (`routes`,
+    /// and the subscriber counts of `conns`); an entry that differs was
+    /// overwritten by a faulty process: counted as corruption, logged, and
+    /// rewritten whole (publishers re-resolve on the version bump). Bounded:
+    /// one look at each entry.
+    fn repair_routes(&mut self) {
+        for q in 0..self.seg.params().max_subsystems {
+            let expect = self.routes.get(&q).map(|(name, durable)| routing::Expected {
+                name,
+                durable: *durable,
+                subscribers: self.subscribers_of(q),
+            });
+            if routing::matches(&self.seg, q, expect) {
+                continue;
+            }
+            let name = expect.map_or("", |e| e.name);
+            tracing::error!(queue = q, subsystem = %name, "routing entry {q} was overwritten: rewritten from the daemon's record");
+            self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
+            routing::rewrite(&self.seg, q, expect);
+        }
+    }
+
+    /// Connected subscriptions to queue `q`.
+    fn subscribers_of(&self, q: u32) -> u32 {
+        self.conns.values().flat_map(|c| &c.subscriptions).filter(|(_, sq)| *sq == q).count() as u32
+    }
+
+    /// Puts back the segment header's fields that openers validate (see
+    /// [`Segment::repair_header`]), counting and logging each repair.
+    fn repair_header(&self) {
+        let repaired = self.seg.repair_header();
+        if !repaired.is_empty() {
+            tracing::error!(fields = ?repaired, "the segment header was overwritten: repaired from the daemon's copy");
+            self.seg.header().counters.corruption.fetch_add(repaired.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -314,9 +391,12 @@ impl Server {
                         format!("daemon speaks layout version {LAYOUT_VERSION}, client {layout_version}"),
                     );
                 }
+                // The client is about to open the segment: make sure that
+                // what it validates is intact.
+                self.repair_header();
                 let conn = self.conns.get_mut(&id).expect("present");
                 conn.welcomed = true;
-                let serial = self.seg.client_info(id).map(|i| i.serial.load(Ordering::Relaxed)).unwrap_or(0);
+                let serial = conn.serial;
                 Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone() }
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
@@ -324,7 +404,7 @@ impl Server {
                 // `_reply.<serial>.<n>`: a requester's private reply queue,
                 // only for the client whose serial it names.
                 let reply_queue = subsystem.strip_prefix("_reply.").map(|rest| {
-                    let serial = self.seg.client_info(id).map(|i| i.serial.load(Ordering::Relaxed)).unwrap_or(0);
+                    let serial = self.conns[&id].serial;
                     let mut parts = rest.split('.');
                     parts.next() == Some(serial.to_string().as_str())
                         && parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -343,6 +423,9 @@ impl Server {
                     }
                 }
                 let durable = self.cfg.durable.contains(&subsystem);
+                // The daemon decides from the table: make sure it holds what
+                // the daemon wrote.
+                self.repair_routes();
                 let recyclable = |q: u32| {
                     let (Some(v), Some(ring)) = (routing::read_as_writer(&self.seg, q), self.seg.queue(q)) else {
                         return false;
@@ -351,10 +434,15 @@ impl Server {
                         && !self.quarantined.contains(&q)
                         && v.subscribers == 0
                         && ring.is_empty()
+                        // The hints say empty; the cells must agree (a
+                        // producer stopped right after its cell CAS has an
+                        // entry there that the tail does not count yet).
+                        && !ring.holds_entries()
                         && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
                 };
                 match routing::find_or_create(&self.seg, &subsystem, durable, recyclable) {
                     Ok((q, new)) => {
+                        self.routes.insert(q, (subsystem.clone(), durable));
                         if new {
                             self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
                             tracing::debug!(%subsystem, queue = q, "routing entry assigned");
@@ -405,21 +493,30 @@ impl Server {
         }
     }
 
-    /// Twice a second: quarantines every queue whose ring operations gave
-    /// up on words that cannot be right (its `stalls` counter grew), and
-    /// logs it once. Bounded: one look at each queue's counters.
+    /// Twice a second: repairs the segment header and the routing table if
+    /// they were overwritten (see [`Segment::repair_header`],
+    /// [`Server::repair_routes`]), and quarantines every queue whose ring
+    /// holds words that cannot be right (its operations gave up: its
+    /// `stalls` counter grew; or its hints or the cells at them are far
+    /// off, see [`Segment::ring_plausible`]), logging it once; the free
+    /// ring, which cannot be quarantined, is logged and counted once.
+    /// Bounded: a look at the header, at each routing entry, and at each
+    /// ring's counters, hints and two cells.
     fn audit(&mut self) {
         if self.audited.elapsed() < std::time::Duration::from_millis(500) {
             return;
         }
         self.audited = std::time::Instant::now();
+        self.repair_header();
+        self.repair_routes();
         for q in 0..self.seg.params().max_subsystems {
             if self.quarantined.contains(&q) {
                 continue;
             }
             let base = self.baselines.get(&q).map_or(0, |b| b.stalls());
-            if crate::status::Baseline::of(&self.seg, q).stalls() > base {
-                let name = routing::read_as_writer(&self.seg, q).map(|v| v.name().to_owned()).unwrap_or_default();
+            let stalled = crate::status::Baseline::of(&self.seg, q).stalls() > base;
+            if stalled || !self.seg.ring_plausible(Some(q)) {
+                let name = self.routes.get(&q).map_or("", |(n, _)| n.as_str());
                 tracing::error!(
                     queue = q,
                     subsystem = %name,
@@ -427,6 +524,17 @@ impl Server {
                 );
                 self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
                 self.quarantined.insert(q);
+            }
+        }
+        if !self.free_ring_corrupt {
+            let stalls = self.seg.free_ring().header().stats.stalls.load(Ordering::Relaxed);
+            if stalls > 0 || !self.seg.ring_plausible(None) {
+                tracing::error!(
+                    "the free ring is corrupt (its ring words cannot be right): sends may find no free slot, \
+                     and released slots may be lost; restart the bus to clear it"
+                );
+                self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
+                self.free_ring_corrupt = true;
             }
         }
     }
@@ -450,8 +558,8 @@ impl Server {
     /// Sets queue `q`'s subscriber count from the connections' records, and
     /// notes when it became idle.
     fn recount(&mut self, q: u32) {
-        let n = self.conns.values().flat_map(|c| &c.subscriptions).filter(|(_, sq)| *sq == q).count();
-        routing::set_subscribers(&self.seg, q, n as u32);
+        let n = self.subscribers_of(q);
+        routing::set_subscribers(&self.seg, q, n);
         if n == 0 {
             self.idle_since.entry(q).or_insert_with(std::time::Instant::now);
         } else {
