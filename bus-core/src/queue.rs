@@ -499,6 +499,32 @@ impl OwnedRing {
     pub fn ring(&self) -> Ring<'_> {
         Ring::new(&self.header, &self.cells)
     }
+
+    /// Pushes `index` as a producer killed between its cell CAS and its
+    /// tail move would: the cell at the tail is filled, the tail stays.
+    /// Panics if that cell is not free (a test set-up error).
+    pub fn push_and_die(&self, index: u32) {
+        let ring = self.ring();
+        let t = self.header.tail.load(Ordering::Relaxed);
+        let c = ring.cell(t);
+        let seen = c.load(Ordering::Acquire);
+        assert_eq!(seq_of(seen), t as u32, "the cell at the tail is free");
+        // SYNC: slot-published — as a producer's cell CAS.
+        c.store(pack(t + 1, index), Ordering::SeqCst);
+    }
+
+    /// Pops as a consumer killed between its cell CAS and its head move
+    /// would; returns the index taken. Panics on an empty ring.
+    pub fn pop_and_die(&self) -> u32 {
+        let ring = self.ring();
+        let h = self.header.head.load(Ordering::Relaxed);
+        let c = ring.cell(h);
+        let seen = c.load(Ordering::Acquire);
+        assert_eq!(seq_of(seen), (h + 1) as u32, "the cell at the head is full");
+        // SYNC: cell-free — as a consumer's claim CAS.
+        c.store(pack(h + self.cells.len() as u64, seen as u32), Ordering::SeqCst);
+        seen as u32
+    }
 }
 
 #[cfg(all(test, not(loom)))]

@@ -138,3 +138,61 @@ fn batch_pushes_and_pops_lapping_a_small_ring_keep_fifo_order() {
         assert_eq!(got, vec![0, 1, 2]);
     });
 }
+
+/// Pops until `n` entries arrived, yielding while the ring is empty.
+fn pop_spinning(r: &OwnedRing, n: usize) -> Vec<u32> {
+    let ring = r.ring();
+    let mut got = Vec::new();
+    while got.len() < n {
+        match ring.pop() {
+            Some(i) => got.push(i),
+            None => thread::yield_now(),
+        }
+    }
+    got
+}
+
+#[test]
+fn a_producer_killed_between_its_cell_cas_and_its_tail_move_stops_nobody() {
+    loom::model(|| {
+        let r = Arc::new(OwnedRing::new(2));
+        r.push_and_die(5);
+        let r2 = r.clone();
+        // Another producer pushes twice (lapping the cell the dead one left,
+        // once a consumer took it) while a consumer takes all three.
+        let producer = thread::spawn(move || {
+            let ring = r2.ring();
+            for i in [6, 7] {
+                while ring.push(i).is_err() {
+                    thread::yield_now();
+                }
+            }
+        });
+        let got = pop_spinning(&r, 3);
+        producer.join().unwrap();
+        assert_eq!(got, vec![5, 6, 7]);
+        assert_eq!(r.ring().pop(), None);
+    });
+}
+
+#[test]
+fn a_consumer_killed_between_its_cell_cas_and_its_head_move_stops_nobody() {
+    loom::model(|| {
+        let r = Arc::new(OwnedRing::new(2));
+        r.ring().push(4).unwrap();
+        assert_eq!(r.pop_and_die(), 4);
+        let r2 = r.clone();
+        let producer = thread::spawn(move || {
+            let ring = r2.ring();
+            for i in [5, 6] {
+                while ring.push(i).is_err() {
+                    thread::yield_now();
+                }
+            }
+        });
+        let r3 = r.clone();
+        let consumer = thread::spawn(move || pop_spinning(&r3, 2));
+        producer.join().unwrap();
+        assert_eq!(consumer.join().unwrap(), vec![5, 6]);
+    });
+}
