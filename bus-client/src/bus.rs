@@ -312,7 +312,7 @@ impl Bus {
     /// Whether the daemon is still there (and this process may use the
     /// connection: not a forked child of the one that connected).
     pub fn is_alive(&self) -> bool {
-        self.inner.usable().is_ok()
+        self.inner.alive().is_ok()
     }
 }
 
@@ -343,17 +343,27 @@ impl Inner {
         }
     }
 
-    /// Whether this connection may be used: the daemon has not marked the
-    /// segment stopped, has not closed our connection (it was not killed:
-    /// the watcher thread would have seen the hang-up), and we are not a
-    /// forked child. Two loads of process-local words and one of a segment
-    /// line that only changes at shutdown: no system call.
+    /// Whether this connection may be used: the daemon has not closed our
+    /// connection (it stopped or was killed: the watcher thread saw the
+    /// hang-up), and we are not a forked child. Two loads of process-local
+    /// words: no system call, no shared line.
     #[inline]
     pub(crate) fn usable(&self) -> Result<(), Unusable> {
         if FORKS.load(Ordering::Relaxed) != self.forks {
             return Err(Unusable::Forked);
         }
-        if self.gone.load(Ordering::Relaxed) || !self.seg.daemon_running() {
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(Unusable::Gone);
+        }
+        Ok(())
+    }
+
+    /// [`Inner::usable`], and the daemon has not marked the segment stopped
+    /// (it does so before it closes the connections): for the slow path,
+    /// between sleeps.
+    pub(crate) fn alive(&self) -> Result<(), Unusable> {
+        self.usable()?;
+        if !self.seg.daemon_running() {
             return Err(Unusable::Gone);
         }
         Ok(())
@@ -402,7 +412,7 @@ impl Inner {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            self.usable()?;
+            self.alive()?;
             let slice = match deadline {
                 Some(d) => {
                     let now = Instant::now();

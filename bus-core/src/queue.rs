@@ -152,6 +152,7 @@ impl<'a> Ring<'a> {
     /// (or the ring's words are corrupt, see [`Ring::step_budget`]).
     /// Does not ring the doorbell: call [`Ring::notify_items`] after (one
     /// call may cover several pushes).
+    #[inline]
     pub fn push(&self, index: u32) -> Result<(), Full> {
         match self.run(Side::Produce, 1, |_| index, |_| {}, |_| {}) {
             1 => Ok(()),
@@ -176,6 +177,7 @@ impl<'a> Ring<'a> {
     /// reserved cell), but the tail moves once at the end, and consecutive
     /// cells share cache lines: the consumer gets 8 entries per line moved.
     /// `before(index)` runs before each claiming CAS.
+    #[inline]
     pub fn push_many(&self, indices: &[u32], before: impl FnMut(u32)) -> usize {
         self.run(Side::Produce, indices.len(), |k| indices[k], before, |_| {})
     }
@@ -184,13 +186,28 @@ impl<'a> Ring<'a> {
     /// after each is taken (before the next is tried); returns how many.
     /// The head moves once at the end. `before(index)` as in
     /// [`Ring::pop_with`].
+    #[inline]
     pub fn pop_many(&self, max: usize, before: impl FnMut(u32), got: impl FnMut(u32)) -> usize {
         self.run(Side::Consume, max, |_| 0, before, got)
     }
 
-    /// Most cell steps one operation of up to `n` entries may take before it
-    /// gives up. A healthy ring needs at most `n` claims, one step per
-    /// position a hint lags behind (never more than the capacity), and one
+    /// Counts one step that claimed nothing; `false` (and a stall counted)
+    /// once the operation has used up its [`Ring::step_budget`].
+    #[inline]
+    fn spend(&self, idle: &mut u64, max: usize) -> bool {
+        *idle += 1;
+        if *idle <= self.step_budget(max) {
+            return true;
+        }
+        self.header.stats.stalls.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Most steps that claim nothing (a pass, a lost race, a retry from a
+    /// stale position) one operation of up to `n` entries may take before
+    /// it gives up; its claims are bounded by `n` anyway. A healthy ring
+    /// needs one pass per position a hint lags behind (about the capacity
+    /// at most: positions are jumped to the hint when it is ahead), and one
     /// retry per CAS lost to a competitor (each loss is someone else's
     /// progress); the bound leaves room for thousands of those. Only words
     /// that cannot be right (or a competitor that wins thousands of races in
@@ -216,7 +233,7 @@ impl<'a> Ring<'a> {
     /// `entry(k)` is the index to push as the `k`th entry (producers);
     /// `before(index)` runs before each claiming CAS; `got(index)` after
     /// each successful claim. Returns the number of entries moved.
-    #[inline]
+    #[inline(always)]
     fn run(
         &self,
         side: Side,
@@ -233,8 +250,9 @@ impl<'a> Ring<'a> {
     }
 
     /// [`Ring::run`] from position `pos` (the hint, as just read; tests
-    /// pass a stale one).
-    #[inline]
+    /// pass a stale one). Inlined into each caller, so that `side` and the
+    /// hooks fold away: one source, four specialised copies.
+    #[inline(always)]
     fn run_from(
         &self,
         side: Side,
@@ -249,15 +267,14 @@ impl<'a> Ring<'a> {
             Side::Produce => &self.header.tail,
             Side::Consume => &self.header.head,
         };
+        let start = pos;
         let mut done = 0;
-        let mut budget = self.step_budget(max);
+        // Steps that claimed nothing (passes, lost races, retries); only
+        // those count against the budget, so the common path (a claim at
+        // the first cell) pays nothing for it.
+        let mut idle: u64 = 0;
         let mut moved = false;
         while done < max {
-            if budget == 0 {
-                self.header.stats.stalls.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            budget -= 1;
             let cell = self.cell(pos);
             let c = match side {
                 // SYNC: cell-free — pairs with the consumer's AcqRel claim
@@ -283,6 +300,9 @@ impl<'a> Ring<'a> {
             // entry is still there; empty for a consumer).
             let diff = seq_of(c).wrapping_sub(expect as u32) as i32;
             if diff > 0 {
+                if !self.spend(&mut idle, max) {
+                    break;
+                }
                 // Done already. If we were preempted while others went
                 // round, the hint is far ahead of us: jump there instead of
                 // walking (a walk of many laps would exhaust the budget).
@@ -295,7 +315,7 @@ impl<'a> Ring<'a> {
                 // preempted for 2^31 positions, and the sign flipped): a
                 // hint ahead of us says so.
                 let h = hint.load(Ordering::Relaxed);
-                if later(pos, h) != pos {
+                if later(pos, h) != pos && self.spend(&mut idle, max) {
                     pos = h;
                     continue;
                 }
@@ -333,12 +353,15 @@ impl<'a> Ring<'a> {
                 pos = pos.wrapping_add(1);
                 moved = true;
             } else {
-                pos = pos.max(hint.load(Ordering::Relaxed));
+                if !self.spend(&mut idle, max) {
+                    break;
+                }
+                pos = later(pos, hint.load(Ordering::Relaxed));
                 crate::sync::spin_hint();
             }
         }
         if moved {
-            self.advance(hint, pos);
+            self.advance(hint, start, pos);
             match side {
                 Side::Produce => crate::crash_point!(RingPushDone),
                 Side::Consume => crate::crash_point!(RingPopDone),
@@ -351,8 +374,14 @@ impl<'a> Ring<'a> {
     /// CAS means the hint moved forward; the tries are bounded all the same,
     /// against a peer that keeps writing garbage there (a hint left behind
     /// is repaired by the next operation).
-    fn advance(&self, hint: &AtomicU64, to: u64) {
-        let mut cur = hint.load(Ordering::Relaxed);
+    /// `start` is the hint as the operation read it: usually still there,
+    /// so one CAS does it.
+    #[inline(always)]
+    fn advance(&self, hint: &AtomicU64, start: u64, to: u64) {
+        let mut cur = match hint.compare_exchange(start, to, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(cur) => cur,
+        };
         for _ in 0..64 {
             if later(cur, to) == cur {
                 return;

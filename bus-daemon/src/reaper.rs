@@ -29,6 +29,7 @@ impl Reaper {
             redelivered = report.redelivered,
             repaired = report.intents_repaired,
             corrupt = report.corrupt,
+            corrupt_words = report.corrupt_words,
             waiting = report.pending.len(),
             "client gone; reclaimed its slots"
         );

@@ -93,6 +93,9 @@ pub struct Server {
     free_ring_corrupt: bool,
 }
 
+/// Packets read from one connection per turn of the event loop.
+const PACKETS_PER_TURN: usize = 16;
+
 /// How long an entry must have had no subscriber, and an empty queue,
 /// before another subsystem may take it over. Much longer than the few
 /// instructions between a publisher's route check and its push.
@@ -344,8 +347,11 @@ impl Server {
         self.refused = keep;
     }
 
+    /// Answers up to [`PACKETS_PER_TURN`] packets of client `id`; the rest
+    /// wait for the next turn of the loop, so that a client that floods its
+    /// connection cannot keep the daemon from the others or from a stop.
     fn service(&mut self, id: u32) {
-        loop {
+        for _ in 0..PACKETS_PER_TURN {
             let Some(conn) = self.conns.get(&id) else { return };
             match control::recv::<Request>(conn.fd.as_fd(), &mut self.buf) {
                 Ok(Received::Packet(req, _)) => {

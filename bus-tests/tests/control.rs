@@ -1,0 +1,63 @@
+//! The control socket: no client can hang the daemon with what it sends
+//! there (garbage, a flood), and the daemon stops on SIGTERM meanwhile.
+
+mod common;
+use bus_client::control;
+use bus_client::protocol::Request;
+use common::*;
+use nix::sys::signal::Signal;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+#[test]
+fn garbage_and_floods_on_the_control_socket_hang_nothing() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    // Stray bytes: the daemon drops that connection and serves the others.
+    let fd = control::connect(bus.socket()).unwrap();
+    nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        b"\x00\xffnot json at all",
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let closed = eventually(Duration::from_secs(2), || control::peer_closed(fd.as_fd()));
+    assert!(closed.is_some(), "the daemon kept a connection that sent garbage");
+    let _ = control::recv::<serde_json::Value>(fd.as_fd(), &mut buf);
+
+    // Floods, from a few threads that never read an answer: the daemon
+    // answers status meanwhile, and stops on SIGTERM within a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..3)
+        .map(|i| {
+            let (socket, stop) = (bus.socket().to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                let Ok(fd) = control::connect(&socket) else { return };
+                let _ = control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let req = if i == 0 { Request::Status } else { Request::Subscribe { subsystem: format!("f{i}") } };
+                    if control::send(fd.as_fd(), &req, None).is_err() {
+                        break; // the daemon dropped a client that reads nothing
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let s = bus.status();
+    assert!(started.elapsed() < Duration::from_secs(1), "status took {:?} under a flood", started.elapsed());
+    assert_eq!(s["slots"]["total"], 64);
+    bus.daemon.signal(Signal::SIGTERM);
+    let stopped = Instant::now();
+    let TestBus { daemon, dir, .. } = bus;
+    let (st, _, err) = daemon.wait(Duration::from_secs(5));
+    let took = stopped.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    drop(dir);
+    assert!(st.success(), "{err}");
+    assert!(took < Duration::from_secs(1), "the daemon took {took:?} to stop under a flood");
+}
