@@ -129,8 +129,23 @@ impl<'a> Ring<'a> {
     /// Wraps a header and its cells. `cells.len()` must be a power of two
     /// of at least 2 (checked: a bad length is a layout bug, not input).
     pub fn new(header: &'a RingHeader, cells: &'a [Cell]) -> Self {
-        assert!(cells.len() >= 2 && cells.len().is_power_of_two() && cells.len() <= 1 << 30);
+        assert!(Self::valid_capacity(cells.len()));
         Ring { header, cells }
+    }
+
+    /// [`Ring::new`] for a capacity the caller has validated already (the
+    /// segment checks every ring's capacity once, when it is opened): no
+    /// check on the hot path, where the segment hands out ring views for
+    /// every message.
+    #[inline]
+    pub(crate) fn new_validated(header: &'a RingHeader, cells: &'a [Cell]) -> Self {
+        debug_assert!(Self::valid_capacity(cells.len()));
+        Ring { header, cells }
+    }
+
+    #[inline]
+    fn valid_capacity(len: usize) -> bool {
+        len >= 2 && len.is_power_of_two() && len <= 1 << 30
     }
 
     /// The header (doorbells, statistics).

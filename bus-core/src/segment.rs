@@ -290,7 +290,10 @@ impl Segment {
 
     /// The free-slot ring.
     pub fn free_ring(&self) -> Ring<'_> {
-        Ring::new(self.at::<RingHeader>(self.params.free_ring), self.free_cells())
+        // The free capacity (2·next_pow2(slot_count)) and the queue capacity
+        // were checked by `SegmentParams::compute` when this process opened
+        // or created the segment, and are this process's own copy.
+        Ring::new_validated(self.at::<RingHeader>(self.params.free_ring), self.free_cells())
     }
 
     /// The queue of subsystem entry `q` (None if out of range).
@@ -299,7 +302,7 @@ impl Segment {
             return None;
         }
         let hdr = self.at::<RingHeader>(self.params.queues + q as u64 * self.params.queue_stride);
-        Some(Ring::new(hdr, self.queue_cells(q)))
+        Some(Ring::new_validated(hdr, self.queue_cells(q)))
     }
 
     /// Daemon audit: whether the hints of the free ring (`queue: None`) or
