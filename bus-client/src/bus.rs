@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     bus: String,
     socket: PathBuf,
     control: Mutex<(OwnedFd, Vec<u8>)>,
+    /// `control`'s descriptor, for a peek without taking the lock.
+    control_raw: std::os::fd::RawFd,
     ports: Mutex<u32>,
     pub(crate) send_timeout: Duration,
     /// Set by the watcher thread once the daemon's end of the control
@@ -246,6 +248,7 @@ impl BusBuilder {
                 serial,
                 bus,
                 socket,
+                control_raw: fd.as_raw_fd(),
                 control: Mutex::new((fd, buf)),
                 ports: Mutex::new(0),
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
@@ -358,13 +361,28 @@ impl Inner {
         Ok(())
     }
 
-    /// [`Inner::usable`], and the daemon has not marked the segment stopped
-    /// (it does so before it closes the connections): for the slow path,
-    /// between sleeps.
+    /// [`Inner::usable`], and the control socket itself says the daemon's
+    /// end is open (a non-blocking peek: one system call), for the slow
+    /// path, between sleeps. It covers a watcher thread that has not run
+    /// yet (starved by busy threads of higher priority), without trusting
+    /// the segment's stopped state, which any process could write.
     pub(crate) fn alive(&self) -> Result<(), Unusable> {
         self.usable()?;
-        if !self.seg.daemon_running() {
+        // SAFETY: the descriptor is `control`'s, open for as long as `self`
+        // (closed only when `Inner` is dropped).
+        let fd = unsafe { BorrowedFd::borrow_raw(self.control_raw) };
+        if control::peer_closed(fd) {
+            self.gone.store(true, Ordering::Relaxed);
             return Err(Unusable::Gone);
+        }
+        Ok(())
+    }
+
+    /// Fails in a forked child of the process that connected (one load).
+    #[inline]
+    pub(crate) fn not_forked(&self) -> Result<(), Unusable> {
+        if FORKS.load(Ordering::Relaxed) != self.forks {
+            return Err(Unusable::Forked);
         }
         Ok(())
     }

@@ -472,6 +472,8 @@ impl<'a> LoanUninit<'a> {
 
     /// Serializes `value` with rkyv directly into the slot.
     pub fn write<T: Body>(self, value: &T) -> Result<Loan<'a>, SendError> {
+        // A forked child must not write into its parent's loaned slot.
+        self.publisher.bus.inner.not_forked()?;
         let seg = &self.publisher.bus.inner.seg;
         // SAFETY: the slot is Loaned by us; the area is ours until sent.
         let area = unsafe { seg.slot(self.slot).body_area(self.path_len) };
@@ -493,6 +495,7 @@ impl<'a> LoanUninit<'a> {
 
     /// Copies raw bytes into the slot.
     pub fn write_bytes(mut self, body: &[u8]) -> Result<Loan<'a>, SendError> {
+        self.publisher.bus.inner.not_forked()?;
         let capacity = self.capacity();
         if body.len() > capacity {
             return Err(SendError::BodyTooLarge { size: body.len(), capacity });
@@ -512,6 +515,7 @@ impl<'a> LoanUninit<'a> {
 
     /// Declares the first `len` bytes of [`LoanUninit::body_mut`] the body.
     pub fn commit(self, len: usize) -> Result<Loan<'a>, SendError> {
+        self.publisher.bus.inner.not_forked()?;
         let capacity = self.capacity();
         if len > capacity {
             return Err(SendError::BodyTooLarge { size: len, capacity });

@@ -155,7 +155,12 @@ impl Requester {
         };
         if let Err(e) = sent {
             self.lock_waiting().pending.remove(&corr);
-            return Err(if e == SendError::BusGone { ReplyError::BusGone } else { ReplyError::Send(e) });
+            return Err(match e {
+                SendError::BusGone => ReplyError::BusGone,
+                // The request's own time ran out while waiting to send.
+                SendError::Timeout { .. } if Instant::now() >= deadline => ReplyError::Timeout(timeout),
+                e => ReplyError::Send(e),
+            });
         }
         let slot = self.wait_for(corr, deadline, timeout)?;
         // SAFETY: `wait_for` handed this reply's slot to us alone (it left

@@ -231,7 +231,11 @@ impl<'a> Ring<'a> {
     /// spins forever on shared state.
     pub fn step_budget(&self, n: usize) -> u64 {
         let n = (n as u64).min(self.capacity());
-        2 * self.capacity() + 4 * n + 4096
+        // A hint lags the true position by at most what producers (or
+        // consumers) have in flight, a batch of 64 each: 65 536 positions
+        // is a thousand batches at once. Capped so that an operation on a
+        // corrupt ring of millions of cells still ends within about 100 µs.
+        (2 * self.capacity()).min(1 << 16) + 4 * n + 4096
     }
 
     /// The one state machine behind push, pop and their batch forms.

@@ -44,6 +44,7 @@ pub struct Report {
 
 /// Reclaims everything client `client` owned. See the module doc.
 pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
+    let mut full = std::collections::BTreeSet::new();
     let mut report = Report::default();
     let counters = &seg.header().counters;
     let mut free_ring = FreeRing::new(seg);
@@ -127,7 +128,11 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
                 }
                 crate::crash_point!(ReclaimRequeue);
                 report.redelivered += 1;
-                if !requeue(seg, q, i) {
+                // A queue that was full once in this reclaim gets the rest
+                // as pending at once: each push into a full (or corrupt)
+                // ring costs a try, and the daemon must stay responsive.
+                if full.contains(&q) || !requeue(seg, q, i) {
+                    full.insert(q);
                     report.pending.push((q, i));
                 }
             }
@@ -169,11 +174,17 @@ impl<'a> FreeRing<'a> {
     fn push(&mut self, index: u32) -> bool {
         let mut since = None;
         for attempt in 0u32.. {
+            let stalls = self.ring.header().stats.stalls.load(Ordering::Relaxed);
             if self.ring.push(index).is_ok() {
                 return true;
             }
             if self.broken {
                 return false;
+            }
+            if self.ring.header().stats.stalls.load(Ordering::Relaxed) != stalls {
+                // The push gave up on words that cannot be right: no
+                // amount of waiting helps, and each try costs a budget.
+                break;
             }
             if attempt < 16 {
                 std::hint::spin_loop();
@@ -224,10 +235,32 @@ fn requeue(seg: &Segment, q: u32, i: SlotIndex) -> bool {
     true
 }
 
-/// Retries requeues that found their queue full. Returns those still pending.
+/// Retries requeues that found their queue full: at most
+/// [`RETRIES_PER_CALL`] of them, and none into a queue already found full
+/// in this call. Returns those still pending (oldest first).
 pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32, SlotIndex)> {
-    pending.into_iter().filter(|&(q, i)| !requeue(seg, q, i)).collect()
+    let mut full = std::collections::BTreeSet::new();
+    let mut tries = 0;
+    pending
+        .into_iter()
+        .filter(|&(q, i)| {
+            if full.contains(&q) || tries >= RETRIES_PER_CALL {
+                return true;
+            }
+            tries += 1;
+            let stuck = !requeue(seg, q, i);
+            if stuck {
+                full.insert(q);
+            }
+            stuck
+        })
+        .collect()
 }
+
+/// Pushes one [`retry_requeue`] call tries at most: a tick of the daemon's
+/// loop stays short even with thousands of messages waiting for corrupt
+/// queues.
+pub const RETRIES_PER_CALL: usize = 64;
 
 /// Empties queue `q`, returning its messages' slots to the free ring (the
 /// daemon does this for a requester's reply queue once the requester is

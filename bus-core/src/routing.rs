@@ -302,12 +302,16 @@ pub fn rewrite(seg: &Segment, q: u32, expect: Option<Expected<'_>>) {
 fn write(seg: &Segment, q: u32, f: impl FnOnce(&RouteEntry)) {
     let e = seg.route(q).expect("daemon passes valid entries");
     let s = e.seq.load(Ordering::Relaxed);
-    e.seq.store(s.wrapping_add(1) | 1, Ordering::Relaxed);
+    // Odd, and ahead of `s` even if a faulty process left `s` odd: the
+    // final value is then two ahead of any even value a reader may have
+    // seen before, never equal to it.
+    let odd = s.wrapping_add(1) | 1;
+    e.seq.store(odd, Ordering::Relaxed);
     // SYNC: route-seqlock — the odd seq is visible before any field store.
     fence(Ordering::Release);
     f(e);
     // SYNC: route-seqlock — pairs with the reader's first Acquire load.
-    e.seq.store((s | 1).wrapping_add(1), Ordering::Release);
+    e.seq.store(odd.wrapping_add(1), Ordering::Release);
     // SYNC: routes-version — pairs with `version`'s Acquire load.
     seg.header().live.routes_version.fetch_add(1, Ordering::Release);
 }

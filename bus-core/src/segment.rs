@@ -336,9 +336,18 @@ impl Segment {
         // `p - cap + 1` in its `seq` (see `crate::queue`), when hints lag.
         let near = |pos: u64| {
             let seq = (cells[(pos % cells.len() as u64) as usize].load(Ordering::Relaxed) >> 32) as u32;
-            (seq.wrapping_sub(pos as u32) as i32 as i64).abs() <= slack
+            (seq.wrapping_sub(pos as u32) as i32).unsigned_abs() as i64 <= slack
         };
-        gap.abs() <= slack && near(tail) && near(head)
+        // `unsigned_abs`: a garbage gap of exactly 2^63 has no i64 absolute
+        // value (a debug build would panic).
+        if gap.unsigned_abs() <= slack as u64 && near(tail) && near(head) {
+            return true;
+        }
+        // A busy ring can move further than the slack while this thread
+        // is preempted between the loads: if the hints moved meanwhile, the
+        // snapshot says nothing (the next audit looks again); garbage stays
+        // put.
+        h.head.load(Ordering::Relaxed) != head || h.tail.load(Ordering::Relaxed) != tail
     }
 
     /// Checks an index read from a ring or a header.

@@ -213,7 +213,9 @@ impl Server {
     }
 
     fn accept_all(&mut self) {
-        loop {
+        // Bounded per turn, like the packets of a connection: a connect
+        // flood cannot keep the daemon from the others or from a stop.
+        for _ in 0..64 {
             let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
             {
                 // SAFETY: accept4 returned a new descriptor that we now own.
@@ -298,11 +300,16 @@ impl Server {
     /// rewritten whole (publishers re-resolve on the version bump). Bounded:
     /// one look at each entry.
     fn repair_routes(&mut self) {
+        // One pass over the subscriptions, not one per entry.
+        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+        for (_, q) in self.conns.values().flat_map(|c| &c.subscriptions) {
+            *counts.entry(*q).or_default() += 1;
+        }
         for q in 0..self.seg.params().max_subsystems {
             let expect = self.routes.get(&q).map(|(name, durable)| routing::Expected {
                 name,
                 durable: *durable,
-                subscribers: self.subscribers_of(q),
+                subscribers: counts.get(&q).copied().unwrap_or(0),
             });
             if routing::matches(&self.seg, q, expect) {
                 continue;
@@ -407,6 +414,16 @@ impl Server {
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
             Request::Subscribe { subsystem } => {
+                // A subscription takes one of the client's ports: more than
+                // that many is a misbehaving client, and each would make
+                // the daemon's bookkeeping longer.
+                let held = self.conns[&id].subscriptions.len();
+                if held >= bus_core::layout::PORTS_PER_CLIENT {
+                    return err(
+                        ErrorKind::Invalid,
+                        format!("this connection already holds {held} subscriptions, as many as it has ports"),
+                    );
+                }
                 // `_reply.<serial>.<n>`: a requester's private reply queue,
                 // only for the client whose serial it names.
                 let reply_queue = subsystem.strip_prefix("_reply.").map(|rest| {
@@ -440,11 +457,12 @@ impl Server {
                         && !self.quarantined.contains(&q)
                         && v.subscribers == 0
                         && ring.is_empty()
+                        && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
                         // The hints say empty; the cells must agree (a
                         // producer stopped right after its cell CAS has an
                         // entry there that the tail does not count yet).
+                        // Last: a pass over every cell.
                         && !ring.holds_entries()
-                        && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
                 };
                 match routing::find_or_create(&self.seg, &subsystem, durable, recyclable) {
                     Ok((q, new)) => {

@@ -73,3 +73,33 @@ fn a_forked_child_does_not_keep_its_killed_parents_connection_alive() {
     let took = took.expect("the killed parent's held message was redelivered while its child lives");
     assert!(took < Duration::from_secs(1), "reclaim took {took:?}");
 }
+
+#[test]
+fn a_stopped_word_written_by_another_process_does_not_make_blocked_callers_give_up() {
+    use bus_client::control::{self, Received};
+    use bus_client::protocol::{Reply, Request};
+    use std::os::fd::AsFd;
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let mut blocked = bus.peer(&["busy", "op=recv", "subsystem=quiet"]);
+    blocked.wait_line("ready", Duration::from_secs(10));
+    // A faulty process on the bus writes "stopped" into the segment.
+    let fd = control::connect(bus.socket()).unwrap();
+    control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None).unwrap();
+    let mut buf = Vec::new();
+    let Ok(Received::Packet(Reply::Welcome { .. }, Some(seg_fd))) = control::recv::<Reply>(fd.as_fd(), &mut buf) else {
+        panic!("no welcome with the segment")
+    };
+    let seg = bus_core::Segment::open(seg_fd).unwrap();
+    seg.header().live.daemon_state.store(bus_core::layout::DAEMON_STOPPED, std::sync::atomic::Ordering::Release);
+    // The blocked receiver keeps waiting: only the daemon's own hang-up
+    // ends it, and the daemon puts its state back.
+    assert!(
+        !blocked.saw_line("gone ", Duration::from_millis(700)),
+        "a blocked receiver gave up on a word another process wrote"
+    );
+    assert_eq!(bus.status()["slots"]["total"], 64, "the daemon still serves");
+    // The real thing still ends it.
+    bus.daemon.signal(Signal::SIGKILL);
+    let (st, out, err) = blocked.wait(Duration::from_secs(5));
+    assert!(st.success() && out.contains("gone "), "{out} {err}");
+}

@@ -100,6 +100,19 @@ impl Proc {
         (status, out, err)
     }
 
+    /// Whether a stdout line starting with `prefix` comes within `timeout`
+    /// (lines before it are consumed).
+    pub fn saw_line(&mut self, prefix: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.lock().unwrap().recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.starts_with(prefix) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Waits for a stdout line starting with `prefix` (deadline).
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
