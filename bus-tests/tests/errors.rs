@@ -346,15 +346,21 @@ fn status_json_has_the_documented_keys() {
     let s = bus.status();
     assert!(s["bus"].is_string());
     assert_eq!(s["slot_size"], 512);
-    for k in ["total", "free", "loaned", "queued", "held"] {
+    for k in ["total", "free", "cached", "loaned", "queued", "held", "corrupt"] {
         assert!(s["slots"][k].is_u64(), "slots.{k}");
+    }
+    for k in ["corruption", "slots_lost"] {
+        assert_eq!(s["counters"][k], 0, "counters.{k} of a healthy bus");
     }
     assert_eq!(s["slots"]["total"], 32);
     assert!(s["clients"].as_u64().unwrap() >= 2);
     let api = &s["subsystems"][0];
-    for k in ["name", "queue_depth", "subscribers", "sent", "delivered", "redelivered"] {
+    for k in
+        ["name", "queue_depth", "subscribers", "durable", "sent", "delivered", "redelivered", "stalls", "quarantined"]
+    {
         assert!(!api[k].is_null(), "subsystems[].{k}");
     }
+    assert_eq!((api["stalls"].as_u64(), api["quarantined"].as_bool()), (Some(0), Some(false)));
     assert_eq!(
         (api["name"].as_str(), api["queue_depth"].as_u64(), api["sent"].as_u64()),
         (Some("api"), Some(1), Some(1))
