@@ -221,8 +221,8 @@ impl BusBuilder {
             }
             (Err(e), Ok(())) => return Err(io(e)),
         };
-        let (client, serial, bus) = match reply {
-            Reply::Welcome { client, serial, bus } => (client, serial, bus),
+        let (client, serial, bus, shape) = match reply {
+            Reply::Welcome { client, serial, bus, shape } => (client, serial, bus, shape),
             Reply::Error { kind: ErrorKind::VersionMismatch, message } => {
                 let found = message.split_whitespace().filter_map(|w| w.parse().ok()).next().unwrap_or(0);
                 return Err(ConnectError::VersionMismatch { found, expected: bus_core::LAYOUT_VERSION });
@@ -233,6 +233,17 @@ impl BusBuilder {
         let seg_fd =
             seg_fd.ok_or_else(|| ConnectError::Protocol { detail: "welcome came without the segment".into() })?;
         let seg = Segment::open(seg_fd)?;
+        if let Some(expected) = shape {
+            let found = crate::protocol::SegmentShape::of(seg.params());
+            if found != expected {
+                return Err(ConnectError::Protocol {
+                    detail: format!(
+                        "the segment's header says {found:?}, the daemon {expected:?}: another process overwrote it; \
+                         connect again (the daemon repairs the header), and find the process that writes garbage"
+                    ),
+                });
+            }
+        }
         if client >= seg.params().max_clients {
             return Err(ConnectError::Protocol { detail: format!("client index {client} out of range") });
         }

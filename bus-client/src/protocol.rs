@@ -46,6 +46,11 @@ pub enum Reply {
         serial: u32,
         /// Bus name.
         bus: String,
+        /// The segment's shape as the daemon created it (its own copy): the
+        /// client requires the segment's header to say the same, so that a
+        /// header another process overwrote cannot hand it another layout.
+        #[serde(default)]
+        shape: Option<SegmentShape>,
     },
     /// To `subscribe`.
     Subscribed {
@@ -128,6 +133,40 @@ pub struct SlotCounts {
     /// With a state byte that is no known state (corruption).
     #[serde(default)]
     pub corrupt: u64,
+}
+
+/// What a client must find in the segment's header (see `Reply::Welcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentShape {
+    /// Total bytes.
+    pub segment_size: u64,
+    /// The bus instance.
+    pub bus_generation: u64,
+    /// Slots.
+    pub slot_count: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Cells per queue.
+    pub queue_capacity: u32,
+    /// Routing entries and queues.
+    pub max_subsystems: u32,
+    /// Client entries.
+    pub max_clients: u32,
+}
+
+impl SegmentShape {
+    /// The shape of segment params `p`.
+    pub fn of(p: &bus_core::layout::SegmentParams) -> SegmentShape {
+        SegmentShape {
+            segment_size: p.segment_size,
+            bus_generation: p.bus_generation,
+            slot_count: p.slot_count,
+            slot_size: p.slot_size,
+            queue_capacity: p.queue_capacity,
+            max_subsystems: p.max_subsystems,
+            max_clients: p.max_clients,
+        }
+    }
 }
 
 /// One connected client.

@@ -410,7 +410,8 @@ impl Server {
                 let conn = self.conns.get_mut(&id).expect("present");
                 conn.welcomed = true;
                 let serial = conn.serial;
-                Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone() }
+                let shape = Some(bus_client::protocol::SegmentShape::of(self.seg.params()));
+                Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone(), shape }
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
             Request::Subscribe { subsystem } => {
