@@ -101,8 +101,9 @@ extern "C" fn count_fork_in_child() {
 fn install_fork_counter() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: registers a handler that only increments an atomic, which
-        // is async-signal-safe and fine in a freshly forked child.
+        // SAFETY: registers a handler that only increments an atomic and
+        // calls open, dup3 and close, all async-signal-safe, as code run in
+        // a freshly forked child must be.
         unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
     });
 }
