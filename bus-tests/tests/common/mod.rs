@@ -100,29 +100,30 @@ impl Proc {
         (status, out, err)
     }
 
-    /// Whether a stdout line starting with `prefix` comes within `timeout`
-    /// (lines before it are consumed).
-    pub fn saw_line(&mut self, prefix: &str, timeout: Duration) -> bool {
+    /// The first stdout line starting with `prefix` within `timeout` (lines
+    /// before it are consumed), or why none came.
+    fn next_line(&mut self, prefix: &str, timeout: Duration) -> Result<String, mpsc::RecvTimeoutError> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.lines.lock().unwrap().recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) if l.starts_with(prefix) => return true,
+                Ok(l) if l.starts_with(prefix) => return Ok(l),
                 Ok(_) => {}
-                Err(_) => return false,
+                Err(e) => return Err(e),
             }
         }
     }
 
+    /// Whether a stdout line starting with `prefix` comes within `timeout`.
+    pub fn saw_line(&mut self, prefix: &str, timeout: Duration) -> bool {
+        self.next_line(prefix, timeout).is_ok()
+    }
+
     /// Waits for a stdout line starting with `prefix` (deadline).
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.lines.lock().unwrap().recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("no line starting with {prefix:?} within {timeout:?}"),
-                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("process exited before printing {prefix:?}"),
-            }
+        match self.next_line(prefix, timeout) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("process exited before printing {prefix:?}"),
         }
     }
 }
