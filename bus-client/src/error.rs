@@ -123,6 +123,22 @@ pub enum SendError {
         /// The subsystem.
         subsystem: String,
     },
+    /// The message reached some of the subsystem's groups, but a blocking
+    /// group's queue stayed full until the send gave up (fail-fast, or the
+    /// send timeout): those groups' copies are dropped, counted in their
+    /// `dropped`. The message is sent; do not retry it unless duplicates
+    /// for the other groups are acceptable.
+    #[error(
+        "sent to {delivered} of the {groups} groups of subsystem \"{subsystem}\": the others' queues stayed full, so their copies were dropped (shown as dropped in shmbus status); those groups are not keeping up"
+    )]
+    PartlyDelivered {
+        /// The subsystem.
+        subsystem: String,
+        /// Groups that got the message.
+        delivered: u32,
+        /// Groups the message was for.
+        groups: u32,
+    },
     /// No free slot (fail-fast mode).
     #[error("all {slots} slots are in use: receivers hold or have not yet taken them; retry, or start the daemon with more --slots")]
     PoolExhausted {

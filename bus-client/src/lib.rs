@@ -42,4 +42,4 @@ pub use publisher::{Backpressure, Loan, LoanSendError, LoanUninit, Publisher, Pu
 pub use request::{Reply, ReplyError, Requester, Response, REPLY_SPINS};
 pub use router::{Handler, RouteError, Router};
 pub use service::{ServeBuilder, Service, ServiceStats};
-pub use subscriber::{Message, Subscriber};
+pub use subscriber::{Message, Subscriber, SubscriptionBuilder};

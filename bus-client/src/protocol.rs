@@ -18,15 +18,29 @@ pub enum Request {
         /// The client's [`bus_core::LAYOUT_VERSION`].
         layout_version: u32,
     },
-    /// Start receiving a subsystem's messages.
+    /// Start receiving a subsystem's messages, as a member of one of its
+    /// groups.
     Subscribe {
         /// Subsystem name.
         subsystem: String,
+        /// The group (`None`: the default group).
+        #[serde(default)]
+        group: Option<String>,
+        /// A new group is lossy: a full queue drops its copy.
+        #[serde(default)]
+        lossy: bool,
+        /// A tap: a new lossy group of this subscription alone, gone when
+        /// it ends (`group` is ignored).
+        #[serde(default)]
+        tap: bool,
     },
     /// Stop (one subscription of this client).
     Unsubscribe {
         /// Subsystem name.
         subsystem: String,
+        /// The queue the subscription was given.
+        #[serde(default)]
+        queue: Option<u32>,
     },
     /// Ask for a [`Status`].
     Status,
@@ -54,8 +68,17 @@ pub enum Reply {
     },
     /// To `subscribe`.
     Subscribed {
-        /// The subsystem's queue.
+        /// The group's queue.
         queue: u32,
+        /// The subsystem's routing entry.
+        #[serde(default)]
+        subsystem: u32,
+        /// The group's slot within the subsystem (0: the default group).
+        #[serde(default)]
+        slot: u32,
+        /// The group's name.
+        #[serde(default)]
+        group: String,
     },
     /// To `unsubscribe`.
     Unsubscribed,
@@ -88,6 +111,10 @@ pub enum ErrorKind {
     Sequence,
     /// Not subscribed to that subsystem.
     NotSubscribed,
+    /// The subsystem has as many groups as the bus allows.
+    TooManyGroups,
+    /// The group exists with another backpressure.
+    GroupMismatch,
 }
 
 /// The bus as `shmbus status` shows it.
@@ -152,6 +179,9 @@ pub struct SegmentShape {
     pub max_subsystems: u32,
     /// Client entries.
     pub max_clients: u32,
+    /// Groups per subsystem.
+    #[serde(default)]
+    pub max_groups: u32,
 }
 
 impl SegmentShape {
@@ -165,6 +195,7 @@ impl SegmentShape {
             queue_capacity: p.queue_capacity,
             max_subsystems: p.max_subsystems,
             max_clients: p.max_clients,
+            max_groups: p.max_groups,
         }
     }
 }
@@ -207,6 +238,32 @@ pub struct SubsystemStatus {
     /// subsystem (restart the bus to clear it).
     #[serde(default)]
     pub quarantined: bool,
+    /// Its groups, the default group first.
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One group of a subsystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Name (`default` for the default group).
+    pub name: String,
+    /// Entries in its queue.
+    pub depth: u64,
+    /// Connected subscriptions.
+    pub subscribers: u32,
+    /// `block` or `lossy`.
+    pub backpressure: String,
+    /// Receives even without subscribers (declared in the config).
+    pub durable: bool,
+    /// A tap: gone when its listener leaves.
+    pub tap: bool,
+    /// Messages taken from its queue by its subscribers.
+    pub delivered: u64,
+    /// Copies dropped because its queue was full (lossy groups).
+    pub dropped: u64,
+    /// Messages put back into its queue after their receiver died.
+    pub redelivered: u64,
 }
 
 /// Bus-wide counters.

@@ -7,7 +7,7 @@ use crate::bus::Bus;
 use crate::error::{BatchError, RequestError, SendError};
 use bus_core::layout::FLAG_RAW;
 use bus_core::routing;
-use bus_core::slot_pool::Port;
+use bus_core::slot_pool::{Fanout, Port};
 use bus_core::{Path, SlotIndex};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +18,16 @@ const CACHE: usize = 32;
 
 /// Messages of a batch pushed with one ring operation and one wake-up.
 const BATCH_CHUNK: usize = 64;
+
+/// How a [`Publisher::push`] ended.
+enum Pushed {
+    /// Every group got the message (or a lossy group dropped its copy).
+    Sent,
+    /// No group got it: the slot is loaned to us again.
+    Back(SendError),
+    /// Some groups got it, the rest dropped their copies.
+    Partly(SendError),
+}
 
 /// What a send does when the pool is exhausted or the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +71,7 @@ impl PublisherBuilder {
             batch: Vec::with_capacity(BATCH_CHUNK),
             last: LastPath {
                 path: String::with_capacity(bus_core::PATH_CAPACITY),
-                queue: 0,
+                to: Fanout::single(0),
                 subsystem_len: 0,
                 version: u64::MAX,
             },
@@ -78,8 +88,8 @@ impl Bus {
 
 struct CachedRoute {
     name: String,
-    queue: u32,
-    deliverable: bool,
+    /// `None`: no such subsystem, or no group receives now.
+    to: Option<Fanout>,
 }
 
 /// Sends messages. One thread at a time (`Send`, not `Sync`); create one per
@@ -101,7 +111,7 @@ pub struct Publisher {
 /// version is `version`.
 struct LastPath {
     path: String,
-    queue: u32,
+    to: Fanout,
     subsystem_len: usize,
     version: u64,
 }
@@ -170,7 +180,7 @@ impl Publisher {
         mut write: impl FnMut(usize, &mut [u8]) -> Result<(usize, u64, u16), SendError>,
     ) -> Result<usize, BatchError> {
         let fail = |sent, error| Err(BatchError { sent, error });
-        let (queue, subsystem_len) = match self.route_of(path) {
+        let (to, subsystem_len) = match self.route_of(path) {
             Ok(r) => r,
             Err(e) => return fail(0, e),
         };
@@ -207,7 +217,7 @@ impl Publisher {
                     }
                 };
                 let h = s.header();
-                h.queue.store(queue as u16, Ordering::Relaxed);
+                h.queue.store(to.subsystem as u16, Ordering::Relaxed);
                 h.body_len.store(len as u32, Ordering::Relaxed);
                 h.fingerprint.store(fp, Ordering::Relaxed);
                 h.flags.store(flags, Ordering::Relaxed);
@@ -217,41 +227,30 @@ impl Publisher {
                 h.trace_id.store(id, Ordering::Relaxed);
                 h.timestamp_ns.store(ts, Ordering::Relaxed);
             }
-            let mut pushed = 0;
-            let deadline = match self.backpressure {
-                Backpressure::Block(t) => Some(std::time::Instant::now() + t),
-                Backpressure::FailFast => None,
-            };
-            loop {
-                let port = self.port();
-                pushed += port.enqueue_many(queue, &self.batch[pushed..]);
-                port.notify(queue);
-                if pushed == n {
-                    break;
-                }
-                let waited = match deadline {
-                    None => {
-                        Err(SendError::QueueFull { subsystem: self.subsystem_of(self.batch[pushed], subsystem_len) })
-                    }
-                    Some(d) => {
-                        let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
-                        let left = d.saturating_duration_since(std::time::Instant::now());
-                        let port = self.port();
-                        let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
-                        match self.bus.inner.wait_on(&bell, Some(left), crate::bus::DEFAULT_SPINS, || {
-                            (ring.len() < ring.capacity()).then_some(())
-                        }) {
-                            Ok(_) if std::time::Instant::now() < d => Ok(()),
-                            Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
-                            Err(u) => Err(u.into()),
+            if to.only().is_none() {
+                // Several groups: one message at a time, so that one intent
+                // covers every slot whose push is incomplete.
+                let batch = std::mem::take(&mut self.batch);
+                for (j, &slot) in batch.iter().enumerate() {
+                    match self.push(slot, &to, subsystem_len) {
+                        Pushed::Sent => {}
+                        Pushed::Back(e) | Pushed::Partly(e) => {
+                            let partly = matches!(e, SendError::PartlyDelivered { .. });
+                            let first_unsent = j + partly as usize;
+                            self.batch = batch;
+                            self.batch.drain(..first_unsent);
+                            self.give_back_batch();
+                            return fail(sent + first_unsent, e);
                         }
                     }
-                };
-                if let Err(e) = waited {
-                    self.batch.drain(..pushed);
-                    self.give_back_batch();
-                    return fail(sent + pushed, e);
                 }
+                self.batch = batch;
+                self.batch.clear();
+            } else if let Err(e) = self.push_batch(&to, subsystem_len) {
+                let (pushed, e) = e;
+                self.batch.drain(..pushed);
+                self.give_back_batch();
+                return fail(sent + pushed, e);
             }
             sent += n;
             if sent < count {
@@ -259,6 +258,59 @@ impl Publisher {
             }
         }
         Ok(sent)
+    }
+
+    /// Pushes `self.batch` to the one group of `to` (one ring operation and
+    /// one wake-up per chunk). A lossy group's queue takes what fits, and
+    /// the rest are dropped (counted) and go back to the cache. On failure,
+    /// how many were pushed and why the rest were not.
+    fn push_batch(&mut self, to: &Fanout, subsystem_len: usize) -> Result<(), (usize, SendError)> {
+        let k = to.only().expect("one group");
+        let queue = to.queues[k as usize] as u32;
+        let n = self.batch.len();
+        let mut pushed = 0;
+        let deadline = match self.backpressure {
+            Backpressure::Block(t) => Some(std::time::Instant::now() + t),
+            Backpressure::FailFast => None,
+        };
+        loop {
+            let port = self.port();
+            pushed += port.enqueue_many(to, k, &self.batch[pushed..]);
+            port.notify(queue);
+            if pushed == n {
+                return Ok(());
+            }
+            if to.lossy != 0 {
+                port.count_dropped(queue, (n - pushed) as u64);
+                self.batch.drain(..pushed);
+                self.give_back_batch();
+                return Ok(());
+            }
+            let waited = match deadline {
+                None => Err(SendError::QueueFull { subsystem: self.subsystem_of(self.batch[pushed], subsystem_len) }),
+                Some(d) => self.wait_for_space(queue, d),
+            };
+            if let Err(e) = waited {
+                return Err((pushed, e));
+            }
+        }
+    }
+
+    /// Waits until queue `queue` has room, up to `deadline`.
+    fn wait_for_space(&self, queue: u32, deadline: std::time::Instant) -> Result<(), SendError> {
+        let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let port = self.port();
+        let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
+        match self
+            .bus
+            .inner
+            .wait_on(&bell, Some(left), crate::bus::DEFAULT_SPINS, || (ring.len() < ring.capacity()).then_some(()))
+        {
+            Ok(Some(())) if std::time::Instant::now() < deadline => Ok(()),
+            Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
+            Err(u) => Err(u.into()),
+        }
     }
 
     /// Returns the slots of an unsent batch to the cache.
@@ -272,12 +324,12 @@ impl Publisher {
 
     /// Claims a slot for a message to `path` and writes the path into it.
     pub fn loan(&mut self, path: &str) -> Result<LoanUninit<'_>, SendError> {
-        let (queue, subsystem_len) = self.route_of(path)?;
-        self.loan_to(queue, path, subsystem_len)
+        let (to, subsystem_len) = self.route_of(path)?;
+        self.loan_to(to, path, subsystem_len)
     }
 
     /// Takes a slot, marks it loaned, writes the path and the queue.
-    fn loan_to(&mut self, queue: u32, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
+    fn loan_to(&mut self, to: Fanout, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
         let slot = self.take_slot()?;
         let port = self.port();
         port.mark_loaned(slot);
@@ -289,8 +341,8 @@ impl Publisher {
             return Err(SendError::InvalidPath(e));
         }
         bus_core::crash_point!(LoanPathWritten);
-        s.header().queue.store(queue as u16, Ordering::Relaxed);
-        Ok(LoanUninit { publisher: self, slot, queue, path_len: path.len(), subsystem_len })
+        s.header().queue.store(to.subsystem as u16, Ordering::Relaxed);
+        Ok(LoanUninit { publisher: self, slot, to, path_len: path.len(), subsystem_len })
     }
 
     /// Claims a slot for a message pushed straight to queue `queue` (a
@@ -301,7 +353,7 @@ impl Publisher {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
         }
         let subsystem_len = bus_core::path::separator(path).unwrap_or(0);
-        self.loan_to(queue, path, subsystem_len)
+        self.loan_to(Fanout::single(queue), path, subsystem_len)
     }
 
     /// For a blocking publisher: how long its sends wait from now on.
@@ -319,24 +371,24 @@ impl Publisher {
     /// Parses `path` and resolves its subsystem's queue; returns the queue
     /// and the subsystem's length. The last path is remembered: sending to
     /// it again costs one comparison while the routing table is unchanged.
-    fn route_of(&mut self, path: &str) -> Result<(u32, usize), SendError> {
+    fn route_of(&mut self, path: &str) -> Result<(Fanout, usize), SendError> {
         self.bus.inner.usable()?;
         let seg = &self.bus.inner.seg;
         if routing::version(seg) == self.last.version && path == self.last.path {
-            return Ok((self.last.queue, self.last.subsystem_len));
+            return Ok((self.last.to, self.last.subsystem_len));
         }
         let p = Path::parse(path).map_err(SendError::InvalidPath)?;
         let version = routing::version(seg);
-        let queue = self.resolve(p.subsystem())?;
+        let to = self.resolve(p.subsystem())?;
         self.last.path.clear();
         self.last.path.push_str(path); // capacity reserved: no allocation
-        self.last.queue = queue;
+        self.last.to = to;
         self.last.subsystem_len = p.subsystem().len();
         self.last.version = version;
-        Ok((queue, self.last.subsystem_len))
+        Ok((to, self.last.subsystem_len))
     }
 
-    fn resolve(&mut self, subsystem: &str) -> Result<u32, SendError> {
+    fn resolve(&mut self, subsystem: &str) -> Result<Fanout, SendError> {
         let seg = &self.bus.inner.seg;
         let v = routing::version(seg);
         if v != self.routes_version {
@@ -344,18 +396,15 @@ impl Publisher {
             self.routes_version = v;
         }
         let found = match self.routes.iter().find(|r| r.name == subsystem) {
-            Some(r) => (r.queue, r.deliverable),
+            Some(r) => r.to,
             None => {
-                let view = routing::find(seg, subsystem);
-                let (queue, deliverable) = view.map(|v| (v.queue, v.deliverable())).unwrap_or((u32::MAX, false));
-                self.routes.push(CachedRoute { name: subsystem.to_owned(), queue, deliverable });
-                (queue, deliverable)
+                let to = routing::find(seg, subsystem).and_then(|v| v.fanout()).filter(|f| f.mask != 0);
+                self.routes.push(CachedRoute { name: subsystem.to_owned(), to });
+                to
             }
         };
-        if !found.1 || seg.queue(found.0).is_none() {
-            return Err(SendError::NoSubscriber { subsystem: subsystem.to_owned() });
-        }
-        Ok(found.0)
+        // `fanout` checked every group's queue against the params.
+        found.ok_or_else(|| SendError::NoSubscriber { subsystem: subsystem.to_owned() })
     }
 
     fn take_slot(&mut self) -> Result<SlotIndex, SendError> {
@@ -399,31 +448,64 @@ impl Publisher {
         (self.bus.inner.serial as u64) << 40 | (self.port as u64) << 35 | (self.next_id & ((1 << 35) - 1))
     }
 
-    fn push(&mut self, slot: SlotIndex, queue: u32, subsystem_len: usize) -> Result<(), SendError> {
+    /// Sends loaned `slot` to every group of `to`. When the first blocking
+    /// group's queue is full, nothing is pushed yet: the send is taken back
+    /// (the slot is loaned again while we wait, so that a publisher killed
+    /// while waiting sends nothing), and tried again once there is room, up
+    /// to the send timeout (or fails at once, fail-fast): `Back` then says
+    /// the slot is still ours. A blocking group full after others got the
+    /// message is waited for in the same way; if it stays full, its copy is
+    /// dropped and the message is sent to some groups only (`Partly`).
+    fn push(&mut self, slot: SlotIndex, to: &Fanout, subsystem_len: usize) -> Pushed {
         // Again here, not only when the loan was made: the daemon may have
         // died since, or this may be a forked child sending its parent's loan.
-        self.bus.inner.usable()?;
-        bus_core::crash_point!(SendBeforePush);
-        let port = self.port();
-        if port.enqueue(queue, slot).is_ok() {
-            port.notify(queue);
-            return Ok(());
+        if let Err(e) = self.bus.inner.usable() {
+            return Pushed::Back(e.into());
         }
-        match self.backpressure {
-            Backpressure::FailFast => Err(SendError::QueueFull { subsystem: self.subsystem_of(slot, subsystem_len) }),
-            Backpressure::Block(t) => {
-                let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
-                match self
-                    .bus
-                    .inner
-                    .wait_on(&bell, Some(t), crate::bus::DEFAULT_SPINS, || port.enqueue(queue, slot).ok())
-                {
-                    Ok(Some(())) => {
-                        port.notify(queue);
-                        Ok(())
+        bus_core::crash_point!(SendBeforePush);
+        let deadline = match self.backpressure {
+            Backpressure::Block(t) => Some(std::time::Instant::now() + t),
+            Backpressure::FailFast => None,
+        };
+        let wait = |me: &Self, queue: u32| match deadline {
+            None => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
+            Some(d) => me.wait_for_space(queue, d),
+        };
+        loop {
+            let port = self.port();
+            let mut publishing = port.begin_publish(to, slot);
+            if publishing.push() == 0 {
+                return Pushed::Sent;
+            }
+            let queue = publishing.waiting_for().expect("a group is pending");
+            if publishing.pushed() == 0 && publishing.roll_back() {
+                drop(publishing);
+                if let Err(e) = wait(self, queue) {
+                    return Pushed::Back(e);
+                }
+                continue;
+            }
+            // Some groups have it (or one took it through a duplicate
+            // entry): wait for the others.
+            loop {
+                if publishing.pending() == 0 {
+                    return Pushed::Sent;
+                }
+                let queue = publishing.waiting_for().expect("a group is pending");
+                match wait(self, queue) {
+                    Ok(()) => {
+                        publishing.push();
                     }
-                    Ok(None) => Err(SendError::Timeout { waited: t, what: "space in the queue" }),
-                    Err(u) => Err(u.into()),
+                    Err(e) => {
+                        // Read before the drop, which may free the slot.
+                        let subsystem = self.subsystem_of(slot, subsystem_len);
+                        publishing.abandon();
+                        let delivered = publishing.pushed().count_ones();
+                        return Pushed::Partly(match e {
+                            SendError::BusGone | SendError::Forked => e,
+                            _ => SendError::PartlyDelivered { subsystem, delivered, groups: to.groups() },
+                        });
+                    }
                 }
             }
         }
@@ -459,7 +541,7 @@ impl Drop for Publisher {
 pub struct LoanUninit<'a> {
     publisher: &'a mut Publisher,
     slot: SlotIndex,
-    queue: u32,
+    to: Fanout,
     path_len: usize,
     subsystem_len: usize,
 }
@@ -534,7 +616,7 @@ impl<'a> LoanUninit<'a> {
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is never used or dropped again; we move its fields out.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
-        Loan { publisher, slot: me.slot, queue: me.queue, subsystem_len: me.subsystem_len }
+        Loan { publisher, slot: me.slot, to: me.to, subsystem_len: me.subsystem_len }
     }
 }
 
@@ -551,7 +633,7 @@ impl Drop for LoanUninit<'_> {
 pub struct Loan<'a> {
     publisher: &'a mut Publisher,
     slot: SlotIndex,
-    queue: u32,
+    to: Fanout,
     subsystem_len: usize,
 }
 
@@ -559,8 +641,9 @@ pub struct Loan<'a> {
 pub struct LoanSendError<'a> {
     /// What went wrong.
     pub error: SendError,
-    /// The unsent message.
-    pub loan: Loan<'a>,
+    /// The unsent message; `None` when it reached some of its subsystem's
+    /// groups ([`SendError::PartlyDelivered`]).
+    pub loan: Option<Loan<'a>>,
 }
 
 impl std::fmt::Debug for LoanSendError<'_> {
@@ -602,7 +685,7 @@ impl<'a> Loan<'a> {
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
-        let (slot, queue, subsystem_len) = (me.slot, me.queue, me.subsystem_len);
+        let (slot, to, subsystem_len) = (me.slot, me.to, me.subsystem_len);
         let id = publisher.next_message_id();
         let h = publisher.bus.inner.seg.slot(slot).header();
         h.id.store(id, Ordering::Relaxed);
@@ -611,9 +694,12 @@ impl<'a> Loan<'a> {
         }
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         h.timestamp_ns.store(ts, Ordering::Relaxed);
-        match publisher.push(slot, queue, subsystem_len) {
-            Ok(()) => Ok(id),
-            Err(error) => Err(LoanSendError { error, loan: Loan { publisher, slot, queue, subsystem_len } }),
+        match publisher.push(slot, &to, subsystem_len) {
+            Pushed::Sent => Ok(id),
+            Pushed::Back(error) => {
+                Err(LoanSendError { error, loan: Some(Loan { publisher, slot, to, subsystem_len }) })
+            }
+            Pushed::Partly(error) => Err(LoanSendError { error, loan: None }),
         }
     }
 }

@@ -246,7 +246,7 @@ impl Requester {
         let port = self.release_port.lock().unwrap_or_else(|p| p.into_inner());
         bus_core::slot_pool::Port::new(&self.bus.inner.seg, self.bus.inner.client, *port)
             .expect("port index in range")
-            .give_free(slot);
+            .release(slot, 0); // a reply queue has its default group only
     }
 
     /// How many times a waiting request polls its reply queue before it

@@ -4,8 +4,8 @@ use crate::body::{fingerprint, Body};
 use crate::bus::{unexpected, Bus};
 use crate::error::{BodyError, RecvError, RequestError};
 use crate::protocol::{Reply, Request};
-use bus_core::layout::{SlotHeader, FLAG_REDELIVERED};
-use bus_core::slot_pool::{CorruptSlot, Port, SlotRef};
+use bus_core::layout::SlotHeader;
+use bus_core::slot_pool::{CorruptSlot, Group, Port, SlotRef};
 use bus_core::SlotIndex;
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -13,24 +13,105 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 impl Bus {
-    /// Subscribes to `subsystem`: from now on, messages sent to
-    /// `subsystem://…` are shared among its subscribers, each going to one.
-    /// Messages already queued for it (sent while it had no subscriber, or
-    /// put back after a subscriber died) are received first.
+    /// Subscribes to `subsystem`'s default group: from now on, messages sent
+    /// to `subsystem://…` are shared among the default group's subscribers,
+    /// each going to one of them. Messages already queued for the group
+    /// (sent while it had no subscriber, or put back after a subscriber
+    /// died) are received first. Every other group of the subsystem gets
+    /// its own copy of each message (see [`Bus::subscribe_group`]).
     pub fn subscribe(&self, subsystem: &str) -> Result<Subscriber, RequestError> {
-        bus_core::path::validate_subsystem(subsystem).map_err(RequestError::InvalidName)?;
-        self.subscribe_unchecked(subsystem)
+        self.subscription(subsystem).create()
+    }
+
+    /// Subscribes to `subsystem` as a member of consumer group `group`
+    /// (created on first use, blocking: a full queue slows publishers).
+    /// Each group gets every message sent to the subsystem after the group
+    /// came to exist; within a group each message goes to one subscriber.
+    /// The group named `default` is the one [`Bus::subscribe`] joins.
+    pub fn subscribe_group(&self, subsystem: &str, group: &str) -> Result<Subscriber, RequestError> {
+        self.subscription(subsystem).group(group).create()
+    }
+
+    /// A builder for a subscription: its group, and whether a new group is
+    /// lossy or a tap.
+    pub fn subscription(&self, subsystem: &str) -> SubscriptionBuilder {
+        SubscriptionBuilder {
+            bus: self.clone(),
+            subsystem: subsystem.to_owned(),
+            group: None,
+            lossy: false,
+            tap: false,
+        }
     }
 
     /// [`Bus::subscribe`] without the name check: for the reserved
     /// `_reply.` names of requesters (the daemon checks those itself).
     pub(crate) fn subscribe_unchecked(&self, subsystem: &str) -> Result<Subscriber, RequestError> {
-        let port = self.inner.claim_port()?;
-        let reply = self.inner.request(&Request::Subscribe { subsystem: subsystem.to_owned() });
-        let queue = match reply {
-            Ok(Reply::Subscribed { queue }) if self.inner.seg.queue(queue).is_some() => queue,
+        self.subscription(subsystem).create_unchecked()
+    }
+}
+
+/// Builds a [`Subscriber`] (see [`Bus::subscription`]).
+#[must_use = "call .create() to subscribe"]
+pub struct SubscriptionBuilder {
+    bus: Bus,
+    subsystem: String,
+    group: Option<String>,
+    lossy: bool,
+    tap: bool,
+}
+
+impl SubscriptionBuilder {
+    /// Joins consumer group `name` (default: the subsystem's default group).
+    pub fn group(mut self, name: &str) -> Self {
+        self.group = Some(name.to_owned());
+        self
+    }
+
+    /// If this subscription creates its group, the group is lossy: when its
+    /// queue is full, publishers drop the group's copy (counted in `shmbus
+    /// status`) instead of waiting. Joining an existing group of the other
+    /// kind is an error.
+    pub fn lossy(mut self, lossy: bool) -> Self {
+        self.lossy = lossy;
+        self
+    }
+
+    /// A tap: a lossy group of this subscriber alone, which disappears when
+    /// it is dropped (its unread messages are freed). For monitors and
+    /// recorders that must never slow production.
+    pub fn tap(mut self) -> Self {
+        self.tap = true;
+        self
+    }
+
+    /// Subscribes.
+    pub fn create(self) -> Result<Subscriber, RequestError> {
+        bus_core::path::validate_subsystem(&self.subsystem).map_err(RequestError::InvalidName)?;
+        if let Some(g) = &self.group {
+            bus_core::path::validate_subsystem(g).map_err(RequestError::InvalidName)?;
+        }
+        self.create_unchecked()
+    }
+
+    fn create_unchecked(self) -> Result<Subscriber, RequestError> {
+        let inner = &self.bus.inner;
+        let port = inner.claim_port()?;
+        let reply = inner.request(&Request::Subscribe {
+            subsystem: self.subsystem.clone(),
+            group: self.group.clone(),
+            lossy: self.lossy,
+            tap: self.tap,
+        });
+        let p = inner.seg.params();
+        let (group, name) = match reply {
+            Ok(Reply::Subscribed { queue, subsystem, slot, group })
+                if inner.seg.queue(queue).is_some() && subsystem < p.max_subsystems && slot < p.max_groups =>
+            {
+                (Group { subsystem, slot, queue }, group)
+            }
             other => {
-                self.inner.release_port(port);
+                inner.release_port(port);
                 return Err(match other {
                     Ok(r) => unexpected(r),
                     Err(e) => e,
@@ -38,23 +119,25 @@ impl Bus {
             }
         };
         Ok(Subscriber {
-            bus: self.clone(),
+            bus: self.bus.clone(),
             port,
-            queue,
-            subsystem: subsystem.to_owned(),
+            group,
+            group_name: name,
+            subsystem: self.subsystem,
             spins: Cell::new(crate::bus::DEFAULT_SPINS),
             _not_sync: PhantomData,
         })
     }
 }
 
-/// Receives the messages of one subsystem. One thread at a time (`Send`,
-/// not `Sync`); several subscribers (threads or processes) of one subsystem
-/// share its queue.
+/// Receives the messages of one subsystem, as a member of one of its groups.
+/// One thread at a time (`Send`, not `Sync`); several subscribers (threads
+/// or processes) of one group share its queue.
 pub struct Subscriber {
     bus: Bus,
     port: u32,
-    queue: u32,
+    group: Group,
+    group_name: String,
     subsystem: String,
     spins: Cell<u32>,
     _not_sync: PhantomData<Cell<()>>,
@@ -70,9 +153,14 @@ impl Subscriber {
         &self.subsystem
     }
 
-    /// Its queue.
+    /// Its group's queue.
     pub(crate) fn queue(&self) -> u32 {
-        self.queue
+        self.group.queue
+    }
+
+    /// Its group's name (`default` for the default group).
+    pub fn group(&self) -> &str {
+        &self.group_name
     }
 
     /// How many times a blocking receive polls the queue before it sleeps on
@@ -98,7 +186,7 @@ impl Subscriber {
     /// The next message if one is queued. Makes no system call.
     pub fn try_recv(&self) -> Result<Option<Message<'_>>, RecvError> {
         self.bus.inner.usable()?;
-        match self.port().dequeue(self.queue) {
+        match self.port().dequeue(&self.group) {
             Some(i) => self.wrap(i).map(Some),
             None => Ok(None),
         }
@@ -117,7 +205,7 @@ impl Subscriber {
     ) -> Result<usize, RecvError> {
         self.bus.inner.usable()?;
         let port = self.port();
-        let bell = port.sleeper(Some(self.queue), false).expect("queue in range");
+        let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
         let r = self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || {
             let n = self.take_batch(out, max);
             (n > 0).then_some(n)
@@ -139,7 +227,7 @@ impl Subscriber {
     fn take_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> usize {
         let port = self.port();
         let mut n = 0;
-        port.dequeue_many(self.queue, max, |slot| {
+        port.dequeue_many(&self.group, max, |slot| {
             // A corrupt message was released by `wrap`; skip it.
             if let Ok(m) = self.wrap(slot) {
                 out.push(m);
@@ -152,8 +240,8 @@ impl Subscriber {
     fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
         self.bus.inner.usable()?;
         let port = self.port();
-        let bell = port.sleeper(Some(self.queue), false).expect("queue in range");
-        match self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || port.dequeue(self.queue)) {
+        let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
+        match self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || port.dequeue(&self.group)) {
             Ok(Some(i)) => self.wrap(i),
             Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
             Err(u) => Err(u.into()),
@@ -175,7 +263,7 @@ impl Subscriber {
     }
 
     fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
-        self.port().give_free(slot);
+        self.port().release(slot, self.group.slot);
         RecvError::Corrupt(CorruptSlot { index: slot.get(), what })
     }
 }
@@ -186,7 +274,10 @@ impl Drop for Subscriber {
             return; // the parent's subscription and connection, not ours
         }
         // Best effort: if the daemon is gone there is nothing to undo.
-        let _ = self.bus.inner.request(&Request::Unsubscribe { subsystem: self.subsystem.clone() });
+        let _ = self
+            .bus
+            .inner
+            .request(&Request::Unsubscribe { subsystem: self.subsystem.clone(), queue: Some(self.group.queue) });
         self.bus.inner.release_port(self.port);
     }
 }
@@ -431,7 +522,7 @@ impl Message<'_> {
     /// Whether it was put back into the queue after a receiver died with it
     /// (it may have been partly processed already).
     pub fn is_redelivered(&self) -> bool {
-        self.slot.header().flags.load(Ordering::Relaxed) & FLAG_REDELIVERED != 0
+        self.slot.header().redelivered.load(Ordering::Relaxed) & (1 << self.sub.group.slot) != 0
     }
 
     /// Whether the body is raw bytes (not an rkyv archive).
@@ -560,6 +651,6 @@ impl Drop for Message<'_> {
         if self.sub.bus.inner.forked() {
             return; // the parent holds this slot, not us
         }
-        self.sub.port().give_free(self.slot.index());
+        self.sub.port().release(self.slot.index(), self.sub.group.slot);
     }
 }

@@ -51,14 +51,25 @@ pub enum Point {
     LoanPathWritten,
     /// A loan is written and stamped, not yet pushed.
     SendBeforePush,
-    /// `Loaned → Queued(q)` is stored, the ring push not yet made.
+    /// `Loaned → Published` (the message's groups queued) is stored, the
+    /// first ring push not yet made.
     EnqueueMarked,
+    /// A message is pushed onto some of its groups' queues, not all yet.
+    PublishPartly,
+    /// A lossy group's full queue made the publisher clear that group's
+    /// bit; if it was the last, the free-ring push is not yet made.
+    LossyDropped,
+    /// A receiver locked a slot's holder word for its group; the group's
+    /// bit in the ownership word has not moved from queued to held yet.
+    ClaimLocked,
     /// A push found the queue full; the slot is not yet rolled back to
     /// `Loaned`.
     EnqueueRollback,
-    /// A queued message was claimed by a receiver (`Queued(q) → Held`).
+    /// A queued message was claimed by a receiver (its group's bit moved
+    /// from queued to held).
     DequeueClaimed,
-    /// A release stored `Free`, the free-ring push not yet made.
+    /// A release cleared its group's held bit (or stored `Free`); if it
+    /// freed the slot, the free-ring push is not yet made.
     ReleaseMarked,
     /// Between two chunks of a batch send.
     BatchBetweenChunks,
@@ -90,6 +101,9 @@ pub const ALL: &[Point] = &[
     Point::LoanPathWritten,
     Point::SendBeforePush,
     Point::EnqueueMarked,
+    Point::PublishPartly,
+    Point::LossyDropped,
+    Point::ClaimLocked,
     Point::EnqueueRollback,
     Point::DequeueClaimed,
     Point::ReleaseMarked,
@@ -118,6 +132,9 @@ impl Point {
             Point::LoanPathWritten => "loan-path-written",
             Point::SendBeforePush => "send-before-push",
             Point::EnqueueMarked => "enqueue-marked",
+            Point::PublishPartly => "publish-partly",
+            Point::LossyDropped => "lossy-dropped",
+            Point::ClaimLocked => "claim-locked",
             Point::EnqueueRollback => "enqueue-rollback",
             Point::DequeueClaimed => "dequeue-claimed",
             Point::ReleaseMarked => "release-marked",

@@ -14,6 +14,8 @@
 //!  queues            ├──────────────────────────────┤
 //!                    │ (ring header + queue_capacity│ one per subsystem entry
 //!                    │ cells) × max_subsystems      │ (queue q ↔ route entry q)
+//!  holders           ├──────────────────────────────┤
+//!                    │ u64 × slot_count × max_groups│ who holds slot i for group k
 //!  slots (page)      ├──────────────────────────────┤
 //!                    │ slot × slot_count            │ 64 B header, path, body
 //!  segment_size      └──────────────────────────────┘
@@ -29,11 +31,12 @@
 //! | 512 | 3584 | reserved | — | — | zero |
 //! | client_table + i·2176 | 128 | [`ClientInfo`] | daemon | daemon, status | `state` FREE/ACTIVE/RECLAIMING |
 //! | … + 128 + p·64 | 64 | [`PortIntent`] p of client i | the thread owning port p of client i | daemon (reclaim only) | `intent`: 0 or `op·ring·index` with index < slot_count, ring ≤ max_subsystems; `bell`: 0 or a [`crate::doorbell::Sleeper`] record |
-//! | routing_table + q·128 | 128 | [`RouteEntry`] q | daemon only (seqlock) | clients, lock-free | `name_len` ≤ 32; name valid per [`crate::path`] |
+//! | routing_table + q·128 | 128 | [`RouteEntry`] q | daemon only (seqlock) | clients, lock-free | `name_len` ≤ 32; name valid per [`crate::path`]; a subsystem entry's `group_queues` name group entries of that subsystem, a group entry's `parent` names its subsystem entry and group slot |
 //! | free_ring | 640 | [`RingHeader`](crate::queue::RingHeader) | everyone | everyone | see [`crate::queue`] |
 //! | free_ring + 640 | 8·free_capacity | cells | everyone | everyone | `free_capacity` = 2·next_pow2(slot_count) |
-//! | queues + q·queue_stride | 640 + 8·queue_capacity | ring of subsystem q | publishers push, subscribers pop | | `queue_capacity` a power of two |
-//! | slots + i·slot_size | 64 | [`SlotHeader`] of slot i | the owner of slot i (see `own`) | the next owner | `own` is the ownership record |
+//! | queues + q·queue_stride | 640 + 8·queue_capacity | ring of entry q (a subsystem's default group, or another group) | publishers push, subscribers pop | | `queue_capacity` a power of two |
+//! | holders + (k·slot_count + i)·8 | 8 | holder word of slot i for group slot k | the consumer of group k that claims slot i (CAS) | daemon (reclaim) | 0, or `gen << 40 \| client + 1` (see [`crate::slot_pool`]) |
+//! | slots + i·slot_size | 64 | [`SlotHeader`] of slot i | the owner of slot i (see `own`) | the next owner | `own` is the ownership record; `redelivered` bit k is set by the daemon only |
 //! | slots + i·slot_size + 64 | body_len | body (64-byte aligned) | owner | receiver | 64 + `body_len` ≤ slot_size − `path_len` |
 //! | slots + (i+1)·slot_size − path_len | path_len | path bytes, at the end of the slot | owner | receiver (only if it asks for the path) | `path_len` ≤ min([`PATH_CAPACITY`], slot_size − 64) |
 //!
@@ -66,7 +69,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\0");
 /// Bumped whenever any structure below, the slot header, or the rkyv major
 /// version used for bodies changes (all processes on a bus must agree).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Size of the segment header region.
 pub const HEADER_SIZE: usize = 4096;
 /// Port intent records per client (threads of one client that use the bus
@@ -81,6 +84,9 @@ pub const SUBSYSTEM_NAME_MAX: usize = 32;
 /// Offset of the body within a slot: right after the header, so 64-byte
 /// aligned (rkyv needs 16).
 pub const BODY_OFFSET: usize = SLOT_HEADER_SIZE;
+/// Most groups a subsystem can have (its default group included): the
+/// width of the per-slot masks in the ownership word.
+pub const MAX_GROUPS: usize = 16;
 
 /// Limits that a configuration must respect (checked at create and open).
 pub mod limits {
@@ -95,6 +101,8 @@ pub mod limits {
     pub const SUBSYSTEMS: core::ops::RangeInclusive<u32> = 1..=4096;
     /// Connected clients at once.
     pub const CLIENTS: core::ops::RangeInclusive<u32> = 1..=4096;
+    /// Groups per subsystem, its default group included.
+    pub const GROUPS: core::ops::RangeInclusive<u32> = 1..=super::MAX_GROUPS as u32;
     /// Largest segment, in bytes.
     pub const SEGMENT_MAX: u64 = 64 << 30;
 }
@@ -138,12 +146,16 @@ pub struct SegmentParams {
     pub queue_stride: u64,
     /// Offset of slot 0.
     pub slots: u64,
+    /// Offset of the holder words (`max_groups` arrays of `slot_count`).
+    pub holders: u64,
     /// Bus name, UTF-8, `bus_name_len` bytes used.
     pub bus_name: [u8; 64],
     /// Bytes of `bus_name` in use.
     pub bus_name_len: u32,
+    /// Groups per subsystem, its default group included (≤ [`MAX_GROUPS`]).
+    pub max_groups: u32,
     /// Reserved for growth; zero.
-    pub reserved: [u32; 19],
+    pub reserved: [u32; 16],
 }
 
 const _: () = assert!(size_of::<SegmentParams>() == 240);
@@ -165,6 +177,8 @@ pub struct Shape {
     pub max_subsystems: u32,
     /// Clients.
     pub max_clients: u32,
+    /// Groups per subsystem, its default group included.
+    pub max_groups: u32,
 }
 
 /// A shape that violates a limit.
@@ -198,6 +212,9 @@ impl Shape {
         if !limits::CLIENTS.contains(&self.max_clients) {
             return bad("max-clients", self.max_clients, "between 1 and 4096");
         }
+        if !limits::GROUPS.contains(&self.max_groups) {
+            return bad("max-groups", self.max_groups, "between 1 and 16");
+        }
         Ok(())
     }
 }
@@ -219,7 +236,8 @@ impl SegmentParams {
         let free_ring = align_up(routing_table + shape.max_subsystems as u64 * ROUTE_ENTRY_SIZE, 128);
         let queues = align_up(free_ring + RING_HEADER_SIZE as u64 + free_capacity as u64 * 8, 128);
         let queue_stride = align_up(RING_HEADER_SIZE as u64 + shape.queue_capacity as u64 * 8, 128);
-        let slots = align_up(queues + shape.max_subsystems as u64 * queue_stride, 4096);
+        let holders = align_up(queues + shape.max_subsystems as u64 * queue_stride, 128);
+        let slots = align_up(holders + shape.max_groups as u64 * shape.slot_count as u64 * 8, 4096);
         let segment_size = align_up(slots + shape.slot_count as u64 * shape.slot_size as u64, 4096);
         if segment_size > limits::SEGMENT_MAX {
             return Err(ShapeError {
@@ -248,9 +266,11 @@ impl SegmentParams {
             queues,
             queue_stride,
             slots,
+            holders,
             bus_name: name,
             bus_name_len: n as u32,
-            reserved: [0; 19],
+            max_groups: shape.max_groups,
+            reserved: [0; 16],
         })
     }
 
@@ -262,6 +282,7 @@ impl SegmentParams {
             queue_capacity: self.queue_capacity,
             max_subsystems: self.max_subsystems,
             max_clients: self.max_clients,
+            max_groups: self.max_groups,
         }
     }
 
@@ -419,14 +440,34 @@ pub struct RouteEntry {
     pub hash: AtomicU64,
     /// Name bytes, little-endian packed.
     pub name: [AtomicU64; 4],
+    /// Subsystem entries: the groups a message sent now goes to, as a mask
+    /// of group slots (low 16 bits; slot 0 is the default group, whose
+    /// queue is this entry's), and which of them are lossy (high 16 bits).
+    pub groups: AtomicU32,
+    /// Group entries: `k << 16 | s + 1` for group slot `k` of subsystem
+    /// entry `s`; 0 otherwise.
+    pub parent: AtomicU32,
+    /// Subsystem entries: the entry (and queue) of group slot `k` in the
+    /// half-word `k % 2` of word `k / 2` (slot 0: the entry itself).
+    pub group_queues: [AtomicU32; MAX_GROUPS / 2],
+    /// Zero.
+    pub reserved2: [AtomicU32; 6],
 }
 
 /// Entry unused.
 pub const ROUTE_UNUSED: u32 = 0;
-/// Entry names a subsystem.
+/// Entry names a subsystem (and is the queue of its default group).
 pub const ROUTE_ACTIVE: u32 = 1;
-/// Messages to this subsystem are queued even with no subscriber.
+/// Entry is a non-default group of a subsystem (`parent` names it); its
+/// name is the group's.
+pub const ROUTE_GROUP: u32 = 2;
+/// Messages to this subsystem (group) are queued even with no subscriber.
 pub const ROUTE_DURABLE: u32 = 1;
+/// A group whose full queue drops its copy instead of slowing publishers.
+pub const ROUTE_LOSSY: u32 = 2;
+/// A group that exists only while it has subscribers (a tap): when the
+/// last leaves, the daemon drains its queue and frees the entry.
+pub const ROUTE_EPHEMERAL: u32 = 4;
 
 const _: () = assert!(size_of::<RouteEntry>() == 128);
 const _: () = assert!(offset_of!(RouteEntry, name) == 32);
@@ -446,9 +487,10 @@ pub struct SlotHeader {
     pub body_len: AtomicU32,
     /// Path length in bytes (≤ [`PATH_CAPACITY`]).
     pub path_len: AtomicU16,
-    /// Body offset from the slot start: [`BODY_OFFSET`] in this layout
-    /// version (kept so that a later version can move the body).
-    pub body_offset: AtomicU16,
+    /// Bit k: the message was put back into the queue of group slot k after
+    /// that group's receiver died with it. Zeroed by the publisher, set by
+    /// the daemon only.
+    pub redelivered: AtomicU16,
     /// Queue index + 1 of the requester's reply queue (0: not a request).
     pub reply_to: AtomicU32,
     /// Type fingerprint of the body (0 for raw bytes).
@@ -463,8 +505,6 @@ pub struct SlotHeader {
     pub timestamp_ns: AtomicU64,
 }
 
-/// The message was put back into its queue after its receiver died.
-pub const FLAG_REDELIVERED: u16 = 1;
 /// The body is raw bytes, not an rkyv archive.
 pub const FLAG_RAW: u16 = 2;
 /// The message is an error reply: the body is its text, and `fingerprint`
@@ -484,19 +524,20 @@ mod tests {
     use super::*;
 
     fn shape() -> Shape {
-        Shape { slot_count: 1000, slot_size: 256, queue_capacity: 64, max_subsystems: 8, max_clients: 4 }
+        Shape { slot_count: 1000, slot_size: 256, queue_capacity: 64, max_subsystems: 8, max_clients: 4, max_groups: 4 }
     }
 
     #[test]
     fn regions_are_aligned_ordered_and_inside_the_segment() {
         let p = SegmentParams::compute(&shape(), "t", 1, 2).unwrap();
         assert_eq!(p.free_capacity, 2048);
-        let order = [p.client_table, p.routing_table, p.free_ring, p.queues, p.slots, p.segment_size];
+        let order = [p.client_table, p.routing_table, p.free_ring, p.queues, p.holders, p.slots, p.segment_size];
         assert!(order.windows(2).all(|w| w[0] < w[1]));
         assert!(order.iter().all(|o| o % 128 == 0));
         assert_eq!(p.slots % 4096, 0);
         assert!(p.slots + 1000 * 256 <= p.segment_size);
-        assert!(p.queues + 8 * p.queue_stride <= p.slots);
+        assert!(p.queues + 8 * p.queue_stride <= p.holders);
+        assert!(p.holders + 4 * 1000 * 8 <= p.slots);
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct RingStats {
     /// Operations that gave up after [`Ring::step_budget`] steps: the
     /// ring's words cannot be right (corruption). Written by anyone.
     pub stalls: AtomicU64,
+    /// Copies dropped because this (lossy group's) ring was full. Written
+    /// by publishers, only when that happens.
+    pub dropped: AtomicU64,
 }
 
 /// Size in bytes of a [`RingHeader`].
@@ -527,6 +530,7 @@ impl OwnedRing {
             skipped: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         };
         #[cfg(not(loom))]
         let bell = Doorbell::zeroed;

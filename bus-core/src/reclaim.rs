@@ -4,23 +4,35 @@
 //! or was killed), so none of its threads will touch the segment again and
 //! everything it stored is visible. In order:
 //!
-//! 1. Intents. For each port intent `op·ring·index` the client left: if slot
-//!    `index` is in the state that means "belongs in that ring" (`Free` for
-//!    the free ring, `Queued(q)` for queue `q`), push `index` onto that ring.
+//! 1. Intents. For each port intent `op·ring·index` the client left:
+//!    - a push or pop on the free ring: if slot `index` is free, push it
+//!      onto the free ring;
+//!    - a publish (`Push` to subsystem entry `s`): if the slot is still
+//!      `Published` to `s`, push it onto the queue of every group whose
+//!      `queued` bit is set and whose holder word is not locked for this
+//!      life (the groups the publisher had not reached, and maybe some it
+//!      had); if no bit is left, push it onto the free ring;
+//!    - a pop from group queue `q`: if the slot still waits for that group
+//!      and nobody locked it, push it back onto `q`.
+//!
 //!    If the index was in the ring after all, the extra entry is skipped by
 //!    whoever pops it second (see [`crate::slot_pool`]).
-//! 2. Slots. Every slot whose `own` names the client: `Cached` and `Loaned`
-//!    go back to the free ring; `Held` goes back to the queue it was sent to,
-//!    flagged redelivered (at-least-once). A held slot whose queue id is out
-//!    of range is freed and counted as corrupt.
+//! 2. Slots. Every slot whose `own` names the client (`Cached`, `Loaned`)
+//!    goes back to the free ring. Every group bit of a `Published` slot
+//!    whose holder word names the client for this life goes back to that
+//!    group's queue only: `held` → `queued`, flagged redelivered for that
+//!    group (at-least-once); a bit still `queued` (locked, not yet claimed)
+//!    just gets its entry back. The other groups are not touched. A bit
+//!    whose group is gone (or whose subsystem entry is corrupt) is cleared,
+//!    counted as corrupt, and the slot freed if it was the last.
 //! 3. Wake everyone sleeping on the rings that changed.
 //!
 //! The daemon's own pushes are counted in `RingStats::daemon_pushes`, so that
 //! `sent` (tail minus daemon pushes) counts only what clients sent.
 
-use crate::layout::FLAG_REDELIVERED;
+use crate::routing::{self, Kind};
 use crate::segment::{Segment, SlotIndex};
-use crate::slot_pool::{ring_of_queue, Intent, Own, SlotState, RING_FREE};
+use crate::slot_pool::{bits, holder_of, ring_of_queue, Group, Intent, IntentOp, Own, SlotState, RING_FREE};
 use std::sync::atomic::Ordering;
 
 /// What a reclaim did.
@@ -30,9 +42,10 @@ pub struct Report {
     pub intents_repaired: u64,
     /// Slots returned to the free ring.
     pub freed: u64,
-    /// Messages put back into their queue.
+    /// Messages put back into a group's queue.
     pub redelivered: u64,
-    /// Slots with a corrupt header, freed.
+    /// Slots or group bits with a corrupt header or a group that is gone,
+    /// freed.
     pub corrupt: u64,
     /// (queue, slot) pairs that could not be requeued because the queue was
     /// full; the caller retries them with [`retry_requeue`].
@@ -40,6 +53,31 @@ pub struct Report {
     /// Intent words that cannot be right (unknown op, index out of range),
     /// or repairs impossible because a ring was corrupt.
     pub corrupt_words: u64,
+}
+
+/// The group whose queue is entry `q`.
+pub fn group_of_queue(seg: &Segment, q: u32) -> Option<Group> {
+    match routing::read_as_writer(seg, q)?.kind {
+        Kind::Subsystem { .. } => Some(Group::default_of(q)),
+        Kind::Group { subsystem, slot } => Some(Group { subsystem, slot, queue: q }),
+    }
+}
+
+/// The queue of group slot `k` of subsystem entry `s`, as the routing
+/// table says now. The subsystem entry lists every group that still has an
+/// entry, receiving or not (see the daemon), so a bit whose slot has no
+/// queue belongs to a group that is gone.
+fn queue_of(seg: &Segment, s: u32, k: u32) -> Option<u32> {
+    let Kind::Subsystem { queues, .. } = routing::read_as_writer(seg, s)?.kind else { return None };
+    if k == 0 {
+        return Some(s);
+    }
+    let q = *queues.get(k as usize)? as u32;
+    // A group slot names a group entry of this subsystem and slot.
+    match routing::read_as_writer(seg, q)?.kind {
+        Kind::Group { subsystem, slot } if subsystem == s && slot == k => Some(q),
+        _ => None,
+    }
 }
 
 /// Reclaims everything client `client` owned. See the module doc.
@@ -75,25 +113,65 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
             continue;
         };
         crate::crash_point!(ReclaimIntent);
-        let own = seg.slot(i).own();
-        let ring = if intent.ring == RING_FREE {
-            (own.state == Some(SlotState::Free)).then(|| seg.free_ring())
-        } else {
-            let q = intent.ring - 1;
-            (own.state == Some(SlotState::Queued) && own.who == q).then(|| seg.queue(q)).flatten()
+        // SYNC: slot-claim — Acquire pairs with the stores and CASes of the
+        // dead client and of live ones.
+        let w = seg.slot(i).header().own.load(Ordering::Acquire);
+        let own = Own::unpack(w);
+        if intent.ring == RING_FREE {
+            if own.is_free() {
+                if free_ring.push(i.get()) {
+                    free_ring.ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+                    report.intents_repaired += 1;
+                } else {
+                    // The free ring has room for every slot twice: full means
+                    // corrupt. The slot stays free and out of circulation.
+                    report.corrupt_words += 1;
+                    counters.slots_lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            continue;
+        }
+        let q = intent.ring - 1;
+        if own.state != Some(SlotState::Published) {
+            continue;
+        }
+        let s = seg.slot(i).header().queue.load(Ordering::Relaxed) as u32;
+        // The groups this intent may leave without their entry.
+        let (subsystem, groups) = match intent.op {
+            IntentOp::Push => (q, own.queued),
+            IntentOp::Pop => match group_of_queue(seg, q) {
+                Some(g) => (g.subsystem, own.queued & (1 << g.slot)),
+                None => continue,
+            },
         };
-        if let Some(ring) = ring {
-            if ring.push(i.get()).is_ok() {
-                ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
-                ring.notify_items();
+        if s != subsystem {
+            continue;
+        }
+        if intent.op == IntentOp::Push && own.queued | own.held == 0 {
+            // Its last copy was dropped; the free-ring push was not made.
+            if free_ring.push(i.get()) {
                 report.intents_repaired += 1;
-            } else if intent.ring != RING_FREE {
-                report.pending.push((intent.ring - 1, i));
-            } else {
-                // The free ring has room for every slot twice: full means
-                // corrupt. The slot stays Free and out of circulation.
-                report.corrupt_words += 1;
-                counters.slots_lost.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        for k in bits(groups) {
+            let locked = seg.holder(k, i).map(|h| holder_of(h.load(Ordering::Relaxed), own.gen));
+            if locked != Some(None) {
+                continue; // claimed (the scan below handles a dead holder)
+            }
+            match queue_of(seg, s, k) {
+                Some(target) => {
+                    if full.contains(&target) || !push_entry(seg, target, i, false) {
+                        full.insert(target);
+                        report.pending.push((target, i));
+                    } else {
+                        report.intents_repaired += 1;
+                    }
+                }
+                None => {
+                    report.corrupt += 1;
+                    clear_bit(seg, &mut free_ring, i, k);
+                }
             }
         }
     }
@@ -102,38 +180,47 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
         let i = seg.slot_index(raw).expect("in range");
         let slot = seg.slot(i);
         // SYNC: slot-claim — Acquire pairs with the claiming CASes of the
-        // dead client; the CASes below race only with consumers popping a
-        // duplicate entry, which CAS the same word.
+        // dead client; the CASes below race only with live receivers and
+        // publishers, which CAS the same word.
         let w = slot.header().own.load(Ordering::Acquire);
         let own = Own::unpack(w);
-        if own.who != client {
-            continue;
-        }
         match own.state {
-            Some(SlotState::Cached | SlotState::Loaned) => {
+            Some(SlotState::Cached | SlotState::Loaned) if own.who == client => {
                 free(seg, &mut free_ring, i, w, own.gen);
                 report.freed += 1;
             }
-            Some(SlotState::Held) => {
-                let q = slot.header().queue.load(Ordering::Relaxed) as u32;
-                if seg.queue(q).is_none() {
-                    free(seg, &mut free_ring, i, w, own.gen);
-                    report.corrupt += 1;
-                    continue;
-                }
-                slot.header().flags.fetch_or(FLAG_REDELIVERED, Ordering::Relaxed);
-                let queued = Own::pack(own.gen, SlotState::Queued, q);
-                if slot.header().own.compare_exchange(w, queued, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                    continue;
-                }
-                crate::crash_point!(ReclaimRequeue);
-                report.redelivered += 1;
-                // A queue that was full once in this reclaim gets the rest
-                // as pending at once: each push into a full (or corrupt)
-                // ring costs a try, and the daemon must stay responsive.
-                if full.contains(&q) || !requeue(seg, q, i) {
-                    full.insert(q);
-                    report.pending.push((q, i));
+            Some(SlotState::Published) => {
+                for k in bits(own.queued | own.held) {
+                    let Some(holder) = seg.holder(k, i) else { continue };
+                    let h = holder.load(Ordering::Relaxed);
+                    if holder_of(h, own.gen) != Some(client) {
+                        continue;
+                    }
+                    let s = slot.header().queue.load(Ordering::Relaxed) as u32;
+                    let Some(target) = queue_of(seg, s, k) else {
+                        report.corrupt += 1;
+                        clear_bit(seg, &mut free_ring, i, k);
+                        continue;
+                    };
+                    let redeliver = own.held & (1 << k) != 0;
+                    if redeliver && !unhold(seg, i, own.gen, k) {
+                        continue;
+                    }
+                    // SYNC: holder-lock — AcqRel pairs with receivers' lock
+                    // CASes: after this, the next receiver may lock it.
+                    let _ = holder.compare_exchange(h, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    crate::crash_point!(ReclaimRequeue);
+                    if redeliver {
+                        report.redelivered += 1;
+                    }
+                    // A queue that was full once in this reclaim gets the
+                    // rest as pending at once: each push into a full (or
+                    // corrupt) ring costs a try, and the daemon must stay
+                    // responsive.
+                    if full.contains(&target) || !push_entry(seg, target, i, redeliver) {
+                        full.insert(target);
+                        report.pending.push((target, i));
+                    }
                 }
             }
             _ => {}
@@ -146,6 +233,66 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     counters.corrupt_slots.fetch_add(report.corrupt, Ordering::Relaxed);
     counters.corruption.fetch_add(report.corrupt_words, Ordering::Relaxed);
     report
+}
+
+/// Moves group `k`'s bit of slot `i` (life `gen`) from `held` back to
+/// `queued`, and flags the message redelivered for that group. `false` if
+/// the word changed under us so that it no longer says so.
+fn unhold(seg: &Segment, i: SlotIndex, gen: u32, k: u32) -> bool {
+    let slot = seg.slot(i);
+    let bit = 1u64 << k;
+    slot.header().redelivered.fetch_or(1 << k, Ordering::Relaxed);
+    let own = &slot.header().own;
+    let mut w = own.load(Ordering::Acquire);
+    loop {
+        let o = Own::unpack(w);
+        if o.state != Some(SlotState::Published) || o.gen != gen || o.held & (1 << k) == 0 {
+            return false;
+        }
+        // SYNC: slot-claim — AcqRel pairs with the other groups' claims and
+        // releases of this word.
+        match own.compare_exchange_weak(w, (w & !(bit << 16)) | bit, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(x) => w = x,
+        }
+    }
+}
+
+/// Clears group `k`'s bit (queued or held) of slot `i`, and frees the slot
+/// if it was the last.
+fn clear_bit(seg: &Segment, free_ring: &mut FreeRing<'_>, i: SlotIndex, k: u32) {
+    let own = &seg.slot(i).header().own;
+    let bits = (1u64 << k) | (1u64 << (16 + k));
+    let mut w = own.load(Ordering::Acquire);
+    loop {
+        let o = Own::unpack(w);
+        if o.state != Some(SlotState::Published) || (o.queued | o.held) & (1 << k) == 0 {
+            return;
+        }
+        // SYNC: slot-release — AcqRel, as for a receiver's release.
+        match own.compare_exchange_weak(w, w & !bits, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if Own::unpack(w & !bits).is_free() {
+                    push_free(seg, free_ring, i);
+                }
+                return;
+            }
+            Err(x) => w = x,
+        }
+    }
+}
+
+/// Pushes freed slot `i` onto the free ring, or counts it lost.
+fn push_free(seg: &Segment, free_ring: &mut FreeRing<'_>, i: SlotIndex) {
+    if free_ring.push(i.get()) {
+        free_ring.ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
+    } else {
+        // Only a corrupt free ring stays full (it has room for every slot
+        // twice): the slot stays free and out of circulation.
+        let c = &seg.header().counters;
+        c.slots_lost.fetch_add(1, Ordering::Relaxed);
+        c.corruption.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How long the daemon retries a push onto a free ring that looks full
@@ -203,8 +350,8 @@ impl<'a> FreeRing<'a> {
 
 fn free(seg: &Segment, free_ring: &mut FreeRing<'_>, i: SlotIndex, w: u64, gen: u32) {
     let slot = seg.slot(i);
-    // SYNC: slot-claim — AcqRel pairs with a consumer's claim CAS of a
-    // duplicate entry of this slot; only one of them wins.
+    // SYNC: slot-claim — AcqRel pairs with a publisher's claim CAS of a
+    // duplicate free entry of this slot; only one of them wins.
     if slot
         .header()
         .own
@@ -212,25 +359,21 @@ fn free(seg: &Segment, free_ring: &mut FreeRing<'_>, i: SlotIndex, w: u64, gen: 
         .is_ok()
     {
         crate::crash_point!(ReclaimFree);
-        if free_ring.push(i.get()) {
-            free_ring.ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // Only a corrupt free ring stays full (it has room for every
-            // slot twice): the slot stays Free and out of circulation.
-            let c = &seg.header().counters;
-            c.slots_lost.fetch_add(1, Ordering::Relaxed);
-            c.corruption.fetch_add(1, Ordering::Relaxed);
-        }
+        push_free(seg, free_ring, i);
     }
 }
 
-fn requeue(seg: &Segment, q: u32, i: SlotIndex) -> bool {
-    let ring = seg.queue(q).expect("checked by the caller");
+/// Pushes slot `i` onto queue `q` for the daemon; `false` if the ring is
+/// full.
+fn push_entry(seg: &Segment, q: u32, i: SlotIndex, redelivered: bool) -> bool {
+    let Some(ring) = seg.queue(q) else { return false };
     if ring.push(i.get()).is_err() {
         return false;
     }
     ring.header().stats.daemon_pushes.fetch_add(1, Ordering::Relaxed);
-    ring.header().stats.redelivered.fetch_add(1, Ordering::Relaxed);
+    if redelivered {
+        ring.header().stats.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
     ring.notify_items();
     true
 }
@@ -248,7 +391,7 @@ pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32,
                 return true;
             }
             tries += 1;
-            let stuck = !requeue(seg, q, i);
+            let stuck = !push_entry(seg, q, i, false);
             if stuck {
                 full.insert(q);
             }
@@ -262,29 +405,36 @@ pub fn retry_requeue(seg: &Segment, pending: Vec<(u32, SlotIndex)>) -> Vec<(u32,
 /// queues.
 pub const RETRIES_PER_CALL: usize = 64;
 
-/// Empties queue `q`, returning its messages' slots to the free ring (the
-/// daemon does this for a requester's reply queue once the requester is
-/// gone: nobody will read what is left there). Returns how many. Takes at
-/// most one ring's capacity of entries per call, so that a client that
-/// keeps pushing cannot keep the daemon here.
-pub fn drain_queue(seg: &Segment, q: u32) -> u64 {
-    let Some(ring) = seg.queue(q) else { return 0 };
+/// Empties the queue of group `g`, dropping that group's copy of each
+/// message in it (the slot is freed when no other group still has it).
+/// The daemon does this for a requester's reply queue once the requester is
+/// gone, and for a tap once its listener left: nobody will read what is
+/// left there. Returns how many copies. Takes at most one ring's capacity
+/// of entries per call, so that a client that keeps pushing cannot keep the
+/// daemon here.
+pub fn drain_queue(seg: &Segment, g: &Group) -> u64 {
+    let Some(ring) = seg.queue(g.queue) else { return 0 };
     let mut free_ring = FreeRing::new(seg);
-    let mut freed = 0;
+    let mut drained = 0;
     for _ in 0..ring.capacity() {
         let Some(raw) = ring.pop() else { break };
         let Some(i) = seg.slot_index(raw) else { continue };
+        let slot = seg.slot(i);
         // SYNC: slot-claim — as in `reclaim_client`.
-        let w = seg.slot(i).header().own.load(Ordering::Acquire);
-        let own = Own::unpack(w);
-        if own.state == Some(SlotState::Queued) && own.who == q {
-            free(seg, &mut free_ring, i, w, own.gen);
-            freed += 1;
+        let own = slot.own();
+        let locked = seg.holder(g.slot, i).map(|h| holder_of(h.load(Ordering::Relaxed), own.gen));
+        if own.state == Some(SlotState::Published)
+            && own.queued & (1 << g.slot) != 0
+            && slot.header().queue.load(Ordering::Relaxed) as u32 == g.subsystem
+            && locked == Some(None)
+        {
+            clear_bit(seg, &mut free_ring, i, g.slot);
+            drained += 1;
         }
     }
     seg.free_ring().notify_items();
-    seg.header().counters.slots_reclaimed.fetch_add(freed, Ordering::Relaxed);
-    freed
+    seg.header().counters.slots_reclaimed.fetch_add(drained, Ordering::Relaxed);
+    drained
 }
 
 /// The ring id a queue has in intents (re-exported for the daemon's audit).
@@ -295,16 +445,67 @@ pub fn queue_ring_id(q: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Shape;
-    use crate::slot_pool::{census, Census, IntentOp, Port};
+    use crate::layout::{Shape, MAX_GROUPS};
+    use crate::routing::Expected;
+    use crate::slot_pool::{census, holder_lock, Census, Port};
 
     fn seg() -> Segment {
-        Segment::create(
-            &Shape { slot_count: 8, slot_size: 256, queue_capacity: 8, max_subsystems: 2, max_clients: 2 },
+        let seg = Segment::create(
+            &Shape {
+                slot_count: 8,
+                slot_size: 256,
+                queue_capacity: 8,
+                max_subsystems: 4,
+                max_clients: 3,
+                max_groups: 4,
+            },
             "t",
             1,
         )
-        .unwrap()
+        .unwrap();
+        // Subsystem 0 with one group; subsystem 1 with groups in slots 0
+        // (queue 1), 1 (queue 2) and 2 (queue 3).
+        let mut queues = [0; MAX_GROUPS];
+        routing::rewrite(
+            &seg,
+            0,
+            Some(Expected {
+                name: "a",
+                flags: 0,
+                subscribers: 1,
+                kind: Kind::Subsystem { groups: 1, lossy: 0, queues },
+            }),
+        );
+        queues[1] = 2;
+        queues[2] = 3;
+        let kind = Kind::Subsystem { groups: 0b111, lossy: 0, queues };
+        routing::rewrite(&seg, 1, Some(Expected { name: "b", flags: 0, subscribers: 1, kind }));
+        for (q, k) in [(2, 1), (3, 2)] {
+            let kind = Kind::Group { subsystem: 1, slot: k };
+            routing::rewrite(&seg, q, Some(Expected { name: "g", flags: 0, subscribers: 1, kind }));
+        }
+        seg
+    }
+
+    fn fanout(seg: &Segment, s: u32) -> crate::slot_pool::Fanout {
+        routing::read(seg, s).unwrap().fanout().unwrap()
+    }
+
+    /// Takes, loans and publishes a slot to subsystem `s`, pushing to
+    /// `push_to` of its groups only (as if the publisher died there), with
+    /// its intent left set when it pushed to fewer than all.
+    fn publish(p: &Port<'_>, s: u32, all: bool) -> SlotIndex {
+        let to = fanout(p.segment(), s);
+        let i = p.take_free().unwrap();
+        p.mark_loaned(i);
+        p.segment().slot(i).header().queue.store(s as u16, Ordering::Relaxed);
+        let mut publishing = p.begin_publish(&to, i);
+        if all {
+            assert_eq!(publishing.push(), 0);
+        } else {
+            std::mem::forget(publishing); // died before any push
+        }
+        i
     }
 
     #[test]
@@ -312,23 +513,19 @@ mod tests {
         let seg = seg();
         let dead = Port::new(&seg, 1, 0).unwrap();
         let live = Port::new(&seg, 0, 0).unwrap();
-        let cached = dead.take_free().unwrap();
+        let _cached = dead.take_free().unwrap();
         let loaned = dead.take_free().unwrap();
         dead.mark_loaned(loaned);
-        let sent = live.take_free().unwrap();
-        live.mark_loaned(sent);
-        seg.slot(sent).header().queue.store(1, Ordering::Relaxed);
-        live.enqueue(1, sent).unwrap();
-        assert_eq!(dead.dequeue(1), Some(sent));
-        let _ = cached;
+        let sent = publish(&live, 0, true);
+        assert_eq!(dead.dequeue(&Group::default_of(0)), Some(sent));
 
         let r = reclaim_client(&seg, 1);
         assert_eq!((r.freed, r.redelivered, r.corrupt), (2, 1, 0));
         assert!(r.pending.is_empty());
         // The redelivered message reaches the next subscriber, flagged.
-        assert_eq!(live.dequeue(1), Some(sent));
-        assert_ne!(seg.slot(sent).header().flags.load(Ordering::Relaxed) & FLAG_REDELIVERED, 0);
-        live.give_free(sent);
+        assert_eq!(live.dequeue(&Group::default_of(0)), Some(sent));
+        assert_eq!(seg.slot(sent).header().redelivered.load(Ordering::Relaxed), 1);
+        live.release(sent, 0);
         assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
     }
 
@@ -346,28 +543,90 @@ mod tests {
     }
 
     #[test]
-    fn a_message_marked_queued_but_never_pushed_by_a_dead_client_is_delivered() {
+    fn a_message_published_but_never_pushed_by_a_dead_client_reaches_every_group() {
         let seg = seg();
         let dead = Port::new(&seg, 1, 0).unwrap();
-        let i = dead.take_free().unwrap();
-        // Simulate death between the state store and the ring push.
-        seg.slot(i).header().own.store(Own::pack(1, SlotState::Queued, 0), Ordering::Relaxed);
-        seg.port_intent(1, 0)
-            .unwrap()
-            .intent
-            .store(Intent::pack(IntentOp::Push, ring_of_queue(0), i.get()), Ordering::Relaxed);
+        let i = publish(&dead, 1, false);
         reclaim_client(&seg, 1);
         let live = Port::new(&seg, 0, 0).unwrap();
-        assert_eq!(live.dequeue(0), Some(i));
+        let to = fanout(&seg, 1);
+        for k in 0..3 {
+            let g = Group { subsystem: 1, slot: k, queue: to.queues[k as usize] as u32 };
+            assert_eq!(live.dequeue(&g), Some(i), "group {k}");
+            assert_eq!(live.dequeue(&g), None, "group {k}: once");
+        }
+    }
+
+    #[test]
+    fn a_publisher_killed_between_two_groups_has_its_push_completed_once_per_group() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let to = fanout(&seg, 1);
+        let i = dead.take_free().unwrap();
+        dead.mark_loaned(i);
+        seg.slot(i).header().queue.store(1, Ordering::Relaxed);
+        let publishing = dead.begin_publish(&to, i);
+        // It pushed to group 0 only; group 0's receiver already has it.
+        seg.queue(1).unwrap().push(i.get()).unwrap();
+        std::mem::forget(publishing);
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let g0 = Group::default_of(1);
+        assert_eq!(live.dequeue(&g0), Some(i));
+        let r = reclaim_client(&seg, 1);
+        assert_eq!(r.intents_repaired, 2);
+        for k in 1..3 {
+            let g = Group { subsystem: 1, slot: k, queue: to.queues[k as usize] as u32 };
+            assert_eq!(live.dequeue(&g), Some(i), "group {k}");
+            live.release(i, k);
+        }
+        assert_eq!(live.dequeue(&g0), None, "group 0 is not sent it again");
+        live.release(i, 0);
+        assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
+    }
+
+    #[test]
+    fn a_receiver_killed_holding_a_message_gives_it_back_to_its_group_only() {
+        let seg = seg();
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let to = fanout(&seg, 1);
+        let i = publish(&live, 1, true);
+        let g = |k: u32| Group { subsystem: 1, slot: k, queue: to.queues[k as usize] as u32 };
+        assert_eq!(live.dequeue(&g(0)), Some(i));
+        assert_eq!(dead.dequeue(&g(1)), Some(i));
+        let r = reclaim_client(&seg, 1);
+        assert_eq!(r.redelivered, 1);
+        assert_eq!(seg.slot(i).header().redelivered.load(Ordering::Relaxed), 0b010);
+        assert_eq!(seg.queue(1).unwrap().len(), 0, "group 0 is untouched");
+        assert_eq!(live.dequeue(&g(1)), Some(i));
+        assert_eq!(live.dequeue(&g(2)), Some(i));
+        for k in 0..3 {
+            live.release(i, k);
+        }
+        assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
+    }
+
+    #[test]
+    fn a_receiver_killed_after_locking_but_before_claiming_gives_the_entry_back_unflagged() {
+        let seg = seg();
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let i = publish(&live, 0, true);
+        // Client 1 popped the entry and locked the holder word, then died.
+        assert_eq!(seg.queue(0).unwrap().pop(), Some(i.get()));
+        let gen = seg.slot(i).own().gen;
+        seg.holder(0, i).unwrap().store(holder_lock(gen, 1), Ordering::Relaxed);
+        let ring = ring_of_queue(0);
+        seg.port_intent(1, 0).unwrap().intent.store(Intent::pack(IntentOp::Pop, ring, i.get()), Ordering::Relaxed);
+        reclaim_client(&seg, 1);
+        assert_eq!(live.dequeue(&Group::default_of(0)), Some(i));
+        assert_eq!(seg.slot(i).header().redelivered.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn a_repair_of_an_index_that_was_in_the_ring_after_all_delivers_it_once() {
         let seg = seg();
         let dead = Port::new(&seg, 1, 0).unwrap();
-        let i = dead.take_free().unwrap();
-        dead.mark_loaned(i);
-        dead.enqueue(0, i).unwrap();
+        let i = publish(&dead, 0, true);
         // Died right after the push, before clearing the intent.
         seg.port_intent(1, 0)
             .unwrap()
@@ -375,8 +634,8 @@ mod tests {
             .store(Intent::pack(IntentOp::Push, ring_of_queue(0), i.get()), Ordering::Relaxed);
         reclaim_client(&seg, 1);
         let live = Port::new(&seg, 0, 0).unwrap();
-        assert_eq!(live.dequeue(0), Some(i));
-        assert_eq!(live.dequeue(0), None);
+        assert_eq!(live.dequeue(&Group::default_of(0)), Some(i));
+        assert_eq!(live.dequeue(&Group::default_of(0)), None);
     }
 
     #[test]
@@ -422,14 +681,32 @@ mod tests {
     }
 
     #[test]
-    fn a_held_slot_with_a_corrupt_queue_id_is_freed_and_counted() {
+    fn a_held_slot_with_a_corrupt_subsystem_id_is_freed_and_counted() {
         let seg = seg();
+        let live = Port::new(&seg, 0, 0).unwrap();
         let dead = Port::new(&seg, 1, 0).unwrap();
-        let i = dead.take_free().unwrap();
-        seg.slot(i).header().own.store(Own::pack(1, SlotState::Held, 1), Ordering::Relaxed);
+        let i = publish(&live, 0, true);
+        assert_eq!(dead.dequeue(&Group::default_of(0)), Some(i));
         seg.slot(i).header().queue.store(999, Ordering::Relaxed);
         let r = reclaim_client(&seg, 1);
         assert_eq!(r.corrupt, 1);
+        assert_eq!(census(&seg).free, 8);
+    }
+
+    #[test]
+    fn draining_a_groups_queue_drops_only_that_groups_copies() {
+        let seg = seg();
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let to = fanout(&seg, 1);
+        let i = publish(&live, 1, true);
+        let g2 = Group { subsystem: 1, slot: 2, queue: to.queues[2] as u32 };
+        assert_eq!(drain_queue(&seg, &g2), 1);
+        assert_eq!(seg.slot(i).own().queued, 0b011);
+        for k in 0..2 {
+            let g = Group { subsystem: 1, slot: k, queue: to.queues[k as usize] as u32 };
+            assert_eq!(live.dequeue(&g), Some(i));
+            live.release(i, k);
+        }
         assert_eq!(census(&seg).free, 8);
     }
 }

@@ -350,6 +350,16 @@ impl Segment {
         h.head.load(Ordering::Relaxed) != head || h.tail.load(Ordering::Relaxed) != tail
     }
 
+    /// The holder word of slot `i` for group slot `k` (None if `k` is out
+    /// of range). See [`crate::slot_pool`].
+    pub fn holder(&self, k: u32, i: SlotIndex) -> Option<&AtomicU64> {
+        if k >= self.params.max_groups {
+            return None;
+        }
+        let off = self.params.holders + (k as u64 * self.params.slot_count as u64 + i.0 as u64) * 8;
+        Some(self.at(off))
+    }
+
     /// Checks an index read from a ring or a header.
     pub fn slot_index(&self, raw: u32) -> Option<SlotIndex> {
         (raw < self.params.slot_count).then_some(SlotIndex(raw))
@@ -380,7 +390,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn small() -> Shape {
-        Shape { slot_count: 16, slot_size: 256, queue_capacity: 8, max_subsystems: 4, max_clients: 4 }
+        Shape { slot_count: 16, slot_size: 256, queue_capacity: 8, max_subsystems: 4, max_clients: 4, max_groups: 4 }
     }
 
     #[test]

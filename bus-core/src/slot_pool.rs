@@ -4,22 +4,44 @@
 //!
 //! ## Ownership
 //!
-//! Every slot header starts with `own = gen << 32 | state << 24 | who`:
+//! Every slot header starts with `own = gen << 40 | state << 32 | low`:
 //!
-//! | state    | who       | where the index is                         | next states |
-//! |----------|-----------|--------------------------------------------|-------------|
-//! | `Free`   | 0         | in the free ring (or about to be)           | Cached (CAS) |
-//! | `Cached` | client    | a publisher's private cache                 | Loaned, Free |
-//! | `Loaned` | client    | a loan being written                        | Queued, Cached |
-//! | `Queued` | queue `q` | in ring `q` (or about to be)                | Held (CAS) |
-//! | `Held`   | client    | a received `Message` not yet dropped        | Free |
+//! | state       | low                        | where the index is                            | next states |
+//! |-------------|----------------------------|-----------------------------------------------|-------------|
+//! | `Free`      | 0                          | in the free ring (or about to be)              | Cached (CAS) |
+//! | `Cached`    | client                     | a publisher's private cache                    | Loaned, Free |
+//! | `Loaned`    | client                     | a loan being written                           | Published, Cached |
+//! | `Published` | `held << 16 \| queued`     | in the queues of the groups whose bit is set   | bits move (CAS) |
 //!
-//! `gen` grows on every Free → Cached, so a stale view of a slot never
-//! matches a later life of it. Only two transitions can race (several
-//! consumers may see the same index; the daemon may re-push an index), and
-//! both are CASes: `Free → Cached` and `Queued(q) → Held`. A popped index
-//! whose slot is not in the ring's state any more is a duplicate left by a
-//! crash repair: the popper skips it (counted in `RingStats::skipped`).
+//! A message goes to every group of its subsystem (see [`crate::routing`]):
+//! group slot `k` of the subsystem is bit `k` of two 16-bit masks. `queued`
+//! says the message waits in that group's queue (or is about to be pushed
+//! there, or was popped and not yet claimed); `held` says a receiver of
+//! that group has it. The publisher stores `Published` with the `queued`
+//! bits of every group it sends to, then pushes the index onto each
+//! group's queue. A receiver claims it by moving its group's bit from
+//! `queued` to `held`, and releases it by clearing that bit. A slot whose
+//! masks are both empty is free: whoever clears the last bit pushes the
+//! index onto the free ring. One slot serves every group; nothing is copied.
+//!
+//! `gen` (24 bits) grows on every Free → Cached and on every roll-back of a
+//! publish, so a stale view of a slot does not match a later life of it.
+//!
+//! ## Holder words
+//!
+//! Who holds a message for group `k` is not in the ownership word (16
+//! groups, one client each, would not fit): it is in the slot's holder word
+//! for `k` ([`Segment::holder`]), `gen << 40 | client + 1`. A receiver
+//! claims in two steps: first it locks the holder word for this life of
+//! the slot (a CAS from any word not naming this `gen`), then it moves its
+//! bit in `own` (a CAS). Only the receiver that locked the holder word
+//! moves the bit, so two receivers of one group that popped two entries of
+//! one slot (a duplicate left by a crash repair) cannot both have it: the
+//! second finds the holder word locked for this `gen` and skips the entry
+//! (counted in `RingStats::skipped`). When a client dies, every holder word
+//! that names it and this `gen` of a `Published` slot whose bit is set is
+//! its: the daemon puts the message back into that group's queue only,
+//! flagged redelivered for that group ([`crate::reclaim`]).
 //!
 //! ## Intents
 //!
@@ -27,14 +49,16 @@
 //! intent word in its client's table entry. Before it changes a slot's state
 //! towards a ring or touches a ring, the port writes `op·ring·index` there;
 //! after, it clears it. If the process dies in between, the daemon reads the
-//! intent and applies one rule ([`crate::reclaim`]): if the slot is in the
-//! state of that ring, push the index onto that ring. That covers the index
-//! being in flight in either direction (popped but not yet claimed, state
-//! changed but not yet pushed); when the index was in the ring after all, the
-//! extra entry is skipped later. Slots in `Cached`, `Loaned` or `Held` name
-//! their client, so the daemon finds them by a scan.
+//! intent and completes the step ([`crate::reclaim`]): a publish (`Push` to
+//! a subsystem) is completed by pushing the index onto every group queue
+//! whose bit is still queued and unclaimed, or by freeing the slot if no
+//! bit is left; a pop from a group queue whose message was not claimed is
+//! undone by pushing the index back; a push onto the free ring is made.
+//! When the index was in the ring after all, the extra entry is skipped
+//! later. Slots in `Cached` or `Loaned` name their client, and held
+//! messages their holder word, so the daemon finds them by a scan.
 
-use crate::layout::{body_capacity, SlotHeader, BODY_OFFSET, FLAG_RAW, PATH_CAPACITY, SLOT_HEADER_SIZE};
+use crate::layout::{body_capacity, SlotHeader, BODY_OFFSET, FLAG_RAW, MAX_GROUPS, PATH_CAPACITY, SLOT_HEADER_SIZE};
 use crate::queue::Ring;
 use crate::segment::{Segment, SlotIndex};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,42 +73,75 @@ pub enum SlotState {
     Cached = 1,
     /// Being written.
     Loaned = 2,
-    /// In a subsystem queue.
-    Queued = 3,
-    /// Received, not released.
-    Held = 4,
+    /// Sent: queued for, or held by, the groups whose bits are set.
+    Published = 3,
 }
+
+/// Bits of `gen` in the ownership word.
+pub const GEN_MASK: u32 = (1 << 24) - 1;
 
 /// A decoded `own` word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Own {
-    /// Generation.
+    /// Generation (24 bits).
     pub gen: u32,
     /// State, or `None` if the byte is not a known state (corruption).
     pub state: Option<SlotState>,
-    /// Client index or queue index, by state.
+    /// Client index (`Cached`, `Loaned`), else 0.
     pub who: u32,
+    /// `Published`: the groups it waits for.
+    pub queued: u16,
+    /// `Published`: the groups holding it.
+    pub held: u16,
 }
 
 impl Own {
-    /// Packs an own word.
+    /// Packs a `Free`, `Cached` or `Loaned` word.
     pub fn pack(gen: u32, state: SlotState, who: u32) -> u64 {
-        debug_assert!(who < 1 << 24);
-        (gen as u64) << 32 | (state as u64) << 24 | (who & 0xff_ffff) as u64
+        ((gen & GEN_MASK) as u64) << 40 | (state as u64) << 32 | who as u64
+    }
+
+    /// Packs a `Published` word.
+    pub fn published(gen: u32, queued: u16, held: u16) -> u64 {
+        ((gen & GEN_MASK) as u64) << 40 | (SlotState::Published as u64) << 32 | (held as u64) << 16 | queued as u64
     }
 
     /// Unpacks one.
     pub fn unpack(w: u64) -> Own {
-        let state = match (w >> 24) as u8 {
+        let state = match (w >> 32) as u8 {
             0 => Some(SlotState::Free),
             1 => Some(SlotState::Cached),
             2 => Some(SlotState::Loaned),
-            3 => Some(SlotState::Queued),
-            4 => Some(SlotState::Held),
+            3 => Some(SlotState::Published),
             _ => None,
         };
-        Own { gen: (w >> 32) as u32, state, who: (w & 0xff_ffff) as u32 }
+        let gen = (w >> 40) as u32;
+        let low = w as u32;
+        match state {
+            Some(SlotState::Published) => Own { gen, state, who: 0, queued: low as u16, held: (low >> 16) as u16 },
+            _ => Own { gen, state, who: low, queued: 0, held: 0 },
+        }
     }
+
+    /// Whether the slot is free: `Free`, or `Published` with no group left.
+    pub fn is_free(&self) -> bool {
+        match self.state {
+            Some(SlotState::Free) => true,
+            Some(SlotState::Published) => self.queued | self.held == 0,
+            _ => false,
+        }
+    }
+}
+
+/// The holder word that locks a slot's `gen` for `client`.
+pub fn holder_lock(gen: u32, client: u32) -> u64 {
+    ((gen & GEN_MASK) as u64) << 40 | (client as u64 + 1)
+}
+
+/// The client a holder word names for life `gen` of its slot, if any.
+pub fn holder_of(word: u64, gen: u32) -> Option<u32> {
+    let who = word as u32;
+    (who != 0 && (word >> 40) as u32 == gen & GEN_MASK).then(|| who - 1)
 }
 
 /// Free slots that must be back in the free ring before a release wakes a
@@ -94,7 +151,7 @@ pub const FREE_WAKE_BATCH: u64 = 32;
 /// Ring id of the free ring in an intent.
 pub const RING_FREE: u32 = 0;
 
-/// Ring id of subsystem queue `q` in an intent.
+/// Ring id of queue (routing entry) `q` in an intent.
 pub fn ring_of_queue(q: u32) -> u32 {
     q + 1
 }
@@ -103,7 +160,8 @@ pub fn ring_of_queue(q: u32) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum IntentOp {
-    /// Moving an index onto the ring.
+    /// Moving an index onto the ring (for a subsystem: publishing to its
+    /// groups' queues).
     Push = 1,
     /// Taking an index off the ring.
     Pop = 2,
@@ -134,6 +192,72 @@ impl Intent {
             _ => return None,
         };
         Some(Intent { op, ring: ((w >> 32) & 0xff_ffff) as u32, index: w as u32 })
+    }
+}
+
+/// Where a message goes: its subsystem's routing entry, and the queue and
+/// backpressure of each of its groups (resolved by the publisher from the
+/// routing table, see [`crate::routing::RouteView::fanout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// The subsystem's routing entry (its default group's queue).
+    pub subsystem: u32,
+    /// Group slots that receive (bit k: group slot k).
+    pub mask: u16,
+    /// Of those, the lossy ones.
+    pub lossy: u16,
+    /// Queue of each group slot (valid where `mask` has the bit).
+    pub queues: [u16; MAX_GROUPS],
+}
+
+impl Fanout {
+    /// Only the default group of entry `q` (a reply queue).
+    pub fn single(q: u32) -> Fanout {
+        let mut queues = [0; MAX_GROUPS];
+        queues[0] = q as u16;
+        Fanout { subsystem: q, mask: 1, lossy: 0, queues }
+    }
+
+    /// Number of groups.
+    pub fn groups(&self) -> u32 {
+        self.mask.count_ones()
+    }
+
+    /// The one group slot, if there is exactly one.
+    pub fn only(&self) -> Option<u32> {
+        self.mask.is_power_of_two().then(|| self.mask.trailing_zeros())
+    }
+
+    /// Group slots in push order: blocking groups first (a full one can
+    /// still be waited for before anything is pushed), lossy ones last.
+    fn order(&self) -> impl Iterator<Item = u32> + '_ {
+        let block = self.mask & !self.lossy;
+        let lossy = self.mask & self.lossy;
+        bits(block).chain(bits(lossy))
+    }
+}
+
+/// The set bits of `m`, lowest first.
+pub fn bits(m: u16) -> impl Iterator<Item = u32> {
+    (0..MAX_GROUPS as u32).filter(move |k| m & (1 << k) != 0)
+}
+
+/// A group a receiver serves: its subsystem entry, its group slot, and its
+/// queue (for the default group, the subsystem entry itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    /// The subsystem's routing entry.
+    pub subsystem: u32,
+    /// The group slot (bit) within the subsystem.
+    pub slot: u32,
+    /// The group's queue.
+    pub queue: u32,
+}
+
+impl Group {
+    /// The default group of entry `q`.
+    pub fn default_of(q: u32) -> Group {
+        Group { subsystem: q, slot: 0, queue: q }
     }
 }
 
@@ -190,8 +314,7 @@ impl<'a> SlotRef<'a> {
         PATH_CAPACITY.min(self.size - BODY_OFFSET)
     }
 
-    /// Writes the path at the end of the slot and records its length and the
-    /// body offset. A path longer than [`SlotRef::path_capacity`] is an
+    /// Writes the path at the end of the slot and records its length. A path longer than [`SlotRef::path_capacity`] is an
     /// error, and nothing is written.
     ///
     /// # Safety
@@ -206,7 +329,6 @@ impl<'a> SlotRef<'a> {
         // the header (checked above), and the caller owns the slot.
         unsafe { std::ptr::copy_nonoverlapping(path.as_ptr(), self.base.add(self.size - path.len()), path.len()) };
         self.header.path_len.store(path.len() as u16, Ordering::Relaxed);
-        self.header.body_offset.store(BODY_OFFSET as u16, Ordering::Relaxed);
         Ok(())
     }
 
@@ -247,9 +369,9 @@ impl<'a> SlotRef<'a> {
     /// # Safety
     /// The caller owns the slot.
     pub unsafe fn body(&self) -> Result<&'a [u8], CorruptSlot> {
-        let off = self.header.body_offset.load(Ordering::Relaxed) as usize;
+        let off = BODY_OFFSET;
         let len = self.header.body_len.load(Ordering::Relaxed) as usize;
-        if off < SLOT_HEADER_SIZE || off % 16 != 0 || off > self.size || len > self.size - off {
+        if len > self.size - off {
             return Err(self.corrupt("body offset or length out of range"));
         }
         // SAFETY: in bounds (checked); the caller owns the slot.
@@ -303,9 +425,10 @@ impl<'a> Port<'a> {
 
     #[inline]
     fn set_intent(&self, op: IntentOp, ring: u32, index: u32) {
-        // Relaxed: the ring CAS that follows (SeqCst/AcqRel) orders it before
-        // any effect a survivor could see; the daemon reads it only after the
-        // process is gone (its socket EOF), when all its stores are visible.
+        // Relaxed: the ring CAS or ownership store that follows
+        // (SeqCst/AcqRel/Release) orders it before any effect a survivor
+        // could see; the daemon reads it only after the process is gone (its
+        // socket EOF), when all its stores are visible.
         self.intent.store(Intent::pack(op, ring, index), Ordering::Relaxed);
     }
 
@@ -366,13 +489,14 @@ impl<'a> Port<'a> {
         let slot = self.seg.slot(i);
         let w = slot.header().own.load(Ordering::Relaxed);
         let own = Own::unpack(w);
-        if own.state != Some(SlotState::Free) {
+        if !own.is_free() {
             return None;
         }
         let new = Own::pack(own.gen.wrapping_add(1), SlotState::Cached, self.client);
-        // SYNC: slot-claim — AcqRel pairs with the Release of the releaser's
-        // state store through the free ring and with any competing claim of
-        // a duplicate entry.
+        // SYNC: slot-claim — AcqRel pairs with the Release of the last
+        // releaser's CAS (every group's reads of the old message happen
+        // before our writes) and with any competing claim of a duplicate
+        // entry.
         let claimed = slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).is_ok();
         if claimed {
             crate::crash_point!(PoolCached);
@@ -380,38 +504,43 @@ impl<'a> Port<'a> {
         claimed.then_some(i)
     }
 
-    /// Stores `own` of a slot this port owns, publishing what the port wrote
-    /// into the slot. SYNC: slot-handover — Release pairs with the AcqRel
-    /// claim CAS of whoever takes the slot next, including a consumer that
-    /// reaches it through a duplicate ring entry left by a crash repair
-    /// (then the ring's own Release does not order our writes for it).
+    /// Stores `word` into `own` of a slot this port owns, publishing what the
+    /// port wrote into the slot. SYNC: slot-handover — Release pairs with the
+    /// Acquire of the receiver's claim (and of `claim_free`), including a
+    /// receiver that reaches the slot through a duplicate ring entry left by
+    /// a crash repair (then the ring's own Release does not order our writes
+    /// for it).
     #[inline]
-    fn hand_over(&self, i: SlotIndex, state: SlotState, who: u32) -> u64 {
+    fn hand_over(&self, i: SlotIndex, word: u64) {
+        self.seg.slot(i).header().own.store(word, Ordering::Release);
+    }
+
+    /// Starts sending loaned slot `i` to the groups of `to`: stores
+    /// `Published` with their `queued` bits, under a publish intent. Then
+    /// [`Publishing::push`] pushes it onto their queues.
+    #[inline]
+    pub fn begin_publish<'p>(&'p self, to: &'p Fanout, i: SlotIndex) -> Publishing<'p, 'a> {
+        self.set_intent(IntentOp::Push, ring_of_queue(to.subsystem), i.get());
         let slot = self.seg.slot(i);
-        let new = Own::pack(slot.own().gen, state, who);
-        slot.header().own.store(new, Ordering::Release);
-        new
+        let gen = slot.own().gen;
+        slot.header().redelivered.store(0, Ordering::Relaxed);
+        self.hand_over(i, Own::published(gen, to.mask, 0));
+        crate::crash_point!(EnqueueMarked);
+        Publishing { port: self, to, slot: i, gen, pending: to.mask, pushed: 0, dropped: 0 }
     }
 
-    /// Undoes a `Loaned → Queued(q)` whose push found the ring full. A CAS,
-    /// not a store: a consumer may have claimed the slot meanwhile through a
-    /// duplicate entry of it (a crash repair's), and then the message is
-    /// delivered: `true` means it was rolled back and is still ours.
-    fn roll_back(&self, i: SlotIndex, queued: u64) -> bool {
-        crate::crash_point!(EnqueueRollback);
-        let own = Own::unpack(queued);
-        let loaned = Own::pack(own.gen, SlotState::Loaned, self.client);
-        // SYNC: slot-claim — AcqRel pairs with a consumer's claim CAS; only
-        // one of the two wins.
-        self.seg.slot(i).header().own.compare_exchange(queued, loaned, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-    }
-
-    /// Pushes loaned slots onto queue `q` in order (`Loaned → Queued(q)`),
-    /// as many as fit; returns how many. The rest stay loaned. Does not ring
-    /// the doorbell (see [`Port::notify`]): one ring covers the batch.
-    pub fn enqueue_many(&self, q: u32, slots: &[SlotIndex]) -> usize {
-        let ring = self.seg.queue(q).expect("queue index validated by the caller");
-        let ring_id = ring_of_queue(q);
+    /// Pushes loaned slots onto the queue of group slot `k` of `to`, in
+    /// order, each marked `Published` for that group alone, as many as fit;
+    /// returns how many. The rest stay loaned. For a subsystem with one
+    /// group (a message for several groups goes through
+    /// [`Port::begin_publish`], one at a time, so that one intent covers
+    /// every slot whose push is incomplete). Does not ring the doorbell (see
+    /// [`Port::notify`]): one ring covers the batch.
+    pub fn enqueue_many(&self, to: &Fanout, k: u32, slots: &[SlotIndex]) -> usize {
+        let queue = to.queues[k as usize] as u32;
+        let ring = self.seg.queue(queue).expect("queue index validated by the caller");
+        let ring_id = ring_of_queue(to.subsystem);
+        let bit = 1u16 << k;
         // SlotIndex is a checked u32; the ring wants the raw values.
         let mut raw = [0u32; 64];
         let mut done = 0;
@@ -419,18 +548,22 @@ impl<'a> Port<'a> {
             for (r, s) in raw.iter_mut().zip(chunk) {
                 *r = s.get();
             }
-            // The last slot marked Queued, and the word it was given.
+            // The last slot marked Published, and the word it was given.
             let mut marked: Option<(u32, u64)> = None;
             let n = ring.push_many(&raw[..chunk.len()], |i| {
                 // The hook runs again for the same index after a lost cell
                 // CAS: mark it once. A second store could overwrite a claim
-                // that a consumer made meanwhile through a duplicate entry.
+                // that a receiver made meanwhile through a duplicate entry.
                 if marked.is_some_and(|(m, _)| m == i) {
                     return;
                 }
                 self.set_intent(IntentOp::Push, ring_id, i);
                 if let Some(slot) = self.seg.slot_index(i) {
-                    marked = Some((i, self.hand_over(slot, SlotState::Queued, q)));
+                    let s = self.seg.slot(slot);
+                    s.header().redelivered.store(0, Ordering::Relaxed);
+                    let word = Own::published(s.own().gen, bit, 0);
+                    self.hand_over(slot, word);
+                    marked = Some((i, word));
                     crate::crash_point!(EnqueueMarked);
                 }
             });
@@ -438,9 +571,9 @@ impl<'a> Port<'a> {
             if n < chunk.len() {
                 // The one whose state was set but whose push found the ring
                 // full goes back to Loaned (the others were never touched),
-                // unless a consumer took it through a duplicate entry.
-                if let Some((_, queued)) = marked.filter(|&(i, _)| i == chunk[n].get()) {
-                    if !self.roll_back(chunk[n], queued) {
+                // unless a receiver took it through a duplicate entry.
+                if let Some((_, word)) = marked.filter(|&(i, _)| i == chunk[n].get()) {
+                    if !self.roll_back(chunk[n], word) {
                         done += 1;
                     }
                 }
@@ -451,23 +584,38 @@ impl<'a> Port<'a> {
         done
     }
 
-    /// Takes up to `max` messages of queue `q` (`Queued(q) → Held`), calling
-    /// `f` for each right after it is claimed. Returns how many.
-    pub fn dequeue_many(&self, q: u32, max: usize, f: impl FnMut(SlotIndex)) -> usize {
-        self.dequeue_counted(q, max, f).0
+    /// Undoes a publish of which nothing was pushed: `Published` (exactly
+    /// `word`) back to `Loaned`, with a new `gen`. A CAS, not a store: a
+    /// receiver may have claimed the slot meanwhile through a duplicate
+    /// entry of it (a crash repair's), and then the message is delivered:
+    /// `true` means it was rolled back and is ours again.
+    fn roll_back(&self, i: SlotIndex, word: u64) -> bool {
+        crate::crash_point!(EnqueueRollback);
+        let own = Own::unpack(word);
+        let loaned = Own::pack(own.gen.wrapping_add(1), SlotState::Loaned, self.client);
+        // SYNC: slot-claim — AcqRel pairs with a receiver's claim CAS; only
+        // one of the two wins.
+        self.seg.slot(i).header().own.compare_exchange(word, loaned, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// Takes up to `max` messages of group `g` (its `queued` bit moves to
+    /// `held`), calling `f` for each right after it is claimed. Returns how
+    /// many.
+    pub fn dequeue_many(&self, g: &Group, max: usize, f: impl FnMut(SlotIndex)) -> usize {
+        self.dequeue_counted(g, max, f).0
     }
 
     /// [`Port::dequeue_many`], also returning how many entries were popped
     /// (taken plus skipped duplicates).
-    fn dequeue_counted(&self, q: u32, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
-        let Some(ring) = self.seg.queue(q) else { return (0, 0) };
-        let ring_id = ring_of_queue(q);
+    fn dequeue_counted(&self, g: &Group, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
+        let Some(ring) = self.seg.queue(g.queue) else { return (0, 0) };
+        let ring_id = ring_of_queue(g.queue);
         let mut taken = 0;
         let mut skipped = 0;
         let popped = ring.pop_many(
             max,
             |i| self.set_intent(IntentOp::Pop, ring_id, i),
-            |raw| match self.claim_queued(q, raw) {
+            |raw| match self.claim(g, raw) {
                 Some(i) => {
                     taken += 1;
                     f(i)
@@ -485,34 +633,97 @@ impl<'a> Port<'a> {
         (taken, popped)
     }
 
-    /// `Queued(q) → Held` for an index just popped from queue `q`; `None`
-    /// for a duplicate or an out-of-range index.
-    fn claim_queued(&self, q: u32, raw: u32) -> Option<SlotIndex> {
+    /// Claims an index just popped from group `g`'s queue: locks its holder
+    /// word for this life of the slot, then moves the group's bit from
+    /// `queued` to `held`. `None` for a duplicate, a stale or out-of-range
+    /// index, or a message the publisher took back meanwhile.
+    fn claim(&self, g: &Group, raw: u32) -> Option<SlotIndex> {
         let i = self.seg.slot_index(raw)?;
         let slot = self.seg.slot(i);
-        let w = slot.header().own.load(Ordering::Relaxed);
+        let bit = 1u16 << g.slot;
+        // SYNC: slot-handover — Acquire pairs with the publisher's Release
+        // store of `Published`: its header and body writes are visible.
+        let mut w = slot.header().own.load(Ordering::Acquire);
         let own = Own::unpack(w);
-        if own.state != Some(SlotState::Queued) || own.who != q {
+        if own.state != Some(SlotState::Published) || own.queued & bit == 0 {
             return None;
         }
-        let new = Own::pack(own.gen, SlotState::Held, self.client);
-        // SYNC: slot-claim — Acquire: the publisher's writes to the slot
-        // (published by its ring CAS, and by its Release store of `Queued`,
-        // SYNC: slot-handover) are visible; the CAS settles a race with a
-        // duplicate entry.
-        let claimed = slot.header().own.compare_exchange(w, new, Ordering::AcqRel, Ordering::Relaxed).is_ok();
-        if claimed {
-            crate::crash_point!(DequeueClaimed);
+        if slot.header().queue.load(Ordering::Relaxed) as u32 != g.subsystem {
+            return None;
         }
-        claimed.then_some(i)
+        let holder = self.seg.holder(g.slot, i)?;
+        let h = holder.load(Ordering::Relaxed);
+        if holder_of(h, own.gen).is_some() {
+            return None; // another receiver of this group has this life
+        }
+        // SYNC: holder-lock — AcqRel: one receiver per life of the slot and
+        // group wins; pairs with competing locks and the daemon's reset.
+        holder.compare_exchange(h, holder_lock(own.gen, self.client), Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        crate::crash_point!(ClaimLocked);
+        loop {
+            let o = Own::unpack(w);
+            if o.state != Some(SlotState::Published) || o.gen != own.gen || o.queued & bit == 0 {
+                // Rolled back or dropped by its publisher meanwhile.
+                return None;
+            }
+            let new = (w & !(bit as u64)) | ((bit as u64) << 16);
+            // SYNC: slot-claim — AcqRel pairs with the other groups' claims
+            // and releases of this word and with a publisher's roll-back.
+            match slot.header().own.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(x) => w = x,
+            }
+        }
+        crate::crash_point!(DequeueClaimed);
+        Some(i)
     }
 
-    /// Returns a slot this client owns (`Cached`, `Loaned` or `Held`) to the
-    /// free ring and wakes a publisher waiting for one.
+    /// Releases a message this client holds for group slot `k`: clears its
+    /// `held` bit; the group that clears the last bit returns the slot to
+    /// the free ring and wakes a publisher waiting for one. A word that
+    /// does not say this group holds the slot (overwritten by a faulty
+    /// process) is left alone and counted as corruption.
+    pub fn release(&self, i: SlotIndex, k: u32) {
+        self.set_intent(IntentOp::Push, RING_FREE, i.get());
+        let own = &self.seg.slot(i).header().own;
+        let bit = 1u16 << k;
+        let mut w = own.load(Ordering::Relaxed);
+        let last = loop {
+            let o = Own::unpack(w);
+            if o.state != Some(SlotState::Published) || o.held & bit == 0 {
+                self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
+                self.clear_intent();
+                return;
+            }
+            // SYNC: slot-release — AcqRel: Release orders our reads of the
+            // message before the next owner's writes (pairs with
+            // `claim_free`'s CAS); Acquire makes the last releaser's view
+            // include every other group's release.
+            match own.compare_exchange_weak(w, w & !((bit as u64) << 16), Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break (o.queued | o.held) & !bit == 0,
+                Err(x) => w = x,
+            }
+        };
+        crate::crash_point!(ReleaseMarked);
+        if last {
+            self.push_free(i);
+        }
+        self.clear_intent();
+    }
+
+    /// Returns a slot this client owns (`Cached` or `Loaned`) to the free
+    /// ring and wakes a publisher waiting for one.
     pub fn give_free(&self, i: SlotIndex) {
         self.set_intent(IntentOp::Push, RING_FREE, i.get());
-        self.hand_over(i, SlotState::Free, 0);
+        let gen = self.seg.slot(i).own().gen;
+        self.hand_over(i, Own::pack(gen, SlotState::Free, 0));
         crate::crash_point!(ReleaseMarked);
+        self.push_free(i);
+        self.clear_intent();
+    }
+
+    /// Pushes free slot `i` onto the free ring (intent set by the caller).
+    fn push_free(&self, i: SlotIndex) {
         let ring = self.seg.free_ring();
         // The free ring has twice as many cells as there are slots, so it
         // only fills up if duplicates pile up: then retry while a consumer
@@ -521,7 +732,6 @@ impl<'a> Port<'a> {
         if !push_bounded(&ring, i.get()) {
             self.seg.header().counters.slots_lost.fetch_add(1, Ordering::Relaxed);
         }
-        self.clear_intent();
         // Publishers take free slots 32 at a time (their private cache): wake
         // one when a batch is there, not at every release.
         let batch = (self.seg.params().slot_count as u64 / 2).clamp(1, FREE_WAKE_BATCH);
@@ -545,20 +755,11 @@ impl<'a> Port<'a> {
         crate::crash_point!(PoolUnloaned);
     }
 
-    /// Pushes a loaned slot onto queue `q` (`Loaned → Queued(q)`). On a full
-    /// queue the slot stays loaned and `Err(Full)` comes back. Does not ring
-    /// the doorbell (see [`Port::notify`]).
-    pub fn enqueue(&self, q: u32, i: SlotIndex) -> Result<(), crate::queue::Full> {
-        let ring = self.seg.queue(q).expect("queue index validated by the caller");
-        self.set_intent(IntentOp::Push, ring_of_queue(q), i.get());
-        let queued = self.hand_over(i, SlotState::Queued, q);
-        crate::crash_point!(EnqueueMarked);
-        let mut r = ring.push(i.get());
-        if r.is_err() && !self.roll_back(i, queued) {
-            r = Ok(()); // delivered through a duplicate entry after all
+    /// Counts `n` copies dropped by lossy group queue `q` (shown by status).
+    pub fn count_dropped(&self, q: u32, n: u64) {
+        if let Some(ring) = self.seg.queue(q) {
+            ring.header().stats.dropped.fetch_add(n, Ordering::Relaxed);
         }
-        self.clear_intent();
-        r
     }
 
     /// Wakes a consumer of queue `q` if one sleeps.
@@ -568,13 +769,13 @@ impl<'a> Port<'a> {
         }
     }
 
-    /// Takes the next message of queue `q` (`Queued(q) → Held`). Duplicates
-    /// and out-of-range indices are skipped. `None` when empty. An empty
-    /// poll reads only the head cell: it never touches the producers' tail.
-    pub fn dequeue(&self, q: u32) -> Option<SlotIndex> {
+    /// Takes the next message of group `g`. Duplicates and out-of-range
+    /// indices are skipped. `None` when empty. An empty poll reads only the
+    /// head cell: it never touches the producers' tail.
+    pub fn dequeue(&self, g: &Group) -> Option<SlotIndex> {
         loop {
             let mut got = None;
-            let (_, popped) = self.dequeue_counted(q, 1, |i| got = Some(i));
+            let (_, popped) = self.dequeue_counted(g, 1, |i| got = Some(i));
             if got.is_some() || popped == 0 {
                 return got;
             }
@@ -584,6 +785,138 @@ impl<'a> Port<'a> {
     /// This port's client index.
     pub fn client(&self) -> u32 {
         self.client
+    }
+}
+
+/// A send in progress: the slot is `Published` for its groups, and the
+/// port's intent names it, until this is dropped (which also wakes the
+/// receivers of every queue pushed to). See [`Port::begin_publish`].
+pub struct Publishing<'p, 'a> {
+    port: &'p Port<'a>,
+    to: &'p Fanout,
+    slot: SlotIndex,
+    gen: u32,
+    /// Groups not pushed to yet.
+    pending: u16,
+    /// Groups pushed to.
+    pushed: u16,
+    /// Lossy groups whose copy was dropped.
+    dropped: u16,
+}
+
+impl Publishing<'_, '_> {
+    /// Pushes the message onto every pending group's queue, in order
+    /// (blocking groups first). A lossy group whose queue is full drops its
+    /// copy (counted in its queue's `dropped`). A blocking group whose
+    /// queue is full stays pending; if nothing was pushed yet, this stops
+    /// there, so that the send can still be taken back
+    /// ([`Publishing::roll_back`]). Returns the groups still pending.
+    #[inline]
+    pub fn push(&mut self) -> u16 {
+        let seg = self.port.seg;
+        for k in self.to.order() {
+            let bit = 1u16 << k;
+            if self.pending & bit == 0 {
+                continue;
+            }
+            let q = self.to.queues[k as usize] as u32;
+            let Some(ring) = seg.queue(q) else {
+                self.drop_copy(k);
+                continue;
+            };
+            if ring.push(self.slot.get()).is_ok() {
+                self.pending &= !bit;
+                self.pushed |= bit;
+                if self.pending != 0 {
+                    crate::crash_point!(PublishPartly);
+                }
+            } else if self.to.lossy & bit != 0 {
+                self.drop_copy(k);
+            } else if self.pushed == 0 {
+                break;
+            }
+        }
+        self.pending
+    }
+
+    /// The queue of the first blocking group still pending, to wait on.
+    pub fn waiting_for(&self) -> Option<u32> {
+        self.to.order().find(|k| self.pending & (1 << k) != 0).map(|k| self.to.queues[k as usize] as u32)
+    }
+
+    /// Groups not pushed to yet.
+    pub fn pending(&self) -> u16 {
+        self.pending
+    }
+
+    /// Groups pushed to so far.
+    pub fn pushed(&self) -> u16 {
+        self.pushed
+    }
+
+    /// Lossy groups whose copy was dropped so far.
+    pub fn dropped(&self) -> u16 {
+        self.dropped
+    }
+
+    /// Takes the message back before anything was pushed: the slot is
+    /// `Loaned` again (with a new `gen`). `false` if a receiver claimed it
+    /// meanwhile through a duplicate entry (a crash repair's): then it is
+    /// sent after all, to that group, and stays published.
+    pub fn roll_back(&mut self) -> bool {
+        debug_assert_eq!(self.pushed | self.dropped, 0);
+        let word = Own::published(self.gen, self.to.mask, 0);
+        if self.port.roll_back(self.slot, word) {
+            self.pending = 0;
+            return true;
+        }
+        let now = self.port.seg.slot(self.slot).own();
+        let taken = self.to.mask & !now.queued;
+        self.pushed |= taken;
+        self.pending &= !taken;
+        false
+    }
+
+    /// Gives up on the groups still pending: their copies are dropped and
+    /// counted.
+    pub fn abandon(&mut self) {
+        for k in bits(self.pending) {
+            self.drop_copy(k);
+        }
+    }
+
+    /// Clears group `k`'s `queued` bit (its copy is dropped); frees the
+    /// slot if that was the last bit.
+    fn drop_copy(&mut self, k: u32) {
+        let bit = 1u16 << k;
+        self.pending &= !bit;
+        let own = &self.port.seg.slot(self.slot).header().own;
+        // SYNC: slot-release — AcqRel, as for a release: if this clears the
+        // last bit, every group's reads happened before the next owner's
+        // writes.
+        let prev = Own::unpack(own.fetch_and(!(bit as u64), Ordering::AcqRel));
+        if prev.queued & bit == 0 {
+            // Claimed through a duplicate entry meanwhile: delivered.
+            self.pushed |= bit;
+            return;
+        }
+        self.dropped |= bit;
+        self.port.count_dropped(self.to.queues[k as usize] as u32, 1);
+        crate::crash_point!(LossyDropped);
+        if (prev.queued | prev.held) & !bit == 0 {
+            // The publish intent still names the slot: a death here is
+            // repaired by the daemon's free-ring push.
+            self.port.push_free(self.slot);
+        }
+    }
+}
+
+impl Drop for Publishing<'_, '_> {
+    fn drop(&mut self) {
+        self.port.clear_intent();
+        for k in bits(self.pushed) {
+            self.port.notify(self.to.queues[k as usize] as u32);
+        }
     }
 }
 
@@ -611,9 +944,9 @@ pub struct Census {
     pub cached: u64,
     /// Loaned, being written.
     pub loaned: u64,
-    /// In queues.
+    /// Sent and waiting in queues, held by no group yet.
     pub queued: u64,
-    /// Received, not released.
+    /// Held by a receiver of at least one group.
     pub held: u64,
     /// Unknown state byte.
     pub corrupt: u64,
@@ -624,13 +957,14 @@ pub fn census(seg: &Segment) -> Census {
     let mut c = Census::default();
     for raw in 0..seg.params().slot_count {
         let i = seg.slot_index(raw).expect("in range");
-        match seg.slot(i).own().state {
-            Some(SlotState::Free) => c.free += 1,
+        let own = seg.slot(i).own();
+        match own.state {
+            _ if own.is_free() => c.free += 1,
             Some(SlotState::Cached) => c.cached += 1,
             Some(SlotState::Loaned) => c.loaned += 1,
-            Some(SlotState::Queued) => c.queued += 1,
-            Some(SlotState::Held) => c.held += 1,
-            None => c.corrupt += 1,
+            Some(SlotState::Published) if own.held != 0 => c.held += 1,
+            Some(SlotState::Published) => c.queued += 1,
+            Some(SlotState::Free) | None => c.corrupt += 1,
         }
     }
     c
@@ -648,42 +982,102 @@ mod tests {
 
     fn seg() -> Segment {
         Segment::create(
-            &Shape { slot_count: 8, slot_size: 256, queue_capacity: 4, max_subsystems: 2, max_clients: 2 },
+            &Shape {
+                slot_count: 8,
+                slot_size: 256,
+                queue_capacity: 4,
+                max_subsystems: 4,
+                max_clients: 3,
+                max_groups: 4,
+            },
             "t",
             1,
         )
         .unwrap()
     }
 
+    /// Subsystem entry 1 with groups in slots 0 (queue 1), 1 (queue 2) and
+    /// 2 (queue 3, lossy when `lossy`).
+    fn three_groups(lossy: bool) -> Fanout {
+        let mut queues = [0; MAX_GROUPS];
+        queues[..3].copy_from_slice(&[1, 2, 3]);
+        Fanout { subsystem: 1, mask: 0b111, lossy: if lossy { 0b100 } else { 0 }, queues }
+    }
+
+    fn group(to: &Fanout, k: u32) -> Group {
+        Group { subsystem: to.subsystem, slot: k, queue: to.queues[k as usize] as u32 }
+    }
+
+    fn send(p: &Port<'_>, to: &Fanout) -> SlotIndex {
+        let i = p.take_free().unwrap();
+        p.mark_loaned(i);
+        p.segment().slot(i).header().queue.store(to.subsystem as u16, Ordering::Relaxed);
+        let mut publishing = p.begin_publish(to, i);
+        assert_eq!(publishing.push(), 0);
+        i
+    }
+
     #[test]
-    fn a_slot_travels_free_cached_loaned_queued_held_free() {
+    fn a_slot_travels_free_cached_loaned_published_held_free() {
         let seg = seg();
         let p = Port::new(&seg, 0, 0).unwrap();
         let c = Port::new(&seg, 1, 0).unwrap();
-        let i = p.take_free().unwrap();
-        assert_eq!(seg.slot(i).own().state, Some(SlotState::Cached));
-        p.mark_loaned(i);
-        p.enqueue(1, i).unwrap();
-        assert_eq!(seg.slot(i).own(), Own { gen: 1, state: Some(SlotState::Queued), who: 1 });
-        assert_eq!(c.dequeue(0), None);
-        assert_eq!(c.dequeue(1), Some(i));
-        assert_eq!(seg.slot(i).own(), Own { gen: 1, state: Some(SlotState::Held), who: 1 });
-        c.give_free(i);
+        let to = Fanout::single(1);
+        let i = send(&p, &to);
+        assert_eq!(Own::unpack(seg.slot(i).header().own.load(Ordering::Relaxed)).queued, 1);
+        assert_eq!(c.dequeue(&Group::default_of(0)), None);
+        assert_eq!(c.dequeue(&Group::default_of(1)), Some(i));
+        let own = seg.slot(i).own();
+        assert_eq!((own.state, own.queued, own.held), (Some(SlotState::Published), 0, 1));
+        assert_eq!(holder_of(seg.holder(0, i).unwrap().load(Ordering::Relaxed), own.gen), Some(1));
+        c.release(i, 0);
         assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
         assert_eq!(seg.port_intent(0, 0).unwrap().intent.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn every_group_gets_the_one_slot_and_the_last_release_frees_it() {
+        let seg = seg();
+        let p = Port::new(&seg, 0, 0).unwrap();
+        let to = three_groups(false);
+        let i = send(&p, &to);
+        let receivers: Vec<_> = (0..3).map(|c| Port::new(&seg, c, 1).unwrap()).collect();
+        for (k, r) in receivers.iter().enumerate() {
+            assert_eq!(r.dequeue(&group(&to, k as u32)), Some(i), "group {k}");
+        }
+        assert_eq!(seg.slot(i).own().held, 0b111);
+        receivers[1].release(i, 1);
+        receivers[0].release(i, 0);
+        assert_eq!(census(&seg).held, 1);
+        receivers[2].release(i, 2);
+        assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
     }
 
     #[test]
     fn a_duplicate_queue_entry_is_skipped_not_delivered_twice() {
         let seg = seg();
         let p = Port::new(&seg, 0, 0).unwrap();
-        let i = p.take_free().unwrap();
-        p.mark_loaned(i);
-        p.enqueue(0, i).unwrap();
+        let to = Fanout::single(0);
+        let i = send(&p, &to);
         seg.queue(0).unwrap().push(i.get()).unwrap(); // a repair's duplicate
-        assert_eq!(p.dequeue(0), Some(i));
-        assert_eq!(p.dequeue(0), None);
+        assert_eq!(p.dequeue(&Group::default_of(0)), Some(i));
+        assert_eq!(p.dequeue(&Group::default_of(0)), None);
         assert_eq!(seg.queue(0).unwrap().header().stats.skipped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_duplicate_popped_by_a_second_receiver_of_the_group_loses_the_holder_lock() {
+        let seg = seg();
+        let p = Port::new(&seg, 0, 0).unwrap();
+        let to = Fanout::single(0);
+        let i = send(&p, &to);
+        // Receiver 2 popped a duplicate and locked the holder word, then
+        // stalled before moving the bit; receiver 1 pops the real entry.
+        let gen = seg.slot(i).own().gen;
+        seg.holder(0, i).unwrap().store(holder_lock(gen, 2), Ordering::Relaxed);
+        let r = Port::new(&seg, 1, 0).unwrap();
+        assert_eq!(r.dequeue(&Group::default_of(0)), None);
+        assert_eq!(seg.slot(i).own().queued, 1, "still queued: the locker owns this life");
     }
 
     #[test]
@@ -691,21 +1085,63 @@ mod tests {
         let seg = seg();
         seg.queue(0).unwrap().push(9999).unwrap();
         let p = Port::new(&seg, 0, 0).unwrap();
-        assert_eq!(p.dequeue(0), None);
+        assert_eq!(p.dequeue(&Group::default_of(0)), None);
     }
 
     #[test]
-    fn a_full_queue_leaves_the_slot_loaned() {
+    fn a_full_blocking_queue_leaves_the_send_pending_and_a_roll_back_returns_the_loan() {
         let seg = seg();
         let p = Port::new(&seg, 0, 0).unwrap();
-        let slots: Vec<_> = (0..5).map(|_| p.take_free().unwrap()).collect();
-        for &i in &slots[..4] {
-            p.mark_loaned(i);
-            p.enqueue(0, i).unwrap();
+        let to = Fanout::single(0);
+        for _ in 0..4 {
+            send(&p, &to);
         }
-        p.mark_loaned(slots[4]);
-        assert!(p.enqueue(0, slots[4]).is_err());
-        assert_eq!(seg.slot(slots[4]).own().state, Some(SlotState::Loaned));
+        let i = p.take_free().unwrap();
+        p.mark_loaned(i);
+        let gen = seg.slot(i).own().gen;
+        let mut publishing = p.begin_publish(&to, i);
+        assert_eq!(publishing.push(), 1);
+        assert_eq!(publishing.waiting_for(), Some(0));
+        assert!(publishing.roll_back());
+        drop(publishing);
+        let own = seg.slot(i).own();
+        assert_eq!((own.state, own.gen), (Some(SlotState::Loaned), gen + 1));
+    }
+
+    #[test]
+    fn a_full_lossy_queue_drops_only_that_groups_copy_and_counts_it() {
+        let seg = seg();
+        let p = Port::new(&seg, 0, 0).unwrap();
+        let to = three_groups(true);
+        // Fill the lossy group's queue (3) with other messages.
+        let tap = Fanout { subsystem: 1, mask: 0b100, lossy: 0b100, queues: to.queues };
+        for _ in 0..4 {
+            send(&p, &tap);
+        }
+        let i = send(&p, &to);
+        assert_eq!(seg.slot(i).own().queued, 0b011);
+        assert_eq!(seg.queue(3).unwrap().header().stats.dropped.load(Ordering::Relaxed), 1);
+        let r = Port::new(&seg, 1, 0).unwrap();
+        assert_eq!(r.dequeue(&group(&to, 0)), Some(i));
+        assert_eq!(r.dequeue(&group(&to, 1)), Some(i));
+        r.release(i, 0);
+        r.release(i, 1);
+        assert!(seg.slot(i).own().is_free());
+    }
+
+    #[test]
+    fn a_message_whose_every_copy_is_dropped_frees_its_slot() {
+        let seg = seg();
+        let p = Port::new(&seg, 0, 0).unwrap();
+        let mut queues = [0; MAX_GROUPS];
+        queues[0] = 2;
+        let tap = Fanout { subsystem: 2, mask: 1, lossy: 1, queues };
+        for _ in 0..4 {
+            send(&p, &tap);
+        }
+        let free = census(&seg).free;
+        send(&p, &tap);
+        assert_eq!(census(&seg).free, free, "the fifth was dropped and its slot is free again");
     }
 
     #[test]
@@ -713,16 +1149,19 @@ mod tests {
         let seg = seg();
         let p = Port::new(&seg, 0, 0).unwrap();
         let c = Port::new(&seg, 1, 0).unwrap();
+        let to = Fanout::single(0);
         let i = p.take_free().unwrap();
         p.mark_loaned(i);
-        // The publisher marked the slot queued, its push found the ring full,
-        // and before it rolled back a consumer popped a duplicate entry of
-        // the slot (a crash repair's) and claimed it.
-        let queued = p.hand_over(i, SlotState::Queued, 0);
+        // The publisher marked the slot published, its push found the ring
+        // full, and before it rolled back a receiver popped a duplicate
+        // entry of the slot (a crash repair's) and claimed it.
+        let mut publishing = p.begin_publish(&to, i);
         seg.queue(0).unwrap().push(i.get()).unwrap();
-        assert_eq!(c.dequeue(0), Some(i));
-        assert!(!p.roll_back(i, queued), "the message was delivered: not ours any more");
-        assert_eq!(seg.slot(i).own(), Own { gen: 1, state: Some(SlotState::Held), who: 1 });
+        assert_eq!(c.dequeue(&Group::default_of(0)), Some(i));
+        assert!(!publishing.roll_back(), "the message was delivered: not ours any more");
+        assert_eq!(publishing.pushed(), 1);
+        drop(publishing);
+        assert_eq!(seg.slot(i).own().held, 1);
     }
 
     #[test]
@@ -748,16 +1187,20 @@ mod tests {
         slot.header().path_len.store(1000, Ordering::Relaxed);
         // SAFETY: we own the slot (Cached by client 0).
         assert!(unsafe { slot.path() }.is_err());
-        slot.header().body_offset.store(64, Ordering::Relaxed);
         slot.header().body_len.store(100_000, Ordering::Relaxed);
         // SAFETY: as above.
         assert!(unsafe { slot.body() }.is_err());
     }
 
     #[test]
-    fn intents_round_trip() {
+    fn own_words_and_intents_round_trip() {
         let w = Intent::pack(IntentOp::Pop, 7, 42);
         assert_eq!(Intent::unpack(w), Some(Intent { op: IntentOp::Pop, ring: 7, index: 42 }));
         assert_eq!(Intent::unpack(0), None);
+        let o = Own::unpack(Own::published(GEN_MASK, 0x8001, 0x4002));
+        assert_eq!((o.gen, o.state, o.queued, o.held), (GEN_MASK, Some(SlotState::Published), 0x8001, 0x4002));
+        assert!(Own::unpack(Own::published(5, 0, 0)).is_free());
+        assert_eq!(holder_of(holder_lock(GEN_MASK + 3, 0), 2), Some(0));
+        assert_eq!(holder_of(0, 0), None);
     }
 }

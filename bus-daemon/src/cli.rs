@@ -44,6 +44,9 @@ pub struct DaemonArgs {
     /// Clients that can be connected at once.
     #[arg(long)]
     max_clients: Option<u32>,
+    /// Groups a subsystem can have, its default group included (1 to 16).
+    #[arg(long)]
+    max_groups: Option<u32>,
     /// Subsystem whose messages are queued while nobody subscribes (repeatable).
     #[arg(long = "durable")]
     durable: Vec<String>,
@@ -71,8 +74,10 @@ pub fn daemon_main() -> ExitCode {
         queue_capacity: args.queue_capacity,
         max_subsystems: args.max_subsystems,
         max_clients: args.max_clients,
+        max_groups: args.max_groups,
         socket_mode: None,
         durable: args.durable,
+        groups: Vec::new(),
     };
     let cfg = match file.merge(flags).resolve() {
         Ok(c) => c,
@@ -129,9 +134,19 @@ enum Command {
         timeout: Duration,
     },
     /// Print the messages of SUBSYSTEM: path, a tab, the body (text, or hex).
+    /// By default the listener joins the subsystem's default group (it
+    /// shares messages with the other subscribers there); --group joins
+    /// another consumer group, --tap sees every message without slowing
+    /// anyone (a lossy group of its own, gone when the listener exits).
     Listen {
         /// The subsystem.
         subsystem: String,
+        /// Join consumer group NAME (created if new; blocking).
+        #[arg(long, value_name = "NAME", conflicts_with = "tap")]
+        group: Option<String>,
+        /// Listen through a tap: a lossy group of this listener alone.
+        #[arg(long)]
+        tap: bool,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -290,9 +305,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             publisher.send_bytes(&path, &bytes)?;
             Ok(())
         }
-        Command::Listen { subsystem, count, timeout, verbose } => {
+        Command::Listen { subsystem, group, tap, count, timeout, verbose } => {
             let bus = connect(&cli.bus, Duration::from_secs(5))?;
-            let sub = bus.subscribe(&subsystem)?;
+            let mut builder = bus.subscription(&subsystem);
+            if let Some(g) = &group {
+                builder = builder.group(g);
+            }
+            if tap {
+                builder = builder.tap();
+            }
+            let sub = builder.create()?;
             let deadline = timeout.map(|t| Instant::now() + t);
             let mut out = std::io::stdout().lock();
             let mut n = 0u64;
@@ -500,6 +522,24 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
             if x.durable { "  durable" } else { "" },
             if x.quarantined { "  QUARANTINED (corrupt queue)" } else { "" }
         )?;
+        if x.groups.len() > 1 {
+            for g in &x.groups {
+                writeln!(
+                    out,
+                    "    group {:<24} {:>8} {:>5} {:>12} {:>12} {:>11}  {}{}{}  dropped {}",
+                    g.name,
+                    g.depth,
+                    g.subscribers,
+                    "",
+                    g.delivered,
+                    g.redelivered,
+                    g.backpressure,
+                    if g.durable { " durable" } else { "" },
+                    if g.tap { " tap" } else { "" },
+                    g.dropped
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -8,8 +8,16 @@
 //! queue-capacity = 1024
 //! max-subsystems = 64
 //! max-clients = 64
+//! max-groups = 8        # groups per subsystem, its default group included
 //! socket-mode = "0660"
 //! durable = ["audit"]   # queued even while nobody subscribes
+//!
+//! # Consumer groups that receive every message of their subsystem even
+//! # while nobody subscribes to them (durable groups).
+//! [[group]]
+//! subsystem = "sensors"
+//! name = "recorder"
+//! lossy = false         # true: a full queue drops this group's copy
 //! ```
 
 use bus_core::Shape;
@@ -34,11 +42,29 @@ pub struct FileConfig {
     pub max_subsystems: Option<u32>,
     /// Clients.
     pub max_clients: Option<u32>,
+    /// Groups per subsystem.
+    pub max_groups: Option<u32>,
     /// Permissions of the socket file, octal.
     pub socket_mode: Option<String>,
     /// Subsystems whose messages are queued while nobody subscribes.
     #[serde(default)]
     pub durable: Vec<String>,
+    /// Durable consumer groups.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// A durable consumer group declared in the file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GroupConfig {
+    /// Its subsystem.
+    pub subsystem: String,
+    /// Its name.
+    pub name: String,
+    /// A full queue drops its copy instead of slowing publishers.
+    #[serde(default)]
+    pub lossy: bool,
 }
 
 /// The settings the daemon runs with.
@@ -54,11 +80,19 @@ pub struct Config {
     pub socket_mode: u32,
     /// Durable subsystems.
     pub durable: Vec<String>,
+    /// Durable groups.
+    pub groups: Vec<GroupConfig>,
 }
 
 /// Defaults.
-pub const DEFAULT_SHAPE: Shape =
-    Shape { slot_count: 4096, slot_size: 1024, queue_capacity: 1024, max_subsystems: 64, max_clients: 64 };
+pub const DEFAULT_SHAPE: Shape = Shape {
+    slot_count: 4096,
+    slot_size: 1024,
+    queue_capacity: 1024,
+    max_subsystems: 64,
+    max_clients: 64,
+    max_groups: 8,
+};
 
 /// A configuration problem.
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +136,10 @@ impl FileConfig {
             queue_capacity: over.queue_capacity.or(self.queue_capacity),
             max_subsystems: over.max_subsystems.or(self.max_subsystems),
             max_clients: over.max_clients.or(self.max_clients),
+            max_groups: over.max_groups.or(self.max_groups),
             socket_mode: over.socket_mode.or(self.socket_mode),
             durable: if over.durable.is_empty() { self.durable } else { over.durable },
+            groups: if over.groups.is_empty() { self.groups } else { over.groups },
         }
     }
 
@@ -121,6 +157,7 @@ impl FileConfig {
             queue_capacity: self.queue_capacity.unwrap_or(DEFAULT_SHAPE.queue_capacity),
             max_subsystems: self.max_subsystems.unwrap_or(DEFAULT_SHAPE.max_subsystems),
             max_clients: self.max_clients.unwrap_or(DEFAULT_SHAPE.max_clients),
+            max_groups: self.max_groups.unwrap_or(DEFAULT_SHAPE.max_groups),
         };
         shape.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mode = self.socket_mode.as_deref().unwrap_or("0660");
@@ -135,7 +172,26 @@ impl FileConfig {
         if self.durable.len() > shape.max_subsystems as usize {
             return Err(ConfigError::Invalid("more durable subsystems than max-subsystems".into()));
         }
-        Ok(Config { bus, socket, shape, socket_mode, durable: self.durable })
+        for g in &self.groups {
+            for (what, name) in [("subsystem", &g.subsystem), ("name", &g.name)] {
+                bus_core::path::validate_subsystem(name)
+                    .map_err(|e| ConfigError::Invalid(format!("group {what} {name:?}: {e}")))?;
+            }
+            if g.name == "default" || g.name.starts_with("tap.") {
+                return Err(ConfigError::Invalid(format!(
+                    "group name {:?} is reserved (the default group, or taps): choose another",
+                    g.name
+                )));
+            }
+            let same = self.groups.iter().filter(|h| h.subsystem == g.subsystem).count();
+            if same as u32 >= shape.max_groups {
+                return Err(ConfigError::Invalid(format!(
+                    "subsystem {:?} declares {same} groups besides its default group, but max-groups is {}: raise max-groups",
+                    g.subsystem, shape.max_groups
+                )));
+            }
+        }
+        Ok(Config { bus, socket, shape, socket_mode, durable: self.durable, groups: self.groups })
     }
 }
 

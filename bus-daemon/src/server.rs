@@ -7,9 +7,13 @@ use crate::config::Config;
 use crate::reaper::Reaper;
 use bus_client::control::{self, Received};
 use bus_client::protocol::{ClientStatus, ErrorKind, Reply, Request};
-use bus_core::layout::{CLIENT_ACTIVE, CLIENT_FREE, DAEMON_STOPPED};
+use bus_core::layout::{
+    CLIENT_ACTIVE, CLIENT_FREE, DAEMON_STOPPED, MAX_GROUPS, ROUTE_DURABLE, ROUTE_EPHEMERAL, ROUTE_LOSSY,
+};
+use bus_core::routing::{self, Expected, Kind};
 use bus_core::segment::Segment;
-use bus_core::{routing, LAYOUT_VERSION};
+use bus_core::slot_pool::Group;
+use bus_core::LAYOUT_VERSION;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
 use std::collections::BTreeMap;
@@ -57,7 +61,36 @@ struct Conn {
     pid: u32,
     uid: u32,
     welcomed: bool,
-    subscriptions: Vec<(String, u32)>,
+    subscriptions: Vec<Sub>,
+    /// Taps this connection created (their names are numbered).
+    taps: u32,
+}
+
+/// One subscription of a connection.
+struct Sub {
+    /// The subsystem.
+    subsystem: String,
+    /// The entry (queue) of its group.
+    queue: u32,
+}
+
+/// What the daemon wrote into a routing entry it assigned (its own record;
+/// subscriber counts come from the connections).
+#[derive(Debug, Clone)]
+struct Record {
+    /// Subsystem or group name.
+    name: String,
+    /// `ROUTE_DURABLE`, `ROUTE_LOSSY`, `ROUTE_EPHEMERAL`.
+    flags: u32,
+    kind: RecordKind,
+}
+
+#[derive(Debug, Clone)]
+enum RecordKind {
+    /// A subsystem, and the entry of each of its other groups by slot.
+    Subsystem { groups: [Option<u32>; MAX_GROUPS] },
+    /// Group slot `slot` of subsystem entry `subsystem`.
+    Group { subsystem: u32, slot: u32 },
 }
 
 /// A bound daemon, ready to serve.
@@ -84,11 +117,10 @@ pub struct Server {
     quarantined: std::collections::BTreeSet<u32>,
     /// When the segment was last audited.
     audited: std::time::Instant,
-    /// What the daemon wrote into each routing entry it assigned: the
-    /// subsystem and whether it is durable (subscriber counts come from
-    /// `conns`). The segment's copy is checked against it, and repaired
+    /// What the daemon wrote into each routing entry it assigned (see
+    /// [`Record`]). The segment's copy is checked against it, and repaired
     /// from it (see [`Server::repair_routes`]).
-    routes: BTreeMap<u32, (String, bool)>,
+    routes: BTreeMap<u32, Record>,
     /// The free ring was found corrupt (logged once; nothing to quarantine).
     free_ring_corrupt: bool,
 }
@@ -117,14 +149,7 @@ impl Server {
                 return Err(e.into());
             }
         };
-        let mut routes = BTreeMap::new();
-        for d in &cfg.durable {
-            let (q, _) = routing::find_or_create(&seg, d, true, |_| false).map_err(|e| {
-                DaemonError::Config(crate::config::ConfigError::Invalid(format!("durable subsystem {d}: {e}")))
-            })?;
-            routes.insert(q, (d.clone(), true));
-        }
-        Ok(Server {
+        let mut server = Server {
             cfg,
             seg,
             listener,
@@ -138,9 +163,27 @@ impl Server {
             baselines: BTreeMap::new(),
             quarantined: std::collections::BTreeSet::new(),
             audited: std::time::Instant::now(),
-            routes,
+            routes: BTreeMap::new(),
             free_ring_corrupt: false,
-        })
+        };
+        let invalid = |what: String| DaemonError::Config(crate::config::ConfigError::Invalid(what));
+        for d in server.cfg.durable.clone() {
+            let s = server.subsystem_entry(&d).map_err(|(_, e)| invalid(format!("durable subsystem {d}: {e}")))?;
+            if let Some(r) = server.routes.get_mut(&s) {
+                r.flags |= ROUTE_DURABLE;
+            }
+            server.publish(s);
+        }
+        for g in server.cfg.groups.clone() {
+            let s = server
+                .subsystem_entry(&g.subsystem)
+                .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
+            let flags = routing::group_flags(true, g.lossy, false);
+            server
+                .group_entry(s, &g.name, flags)
+                .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
+        }
+        Ok(server)
     }
 
     /// The configuration.
@@ -206,6 +249,7 @@ impl Server {
             }
             self.reaper.tick(&self.seg);
             self.drain_abandoned_reply_queues();
+            self.tend_taps();
             self.audit();
         }
         self.shutdown();
@@ -266,6 +310,7 @@ impl Server {
                     uid: cred.uid(),
                     welcomed: false,
                     subscriptions: Vec::new(),
+                    taps: 0,
                 },
             );
         }
@@ -300,22 +345,14 @@ impl Server {
     /// rewritten whole (publishers re-resolve on the version bump). Bounded:
     /// one look at each entry.
     fn repair_routes(&mut self) {
-        // One pass over the subscriptions, not one per entry.
-        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
-        for (_, q) in self.conns.values().flat_map(|c| &c.subscriptions) {
-            *counts.entry(*q).or_default() += 1;
-        }
+        let counts = self.counts();
         for q in 0..self.seg.params().max_subsystems {
-            let expect = self.routes.get(&q).map(|(name, durable)| routing::Expected {
-                name,
-                durable: *durable,
-                subscribers: counts.get(&q).copied().unwrap_or(0),
-            });
+            let expect = self.expected(q, &counts);
             if routing::matches(&self.seg, q, expect) {
                 continue;
             }
             let name = expect.map_or("", |e| e.name);
-            tracing::error!(queue = q, subsystem = %name, "routing entry {q} was overwritten: rewritten from the daemon's record");
+            tracing::error!(queue = q, name = %name, "routing entry {q} was overwritten: rewritten from the daemon's record");
             self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
             routing::rewrite(&self.seg, q, expect);
         }
@@ -323,7 +360,195 @@ impl Server {
 
     /// Connected subscriptions to queue `q`.
     fn subscribers_of(&self, q: u32) -> u32 {
-        self.conns.values().flat_map(|c| &c.subscriptions).filter(|(_, sq)| *sq == q).count() as u32
+        self.conns.values().flat_map(|c| &c.subscriptions).filter(|sub| sub.queue == q).count() as u32
+    }
+
+    /// Connected subscriptions per entry (one pass over the connections).
+    fn counts(&self) -> BTreeMap<u32, u32> {
+        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+        for sub in self.conns.values().flat_map(|c| &c.subscriptions) {
+            *counts.entry(sub.queue).or_default() += 1;
+        }
+        counts
+    }
+
+    /// What entry `q` must hold, from the daemon's record and `counts`.
+    fn expected<'a>(&'a self, q: u32, counts: &BTreeMap<u32, u32>) -> Option<Expected<'a>> {
+        let r = self.routes.get(&q)?;
+        let subscribers = counts.get(&q).copied().unwrap_or(0);
+        let receives = |q: u32, flags: u32| counts.get(&q).copied().unwrap_or(0) > 0 || flags & ROUTE_DURABLE != 0;
+        let kind = match &r.kind {
+            RecordKind::Group { subsystem, slot } => Kind::Group { subsystem: *subsystem, slot: *slot },
+            RecordKind::Subsystem { groups } => {
+                let mut queues = [0u16; MAX_GROUPS];
+                queues[0] = q as u16;
+                let mut mask = receives(q, r.flags) as u16;
+                let mut lossy = 0u16;
+                for (k, g) in groups.iter().enumerate().skip(1) {
+                    let Some(g) = *g else { continue };
+                    let flags = self.routes.get(&g).map_or(0, |r| r.flags);
+                    queues[k] = g as u16;
+                    if receives(g, flags) {
+                        mask |= 1 << k;
+                    }
+                    if flags & ROUTE_LOSSY != 0 {
+                        lossy |= 1 << k;
+                    }
+                }
+                Kind::Subsystem { groups: mask, lossy, queues }
+            }
+        };
+        Some(Expected { name: &r.name, flags: r.flags, subscribers, kind })
+    }
+
+    /// Writes entry `q` from the daemon's record (and, for a group, its
+    /// subsystem's entry, whose group mask depends on it).
+    fn publish(&self, q: u32) {
+        let counts = self.counts();
+        routing::rewrite(&self.seg, q, self.expected(q, &counts));
+        if let Some(Record { kind: RecordKind::Group { subsystem, .. }, .. }) = self.routes.get(&q) {
+            routing::rewrite(&self.seg, *subsystem, self.expected(*subsystem, &counts));
+        }
+    }
+
+    /// Whether entry `q` may be taken over by another subsystem or group:
+    /// not durable, not quarantined, no subscriber and no group of its own
+    /// for [`RECYCLE_AFTER`], and an empty queue.
+    fn recyclable(&self, q: u32) -> bool {
+        let Some(r) = self.routes.get(&q) else { return false };
+        let Some(ring) = self.seg.queue(q) else { return false };
+        let has_groups = matches!(&r.kind, RecordKind::Subsystem { groups } if groups.iter().any(Option::is_some));
+        r.flags & ROUTE_DURABLE == 0
+            && !has_groups
+            && !self.quarantined.contains(&q)
+            && self.subscribers_of(q) == 0
+            && ring.is_empty()
+            && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
+            // The hints say empty; the cells must agree (a producer stopped
+            // right after its cell CAS has an entry there that the tail does
+            // not count yet). Last: a pass over every cell.
+            && !ring.holds_entries()
+    }
+
+    /// An entry for a new subsystem or group, taking over a recyclable one
+    /// if none is unused (the record it held is dropped, and a group is
+    /// removed from its subsystem).
+    fn new_entry(&mut self) -> Result<u32, routing::TableFull> {
+        let q = routing::pick_entry(&self.seg, |q| self.recyclable(q))?;
+        self.forget_entry(q);
+        Ok(q)
+    }
+
+    /// Drops the record of entry `q` (unused from now on).
+    fn forget_entry(&mut self, q: u32) {
+        if let Some(old) = self.routes.remove(&q) {
+            tracing::debug!(queue = q, name = %old.name, "routing entry recycled");
+            if let RecordKind::Group { subsystem, slot } = old.kind {
+                if let Some(Record { kind: RecordKind::Subsystem { groups }, .. }) = self.routes.get_mut(&subsystem) {
+                    groups[slot as usize] = None;
+                }
+                self.publish(subsystem);
+            }
+        }
+        self.idle_since.remove(&q);
+        routing::rewrite(&self.seg, q, None);
+    }
+
+    /// The entry of subsystem `name`, assigned now if it has none.
+    fn subsystem_entry(&mut self, name: &str) -> Result<u32, (ErrorKind, String)> {
+        let found = self
+            .routes
+            .iter()
+            .find(|(_, r)| r.name == name && matches!(r.kind, RecordKind::Subsystem { .. }))
+            .map(|(q, _)| *q);
+        if let Some(q) = found {
+            return Ok(q);
+        }
+        let q = self.new_entry().map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
+        let flags = if self.cfg.durable.iter().any(|d| d == name) { ROUTE_DURABLE } else { 0 };
+        self.routes.insert(
+            q,
+            Record { name: name.to_owned(), flags, kind: RecordKind::Subsystem { groups: [None; MAX_GROUPS] } },
+        );
+        self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
+        self.idle_since.insert(q, std::time::Instant::now());
+        self.publish(q);
+        tracing::debug!(subsystem = %name, queue = q, "routing entry assigned");
+        Ok(q)
+    }
+
+    /// Group `name` of subsystem entry `s` (its entry and slot), created now
+    /// with `flags` if it does not exist. Joining an existing blocking group
+    /// while asking for a lossy one is an error.
+    fn group_entry(&mut self, s: u32, name: &str, flags: u32) -> Result<(u32, u32), (ErrorKind, String)> {
+        let Some(Record { kind: RecordKind::Subsystem { groups }, name: subsystem, .. }) = self.routes.get(&s) else {
+            return Err((ErrorKind::Invalid, "not a subsystem".into()));
+        };
+        let subsystem = subsystem.clone();
+        let groups = *groups;
+        for (k, g) in groups.iter().enumerate() {
+            let Some(g) = *g else { continue };
+            let Some(r) = self.routes.get(&g) else { continue };
+            if r.name == name {
+                if flags & ROUTE_LOSSY != 0 && r.flags & ROUTE_LOSSY == 0 {
+                    return Err((
+                        ErrorKind::GroupMismatch,
+                        format!("group {name:?} of {subsystem:?} exists and is blocking, not lossy: join it without lossy, or choose another name"),
+                    ));
+                }
+                return Ok((g, k as u32));
+            }
+        }
+        let max = self.seg.params().max_groups as usize;
+        let Some(k) = (1..max).find(|&k| groups[k].is_none()) else {
+            return Err((
+                ErrorKind::TooManyGroups,
+                format!("subsystem {subsystem:?} already has {max} groups (max-groups): raise max-groups, or join an existing group"),
+            ));
+        };
+        let q = self.new_entry().map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
+        self.routes.insert(
+            q,
+            Record { name: name.to_owned(), flags, kind: RecordKind::Group { subsystem: s, slot: k as u32 } },
+        );
+        if let Some(Record { kind: RecordKind::Subsystem { groups }, .. }) = self.routes.get_mut(&s) {
+            groups[k] = Some(q);
+        }
+        self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
+        self.idle_since.insert(q, std::time::Instant::now());
+        self.publish(q);
+        tracing::debug!(subsystem = %subsystem, group = %name, queue = q, slot = k, "group created");
+        Ok((q, k as u32))
+    }
+
+    /// Every tick: taps whose listener left are drained (their copies
+    /// freed), and once idle for [`RECYCLE_AFTER`] with an empty queue,
+    /// removed.
+    fn tend_taps(&mut self) {
+        let taps: Vec<(u32, u32, u32)> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.flags & ROUTE_EPHEMERAL != 0)
+            .filter_map(|(q, r)| match r.kind {
+                RecordKind::Group { subsystem, slot } => Some((*q, subsystem, slot)),
+                _ => None,
+            })
+            .collect();
+        for (q, subsystem, slot) in taps {
+            if self.subscribers_of(q) > 0 {
+                continue;
+            }
+            let drained = bus_core::reclaim::drain_queue(&self.seg, &Group { subsystem, slot, queue: q });
+            if drained > 0 {
+                tracing::debug!(queue = q, drained, "drained a tap whose listener left");
+            }
+            if self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
+                && self.seg.queue(q).is_some_and(|r| r.is_empty() && !r.holds_entries())
+            {
+                self.forget_entry(q);
+                self.baselines.remove(&q);
+            }
+        }
     }
 
     /// Puts back the segment header's fields that openers validate (see
@@ -414,7 +639,7 @@ impl Server {
                 Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone(), shape }
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
-            Request::Subscribe { subsystem } => {
+            Request::Subscribe { subsystem, group, lossy, tap } => {
                 // A subscription takes one of the client's ports: more than
                 // that many is a misbehaving client, and each would make
                 // the daemon's bookkeeping longer.
@@ -436,7 +661,8 @@ impl Server {
                         && subsystem.len() <= bus_core::layout::SUBSYSTEM_NAME_MAX
                 });
                 match reply_queue {
-                    Some(true) => {}
+                    Some(true) if group.is_none() && !tap => {}
+                    Some(true) => return err(ErrorKind::Invalid, "a reply queue has no groups".into()),
                     Some(false) => {
                         return err(ErrorKind::Invalid, format!("{subsystem:?} is another client's reply queue"))
                     }
@@ -446,46 +672,57 @@ impl Server {
                         }
                     }
                 }
-                let durable = self.cfg.durable.contains(&subsystem);
+                let group = if tap {
+                    let conn = self.conns.get_mut(&id).expect("present");
+                    conn.taps += 1;
+                    Some(format!("tap.{}.{}", conn.serial, conn.taps))
+                } else {
+                    match group.filter(|g| g != "default") {
+                        Some(g) => {
+                            if let Err(e) = bus_core::path::validate_subsystem(&g) {
+                                return err(ErrorKind::Invalid, format!("group name: {e}"));
+                            }
+                            if g.starts_with("tap.") || g.len() > bus_core::layout::SUBSYSTEM_NAME_MAX {
+                                return err(ErrorKind::Invalid, format!("group name {g:?} is reserved for taps"));
+                            }
+                            Some(g)
+                        }
+                        None => None,
+                    }
+                };
                 // The daemon decides from the table: make sure it holds what
                 // the daemon wrote.
                 self.repair_routes();
-                let recyclable = |q: u32| {
-                    let (Some(v), Some(ring)) = (routing::read_as_writer(&self.seg, q), self.seg.queue(q)) else {
-                        return false;
-                    };
-                    !v.durable
-                        && !self.quarantined.contains(&q)
-                        && v.subscribers == 0
-                        && ring.is_empty()
-                        && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
-                        // The hints say empty; the cells must agree (a
-                        // producer stopped right after its cell CAS has an
-                        // entry there that the tail does not count yet).
-                        // Last: a pass over every cell.
-                        && !ring.holds_entries()
+                let s = match self.subsystem_entry(&subsystem) {
+                    Ok(s) => s,
+                    Err((kind, m)) => return err(kind, m),
                 };
-                match routing::find_or_create(&self.seg, &subsystem, durable, recyclable) {
-                    Ok((q, new)) => {
-                        self.routes.insert(q, (subsystem.clone(), durable));
-                        if new {
-                            self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
-                            tracing::debug!(%subsystem, queue = q, "routing entry assigned");
-                        }
-                        self.conns.get_mut(&id).expect("present").subscriptions.push((subsystem.clone(), q));
-                        self.recount(q);
-                        tracing::debug!(client = id, %subsystem, queue = q, "subscribed");
-                        Reply::Subscribed { queue: q }
-                    }
-                    Err(e) => err(ErrorKind::TooManySubsystems, e.to_string()),
-                }
+                let (q, slot, name) = match group {
+                    None => (s, 0, "default".to_owned()),
+                    Some(g) => match self.group_entry(s, &g, routing::group_flags(false, lossy || tap, tap)) {
+                        Ok((q, k)) => (q, k, g),
+                        Err((kind, m)) => return err(kind, m),
+                    },
+                };
+                self.conns
+                    .get_mut(&id)
+                    .expect("present")
+                    .subscriptions
+                    .push(Sub { subsystem: subsystem.clone(), queue: q });
+                self.recount(q);
+                tracing::debug!(client = id, %subsystem, group = %name, queue = q, "subscribed");
+                Reply::Subscribed { queue: q, subsystem: s, slot, group: name }
             }
-            Request::Unsubscribe { subsystem } => {
+            Request::Unsubscribe { subsystem, queue } => {
                 let conn = self.conns.get_mut(&id).expect("present");
-                match conn.subscriptions.iter().position(|(s, _)| *s == subsystem) {
+                let found = conn
+                    .subscriptions
+                    .iter()
+                    .position(|sub| sub.subsystem == subsystem && queue.is_none_or(|q| q == sub.queue));
+                match found {
                     Some(pos) => {
-                        let (_, q) = conn.subscriptions.remove(pos);
-                        self.recount(q);
+                        let sub = conn.subscriptions.remove(pos);
+                        self.recount(sub.queue);
                         Reply::Unsubscribed
                     }
                     None => err(ErrorKind::NotSubscribed, format!("not subscribed to {subsystem:?}")),
@@ -499,7 +736,31 @@ impl Server {
                         id: c.client,
                         pid: c.pid,
                         uid: c.uid,
-                        subscriptions: c.subscriptions.iter().map(|(s, _)| s.clone()).collect(),
+                        subscriptions: c
+                            .subscriptions
+                            .iter()
+                            .map(|sub| match self.routes.get(&sub.queue) {
+                                Some(Record { kind: RecordKind::Group { .. }, name, .. }) => {
+                                    format!("{}[{name}]", sub.subsystem)
+                                }
+                                _ => sub.subsystem.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                let layout: Vec<crate::status::SubsystemLayout> = self
+                    .routes
+                    .iter()
+                    .filter_map(|(q, r)| match &r.kind {
+                        RecordKind::Subsystem { groups } => Some(crate::status::SubsystemLayout {
+                            entry: *q,
+                            groups: groups
+                                .iter()
+                                .flatten()
+                                .filter_map(|g| self.routes.get(g).map(|r| (*g, r.name.clone(), r.flags)))
+                                .collect(),
+                        }),
+                        RecordKind::Group { .. } => None,
                     })
                     .collect();
                 Reply::Status(crate::status::build(
@@ -508,6 +769,7 @@ impl Server {
                     clients,
                     &self.baselines,
                     &self.quarantined,
+                    &layout,
                 ))
             }
             Request::Shutdown => {
@@ -541,7 +803,7 @@ impl Server {
             let base = self.baselines.get(&q).map_or(0, |b| b.stalls());
             let stalled = crate::status::Baseline::of(&self.seg, q).stalls() > base;
             if stalled || !self.seg.ring_plausible(Some(q)) {
-                let name = self.routes.get(&q).map_or("", |(n, _)| n.as_str());
+                let name = self.routes.get(&q).map_or("", |r| r.name.as_str());
                 tracing::error!(
                     queue = q,
                     subsystem = %name,
@@ -574,7 +836,7 @@ impl Server {
             let Some(v) = routing::read_as_writer(&self.seg, q) else { continue };
             if v.subscribers == 0 && v.name().starts_with("_reply.") && self.seg.queue(q).is_some_and(|r| !r.is_empty())
             {
-                let n = bus_core::reclaim::drain_queue(&self.seg, q);
+                let n = bus_core::reclaim::drain_queue(&self.seg, &Group::default_of(q));
                 tracing::debug!(queue = q, freed = n, "drained an abandoned reply queue");
             }
         }
@@ -584,7 +846,7 @@ impl Server {
     /// notes when it became idle.
     fn recount(&mut self, q: u32) {
         let n = self.subscribers_of(q);
-        routing::set_subscribers(&self.seg, q, n);
+        self.publish(q);
         if n == 0 {
             self.idle_since.entry(q).or_insert_with(std::time::Instant::now);
         } else {
@@ -595,7 +857,7 @@ impl Server {
     fn drop_client(&mut self, id: u32) {
         let Some(conn) = self.conns.remove(&id) else { return };
         drop(conn.fd);
-        for q in conn.subscriptions.iter().map(|(_, q)| *q).collect::<std::collections::BTreeSet<_>>() {
+        for q in conn.subscriptions.iter().map(|sub| sub.queue).collect::<std::collections::BTreeSet<_>>() {
             self.recount(q);
         }
         self.reaper.reap(&self.seg, id, conn.pid);

@@ -1,6 +1,7 @@
 //! Builds the [`Status`] the daemon reports.
 
-use bus_client::protocol::{ClientStatus, Counters, SlotCounts, Status, SubsystemStatus};
+use bus_client::protocol::{ClientStatus, Counters, GroupStatus, SlotCounts, Status, SubsystemStatus};
+use bus_core::layout::{ROUTE_DURABLE, ROUTE_EPHEMERAL, ROUTE_LOSSY};
 use bus_core::segment::Segment;
 use bus_core::{routing, slot_pool};
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ pub struct Baseline {
     delivered: u64,
     redelivered: u64,
     stalls: u64,
+    dropped: u64,
 }
 
 impl Baseline {
@@ -30,8 +32,18 @@ impl Baseline {
             delivered: ring.popped().saturating_sub(stats.skipped.load(Ordering::Relaxed)),
             redelivered: stats.redelivered.load(Ordering::Relaxed),
             stalls: stats.stalls.load(Ordering::Relaxed),
+            dropped: stats.dropped.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A subsystem's entry and its other groups' (entry, name, flags), as the
+/// daemon recorded them.
+pub struct SubsystemLayout {
+    /// The subsystem's entry (its default group's queue).
+    pub entry: u32,
+    /// Its other groups.
+    pub groups: Vec<(u32, String, u32)>,
 }
 
 /// A snapshot of the bus. `clients` lists (id, pid, uid, subscriptions).
@@ -41,24 +53,68 @@ pub fn build(
     clients: Vec<ClientStatus>,
     baselines: &std::collections::BTreeMap<u32, Baseline>,
     quarantined: &std::collections::BTreeSet<u32>,
+    layout: &[SubsystemLayout],
 ) -> Status {
     let p = seg.params();
     let census = slot_pool::census(seg);
     let mut subsystems = Vec::new();
-    for q in 0..p.max_subsystems {
-        let (Some(view), Some(ring)) = (routing::read_as_writer(seg, q), seg.queue(q)) else { continue };
+    // Counters of entry `q` since its current owner took it over.
+    let since = |q: u32| {
         let now = Baseline::of(seg, q);
         let base = baselines.get(&q).copied().unwrap_or_default();
-        subsystems.push(SubsystemStatus {
-            name: view.name().to_owned(),
-            queue_depth: ring.len(),
-            subscribers: view.subscribers,
-            durable: view.durable,
+        Baseline {
             sent: now.sent.saturating_sub(base.sent),
             delivered: now.delivered.saturating_sub(base.delivered),
             redelivered: now.redelivered.saturating_sub(base.redelivered),
             stalls: now.stalls.saturating_sub(base.stalls),
-            quarantined: quarantined.contains(&q),
+            dropped: now.dropped.saturating_sub(base.dropped),
+        }
+    };
+    for sub in layout {
+        let q = sub.entry;
+        let (Some(view), Some(_)) = (routing::read_as_writer(seg, q), seg.queue(q)) else { continue };
+        let default = (q, "default".to_owned(), view.flags);
+        let mut groups = Vec::new();
+        let mut total = since(q);
+        total.sent = 0;
+        total.delivered = 0;
+        total.redelivered = 0;
+        let (mut depth, mut subscribers) = (0, 0);
+        for (g, name, flags) in std::iter::once(&default).chain(&sub.groups) {
+            let (Some(ring), Some(v)) = (seg.queue(*g), routing::read_as_writer(seg, *g)) else { continue };
+            let c = since(*g);
+            // Each message is pushed or dropped once per group that
+            // existed when it was sent: the group that saw the most has
+            // seen every message.
+            total.sent = total.sent.max(c.sent + c.dropped);
+            total.delivered += c.delivered;
+            total.redelivered += c.redelivered;
+            total.stalls = total.stalls.max(c.stalls);
+            depth += ring.len();
+            subscribers += v.subscribers;
+            groups.push(GroupStatus {
+                name: name.clone(),
+                depth: ring.len(),
+                subscribers: v.subscribers,
+                backpressure: if flags & ROUTE_LOSSY != 0 { "lossy" } else { "block" }.into(),
+                durable: flags & ROUTE_DURABLE != 0,
+                tap: flags & ROUTE_EPHEMERAL != 0,
+                delivered: c.delivered,
+                dropped: c.dropped,
+                redelivered: c.redelivered,
+            });
+        }
+        subsystems.push(SubsystemStatus {
+            name: view.name().to_owned(),
+            queue_depth: depth,
+            subscribers,
+            durable: view.durable,
+            sent: total.sent,
+            delivered: total.delivered,
+            redelivered: total.redelivered,
+            stalls: total.stalls,
+            quarantined: std::iter::once(q).chain(sub.groups.iter().map(|g| g.0)).any(|g| quarantined.contains(&g)),
+            groups,
         });
     }
     let c = &seg.header().counters;

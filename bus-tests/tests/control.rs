@@ -35,7 +35,11 @@ fn garbage_and_floods_on_the_control_socket_hang_nothing() {
                 let Ok(fd) = control::connect(&socket) else { return };
                 let _ = control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let req = if i == 0 { Request::Status } else { Request::Subscribe { subsystem: format!("f{i}") } };
+                    let req = if i == 0 {
+                        Request::Status
+                    } else {
+                        Request::Subscribe { subsystem: format!("f{i}"), group: None, lossy: false, tap: false }
+                    };
                     if control::send(fd.as_fd(), &req, None).is_err() {
                         break; // the daemon dropped a client that reads nothing
                     }

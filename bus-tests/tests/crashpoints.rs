@@ -3,9 +3,11 @@
 //! a second while the others must go on, then let it continue.
 //!
 //! The load: two publishers (single sends, loans, dropped loans, batches of
-//! 8 and of 70), two subscribers (single and batch receives, up to three
-//! messages held, now and then falling behind so that the queue fills up), a
-//! request/response service and a requester. Which process is the victim
+//! 8 and of 70) to a subsystem with three groups — the default group with
+//! two subscribers, consumer group `g2` with one, and a slow tap (lossy,
+//! so its queue overflows and drops) — each subscriber receiving singly and
+//! in batches, holding up to three messages, now and then falling behind so
+//! that the queue fills up; a request/response service and a requester. Which process is the victim
 //! depends on the point: a publisher, a subscriber, the service, or — for
 //! the points inside reclaim — the daemon itself, while it reclaims a killed
 //! client that held loans and messages and one that died with an intent.
@@ -16,8 +18,9 @@
 //! - no other client failed (a call that blocked beyond its timeout fails
 //!   its process);
 //! - every slot is accounted for (all free once every client is gone);
-//! - every message whose send returned `Ok` was delivered at least once;
-//! - every duplicate delivery is flagged redelivered.
+//! - every message whose send returned `Ok` was delivered at least once to
+//!   each blocking group (the tap may drop);
+//! - every duplicate delivery within a group is flagged redelivered.
 //!
 //! When the daemon itself is killed mid-reclaim, its segment goes with it:
 //! then every client must get `BusGone` and exit, and a new daemon must
@@ -56,10 +59,15 @@ fn plan(p: Point) -> (Victim, u64) {
     use Point::*;
     match p {
         RingPushBeforeCas | RingPushAfterCas | RingPushDone => (Victim::Publisher, 300),
-        PoolCached | PoolLoaned | LoanPathWritten | SendBeforePush | EnqueueMarked => (Victim::Publisher, 300),
+        PoolCached | PoolLoaned | LoanPathWritten | SendBeforePush | EnqueueMarked | PublishPartly => {
+            (Victim::Publisher, 300)
+        }
+        LossyDropped => (Victim::Publisher, 3),
         PoolUnloaned => (Victim::Publisher, 20),
         EnqueueRollback | BatchBetweenChunks => (Victim::Publisher, 2),
-        RingPopBeforeCas | RingPopAfterCas | RingPopDone | DequeueClaimed | ReleaseMarked => (Victim::Subscriber, 100),
+        RingPopBeforeCas | RingPopAfterCas | RingPopDone | ClaimLocked | DequeueClaimed | ReleaseMarked => {
+            (Victim::Subscriber, 100)
+        }
         DoorbellAnnounced | DoorbellBeforeRetire => (Victim::Subscriber, 3),
         ReplyBeforePush => (Victim::Service, 20),
         ReclaimIntent | ReclaimRequeue | ReclaimFree => (Victim::Daemon, 1),
@@ -245,9 +253,11 @@ fn start_load(bus: &Bus, victim: Option<(Victim, String)>) -> Result<Load, Strin
     let done = bus.done_file();
     let done_arg = format!("done_file={}", done.display());
     let mut subscribers = Vec::new();
-    for i in 0..2 {
+    for (i, extra) in GROUPS.iter().enumerate() {
         let crash = if i == 0 { crash_for(Victim::Subscriber) } else { None };
-        subscribers.push(bus.peer(&format!("subscriber {i}"), &["cpsub", "subsystem=cp", &done_arg], crash));
+        let mut args = vec!["cpsub", "subsystem=cp", &done_arg];
+        args.extend(extra.iter());
+        subscribers.push(bus.peer(&format!("subscriber {i}"), &args, crash));
     }
     for s in &subscribers {
         s.wait_line("subscribed", Duration::from_secs(10))?;
@@ -279,6 +289,23 @@ fn start_load(bus: &Bus, victim: Option<(Victim, String)>) -> Result<Load, Strin
     Ok(Load { publishers, subscribers, service, requester, doomed })
 }
 
+/// The subscribers' groups: extra arguments of each, and which group it
+/// is in (the first two share the default group).
+const GROUPS: [&[&str]; 4] = [&[], &[], &["group=g2"], &["tap=1", "pause_us=300"]];
+
+/// Which group subscriber `i` is in.
+fn group_of(i: usize) -> usize {
+    match i {
+        0 | 1 => 0,
+        i => i - 1,
+    }
+}
+
+/// Whether subscriber `i` is in a lossy group (its copies may be dropped).
+fn lossy(i: usize) -> bool {
+    i == 3
+}
+
 /// Lines of progress (acks and receipts) of every process but `victim`.
 fn progress(load: &Load, victim: Victim) -> usize {
     let pubs: usize = load
@@ -300,8 +327,9 @@ fn progress(load: &Load, victim: Victim) -> usize {
 /// Checks that every acknowledged message was received, and that every
 /// receipt after the first of a message is flagged redelivered.
 fn check_delivery(load: &Load) -> Result<(u64, u64), String> {
-    let mut receipts: BTreeMap<(u32, u64), (u32, u32)> = BTreeMap::new(); // (all, flagged)
-    for s in &load.subscribers {
+    // (group, publisher, seq) -> (all, flagged)
+    let mut receipts: BTreeMap<(usize, u32, u64), (u32, u32)> = BTreeMap::new();
+    for (i, s) in load.subscribers.iter().enumerate() {
         for l in s.lines.lock().unwrap().iter() {
             let mut f = l.split(' ');
             if f.next() != Some("g") {
@@ -310,7 +338,7 @@ fn check_delivery(load: &Load) -> Result<(u64, u64), String> {
             let p: u32 = f.next().unwrap().parse().unwrap();
             let n: u64 = f.next().unwrap().parse().unwrap();
             let r = f.next() == Some("1");
-            let e = receipts.entry((p, n)).or_default();
+            let e = receipts.entry((group_of(i), p, n)).or_default();
             e.0 += 1;
             e.1 += r as u32;
         }
@@ -321,16 +349,26 @@ fn check_delivery(load: &Load) -> Result<(u64, u64), String> {
             if let Some(n) = l.strip_prefix("a ") {
                 acked += 1;
                 let n: u64 = n.parse().unwrap();
-                if !receipts.contains_key(&(*id, n)) {
-                    return Err(format!("message {n} of publisher {id} was acknowledged but never delivered"));
+                for g in (0..load.subscribers.len()).filter(|&i| !lossy(i)).map(group_of) {
+                    if !receipts.contains_key(&(g, *id, n)) {
+                        return Err(format!(
+                            "message {n} of publisher {id} was acknowledged but never delivered to group {g}"
+                        ));
+                    }
                 }
             }
         }
     }
     // A message a killed subscriber still held (received, never released)
     // must have reached another subscriber, flagged redelivered.
-    let survivors: Vec<&Live> = load.subscribers.iter().filter(|s| s.status.is_none_or(|st| st.success())).collect();
-    for s in load.subscribers.iter().filter(|s| s.status.is_some_and(|st| st.signal().is_some())) {
+    for (i, s) in load.subscribers.iter().enumerate().filter(|(_, s)| s.status.is_some_and(|st| st.signal().is_some()))
+    {
+        // Only its own group gets it back.
+        let survivors: Vec<&Live> = (0..load.subscribers.len())
+            .filter(|&j| j != i && group_of(j) == group_of(i))
+            .map(|j| &load.subscribers[j])
+            .filter(|s| s.status.is_none_or(|st| st.success()))
+            .collect();
         let lines = s.lines.lock().unwrap();
         let released: std::collections::BTreeSet<&str> = lines.iter().filter_map(|l| l.strip_prefix("r ")).collect();
         for l in lines.iter() {
@@ -346,11 +384,13 @@ fn check_delivery(load: &Load) -> Result<(u64, u64), String> {
         }
     }
     let mut duplicates = 0;
-    for ((p, n), (all, flagged)) in &receipts {
+    for ((g, p, n), (all, flagged)) in &receipts {
         if *all > 1 {
             duplicates += (*all - 1) as u64;
             if *flagged < *all - 1 {
-                return Err(format!("message {n} of publisher {p} was delivered {all} times, {flagged} flagged"));
+                return Err(format!(
+                    "message {n} of publisher {p} was delivered {all} times to group {g}, {flagged} flagged"
+                ));
             }
         }
     }

@@ -30,6 +30,7 @@ fn main() {
         shape: bus_daemon::config::DEFAULT_SHAPE,
         socket_mode: 0o600,
         durable: Vec::new(),
+        groups: Vec::new(),
     };
     let daemon = bus_daemon::spawn(cfg).expect("start the daemon");
     let bus = bus_client::Bus::builder()

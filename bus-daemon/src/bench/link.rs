@@ -111,7 +111,7 @@ pub fn check(body: &[u8], touch: Touch) -> Option<u64> {
 /// The parent's end of a one-way stream of messages.
 pub enum Sender {
     /// shmbus publisher.
-    Shmbus(Publisher, String),
+    Shmbus(Box<Publisher>, String),
     /// A socket or pipe.
     Fd(std::fs::File),
 }
@@ -254,7 +254,7 @@ impl Stream {
                 );
                 let peer = Peer::spawn(&spec, &[], Some(bus.socket_path()))?;
                 let p = bus.publisher().create().map_err(std::io::Error::other)?;
-                (Sender::Shmbus(p, format!("{subsystem}://x")), peer)
+                (Sender::Shmbus(Box::new(p), format!("{subsystem}://x")), peer)
             }
             Transport::Uds | Transport::Pipe => {
                 let (ours, theirs) = kernel_pair(t)?;

@@ -21,7 +21,9 @@
 //!   to 8 and of 70 (more than one chunk), pausing now and then; prints
 //!   `a SEQ` for every message whose send returned `Ok`, then `done`. With
 //!   F, goes on after C messages until F exists.
-//! - `cpsub subsystem=S done_file=F`: the workload's subscriber: receives
+//! - `cpsub subsystem=S done_file=F [group=G] [tap=1] [pause_us=U]`: the
+//!   workload's subscriber, in the default group, consumer group G, or a
+//!   tap of its own, sleeping U µs after each receive: receives
 //!   one at a time and in batches, keeps up to 3 messages held, pauses now
 //!   and then; prints `g PUBLISHER SEQ REDELIVERED` for every message when it
 //!   is received (before it is released). Exits once F exists and nothing
@@ -298,7 +300,15 @@ fn main() -> ExitCode {
             writeln!(out, "done").unwrap();
         }
         "cpsub" => {
-            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            let mut builder = bus.subscription(&get("subsystem").expect("subsystem="));
+            if let Some(g) = get("group") {
+                builder = builder.group(&g);
+            }
+            if num("tap", 0) == 1 {
+                builder = builder.tap();
+            }
+            let pause = Duration::from_micros(num("pause_us", 0));
+            let sub = builder.create().expect("subscribe");
             let done_file = std::path::PathBuf::from(get("done_file").expect("done_file="));
             writeln!(out, "subscribed").unwrap();
             let mut held = std::collections::VecDeque::new();
@@ -352,6 +362,7 @@ fn main() -> ExitCode {
                     release(&mut out, held.pop_front().expect("not empty"));
                 }
                 if got > 0 {
+                    std::thread::sleep(pause * got as u32);
                     if received / 700 != (received + got) / 700 {
                         // Fall behind for a moment: the queue fills up and
                         // the publishers block and roll back.
