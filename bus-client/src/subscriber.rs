@@ -268,6 +268,16 @@ impl Subscriber {
     }
 }
 
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("subsystem", &self.subsystem)
+            .field("group", &self.group_name)
+            .field("queue", &self.group.queue)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Subscriber {
     fn drop(&mut self) {
         if self.bus.inner.forked() {

@@ -2,10 +2,14 @@
 //!
 //! - `pub path=P publisher=N count=C`: sends `Seq { N, 0..C }`, prints `sent C`.
 //! - `sub subsystem=S count=C [timeout_ms=T] [until_idle_ms=I] [record=1]`:
-//!   receives C messages (or until none came for I ms after the first), checks per-publisher order, prints `P S` lines if record=1,
-//!   then one JSON summary line. Exit 1 if C did not arrive in time.
+//!   receives C messages (or until none came for I ms after the first), checks per-publisher order, prints `P S R` lines if record=1
+//!   (R: 1 if flagged redelivered), then one JSON summary line. Exit 1 if C did not arrive in time.
 //! - `hold subsystem=S path=P loans=L hold=H`: takes L loans (never sent)
 //!   and receives H messages (never released), prints `holding`, sleeps.
+//!
+//! Every role that subscribes takes `group=G` (join consumer group G),
+//! `tap=1` (subscribe through a tap) and `pause_us=U` (sleep U µs after
+//! each message received).
 //! - `churn path=P subsystem=S`: sends and receives forever (killed by
 //!   the test at a random point).
 //! - `busy op=OP subsystem=S`: calls OP (`send`, `loan`, `send_batch`,
@@ -70,7 +74,8 @@ fn main() -> ExitCode {
             writeln!(out, "sent {count}").unwrap();
         }
         "sub" => {
-            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            let sub = subscribe(&bus, &get);
+            let pause = Duration::from_micros(num("pause_us", 0));
             writeln!(out, "subscribed").unwrap();
             out.flush().unwrap();
             let count = num("count", u64::MAX);
@@ -100,9 +105,10 @@ fn main() -> ExitCode {
                 *e = n + 1;
                 redelivered += msg.is_redelivered() as u64;
                 if record {
-                    writeln!(out, "{p} {n}").unwrap();
+                    writeln!(out, "{p} {n} {}", msg.is_redelivered() as u8).unwrap();
                 }
                 received += 1;
+                std::thread::sleep(pause);
             }
             writeln!(
                 out,
@@ -116,7 +122,7 @@ fn main() -> ExitCode {
         }
         "hold" => {
             let path = get("path").expect("path=");
-            let sub = bus.subscribe(&get("subsystem").expect("subsystem=")).expect("subscribe");
+            let sub = subscribe(&bus, &get);
             let mut publishers: Vec<_> =
                 (0..num("loans", 0)).map(|_| bus.publisher().create().expect("publisher")).collect();
             let loans: Vec<_> = publishers.iter_mut().map(|p| p.loan(&path).expect("loan")).collect();
@@ -300,15 +306,8 @@ fn main() -> ExitCode {
             writeln!(out, "done").unwrap();
         }
         "cpsub" => {
-            let mut builder = bus.subscription(&get("subsystem").expect("subsystem="));
-            if let Some(g) = get("group") {
-                builder = builder.group(&g);
-            }
-            if num("tap", 0) == 1 {
-                builder = builder.tap();
-            }
             let pause = Duration::from_micros(num("pause_us", 0));
-            let sub = builder.create().expect("subscribe");
+            let sub = subscribe(&bus, &get);
             let done_file = std::path::PathBuf::from(get("done_file").expect("done_file="));
             writeln!(out, "subscribed").unwrap();
             let mut held = std::collections::VecDeque::new();
@@ -475,4 +474,16 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Subscribes to `subsystem=`, in `group=` or through a tap (`tap=1`).
+fn subscribe(bus: &Bus, get: &dyn Fn(&str) -> Option<String>) -> bus_client::Subscriber {
+    let mut builder = bus.subscription(&get("subsystem").expect("subsystem="));
+    if let Some(g) = get("group") {
+        builder = builder.group(&g);
+    }
+    if get("tap").as_deref() == Some("1") {
+        builder = builder.tap();
+    }
+    builder.create().expect("subscribe")
 }

@@ -1,0 +1,229 @@
+//! Consumer groups across real processes: every group gets every message,
+//! each message goes to one subscriber within a group, a stopped tap slows
+//! nobody, a killed receiver's message goes back to its own group only, and
+//! the CLI's `listen --group` / `--tap` and `status` show the groups.
+
+mod common;
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// `(publisher, seq) -> (receipts, flagged receipts)` from `sub record=1`
+/// output.
+fn receipts(out: &str) -> BTreeMap<(u32, u64), (u32, u32)> {
+    let mut r: BTreeMap<(u32, u64), (u32, u32)> = BTreeMap::new();
+    for l in out.lines().filter(|l| !l.starts_with('{') && *l != "subscribed") {
+        let f: Vec<&str> = l.split(' ').collect();
+        let e = r.entry((f[0].parse().unwrap(), f[1].parse().unwrap())).or_default();
+        e.0 += 1;
+        e.1 += (f.get(2) == Some(&"1")) as u32;
+    }
+    r
+}
+
+fn subsystem<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == name).expect("the subsystem in status")
+}
+
+fn group<'a>(sub: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    sub["groups"].as_array().unwrap().iter().find(|g| g["name"] == name).expect("the group in status")
+}
+
+#[test]
+fn three_groups_of_two_subscriber_processes_each_get_every_message_of_three_publishers() {
+    let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256", "--queue-capacity", "256"]);
+    let groups = ["default", "logger", "recorder"];
+    let n = 5_000u64;
+    let mut subs = Vec::new();
+    for g in groups {
+        for _ in 0..2 {
+            let group = format!("group={g}");
+            let mut p =
+                bus.peer(&["sub", "subsystem=sensors", &group, "until_idle_ms=2000", "record=1", "timeout_ms=90000"]);
+            p.wait_line("subscribed", Duration::from_secs(10));
+            subs.push((g, p));
+        }
+    }
+    let s = bus.status();
+    for g in groups {
+        assert_eq!(group(subsystem(&s, "sensors"), g)["subscribers"], 2, "{s}");
+    }
+    let pubs: Vec<Proc> = (0..3)
+        .map(|p| bus.peer(&["pub", "path=sensors://temp", &format!("publisher={p}"), &format!("count={n}")]))
+        .collect();
+    for p in pubs {
+        let (st, out, err) = p.wait(Duration::from_secs(90));
+        assert!(st.success(), "publisher failed: {err}");
+        assert_eq!(out.trim(), format!("sent {n}"));
+    }
+    let mut per_group: BTreeMap<&str, Vec<BTreeMap<(u32, u64), (u32, u32)>>> = BTreeMap::new();
+    for (g, p) in subs {
+        let (st, out, err) = p.wait(Duration::from_secs(90));
+        assert!(st.success(), "subscriber of {g} failed: {err}");
+        per_group.entry(g).or_default().push(receipts(&out));
+    }
+    for (g, members) in &per_group {
+        let (a, b) = (&members[0], &members[1]);
+        assert!(!a.is_empty() && !b.is_empty(), "group {g}: one member got nothing ({} / {})", a.len(), b.len());
+        let both: BTreeSet<_> = a.keys().filter(|k| b.contains_key(k)).collect();
+        assert!(both.is_empty(), "group {g}: {} messages went to both members", both.len());
+        assert_eq!(a.len() + b.len(), 3 * n as usize, "group {g}: messages lost");
+        assert!(a.values().chain(b.values()).all(|&(all, _)| all == 1), "group {g}: duplicates without a crash");
+    }
+    let s = bus.status();
+    let x = subsystem(&s, "sensors");
+    assert_eq!(x["sent"], 3 * n, "{x}");
+    for g in groups {
+        assert_eq!(group(x, g)["delivered"], 3 * n, "{x}");
+        assert_eq!(group(x, g)["dropped"], 0, "{x}");
+    }
+    assert_eq!(s["slots"]["free"], s["slots"]["total"], "every slot freed once every group released it");
+}
+
+#[test]
+fn a_stopped_tap_slows_nobody_and_counts_its_drops() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256", "--queue-capacity", "64"]);
+    let n = 20_000u64;
+    let mut main = bus.peer(&["sub", "subsystem=feed", &format!("count={n}"), "timeout_ms=60000"]);
+    main.wait_line("subscribed", Duration::from_secs(10));
+    let mut tap = bus.peer(&["sub", "subsystem=feed", "tap=1", "timeout_ms=60000"]);
+    tap.wait_line("subscribed", Duration::from_secs(10));
+    tap.signal(nix::sys::signal::Signal::SIGSTOP);
+    // A short send timeout: a publisher that waited for the tap would fail.
+    let (st, out, err) = bus
+        .peer(&["pub", "path=feed://x", "publisher=1", &format!("count={n}"), "send_timeout_ms=2000"])
+        .wait(Duration::from_secs(60));
+    assert!(st.success(), "the publisher was held up by the stopped tap: {err}");
+    assert_eq!(out.trim(), format!("sent {n}"));
+    let (st, out, err) = main.wait(Duration::from_secs(60));
+    assert!(st.success(), "{err}");
+    assert_eq!(summary(&out)["received"], n);
+    let s = bus.status();
+    let x = subsystem(&s, "feed");
+    let taps: Vec<_> = x["groups"].as_array().unwrap().iter().filter(|g| g["tap"] == true).collect();
+    assert_eq!(taps.len(), 1, "{x}");
+    assert_eq!(taps[0]["backpressure"], "lossy");
+    assert_eq!(taps[0]["depth"], 64, "its queue is full");
+    assert_eq!(taps[0]["dropped"], n - 64, "{x}");
+    // The tap leaves: its group disappears and its slots are freed.
+    tap.signal(nix::sys::signal::Signal::SIGKILL);
+    let gone = eventually(Duration::from_secs(10), || {
+        let s = bus.status();
+        subsystem(&s, "feed")["groups"].as_array().unwrap().len() == 1 && s["slots"]["free"] == s["slots"]["total"]
+    });
+    assert!(gone.is_some(), "the tap's group and slots outlived it: {}", bus.status());
+}
+
+#[test]
+fn a_receiver_killed_holding_a_message_gives_it_back_to_its_own_group_only() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let mut holder = bus.peer(&["hold", "subsystem=jobs", "group=a", "path=jobs://x", "hold=1"]);
+    let mut other = bus.peer(&["sub", "subsystem=jobs", "group=b", "count=1", "record=1", "timeout_ms=20000"]);
+    other.wait_line("subscribed", Duration::from_secs(10));
+    assert!(eventually(Duration::from_secs(10), || group(subsystem(&bus.status(), "jobs"), "a")["subscribers"] == 1)
+        .is_some());
+    let (st, _, err) = bus.peer(&["pub", "path=jobs://x", "publisher=3", "count=1"]).wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    holder.wait_line("holding", Duration::from_secs(20));
+    let (st, out, err) = other.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    assert_eq!(receipts(&out)[&(3, 0)], (1, 0), "group b got it once, unflagged");
+    holder.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = holder.wait(Duration::from_secs(10));
+    let (st, out, err) = bus
+        .peer(&["sub", "subsystem=jobs", "group=a", "count=1", "record=1", "timeout_ms=20000"])
+        .wait(Duration::from_secs(30));
+    assert!(st.success(), "{err}");
+    assert_eq!(receipts(&out)[&(3, 0)], (1, 1), "group a gets it back, flagged redelivered");
+    let s = bus.status();
+    let x = subsystem(&s, "jobs");
+    assert_eq!(group(x, "a")["redelivered"], 1, "{x}");
+    assert_eq!(group(x, "b")["redelivered"], 0, "{x}");
+    assert_eq!(group(x, "b")["depth"], 0, "group b is not sent it again: {x}");
+}
+
+#[test]
+fn the_cli_listens_in_a_group_and_through_a_tap_and_status_lists_the_groups() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    std::thread::scope(|s| {
+        let g = s.spawn(|| bus.cli(&["listen", "sensors", "--group", "logger", "--count", "2", "--timeout", "20s"]));
+        let t = s.spawn(|| bus.cli(&["listen", "sensors", "--tap", "--count", "2", "--timeout", "20s"]));
+        eventually(Duration::from_secs(10), || {
+            let s = bus.status();
+            let found = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "sensors").cloned();
+            found.is_some_and(|x| x["groups"].as_array().is_some_and(|g| g.len() == 3))
+        })
+        .expect("both listeners subscribed");
+        let (st, out, _) = bus.cli(&["status"]);
+        assert!(st.success());
+        assert!(out.contains("group logger") && out.contains("tap"), "{out}");
+        for body in ["one", "two"] {
+            let (st, _, err) = bus.cli(&["send", "sensors://t", body]);
+            assert!(st.success(), "{err}");
+        }
+        for h in [g, t] {
+            let (st, out, err) = h.join().unwrap();
+            assert!(st.success(), "{err}");
+            assert_eq!(out, "sensors://t\tone\nsensors://t\ttwo\n");
+        }
+    });
+    // The tap left with its listener; the logger group stays (empty).
+    let left = eventually(Duration::from_secs(10), || {
+        let s = bus.status();
+        let names: Vec<String> = subsystem(&s, "sensors")["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap().to_owned())
+            .collect();
+        names == ["default", "logger"]
+    });
+    assert!(left.is_some(), "{}", bus.status());
+    // With no subscriber left, nothing receives: sending is an error.
+    let (st, _, err) = bus.cli(&["send", "sensors://t", "three"]);
+    assert!(!st.success() && err.contains("no subscriber"), "{err}");
+}
+
+#[test]
+fn group_limits_and_kinds_are_typed_errors() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--max-groups", "2"]);
+    let b = bus.connect();
+    let _a = b.subscribe_group("s", "a").unwrap();
+    let e = b.subscribe_group("s", "b").unwrap_err();
+    assert!(
+        matches!(&e, bus_client::RequestError::Daemon { kind: bus_client::protocol::ErrorKind::TooManyGroups, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("max-groups"), "{e}");
+    let e = b.subscription("s").group("a").lossy(true).create().unwrap_err();
+    assert!(
+        matches!(&e, bus_client::RequestError::Daemon { kind: bus_client::protocol::ErrorKind::GroupMismatch, .. }),
+        "{e}"
+    );
+    assert!(matches!(b.subscribe_group("s", "Bad Name"), Err(bus_client::RequestError::InvalidName(_))));
+    let e = b.subscribe_group("s", "tap.1.1").unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+    // The default group is the one named "default".
+    let d = b.subscribe_group("s", "default").unwrap();
+    assert_eq!(d.group(), "default");
+}
+
+#[test]
+fn a_durable_group_from_the_config_receives_while_nobody_subscribes() {
+    let dir = TempDir::new("groups-config");
+    let cfg = dir.0.join("bus.toml");
+    std::fs::write(&cfg, "slots = 64\nslot-size = 256\n[[group]]\nsubsystem = \"audit\"\nname = \"archive\"\n")
+        .unwrap();
+    let bus = TestBus::start(&["--config", cfg.to_str().unwrap()]);
+    let (st, out, err) = bus.peer(&["pub", "path=audit://x", "publisher=1", "count=5"]).wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    assert_eq!(out.trim(), "sent 5");
+    let s = bus.status();
+    let g = group(subsystem(&s, "audit"), "archive");
+    assert_eq!((g["depth"].as_u64(), g["durable"].as_bool()), (Some(5), Some(true)), "{g}");
+    let (st, out, err) = bus
+        .peer(&["sub", "subsystem=audit", "group=archive", "count=5", "timeout_ms=20000"])
+        .wait(Duration::from_secs(30));
+    assert!(st.success(), "{err}");
+    assert_eq!(summary(&out)["received"], 5);
+}
