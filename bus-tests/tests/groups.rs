@@ -8,10 +8,12 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// `(publisher, seq) -> (receipts, flagged receipts)` from `sub record=1`
-/// output.
-fn receipts(out: &str) -> BTreeMap<(u32, u64), (u32, u32)> {
-    let mut r: BTreeMap<(u32, u64), (u32, u32)> = BTreeMap::new();
+/// `(publisher, seq) -> (receipts, flagged receipts)`.
+type Receipts = BTreeMap<(u32, u64), (u32, u32)>;
+
+/// The [`Receipts`] in `sub record=1` output.
+fn receipts(out: &str) -> Receipts {
+    let mut r = Receipts::new();
     for l in out.lines().filter(|l| !l.starts_with('{') && *l != "subscribed") {
         let f: Vec<&str> = l.split(' ').collect();
         let e = r.entry((f[0].parse().unwrap(), f[1].parse().unwrap())).or_default();
@@ -56,7 +58,7 @@ fn three_groups_of_two_subscriber_processes_each_get_every_message_of_three_publ
         assert!(st.success(), "publisher failed: {err}");
         assert_eq!(out.trim(), format!("sent {n}"));
     }
-    let mut per_group: BTreeMap<&str, Vec<BTreeMap<(u32, u64), (u32, u32)>>> = BTreeMap::new();
+    let mut per_group: BTreeMap<&str, Vec<Receipts>> = BTreeMap::new();
     for (g, p) in subs {
         let (st, out, err) = p.wait(Duration::from_secs(90));
         assert!(st.success(), "subscriber of {g} failed: {err}");
