@@ -455,6 +455,19 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Whether a push would find the ring full now, judged from the
+    /// producers' words alone (the tail hint and the cell there), so that a
+    /// publisher can pass over a lossy group whose queue is full without
+    /// pulling its consumer's cache lines. A hint: a lagging tail reads as
+    /// not full, and the push itself then decides.
+    #[inline]
+    pub fn looks_full(&self) -> bool {
+        let t = self.header.tail.load(Ordering::Relaxed);
+        // Relaxed: a hint (see above).
+        let seq = seq_of(self.cell(t).load(Ordering::Relaxed));
+        (seq.wrapping_sub(t as u32) as i32) < 0
+    }
+
     /// Number of entries, approximately (tail and head are read at different
     /// times and may lag by a few positions). Never more than the capacity.
     pub fn len(&self) -> u64 {

@@ -437,6 +437,41 @@ pub fn drain_queue(seg: &Segment, g: &Group) -> u64 {
     drained
 }
 
+/// Clears holder words left locked for a life of their slot that is over
+/// (the slot's `gen` moved on), `count` words from word `from` on (words
+/// are numbered group slot by group slot, `slot_count` each). Returns where
+/// the next call starts (wrapping) and how many were cleared. The daemon's
+/// audit runs it a chunk at a time, so that no lock outlives the 2^24 lives
+/// after which its `gen` would match the slot's again (see
+/// [`crate::slot_pool`]). A word whose slot still is in that life is left:
+/// its holder has the message, or is between its two claim steps.
+pub fn clear_stale_holders(seg: &Segment, from: u64, count: u64) -> (u64, u64) {
+    let p = seg.params();
+    let total = p.max_groups as u64 * p.slot_count as u64;
+    let mut at = from % total;
+    let mut cleared = 0;
+    for _ in 0..count.min(total) {
+        let (k, raw) = ((at / p.slot_count as u64) as u32, (at % p.slot_count as u64) as u32);
+        at = (at + 1) % total;
+        let Some(i) = seg.slot_index(raw) else { continue };
+        let Some(h) = seg.holder(k, i) else { continue };
+        let w = h.load(Ordering::Relaxed);
+        if w as u32 == 0 {
+            continue;
+        }
+        // Acquire: a lock made in the slot's current life is seen with it.
+        let gen = seg.slot(i).header().own.load(Ordering::Acquire);
+        if holder_of(w, Own::unpack(gen).gen).is_none() {
+            // SYNC: holder-lock — AcqRel, as in `reclaim_client`; loses to a
+            // receiver that locks it for a new life meanwhile.
+            if h.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                cleared += 1;
+            }
+        }
+    }
+    (at, cleared)
+}
+
 /// The ring id a queue has in intents (re-exported for the daemon's audit).
 pub fn queue_ring_id(q: u32) -> u32 {
     ring_of_queue(q)
@@ -691,6 +726,22 @@ mod tests {
         let r = reclaim_client(&seg, 1);
         assert_eq!(r.corrupt, 1);
         assert_eq!(census(&seg).free, 8);
+    }
+
+    #[test]
+    fn holder_words_of_lives_that_are_over_are_cleared_and_current_ones_kept() {
+        let seg = seg();
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let i = publish(&live, 0, true);
+        assert_eq!(live.dequeue(&Group::default_of(0)), Some(i));
+        // Held now: its lock stays.
+        assert_eq!(clear_stale_holders(&seg, 0, u64::MAX).1, 0);
+        live.release(i, 0);
+        // Released and freed: the next life of the slot starts.
+        while live.take_free().unwrap() != i {}
+        let (next, cleared) = clear_stale_holders(&seg, 0, u64::MAX);
+        assert_eq!((next, cleared), (0, 1));
+        assert_eq!(seg.holder(0, i).unwrap().load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -517,16 +517,42 @@ impl<'a> Port<'a> {
 
     /// Starts sending loaned slot `i` to the groups of `to`: stores
     /// `Published` with their `queued` bits, under a publish intent. Then
-    /// [`Publishing::push`] pushes it onto their queues.
+    /// [`Publishing::push`] pushes it onto their queues. A lossy group whose
+    /// queue looks full ([`Ring::looks_full`]) is left out at once, its copy
+    /// dropped and counted, without touching its consumer's lines; if that
+    /// leaves no group, the slot goes back to the free ring.
     #[inline]
     pub fn begin_publish<'p>(&'p self, to: &'p Fanout, i: SlotIndex) -> Publishing<'p, 'a> {
-        self.set_intent(IntentOp::Push, ring_of_queue(to.subsystem), i.get());
+        let mut mask = to.mask;
+        let mut dropped = 0;
+        for k in bits(to.mask & to.lossy) {
+            let q = to.queues[k as usize] as u32;
+            if self.seg.queue(q).is_none_or(|r| r.looks_full()) {
+                mask &= !(1 << k);
+                dropped |= 1 << k;
+            }
+        }
         let slot = self.seg.slot(i);
         let gen = slot.own().gen;
+        if mask == 0 {
+            self.give_free(i);
+            return Publishing {
+                port: self,
+                to,
+                slot: i,
+                gen,
+                mask,
+                pending: 0,
+                pushed: 0,
+                dropped,
+                taken_back: false,
+            };
+        }
+        self.set_intent(IntentOp::Push, ring_of_queue(to.subsystem), i.get());
         slot.header().redelivered.store(0, Ordering::Relaxed);
-        self.hand_over(i, Own::published(gen, to.mask, 0));
+        self.hand_over(i, Own::published(gen, mask, 0));
         crate::crash_point!(EnqueueMarked);
-        Publishing { port: self, to, slot: i, gen, pending: to.mask, pushed: 0, dropped: 0 }
+        Publishing { port: self, to, slot: i, gen, mask, pending: mask, pushed: 0, dropped, taken_back: false }
     }
 
     /// Pushes loaned slots onto the queue of group slot `k` of `to`, in
@@ -796,12 +822,17 @@ pub struct Publishing<'p, 'a> {
     to: &'p Fanout,
     slot: SlotIndex,
     gen: u32,
+    /// Groups the slot was published to.
+    mask: u16,
     /// Groups not pushed to yet.
     pending: u16,
     /// Groups pushed to.
     pushed: u16,
-    /// Lossy groups whose copy was dropped.
+    /// Lossy groups whose copy was dropped (counted when this ends, unless
+    /// the send was taken back).
     dropped: u16,
+    /// Rolled back: nothing was sent.
+    taken_back: bool,
 }
 
 impl Publishing<'_, '_> {
@@ -864,14 +895,15 @@ impl Publishing<'_, '_> {
     /// meanwhile through a duplicate entry (a crash repair's): then it is
     /// sent after all, to that group, and stays published.
     pub fn roll_back(&mut self) -> bool {
-        debug_assert_eq!(self.pushed | self.dropped, 0);
-        let word = Own::published(self.gen, self.to.mask, 0);
+        debug_assert_eq!(self.pushed, 0);
+        let word = Own::published(self.gen, self.mask, 0);
         if self.port.roll_back(self.slot, word) {
             self.pending = 0;
+            self.taken_back = true;
             return true;
         }
         let now = self.port.seg.slot(self.slot).own();
-        let taken = self.to.mask & !now.queued;
+        let taken = self.mask & !now.queued;
         self.pushed |= taken;
         self.pending &= !taken;
         false
@@ -901,7 +933,6 @@ impl Publishing<'_, '_> {
             return;
         }
         self.dropped |= bit;
-        self.port.count_dropped(self.to.queues[k as usize] as u32, 1);
         crate::crash_point!(LossyDropped);
         if (prev.queued | prev.held) & !bit == 0 {
             // The publish intent still names the slot: a death here is
@@ -916,6 +947,11 @@ impl Drop for Publishing<'_, '_> {
         self.port.clear_intent();
         for k in bits(self.pushed) {
             self.port.notify(self.to.queues[k as usize] as u32);
+        }
+        if !self.taken_back {
+            for k in bits(self.dropped) {
+                self.port.count_dropped(self.to.queues[k as usize] as u32, 1);
+            }
         }
     }
 }

@@ -123,7 +123,14 @@ pub struct Server {
     routes: BTreeMap<u32, Record>,
     /// The free ring was found corrupt (logged once; nothing to quarantine).
     free_ring_corrupt: bool,
+    /// Where the audit's next pass over holder words starts.
+    holders_cursor: u64,
 }
+
+/// Holder words the audit looks at per pass (twice a second): all of them
+/// within minutes even for the largest segments, long before a `gen`
+/// could wrap (hours at full speed).
+const HOLDERS_PER_AUDIT: u64 = 1 << 16;
 
 /// Packets read from one connection per turn of the event loop.
 const PACKETS_PER_TURN: usize = 16;
@@ -165,6 +172,7 @@ impl Server {
             audited: std::time::Instant::now(),
             routes: BTreeMap::new(),
             free_ring_corrupt: false,
+            holders_cursor: 0,
         };
         let invalid = |what: String| DaemonError::Config(crate::config::ConfigError::Invalid(what));
         for d in server.cfg.durable.clone() {
@@ -796,6 +804,8 @@ impl Server {
         self.audited = std::time::Instant::now();
         self.repair_header();
         self.repair_routes();
+        let (next, _) = bus_core::reclaim::clear_stale_holders(&self.seg, self.holders_cursor, HOLDERS_PER_AUDIT);
+        self.holders_cursor = next;
         for q in 0..self.seg.params().max_subsystems {
             if self.quarantined.contains(&q) {
                 continue;

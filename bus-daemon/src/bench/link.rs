@@ -212,6 +212,9 @@ pub struct Stream {
     /// Our end.
     pub sender: Sender,
     peer: Peer,
+    /// Receivers in other groups of the subsystem (shmbus only), each with
+    /// whether it is a tap (lossy: its reports are not waited for).
+    others: Vec<(Peer, bool)>,
     size: usize,
     touch: Touch,
     batch: usize,
@@ -241,18 +244,49 @@ impl Stream {
         cpu: Option<usize>,
         batch: usize,
     ) -> std::io::Result<Stream> {
+        let main = OtherGroup { cpu, batch: Some(batch), ..Default::default() };
+        Self::open_groups(t, bus, size, touch, main, &[])
+    }
+
+    /// [`Stream::open`] with the receiver set up as `main` says (in the
+    /// default group), and one more receiving child per entry of `others`
+    /// (shmbus only), each in a group of its own (see [`OtherGroup`]):
+    /// every message goes to every group. The sender uses batches of
+    /// `main.batch`.
+    pub fn open_groups(
+        t: Transport,
+        bus: Option<&Bus>,
+        size: usize,
+        touch: Touch,
+        main: OtherGroup,
+        others: &[OtherGroup],
+    ) -> std::io::Result<Stream> {
+        let (cpu, batch) = (main.cpu, main.batch.unwrap_or(1));
+        let main_spins = main.spins.map(|n| format!(" spins={n}")).unwrap_or_default();
         let size = size.max(8);
         let batch = if t == Transport::Shmbus { batch.max(1) } else { 1 };
         let touch_s = if touch == Touch::Full { "full" } else { "header" };
         let cpu_s = cpu.map(|c| format!(" cpu={c}")).unwrap_or_default();
+        let mut others_started = Vec::new();
         let (sender, peer) = match t {
             Transport::Shmbus => {
                 let bus = bus.ok_or_else(|| std::io::Error::other("shmbus needs a bus"))?;
                 let subsystem = fresh_subsystem("tput");
                 let spec = format!(
-                    "recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem} batch={batch}{cpu_s}"
+                    "recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem} batch={batch}{cpu_s}{main_spins}"
                 );
                 let peer = Peer::spawn(&spec, &[], Some(bus.socket_path()))?;
+                for (i, o) in others.iter().enumerate() {
+                    let member = if o.tap { " tap=1".to_owned() } else { format!(" group=g{i}") };
+                    let spins = o.spins.map(|n| format!(" spins={n}")).unwrap_or_default();
+                    let spins = o.poll_us.map(|n| format!(" poll_us={n}")).unwrap_or(spins);
+                    let cpu = o.cpu.map(|c| format!(" cpu={c}")).unwrap_or_default();
+                    let b = o.batch.unwrap_or(batch);
+                    let spec = format!(
+                        "recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem} batch={b}{member}{spins}{cpu}"
+                    );
+                    others_started.push((Peer::spawn(&spec, &[], Some(bus.socket_path()))?, o.tap));
+                }
                 let p = bus.publisher().create().map_err(std::io::Error::other)?;
                 (Sender::Shmbus(Box::new(p), format!("{subsystem}://x")), peer)
             }
@@ -265,7 +299,7 @@ impl Stream {
             }
             Transport::Futex => return Err(std::io::Error::other("futex has no stream form")),
         };
-        Ok(Stream { sender, peer, size, touch, batch, scratch: vec![0; size] })
+        Ok(Stream { sender, peer, others: others_started, size, touch, batch, scratch: vec![0; size] })
     }
 
     /// Sends messages `from..to` (in batches if the stream has them).
@@ -314,21 +348,67 @@ impl Stream {
     fn flush_report(&mut self, t0: u64) -> std::io::Result<Round> {
         self.sender.send(FLUSH, self.size, self.touch, &mut self.scratch)?;
         let line = self.peer.line()?;
-        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-        match (line.starts_with("ack"), v.as_slice()) {
-            (true, [received, lost, t_last]) => {
-                Ok(Round { received: *received, lost: *lost, elapsed_ns: t_last.saturating_sub(t0).max(1) })
-            }
-            _ => Err(std::io::Error::other(format!("bad report from the receiver: {line:?}"))),
+        let mut round = parse_ack(&line, t0)?;
+        // Every blocking group gets every message: the round is as fast as
+        // its slowest receiver. Taps may drop, and are not waited for.
+        for (peer, _) in self.others.iter_mut().filter(|(_, tap)| !tap) {
+            let r = parse_ack(&peer.line()?, t0)?;
+            round.received = round.received.min(r.received);
+            round.lost += r.lost;
+            round.elapsed_ns = round.elapsed_ns.max(r.elapsed_ns);
+        }
+        Ok(round)
+    }
+
+    /// Stops (SIGSTOP) the tap receivers: from then on their queues fill
+    /// and every copy for them is dropped.
+    pub fn freeze_taps(&self) {
+        for (p, _) in self.others.iter().filter(|(_, tap)| *tap) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.child.id() as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
         }
     }
 
-    /// Stops the receiver.
+    /// Stops the receivers (a tap, whose STOP may have been dropped, is
+    /// killed).
     pub fn close(mut self) -> std::io::Result<()> {
         self.sender.send(STOP, self.size, self.touch, &mut self.scratch)?;
-        let Stream { sender, peer, .. } = self;
+        let Stream { sender, peer, others, .. } = self;
         drop(sender);
+        for (p, tap) in others {
+            if !tap {
+                p.finish()?;
+            }
+        }
         peer.finish()
+    }
+}
+
+/// A receiver in another group of a [`Stream`]'s subsystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtherGroup {
+    /// A tap (lossy) rather than a blocking group.
+    pub tap: bool,
+    /// Polls before it sleeps (default: the throughput receiver's).
+    pub spins: Option<u32>,
+    /// CPU to pin it to.
+    pub cpu: Option<usize>,
+    /// Messages per receive call (default: the stream's).
+    pub batch: Option<usize>,
+    /// Never sleep on the doorbell: look every this many µs instead.
+    pub poll_us: Option<u64>,
+}
+
+/// A receiver's `ack RECEIVED LOST T_LAST` line as a [`Round`] begun at `t0`.
+fn parse_ack(line: &str, t0: u64) -> std::io::Result<Round> {
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    match (line.starts_with("ack"), v.as_slice()) {
+        (true, [received, lost, t_last]) => {
+            Ok(Round { received: *received, lost: *lost, elapsed_ns: t_last.saturating_sub(t0).max(1) })
+        }
+        _ => Err(std::io::Error::other(format!("bad report from the receiver: {line:?}"))),
     }
 }
 

@@ -59,17 +59,42 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
     match (role, transport) {
         ("recv", Some(Transport::Shmbus)) => {
             let bus = bus()?;
-            let sub = bus.subscribe(kv(spec, "subsystem").unwrap_or("bench")).map_err(std::io::Error::other)?;
+            let mut builder = bus.subscription(kv(spec, "subsystem").unwrap_or("bench"));
+            if let Some(g) = kv(spec, "group") {
+                builder = builder.group(g);
+            }
+            if kv(spec, "tap") == Some("1") {
+                builder = builder.tap();
+            }
+            let sub = builder.create().map_err(std::io::Error::other)?;
             // A throughput receiver busy-polls while messages flow (as in the
             // reference figures of other buses): it spins for milliseconds
             // before it sleeps, so it sleeps only between rounds. With the
             // default few microseconds, a receiver that catches up sleeps,
-            // and the ~40 us wake-up lets the queue fill.
-            sub.set_spins(RECEIVER_SPINS);
+            // and the ~40 us wake-up lets the queue fill. `spins=` overrides.
+            sub.set_spins(kv(spec, "spins").and_then(|n| n.parse().ok()).unwrap_or(RECEIVER_SPINS));
             writeln!(out, "ready")?;
             out.flush()?;
             let mut tally = Tally::default();
             let batch: usize = kv(spec, "batch").and_then(|b| b.parse().ok()).unwrap_or(1);
+            if let Some(poll) = kv(spec, "poll_us").and_then(|p| p.parse().ok()) {
+                // A monitor: never asleep on the doorbell (publishers never
+                // pay a wake-up for it); it looks every `poll` µs and takes
+                // what is there.
+                let mut msgs = Vec::with_capacity(batch);
+                loop {
+                    if sub.try_recv_batch(&mut msgs, batch).map_err(std::io::Error::other)? == 0 {
+                        std::thread::sleep(Duration::from_micros(poll));
+                    }
+                    for m in msgs.drain(..) {
+                        let seq = check(m.body_bytes().map_err(std::io::Error::other)?, touch);
+                        drop(m);
+                        if tally.see(seq, &mut out)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             if batch > 1 {
                 let mut msgs = Vec::with_capacity(batch);
                 loop {

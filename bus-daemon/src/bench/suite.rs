@@ -4,7 +4,7 @@
 //! and ratios taken pair by pair within a round, so both sides of a ratio
 //! saw the same state of the machine).
 
-use super::link::{PingPong, Stream, Touch, Transport, Wait};
+use super::link::{OtherGroup, PingPong, Stream, Touch, Transport, Wait};
 use super::probe;
 use bus_client::Bus;
 use serde::Serialize;
@@ -131,11 +131,39 @@ impl Percentiles {
 /// Messages per call in the batched throughput runs.
 pub const BATCH: usize = 32;
 
+/// Polls of an empty queue before a fan-out receiver sleeps.
+const FANOUT_SPINS: u32 = 200;
+
 #[derive(Debug, Clone, Copy)]
 enum Spec {
-    Tput { t: Transport, size: usize, touch: Touch, batch: usize },
-    FanIn { size: usize },
-    Lat { t: Transport, size: usize, wait: Wait },
+    Tput {
+        t: Transport,
+        size: usize,
+        touch: Touch,
+        batch: usize,
+    },
+    FanIn {
+        size: usize,
+    },
+    /// One publisher, `groups` groups of one receiver each: the rate at
+    /// which every receiver gets every message.
+    FanOut {
+        size: usize,
+        groups: usize,
+    },
+    /// 1 → 1 with a tap attached (a lossy group whose receiver sleeps
+    /// while its queue is empty and drains it in batches, or, `stopped`,
+    /// whose receiver is stopped so that every copy is dropped): the main
+    /// receiver's rate.
+    Tap {
+        size: usize,
+        stopped: bool,
+    },
+    Lat {
+        t: Transport,
+        size: usize,
+        wait: Wait,
+    },
 }
 
 impl Spec {
@@ -146,6 +174,9 @@ impl Spec {
                 format!("throughput-batch{batch}/{}/{size}/{}", t.name(), touch_name(touch))
             }
             Spec::FanIn { size } => format!("throughput-4to1/shmbus/{size}"),
+            Spec::FanOut { size, groups } => format!("throughput-1to{groups}groups/shmbus/{size}"),
+            Spec::Tap { size, stopped: false } => format!("throughput-with-tap/shmbus/{size}"),
+            Spec::Tap { size, stopped: true } => format!("throughput-with-stopped-tap/shmbus/{size}"),
             Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait_name(wait)),
         }
     }
@@ -180,6 +211,9 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
         }
         if max_body >= 64 {
             v.push(Spec::FanIn { size: 64 });
+            v.push(Spec::FanOut { size: 64, groups: 4 });
+            v.push(Spec::Tap { size: 64, stopped: false });
+            v.push(Spec::Tap { size: 64, stopped: true });
         }
     }
     if o.latency {
@@ -247,6 +281,35 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
         Spec::FanIn { size } => {
             fan_in(bus, o, size).map(|(rate, lost)| Sample { msgs_per_sec: Some(rate), lost, ..blank })
         }
+        Spec::FanOut { size, groups } => {
+            // Four receivers and a publisher share two CPUs: busy-polling
+            // receivers would take turns by time slice, so they sleep when
+            // their queue is empty and take what is there in batches; they
+            // are not pinned, so that the scheduler spreads them.
+            let receiver = OtherGroup { spins: Some(FANOUT_SPINS), batch: Some(BATCH), ..Default::default() };
+            let others = vec![receiver; groups - 1];
+            let main = OtherGroup { batch: Some(1), ..receiver };
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, main, &others)?;
+            s.round(2_000)?;
+            let r = s.round_for(o.duration)?;
+            s.close()?;
+            Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
+        }
+        Spec::Tap { size, stopped } => {
+            // A tap as a monitor runs it: it looks every millisecond and
+            // takes what is there in large batches, never asleep on the
+            // doorbell (so publishers never pay a wake-up for it).
+            let tap = OtherGroup { tap: true, cpu: None, batch: Some(256), poll_us: Some(1000), ..Default::default() };
+            let main = OtherGroup { cpu: child_cpu, batch: Some(1), ..Default::default() };
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, main, &[tap])?;
+            if stopped {
+                s.freeze_taps();
+            }
+            s.round(2_000)?;
+            let r = s.round_for(o.duration)?;
+            s.close()?;
+            Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
+        }
         Spec::Lat { t, size, wait } => {
             let mut pp = PingPong::open(t, Some(bus), size, wait, child_cpu)?;
             let n = if wait == Wait::Busy { o.round_trips } else { (o.round_trips / 4).max(100) };
@@ -281,6 +344,9 @@ fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
     let (kind, transport, body_bytes, touch, wait, publishers) = match spec {
         Spec::Tput { t, size, touch, .. } => ("throughput", t.name(), size, Some(touch), None, 1),
         Spec::FanIn { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 4),
+        Spec::FanOut { size, .. } | Spec::Tap { size, .. } => {
+            ("throughput", "shmbus", size, Some(Touch::Header), None, 1)
+        }
         Spec::Lat { t, size, wait } => ("latency", t.name(), size, None, Some(wait), 1),
     };
     let rates: Vec<f64> = samples.iter().filter_map(|s| s.msgs_per_sec).collect();
@@ -340,6 +406,9 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         };
         let label = match (m.transport, m.publishers, m.touch) {
             ("shmbus", 4, _) => "shmbus, 4 publishers -> 1".to_string(),
+            _ if m.name.starts_with("throughput-1to4groups") => "shmbus, 1 -> 4 groups (each gets all)".into(),
+            _ if m.name.starts_with("throughput-with-tap") => "shmbus, 1 -> 1 with a tap draining".into(),
+            _ if m.name.starts_with("throughput-with-stopped-tap") => "shmbus, 1 -> 1 with a stopped tap".into(),
             ("shmbus", _, _) if m.batch > 1 => format!("shmbus, batches of {} (header)", m.batch),
             ("shmbus", _, Some(Touch::Header)) => "shmbus (header touched)".to_string(),
             ("shmbus", _, _) => "shmbus (whole body written and read)".to_string(),
@@ -359,6 +428,18 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
             vs_pipe.map(|r| format!("{r:.1}x")).unwrap_or_default(),
             m.lost
         )?;
+    }
+    // Groups against the plain 1 -> 1 path of the same rounds.
+    if let Some(one) = find("throughput/shmbus/64/header".into()) {
+        for (name, what) in [
+            ("throughput-with-tap/shmbus/64", "1 -> 1 with a tap draining, vs 1 -> 1 alone"),
+            ("throughput-with-stopped-tap/shmbus/64", "1 -> 1 with a stopped tap, vs 1 -> 1 alone"),
+            ("throughput-1to4groups/shmbus/64", "1 -> 4 groups per receiver, vs 1 -> 1"),
+        ] {
+            if let Some(r) = find(name.into()).and_then(|m| paired_ratio(m, one, rate)) {
+                writeln!(out, "  {what}: {r:.2}x (median of paired rounds)")?;
+            }
+        }
     }
     writeln!(out)?;
     writeln!(
