@@ -1,6 +1,7 @@
 //! Serving a subsystem with a [`Router`]: `bus.serve(router).workers(n)`
-//! starts n worker threads that share the subsystem's queue, each with its
-//! own subscription and publisher. Handlers run concurrently; a handler
+//! starts n worker threads that share the queue of one group of the
+//! subsystem (the default group, or `.group(name)`), each with its own
+//! subscription and publisher. Handlers run concurrently; a handler
 //! that panics is caught, its requester gets an error reply, and the worker
 //! goes on. A request whose route matches nothing gets a typed "no route"
 //! reply and is counted; a request whose handler sent no reply gets an
@@ -19,12 +20,13 @@ pub struct ServeBuilder {
     bus: Bus,
     router: Arc<Router>,
     workers: usize,
+    group: Option<String>,
 }
 
 impl Bus {
     /// Serves `router`'s subsystem (see [`ServeBuilder::start`]).
     pub fn serve(&self, router: Router) -> ServeBuilder {
-        ServeBuilder { bus: self.clone(), router: Arc::new(router), workers: 1 }
+        ServeBuilder { bus: self.clone(), router: Arc::new(router), workers: 1, group: None }
     }
 }
 
@@ -48,6 +50,14 @@ impl ServeBuilder {
         self
     }
 
+    /// Serves consumer group `name` of the subsystem instead of its default
+    /// group: the workers share that group's queue, and every other group
+    /// still gets every message.
+    pub fn group(mut self, name: &str) -> Self {
+        self.group = Some(name.to_owned());
+        self
+    }
+
     /// Subscribes every worker, then starts them.
     pub fn start(self) -> Result<Service, RequestError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -56,7 +66,11 @@ impl ServeBuilder {
         for w in 0..self.workers {
             // Subscribe here, so that the service receives from the moment
             // `start` returns.
-            let sub = self.bus.subscribe(self.router.subsystem())?;
+            let mut sub = self.bus.subscription(self.router.subsystem());
+            if let Some(g) = &self.group {
+                sub = sub.group(g);
+            }
+            let sub = sub.create()?;
             let publisher = self.bus.publisher().create()?;
             let (router, stop, stats) = (self.router.clone(), stop.clone(), stats.clone());
             let t = std::thread::Builder::new()

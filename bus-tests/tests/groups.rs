@@ -229,3 +229,27 @@ fn a_durable_group_from_the_config_receives_while_nobody_subscribes() {
     assert!(st.success(), "{err}");
     assert_eq!(summary(&out)["received"], 5);
 }
+
+#[test]
+fn a_worker_pool_serves_a_named_group_while_a_tap_sees_every_request() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let b = bus.connect();
+    let router = bus_client::Router::new("api")
+        .unwrap()
+        .route("echo/{*rest}", |ctx| Ok(ctx.reply_bytes(ctx.message().body_bytes()?)?))
+        .unwrap();
+    let service = b.serve(router).workers(2).group("workers").start().unwrap();
+    let tap = b.subscription("api").tap().create().unwrap();
+    let s = bus.status();
+    let api = subsystem(&s, "api");
+    assert_eq!(group(api, "workers")["subscribers"], 2, "{api}");
+    assert_eq!(group(api, "default")["subscribers"], 0, "{api}");
+    let requester = b.requester().unwrap();
+    let reply = requester.request_bytes("api://echo/x", b"hi", Duration::from_secs(10)).unwrap();
+    assert_eq!(reply.body_bytes().unwrap(), b"hi");
+    let seen = tap.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((seen.path(), seen.body_bytes().unwrap()), ("api://echo/x", &b"hi"[..]));
+    assert!(seen.is_request());
+    drop(seen);
+    drop(service);
+}
