@@ -18,6 +18,7 @@ pub mod doorbell;
 #[cfg(not(loom))]
 pub mod futex;
 pub mod line;
+pub mod ownership;
 pub mod queue;
 mod sync;
 

@@ -63,86 +63,7 @@ use crate::queue::Ring;
 use crate::segment::{Segment, SlotIndex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Slot states (see the module table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SlotState {
-    /// In the free ring.
-    Free = 0,
-    /// In a publisher's private cache.
-    Cached = 1,
-    /// Being written.
-    Loaned = 2,
-    /// Sent: queued for, or held by, the groups whose bits are set.
-    Published = 3,
-}
-
-/// Bits of `gen` in the ownership word.
-pub const GEN_MASK: u32 = (1 << 24) - 1;
-
-/// A decoded `own` word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Own {
-    /// Generation (24 bits).
-    pub gen: u32,
-    /// State, or `None` if the byte is not a known state (corruption).
-    pub state: Option<SlotState>,
-    /// Client index (`Cached`, `Loaned`), else 0.
-    pub who: u32,
-    /// `Published`: the groups it waits for.
-    pub queued: u16,
-    /// `Published`: the groups holding it.
-    pub held: u16,
-}
-
-impl Own {
-    /// Packs a `Free`, `Cached` or `Loaned` word.
-    pub fn pack(gen: u32, state: SlotState, who: u32) -> u64 {
-        ((gen & GEN_MASK) as u64) << 40 | (state as u64) << 32 | who as u64
-    }
-
-    /// Packs a `Published` word.
-    pub fn published(gen: u32, queued: u16, held: u16) -> u64 {
-        ((gen & GEN_MASK) as u64) << 40 | (SlotState::Published as u64) << 32 | (held as u64) << 16 | queued as u64
-    }
-
-    /// Unpacks one.
-    pub fn unpack(w: u64) -> Own {
-        let state = match (w >> 32) as u8 {
-            0 => Some(SlotState::Free),
-            1 => Some(SlotState::Cached),
-            2 => Some(SlotState::Loaned),
-            3 => Some(SlotState::Published),
-            _ => None,
-        };
-        let gen = (w >> 40) as u32;
-        let low = w as u32;
-        match state {
-            Some(SlotState::Published) => Own { gen, state, who: 0, queued: low as u16, held: (low >> 16) as u16 },
-            _ => Own { gen, state, who: low, queued: 0, held: 0 },
-        }
-    }
-
-    /// Whether the slot is free: `Free`, or `Published` with no group left.
-    pub fn is_free(&self) -> bool {
-        match self.state {
-            Some(SlotState::Free) => true,
-            Some(SlotState::Published) => self.queued | self.held == 0,
-            _ => false,
-        }
-    }
-}
-
-/// The holder word that locks a slot's `gen` for `client`.
-pub fn holder_lock(gen: u32, client: u32) -> u64 {
-    ((gen & GEN_MASK) as u64) << 40 | (client as u64 + 1)
-}
-
-/// The client a holder word names for life `gen` of its slot, if any.
-pub fn holder_of(word: u64, gen: u32) -> Option<u32> {
-    let who = word as u32;
-    (who != 0 && (word >> 40) as u32 == gen & GEN_MASK).then(|| who - 1)
-}
+pub use crate::ownership::{holder_lock, holder_of, Own, SlotState, GEN_MASK};
 
 /// Free slots that must be back in the free ring before a release wakes a
 /// publisher sleeping for one (the size of a publisher's cache refill).
@@ -617,11 +538,7 @@ impl<'a> Port<'a> {
     /// `true` means it was rolled back and is ours again.
     fn roll_back(&self, i: SlotIndex, word: u64) -> bool {
         crate::crash_point!(EnqueueRollback);
-        let own = Own::unpack(word);
-        let loaned = Own::pack(own.gen.wrapping_add(1), SlotState::Loaned, self.client);
-        // SYNC: slot-claim — AcqRel pairs with a receiver's claim CAS; only
-        // one of the two wins.
-        self.seg.slot(i).header().own.compare_exchange(word, loaned, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        crate::ownership::roll_back(&self.seg.slot(i).header().own, word, self.client)
     }
 
     /// Takes up to `max` messages of group `g` (its `queued` bit moves to
@@ -669,7 +586,7 @@ impl<'a> Port<'a> {
         let bit = 1u16 << g.slot;
         // SYNC: slot-handover — Acquire pairs with the publisher's Release
         // store of `Published`: its header and body writes are visible.
-        let mut w = slot.header().own.load(Ordering::Acquire);
+        let w = slot.header().own.load(Ordering::Acquire);
         let own = Own::unpack(w);
         if own.state != Some(SlotState::Published) || own.queued & bit == 0 {
             return None;
@@ -678,27 +595,8 @@ impl<'a> Port<'a> {
             return None;
         }
         let holder = self.seg.holder(g.slot, i)?;
-        let h = holder.load(Ordering::Relaxed);
-        if holder_of(h, own.gen).is_some() {
-            return None; // another receiver of this group has this life
-        }
-        // SYNC: holder-lock — AcqRel: one receiver per life of the slot and
-        // group wins; pairs with competing locks and the daemon's reset.
-        holder.compare_exchange(h, holder_lock(own.gen, self.client), Ordering::AcqRel, Ordering::Relaxed).ok()?;
-        crate::crash_point!(ClaimLocked);
-        loop {
-            let o = Own::unpack(w);
-            if o.state != Some(SlotState::Published) || o.gen != own.gen || o.queued & bit == 0 {
-                // Rolled back or dropped by its publisher meanwhile.
-                return None;
-            }
-            let new = (w & !(bit as u64)) | ((bit as u64) << 16);
-            // SYNC: slot-claim — AcqRel pairs with the other groups' claims
-            // and releases of this word and with a publisher's roll-back.
-            match slot.header().own.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(x) => w = x,
-            }
+        if !crate::ownership::claim(&slot.header().own, holder, w, g.slot, self.client) {
+            return None;
         }
         crate::crash_point!(DequeueClaimed);
         Some(i)
@@ -711,23 +609,12 @@ impl<'a> Port<'a> {
     /// process) is left alone and counted as corruption.
     pub fn release(&self, i: SlotIndex, k: u32) {
         self.set_intent(IntentOp::Push, RING_FREE, i.get());
-        let own = &self.seg.slot(i).header().own;
-        let bit = 1u16 << k;
-        let mut w = own.load(Ordering::Relaxed);
-        let last = loop {
-            let o = Own::unpack(w);
-            if o.state != Some(SlotState::Published) || o.held & bit == 0 {
+        let last = match crate::ownership::release(&self.seg.slot(i).header().own, k) {
+            Some(last) => last,
+            None => {
                 self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
                 self.clear_intent();
                 return;
-            }
-            // SYNC: slot-release — AcqRel: Release orders our reads of the
-            // message before the next owner's writes (pairs with
-            // `claim_free`'s CAS); Acquire makes the last releaser's view
-            // include every other group's release.
-            match own.compare_exchange_weak(w, w & !((bit as u64) << 16), Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => break (o.queued | o.held) & !bit == 0,
-                Err(x) => w = x,
             }
         };
         crate::crash_point!(ReleaseMarked);
@@ -922,19 +809,14 @@ impl Publishing<'_, '_> {
     fn drop_copy(&mut self, k: u32) {
         let bit = 1u16 << k;
         self.pending &= !bit;
-        let own = &self.port.seg.slot(self.slot).header().own;
-        // SYNC: slot-release — AcqRel, as for a release: if this clears the
-        // last bit, every group's reads happened before the next owner's
-        // writes.
-        let prev = Own::unpack(own.fetch_and(!(bit as u64), Ordering::AcqRel));
-        if prev.queued & bit == 0 {
+        let Some(last) = crate::ownership::drop_queued(&self.port.seg.slot(self.slot).header().own, k) else {
             // Claimed through a duplicate entry meanwhile: delivered.
             self.pushed |= bit;
             return;
-        }
+        };
         self.dropped |= bit;
         crate::crash_point!(LossyDropped);
-        if (prev.queued | prev.held) & !bit == 0 {
+        if last {
             // The publish intent still names the slot: a death here is
             // repaired by the daemon's free-ring push.
             self.port.push_free(self.slot);

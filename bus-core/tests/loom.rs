@@ -196,3 +196,90 @@ fn a_consumer_killed_between_its_cell_cas_and_its_head_move_stops_nobody() {
         assert_eq!(consumer.join().unwrap(), vec![5, 6]);
     });
 }
+
+mod ownership {
+    //! The slot ownership protocol of consumer groups (`bus_core::ownership`):
+    //! claims, releases, a publisher's take-back and drop, racing.
+    use bus_core::ownership::{claim, drop_queued, release, roll_back, Own, SlotState};
+    use loom::sync::atomic::{AtomicU64, Ordering};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    struct Slot {
+        own: AtomicU64,
+        holders: [AtomicU64; 2],
+    }
+
+    fn slot(queued: u16, held: u16) -> Arc<Slot> {
+        Arc::new(Slot {
+            own: AtomicU64::new(Own::published(1, queued, held)),
+            holders: [AtomicU64::new(0), AtomicU64::new(0)],
+        })
+    }
+
+    /// Claims for group `k` as `client`, then releases: (claimed, freed).
+    fn receive(s: &Slot, k: u32, client: u32) -> (bool, bool) {
+        let w = s.own.load(Ordering::Acquire);
+        if !claim(&s.own, &s.holders[k as usize], w, k, client) {
+            return (false, false);
+        }
+        (true, release(&s.own, k).expect("held by us"))
+    }
+
+    #[test]
+    fn two_groups_and_a_duplicate_receiver_each_group_claims_once_and_one_release_frees() {
+        loom::model(|| {
+            let s = slot(0b11, 0);
+            let threads: Vec<_> = [(0, 0), (0, 1), (1, 2)]
+                .into_iter()
+                .map(|(k, client)| {
+                    let s = s.clone();
+                    thread::spawn(move || receive(&s, k, client))
+                })
+                .collect();
+            let r: Vec<(bool, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert!(r[0].0 ^ r[1].0, "group 0 claims exactly once: {r:?}");
+            assert!(r[2].0, "group 1 claims");
+            assert_eq!(r.iter().filter(|x| x.1).count(), 1, "exactly one release frees: {r:?}");
+            assert!(Own::unpack(s.own.load(Ordering::Relaxed)).is_free());
+        });
+    }
+
+    #[test]
+    fn a_take_back_and_a_claim_through_a_duplicate_entry_never_both_win() {
+        loom::model(|| {
+            let s = slot(0b1, 0);
+            let word = s.own.load(Ordering::Relaxed);
+            let p = {
+                let s = s.clone();
+                thread::spawn(move || roll_back(&s.own, word, 7))
+            };
+            let w = s.own.load(Ordering::Acquire);
+            let claimed = claim(&s.own, &s.holders[0], w, 0, 3);
+            let taken_back = p.join().unwrap();
+            assert!(claimed ^ taken_back, "claimed {claimed}, taken back {taken_back}");
+            let o = Own::unpack(s.own.load(Ordering::Relaxed));
+            if taken_back {
+                assert_eq!((o.state, o.gen, o.who), (Some(SlotState::Loaned), 2, 7));
+            } else {
+                assert_eq!((o.state, o.held), (Some(SlotState::Published), 1));
+            }
+        });
+    }
+
+    #[test]
+    fn a_dropped_copy_and_another_groups_release_free_the_slot_exactly_once() {
+        loom::model(|| {
+            // Group 0 holds it; group 1's copy is still queued.
+            let s = slot(0b10, 0b01);
+            let p = {
+                let s = s.clone();
+                thread::spawn(move || drop_queued(&s.own, 1))
+            };
+            let released = release(&s.own, 0).expect("held");
+            let dropped = p.join().unwrap().expect("still queued");
+            assert!(released ^ dropped, "one of the two frees it: {released} {dropped}");
+            assert!(Own::unpack(s.own.load(Ordering::Relaxed)).is_free());
+        });
+    }
+}

@@ -1,0 +1,175 @@
+//! The ownership word of a slot and its holder words: the word-level steps
+//! of the slot protocol (see [`crate::slot_pool`] for the protocol and
+//! where each step is used). On `crate::sync` atomics, so that the loom
+//! models in `tests/loom.rs` run these very functions on heap words.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Slot states (see the module table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    /// In the free ring.
+    Free = 0,
+    /// In a publisher's private cache.
+    Cached = 1,
+    /// Being written.
+    Loaned = 2,
+    /// Sent: queued for, or held by, the groups whose bits are set.
+    Published = 3,
+}
+
+/// Bits of `gen` in the ownership word.
+pub const GEN_MASK: u32 = (1 << 24) - 1;
+
+/// A decoded `own` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Own {
+    /// Generation (24 bits).
+    pub gen: u32,
+    /// State, or `None` if the byte is not a known state (corruption).
+    pub state: Option<SlotState>,
+    /// Client index (`Cached`, `Loaned`), else 0.
+    pub who: u32,
+    /// `Published`: the groups it waits for.
+    pub queued: u16,
+    /// `Published`: the groups holding it.
+    pub held: u16,
+}
+
+impl Own {
+    /// Packs a `Free`, `Cached` or `Loaned` word.
+    pub fn pack(gen: u32, state: SlotState, who: u32) -> u64 {
+        ((gen & GEN_MASK) as u64) << 40 | (state as u64) << 32 | who as u64
+    }
+
+    /// Packs a `Published` word.
+    pub fn published(gen: u32, queued: u16, held: u16) -> u64 {
+        ((gen & GEN_MASK) as u64) << 40 | (SlotState::Published as u64) << 32 | (held as u64) << 16 | queued as u64
+    }
+
+    /// Unpacks one.
+    pub fn unpack(w: u64) -> Own {
+        let state = match (w >> 32) as u8 {
+            0 => Some(SlotState::Free),
+            1 => Some(SlotState::Cached),
+            2 => Some(SlotState::Loaned),
+            3 => Some(SlotState::Published),
+            _ => None,
+        };
+        let gen = (w >> 40) as u32;
+        let low = w as u32;
+        match state {
+            Some(SlotState::Published) => Own { gen, state, who: 0, queued: low as u16, held: (low >> 16) as u16 },
+            _ => Own { gen, state, who: low, queued: 0, held: 0 },
+        }
+    }
+
+    /// Whether the slot is free: `Free`, or `Published` with no group left.
+    pub fn is_free(&self) -> bool {
+        match self.state {
+            Some(SlotState::Free) => true,
+            Some(SlotState::Published) => self.queued | self.held == 0,
+            _ => false,
+        }
+    }
+}
+
+/// The holder word that locks a slot's `gen` for `client`.
+pub fn holder_lock(gen: u32, client: u32) -> u64 {
+    ((gen & GEN_MASK) as u64) << 40 | (client as u64 + 1)
+}
+
+/// The client a holder word names for life `gen` of its slot, if any.
+pub fn holder_of(word: u64, gen: u32) -> Option<u32> {
+    let who = word as u32;
+    (who != 0 && (word >> 40) as u32 == gen & GEN_MASK).then(|| who - 1)
+}
+
+/// A group's claim of a message: locks the holder word for life `gen` of
+/// the slot (read as `w`, Acquire, by the caller), then moves group slot
+/// `k`'s bit from `queued` to `held`. `false` for a message that is not
+/// `Published` and queued for `k`, a life another receiver of the group
+/// has locked (a duplicate entry), or a message its publisher took back or
+/// dropped meanwhile.
+pub fn claim(own: &AtomicU64, holder: &AtomicU64, mut w: u64, k: u32, client: u32) -> bool {
+    let bit = 1u16 << k;
+    let first = Own::unpack(w);
+    if first.state != Some(SlotState::Published) || first.queued & bit == 0 {
+        return false;
+    }
+    let h = holder.load(Ordering::Relaxed);
+    if holder_of(h, first.gen).is_some() {
+        return false; // another receiver of this group has this life
+    }
+    // SYNC: holder-lock — AcqRel: one receiver per life of the slot and
+    // group wins; pairs with competing locks and the daemon's reset.
+    if holder.compare_exchange(h, holder_lock(first.gen, client), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    crate::crash_point!(ClaimLocked);
+    loop {
+        let o = Own::unpack(w);
+        if o.state != Some(SlotState::Published) || o.gen != first.gen || o.queued & bit == 0 {
+            return false; // rolled back or dropped by its publisher meanwhile
+        }
+        let new = (w & !(bit as u64)) | ((bit as u64) << 16);
+        // SYNC: slot-claim — AcqRel pairs with the other groups' claims and
+        // releases of this word and with a publisher's roll-back.
+        match own.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(x) => w = x,
+        }
+    }
+}
+
+/// A group's release: clears group slot `k`'s `held` bit. `Some(true)` if
+/// that was the slot's last bit (the caller frees the slot), `None` if the
+/// word does not say group `k` holds the slot (overwritten by a faulty
+/// process; nothing is changed).
+pub fn release(own: &AtomicU64, k: u32) -> Option<bool> {
+    let bit = 1u16 << k;
+    let mut w = own.load(Ordering::Relaxed);
+    loop {
+        let o = Own::unpack(w);
+        if o.state != Some(SlotState::Published) || o.held & bit == 0 {
+            return None;
+        }
+        // SYNC: slot-release — AcqRel: Release orders our reads of the
+        // message before the next owner's writes (pairs with `claim_free`'s
+        // CAS); Acquire makes the last releaser's view include every other
+        // group's release.
+        match own.compare_exchange_weak(w, w & !((bit as u64) << 16), Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return Some((o.queued | o.held) & !bit == 0),
+            Err(x) => w = x,
+        }
+    }
+}
+
+/// A publisher drops group slot `k`'s copy (a lossy group's full queue, or
+/// a blocking group it gave up on): clears its `queued` bit. `Some(true)`
+/// if that was the slot's last bit (the caller frees the slot), `None` if
+/// the bit was no longer queued (a receiver claimed the message through a
+/// duplicate entry: it is delivered).
+pub fn drop_queued(own: &AtomicU64, k: u32) -> Option<bool> {
+    let bit = 1u16 << k;
+    // SYNC: slot-release — AcqRel, as for a release: if this clears the last
+    // bit, every group's reads happened before the next owner's writes.
+    let prev = Own::unpack(own.fetch_and(!(bit as u64), Ordering::AcqRel));
+    if prev.queued & bit == 0 {
+        return None;
+    }
+    Some((prev.queued | prev.held) & !bit == 0)
+}
+
+/// A publisher takes back a send nothing was pushed for: `Published`
+/// (exactly `word`) back to `Loaned` by `client`, with a new `gen`. `false`
+/// if a receiver claimed it meanwhile through a duplicate entry (then it is
+/// delivered).
+pub fn roll_back(own: &AtomicU64, word: u64, client: u32) -> bool {
+    let o = Own::unpack(word);
+    let loaned = Own::pack(o.gen.wrapping_add(1), SlotState::Loaned, client);
+    // SYNC: slot-claim — AcqRel pairs with a receiver's claim CAS; only one
+    // of the two wins.
+    own.compare_exchange(word, loaned, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+}
