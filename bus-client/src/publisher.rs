@@ -19,6 +19,14 @@ const CACHE: usize = 32;
 /// Messages of a batch pushed with one ring operation and one wake-up.
 const BATCH_CHUNK: usize = 64;
 
+/// Group slots of `old` whose group is not in `now` any more (or has
+/// another queue).
+fn bits_not_in(old: &Fanout, now: Option<&Fanout>) -> u16 {
+    bus_core::slot_pool::bits(old.mask)
+        .filter(|&k| now.is_none_or(|n| n.mask & (1 << k) == 0 || n.queues[k as usize] != old.queues[k as usize]))
+        .fold(0, |m, k| m | 1 << k)
+}
+
 /// How a [`Publisher::push`] ended.
 enum Pushed {
     /// Every group got the message (or a lossy group dropped its copy).
@@ -27,6 +35,17 @@ enum Pushed {
     Back(SendError),
     /// Some groups got it, the rest dropped their copies.
     Partly(SendError),
+}
+
+/// Where a loan goes: its groups' queues, the routing-table version they
+/// were read at (a send re-reads them if the table changed since, so that
+/// a loan kept a while never pushes into an entry that another group or
+/// subsystem took over), and whether it is a reply to one queue.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    to: Fanout,
+    version: u64,
+    direct: bool,
 }
 
 /// What a send does when the pool is exhausted or the queue is full.
@@ -180,7 +199,7 @@ impl Publisher {
         mut write: impl FnMut(usize, &mut [u8]) -> Result<(usize, u64, u16), SendError>,
     ) -> Result<usize, BatchError> {
         let fail = |sent, error| Err(BatchError { sent, error });
-        let (to, subsystem_len) = match self.route_of(path) {
+        let (mut route, subsystem_len) = match self.route_of(path) {
             Ok(r) => r,
             Err(e) => return fail(0, e),
         };
@@ -217,7 +236,7 @@ impl Publisher {
                     }
                 };
                 let h = s.header();
-                h.queue.store(to.subsystem as u16, Ordering::Relaxed);
+                h.queue.store(route.to.subsystem as u16, Ordering::Relaxed);
                 h.body_len.store(len as u32, Ordering::Relaxed);
                 h.fingerprint.store(fp, Ordering::Relaxed);
                 h.flags.store(flags, Ordering::Relaxed);
@@ -227,26 +246,41 @@ impl Publisher {
                 h.trace_id.store(id, Ordering::Relaxed);
                 h.timestamp_ns.store(ts, Ordering::Relaxed);
             }
-            if to.only().is_none() {
+            let single = match self.revalidate(self.batch[0], &mut route, subsystem_len) {
+                Ok(changed) => {
+                    if changed {
+                        for &slot in &self.batch {
+                            let h = self.bus.inner.seg.slot(slot).header();
+                            h.queue.store(route.to.subsystem as u16, Ordering::Relaxed);
+                        }
+                    }
+                    route.to.only().is_some()
+                }
+                Err(e) => {
+                    self.give_back_batch();
+                    return fail(sent, e);
+                }
+            };
+            if !single {
                 // Several groups: one message at a time, so that one intent
                 // covers every slot whose push is incomplete.
                 let batch = std::mem::take(&mut self.batch);
                 for (j, &slot) in batch.iter().enumerate() {
-                    match self.push(slot, &to, subsystem_len) {
-                        Pushed::Sent => {}
-                        Pushed::Back(e) | Pushed::Partly(e) => {
-                            let partly = matches!(e, SendError::PartlyDelivered { .. });
-                            let first_unsent = j + partly as usize;
-                            self.batch = batch;
-                            self.batch.drain(..first_unsent);
-                            self.give_back_batch();
-                            return fail(sent + first_unsent, e);
-                        }
-                    }
+                    let (e, partly) = match self.push(slot, &mut route, subsystem_len) {
+                        Pushed::Sent => continue,
+                        Pushed::Back(e) => (e, false),
+                        // It reached some groups: it is sent.
+                        Pushed::Partly(e) => (e, true),
+                    };
+                    let first_unsent = j + partly as usize;
+                    self.batch = batch;
+                    self.batch.drain(..first_unsent);
+                    self.give_back_batch();
+                    return fail(sent + first_unsent, e);
                 }
                 self.batch = batch;
                 self.batch.clear();
-            } else if let Err(e) = self.push_batch(&to, subsystem_len) {
+            } else if let Err(e) = self.push_batch(&mut route, subsystem_len) {
                 let (pushed, e) = e;
                 self.batch.drain(..pushed);
                 self.give_back_batch();
@@ -264,7 +298,8 @@ impl Publisher {
     /// one wake-up per chunk). A lossy group's queue takes what fits, and
     /// the rest are dropped (counted) and go back to the cache. On failure,
     /// how many were pushed and why the rest were not.
-    fn push_batch(&mut self, to: &Fanout, subsystem_len: usize) -> Result<(), (usize, SendError)> {
+    fn push_batch(&mut self, route: &mut Route, subsystem_len: usize) -> Result<(), (usize, SendError)> {
+        let to = route.to;
         let k = to.only().expect("one group");
         let queue = to.queues[k as usize] as u32;
         let n = self.batch.len();
@@ -275,7 +310,7 @@ impl Publisher {
         };
         loop {
             let port = self.port();
-            pushed += port.enqueue_many(to, k, &self.batch[pushed..]);
+            pushed += port.enqueue_many(&to, k, &self.batch[pushed..]);
             port.notify(queue);
             if pushed == n {
                 return Ok(());
@@ -292,6 +327,26 @@ impl Publisher {
             };
             if let Err(e) = waited {
                 return Err((pushed, e));
+            }
+            // The routing table changed while we waited: the rest go one by
+            // one on the route as it is now.
+            match self.revalidate(self.batch[pushed], route, subsystem_len) {
+                Ok(false) => {}
+                Ok(true) => {
+                    for &slot in &self.batch[pushed..] {
+                        let h = self.bus.inner.seg.slot(slot).header();
+                        h.queue.store(route.to.subsystem as u16, Ordering::Relaxed);
+                    }
+                    while pushed < n {
+                        match self.push(self.batch[pushed], route, subsystem_len) {
+                            Pushed::Sent => pushed += 1,
+                            Pushed::Back(e) => return Err((pushed, e)),
+                            Pushed::Partly(e) => return Err((pushed + 1, e)),
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err((pushed, e)),
             }
         }
     }
@@ -324,12 +379,12 @@ impl Publisher {
 
     /// Claims a slot for a message to `path` and writes the path into it.
     pub fn loan(&mut self, path: &str) -> Result<LoanUninit<'_>, SendError> {
-        let (to, subsystem_len) = self.route_of(path)?;
-        self.loan_to(to, path, subsystem_len)
+        let (route, subsystem_len) = self.route_of(path)?;
+        self.loan_to(route, path, subsystem_len)
     }
 
     /// Takes a slot, marks it loaned, writes the path and the queue.
-    fn loan_to(&mut self, to: Fanout, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
+    fn loan_to(&mut self, route: Route, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
         let slot = self.take_slot()?;
         let port = self.port();
         port.mark_loaned(slot);
@@ -341,8 +396,8 @@ impl Publisher {
             return Err(SendError::InvalidPath(e));
         }
         bus_core::crash_point!(LoanPathWritten);
-        s.header().queue.store(to.subsystem as u16, Ordering::Relaxed);
-        Ok(LoanUninit { publisher: self, slot, to, path_len: path.len(), subsystem_len })
+        s.header().queue.store(route.to.subsystem as u16, Ordering::Relaxed);
+        Ok(LoanUninit { publisher: self, slot, route, path_len: path.len(), subsystem_len })
     }
 
     /// Claims a slot for a message pushed straight to queue `queue` (a
@@ -353,7 +408,8 @@ impl Publisher {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
         }
         let subsystem_len = bus_core::path::separator(path).unwrap_or(0);
-        self.loan_to(Fanout::single(queue), path, subsystem_len)
+        let route = Route { to: Fanout::single(queue), version: routing::version(&self.bus.inner.seg), direct: true };
+        self.loan_to(route, path, subsystem_len)
     }
 
     /// For a blocking publisher: how long its sends wait from now on.
@@ -371,11 +427,12 @@ impl Publisher {
     /// Parses `path` and resolves its subsystem's queue; returns the queue
     /// and the subsystem's length. The last path is remembered: sending to
     /// it again costs one comparison while the routing table is unchanged.
-    fn route_of(&mut self, path: &str) -> Result<(Fanout, usize), SendError> {
+    fn route_of(&mut self, path: &str) -> Result<(Route, usize), SendError> {
         self.bus.inner.usable()?;
         let seg = &self.bus.inner.seg;
         if routing::version(seg) == self.last.version && path == self.last.path {
-            return Ok((self.last.to, self.last.subsystem_len));
+            let route = Route { to: self.last.to, version: self.last.version, direct: false };
+            return Ok((route, self.last.subsystem_len));
         }
         let p = Path::parse(path).map_err(SendError::InvalidPath)?;
         let version = routing::version(seg);
@@ -385,7 +442,7 @@ impl Publisher {
         self.last.to = to;
         self.last.subsystem_len = p.subsystem().len();
         self.last.version = version;
-        Ok((to, self.last.subsystem_len))
+        Ok((Route { to, version, direct: false }, self.last.subsystem_len))
     }
 
     fn resolve(&mut self, subsystem: &str) -> Result<Fanout, SendError> {
@@ -448,32 +505,80 @@ impl Publisher {
         (self.bus.inner.serial as u64) << 40 | (self.port as u64) << 35 | (self.next_id & ((1 << 35) - 1))
     }
 
-    /// Sends loaned `slot` to every group of `to`. When the first blocking
-    /// group's queue is full, nothing is pushed yet: the send is taken back
-    /// (the slot is loaned again while we wait, so that a publisher killed
-    /// while waiting sends nothing), and tried again once there is room, up
-    /// to the send timeout (or fails at once, fail-fast): `Back` then says
-    /// the slot is still ours. A blocking group full after others got the
-    /// message is waited for in the same way; if it stays full, its copy is
-    /// dropped and the message is sent to some groups only (`Partly`).
-    fn push(&mut self, slot: SlotIndex, to: &Fanout, subsystem_len: usize) -> Pushed {
+    /// Re-reads the route of a loan whose routing-table version is out of
+    /// date (a cheap check otherwise: one load). A reply's queue must still
+    /// be a reply queue with its requester; another route is resolved again
+    /// by its subsystem's name. `Ok(true)` if the groups changed.
+    fn revalidate(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Result<bool, SendError> {
+        let seg = &self.bus.inner.seg;
+        let v = routing::version(seg);
+        if v == route.version {
+            return Ok(false);
+        }
+        if route.direct {
+            match routing::read(seg, route.to.subsystem) {
+                Some(view) if view.subscribers > 0 && view.name().starts_with("_reply.") => {}
+                _ => return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() }),
+            }
+            route.version = v;
+            return Ok(false);
+        }
+        let name = self.subsystem_of(slot, subsystem_len);
+        let to = self.resolve(&name)?;
+        route.version = v;
+        let changed = to != route.to;
+        route.to = to;
+        Ok(changed)
+    }
+
+    /// Sends loaned `slot` to every group of its route. When the first
+    /// blocking group's queue is full, nothing is published: the send waits
+    /// for room (the slot stays loaned, so that a publisher killed while
+    /// waiting sends nothing), up to the send timeout, or fails at once
+    /// (fail-fast): `Back` then says the slot is still ours. A blocking
+    /// group full after others got the message is waited for in the same
+    /// way; if it stays full, its copy is dropped and the message is sent to
+    /// some groups only (`Partly`). Before each try the route is checked
+    /// against the routing table, so that no push goes into an entry that
+    /// changed hands.
+    fn push(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
         // Again here, not only when the loan was made: the daemon may have
         // died since, or this may be a forked child sending its parent's loan.
         if let Err(e) = self.bus.inner.usable() {
             return Pushed::Back(e.into());
         }
         bus_core::crash_point!(SendBeforePush);
-        let deadline = match self.backpressure {
-            Backpressure::Block(t) => Some(std::time::Instant::now() + t),
-            Backpressure::FailFast => None,
-        };
-        let wait = |me: &Self, queue: u32| match deadline {
-            None => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
-            Some(d) => me.wait_for_space(queue, d),
+        // The clock is read only once a queue was found full: a send that
+        // goes through at once makes no clock call.
+        let deadline = std::cell::OnceCell::new();
+        let wait = |me: &Self, queue: u32| match me.backpressure {
+            Backpressure::FailFast => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
+            Backpressure::Block(t) => me.wait_for_space(queue, *deadline.get_or_init(|| std::time::Instant::now() + t)),
         };
         loop {
+            match self.revalidate(slot, route, subsystem_len) {
+                Ok(true) => {
+                    let h = self.bus.inner.seg.slot(slot).header();
+                    h.queue.store(route.to.subsystem as u16, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => return Pushed::Back(e),
+            }
+            let to = route.to;
+            // The first blocking group's queue full: wait before publishing
+            // (a publish taken back costs a generation of the slot).
+            let block = to.mask & !to.lossy;
+            if block != 0 {
+                let q = to.queues[block.trailing_zeros() as usize] as u32;
+                if self.bus.inner.seg.queue(q).is_some_and(|r| r.looks_full()) {
+                    if let Err(e) = wait(self, q) {
+                        return Pushed::Back(e);
+                    }
+                    continue;
+                }
+            }
             let port = self.port();
-            let mut publishing = port.begin_publish(to, slot);
+            let mut publishing = port.begin_publish(&to, slot);
             if publishing.push() == 0 {
                 return Pushed::Sent;
             }
@@ -486,26 +591,30 @@ impl Publisher {
                 continue;
             }
             // Some groups have it (or one took it through a duplicate
-            // entry): wait for the others.
+            // entry): wait for the others; lossy ones never wait.
             loop {
-                if publishing.pending() == 0 {
+                if publishing.push() == 0 {
                     return Pushed::Sent;
                 }
                 let queue = publishing.waiting_for().expect("a group is pending");
-                match wait(self, queue) {
-                    Ok(()) => {
-                        publishing.push();
-                    }
-                    Err(e) => {
-                        // Read before the drop, which may free the slot.
-                        let subsystem = self.subsystem_of(slot, subsystem_len);
-                        publishing.abandon();
-                        let delivered = publishing.pushed().count_ones();
-                        return Pushed::Partly(match e {
-                            SendError::BusGone | SendError::Forked => e,
-                            _ => SendError::PartlyDelivered { subsystem, delivered, groups: to.groups() },
-                        });
-                    }
+                let waited = wait(self, queue);
+                // Groups that left meanwhile get no copy: their entries may
+                // be another group's or subsystem's by now.
+                let seg = &self.bus.inner.seg;
+                if routing::version(seg) != route.version {
+                    let now = routing::find(seg, &self.subsystem_of(slot, subsystem_len)).and_then(|v| v.fanout());
+                    let gone = bits_not_in(&to, now.as_ref());
+                    publishing.give_up(gone);
+                }
+                if let Err(e) = waited {
+                    // Read before the drop, which may free the slot.
+                    let subsystem = self.subsystem_of(slot, subsystem_len);
+                    publishing.abandon();
+                    let delivered = publishing.pushed().count_ones();
+                    return Pushed::Partly(match e {
+                        SendError::BusGone | SendError::Forked => e,
+                        _ => SendError::PartlyDelivered { subsystem, delivered, groups: to.groups() },
+                    });
                 }
             }
         }
@@ -541,7 +650,7 @@ impl Drop for Publisher {
 pub struct LoanUninit<'a> {
     publisher: &'a mut Publisher,
     slot: SlotIndex,
-    to: Fanout,
+    route: Route,
     path_len: usize,
     subsystem_len: usize,
 }
@@ -616,7 +725,7 @@ impl<'a> LoanUninit<'a> {
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is never used or dropped again; we move its fields out.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
-        Loan { publisher, slot: me.slot, to: me.to, subsystem_len: me.subsystem_len }
+        Loan { publisher, slot: me.slot, route: me.route, subsystem_len: me.subsystem_len }
     }
 }
 
@@ -633,7 +742,7 @@ impl Drop for LoanUninit<'_> {
 pub struct Loan<'a> {
     publisher: &'a mut Publisher,
     slot: SlotIndex,
-    to: Fanout,
+    route: Route,
     subsystem_len: usize,
 }
 
@@ -685,7 +794,7 @@ impl<'a> Loan<'a> {
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
-        let (slot, to, subsystem_len) = (me.slot, me.to, me.subsystem_len);
+        let (slot, mut route, subsystem_len) = (me.slot, me.route, me.subsystem_len);
         let id = publisher.next_message_id();
         let h = publisher.bus.inner.seg.slot(slot).header();
         h.id.store(id, Ordering::Relaxed);
@@ -694,10 +803,10 @@ impl<'a> Loan<'a> {
         }
         let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         h.timestamp_ns.store(ts, Ordering::Relaxed);
-        match publisher.push(slot, &to, subsystem_len) {
+        match publisher.push(slot, &mut route, subsystem_len) {
             Pushed::Sent => Ok(id),
             Pushed::Back(error) => {
-                Err(LoanSendError { error, loan: Some(Loan { publisher, slot, to, subsystem_len }) })
+                Err(LoanSendError { error, loan: Some(Loan { publisher, slot, route, subsystem_len }) })
             }
             Pushed::Partly(error) => Err(LoanSendError { error, loan: None }),
         }

@@ -70,8 +70,9 @@ impl SubscriptionBuilder {
 
     /// If this subscription creates its group, the group is lossy: when its
     /// queue is full, publishers drop the group's copy (counted in `shmbus
-    /// status`) instead of waiting. Joining an existing group of the other
-    /// kind is an error.
+    /// status`) instead of waiting. Asking for a lossy group that exists and
+    /// is blocking is an error; a subscription that does not ask joins an
+    /// existing group as it is.
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
         self

@@ -80,6 +80,45 @@ pub fn holder_lock(gen: u32, client: u32) -> u64 {
     ((gen & GEN_MASK) as u64) << 40 | (client as u64 + 1)
 }
 
+/// Whether a holder word names a holder (of some life).
+fn is_locked(word: u64) -> bool {
+    word as u32 != 0
+}
+
+/// The life a holder word was locked for.
+fn holder_gen(word: u64) -> u32 {
+    (word >> 40) as u32 & GEN_MASK
+}
+
+/// Whether life `a` came before life `b` (24-bit serial numbers: `a` is
+/// older when `b` is less than half the range ahead of it).
+fn older(a: u32, b: u32) -> bool {
+    let d = b.wrapping_sub(a) & GEN_MASK;
+    d != 0 && d < 1 << 23
+}
+
+/// The daemon's audit of one holder word: clears a lock that names a life
+/// of the slot that is over (the slot's `own` now says another `gen`), so
+/// that no lock outlives the 2^24 lives after which its `gen` would match
+/// again. `true` if it cleared one. A lock of the current life is left: its
+/// holder has the message, or is between its two claim steps.
+pub fn clear_stale(own: &AtomicU64, holder: &AtomicU64) -> bool {
+    // SYNC: holder-lock — Acquire pairs with the locker's AcqRel CAS, which
+    // came after its Acquire load of `own`: the `own` load below then sees
+    // that life or a later one, never an earlier one.
+    let h = holder.load(Ordering::Acquire);
+    if !is_locked(h) {
+        return false;
+    }
+    let gen = Own::unpack(own.load(Ordering::Acquire)).gen;
+    if holder_gen(h) == gen {
+        return false;
+    }
+    // SYNC: holder-lock — AcqRel; loses to a receiver that locks the word
+    // for a new life meanwhile.
+    holder.compare_exchange(h, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+}
+
 /// The client a holder word names for life `gen` of its slot, if any.
 pub fn holder_of(word: u64, gen: u32) -> Option<u32> {
     let who = word as u32;
@@ -98,14 +137,24 @@ pub fn claim(own: &AtomicU64, holder: &AtomicU64, mut w: u64, k: u32, client: u3
     if first.state != Some(SlotState::Published) || first.queued & bit == 0 {
         return false;
     }
-    let h = holder.load(Ordering::Relaxed);
-    if holder_of(h, first.gen).is_some() {
-        return false; // another receiver of this group has this life
-    }
-    // SYNC: holder-lock — AcqRel: one receiver per life of the slot and
-    // group wins; pairs with competing locks and the daemon's reset.
-    if holder.compare_exchange(h, holder_lock(first.gen, client), Ordering::AcqRel, Ordering::Relaxed).is_err() {
-        return false;
+    // The lock is taken from a word that names no life, or an older one
+    // than ours (the previous life's lock, left in place by its release;
+    // or 0, written by the daemon's audit meanwhile: then try again). A
+    // word naming our life means another receiver of the group has it (we
+    // popped a duplicate); one naming a later life means our view of the
+    // slot is stale: either way the entry is skipped, and nobody's lock is
+    // overwritten.
+    let mut h = holder.load(Ordering::Acquire);
+    loop {
+        if is_locked(h) && !older(holder_gen(h), first.gen) {
+            return false;
+        }
+        // SYNC: holder-lock — AcqRel: one receiver per life of the slot and
+        // group wins; pairs with competing locks and the daemon's resets.
+        match holder.compare_exchange(h, holder_lock(first.gen, client), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(x) => h = x,
+        }
     }
     crate::crash_point!(ClaimLocked);
     loop {
@@ -129,37 +178,63 @@ pub fn claim(own: &AtomicU64, holder: &AtomicU64, mut w: u64, k: u32, client: u3
 /// process; nothing is changed).
 pub fn release(own: &AtomicU64, k: u32) -> Option<bool> {
     let bit = 1u16 << k;
-    let mut w = own.load(Ordering::Relaxed);
+    // SYNC: slot-release — Acquire (here and on a failed CAS below) pairs
+    // with the other groups' releasing CASes: when ours turns out to be the
+    // last bit, their reads of the message happen before the slot is freed.
+    let mut w = own.load(Ordering::Acquire);
     loop {
         let o = Own::unpack(w);
         if o.state != Some(SlotState::Published) || o.held & bit == 0 {
             return None;
         }
+        if o.queued | o.held == bit {
+            // Ours is the last bit. After a publish, bits are only ever
+            // cleared (or moved from queued to held by the group that
+            // locked the holder word), and nobody else has one left to
+            // clear: no one else writes this word before the slot is free
+            // again, so a store does (one locked instruction less per
+            // message, for the common one-group subsystem).
+            // SYNC: slot-release — Release orders our reads of the message
+            // (and, through the Acquire loads, the other groups') before the
+            // next owner's writes; pairs with `claim_free`'s CAS.
+            own.store(w & !((bit as u64) << 16), Ordering::Release);
+            return Some(true);
+        }
         // SYNC: slot-release — AcqRel: Release orders our reads of the
         // message before the next owner's writes (pairs with `claim_free`'s
         // CAS); Acquire makes the last releaser's view include every other
         // group's release.
-        match own.compare_exchange_weak(w, w & !((bit as u64) << 16), Ordering::AcqRel, Ordering::Relaxed) {
+        match own.compare_exchange_weak(w, w & !((bit as u64) << 16), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => return Some((o.queued | o.held) & !bit == 0),
             Err(x) => w = x,
         }
     }
 }
 
-/// A publisher drops group slot `k`'s copy (a lossy group's full queue, or
-/// a blocking group it gave up on): clears its `queued` bit. `Some(true)`
-/// if that was the slot's last bit (the caller frees the slot), `None` if
-/// the bit was no longer queued (a receiver claimed the message through a
-/// duplicate entry: it is delivered).
-pub fn drop_queued(own: &AtomicU64, k: u32) -> Option<bool> {
+/// A publisher drops group slot `k`'s copy of its message in life `gen` of
+/// the slot (a lossy group's full queue, or a blocking group it gave up
+/// on): clears its `queued` bit. `Some(true)` if that was the slot's last
+/// bit (the caller frees the slot), `None` if the bit was no longer queued
+/// in that life (a receiver claimed the message through a duplicate entry:
+/// it is delivered).
+pub fn drop_queued(own: &AtomicU64, k: u32, gen: u32) -> Option<bool> {
     let bit = 1u16 << k;
-    // SYNC: slot-release — AcqRel, as for a release: if this clears the last
-    // bit, every group's reads happened before the next owner's writes.
-    let prev = Own::unpack(own.fetch_and(!(bit as u64), Ordering::AcqRel));
-    if prev.queued & bit == 0 {
-        return None;
+    let mut w = own.load(Ordering::Acquire);
+    loop {
+        let o = Own::unpack(w);
+        // Only in the publisher's own life of the slot: once every group
+        // released it, the slot may be another message already.
+        if o.state != Some(SlotState::Published) || o.gen != gen & GEN_MASK || o.queued & bit == 0 {
+            return None;
+        }
+        // SYNC: slot-release — AcqRel, as for a release: if this clears the
+        // last bit, every group's reads happened before the next owner's
+        // writes.
+        match own.compare_exchange_weak(w, w & !(bit as u64), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some((o.queued | o.held) & !bit == 0),
+            Err(x) => w = x,
+        }
     }
-    Some((prev.queued | prev.held) & !bit == 0)
 }
 
 /// A publisher takes back a send nothing was pushed for: `Published`

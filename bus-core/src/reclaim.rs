@@ -44,9 +44,11 @@ pub struct Report {
     pub freed: u64,
     /// Messages put back into a group's queue.
     pub redelivered: u64,
-    /// Slots or group bits with a corrupt header or a group that is gone,
-    /// freed.
+    /// Slots with a corrupt header, freed.
     pub corrupt: u64,
+    /// Copies dropped: for a group that is gone, or for a lossy group whose
+    /// queue was full.
+    pub dropped: u64,
     /// (queue, slot) pairs that could not be requeued because the queue was
     /// full; the caller retries them with [`retry_requeue`].
     pub pending: Vec<(u32, SlotIndex)>,
@@ -161,15 +163,12 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
             }
             match queue_of(seg, s, k) {
                 Some(target) => {
-                    if full.contains(&target) || !push_entry(seg, target, i, false) {
-                        full.insert(target);
-                        report.pending.push((target, i));
-                    } else {
+                    if requeue(seg, &mut free_ring, &mut full, &mut report, (target, i, k), false) {
                         report.intents_repaired += 1;
                     }
                 }
                 None => {
-                    report.corrupt += 1;
+                    report.dropped += 1;
                     clear_bit(seg, &mut free_ring, i, k);
                 }
             }
@@ -198,7 +197,11 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
                     }
                     let s = slot.header().queue.load(Ordering::Relaxed) as u32;
                     let Some(target) = queue_of(seg, s, k) else {
-                        report.corrupt += 1;
+                        if s >= seg.params().max_subsystems {
+                            report.corrupt += 1;
+                        } else {
+                            report.dropped += 1;
+                        }
                         clear_bit(seg, &mut free_ring, i, k);
                         continue;
                     };
@@ -213,14 +216,7 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
                     if redeliver {
                         report.redelivered += 1;
                     }
-                    // A queue that was full once in this reclaim gets the
-                    // rest as pending at once: each push into a full (or
-                    // corrupt) ring costs a try, and the daemon must stay
-                    // responsive.
-                    if full.contains(&target) || !push_entry(seg, target, i, redeliver) {
-                        full.insert(target);
-                        report.pending.push((target, i));
-                    }
+                    requeue(seg, &mut free_ring, &mut full, &mut report, (target, i, k), redeliver);
                 }
             }
             _ => {}
@@ -233,6 +229,46 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     counters.corrupt_slots.fetch_add(report.corrupt, Ordering::Relaxed);
     counters.corruption.fetch_add(report.corrupt_words, Ordering::Relaxed);
     report
+}
+
+/// Pushes slot `i` back onto `target`, the queue of its group slot `k`;
+/// `true` if pushed. A queue that was full once in this reclaim gets the
+/// rest as pending at once (each push into a full, or corrupt, ring costs a
+/// try, and the daemon must stay responsive), except a lossy group's: a
+/// lossy group never holds anything up, not even a repair, and its copy is
+/// dropped.
+fn requeue(
+    seg: &Segment,
+    free_ring: &mut FreeRing<'_>,
+    full: &mut std::collections::BTreeSet<u32>,
+    report: &mut Report,
+    (target, i, k): (u32, SlotIndex, u32),
+    redeliver: bool,
+) -> bool {
+    if !full.contains(&target) && push_entry(seg, target, i, redeliver) {
+        return true;
+    }
+    if is_lossy(seg, target) {
+        report.dropped += 1;
+        count_dropped(seg, target);
+        clear_bit(seg, free_ring, i, k);
+    } else {
+        full.insert(target);
+        report.pending.push((target, i));
+    }
+    false
+}
+
+/// Whether entry `q` is a lossy group.
+fn is_lossy(seg: &Segment, q: u32) -> bool {
+    routing::read_as_writer(seg, q).is_some_and(|v| v.flags & crate::layout::ROUTE_LOSSY != 0)
+}
+
+/// Counts a copy dropped for queue `q`'s group.
+fn count_dropped(seg: &Segment, q: u32) {
+    if let Some(ring) = seg.queue(q) {
+        ring.header().stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Moves group `k`'s bit of slot `i` (life `gen`) from `held` back to
@@ -437,6 +473,30 @@ pub fn drain_queue(seg: &Segment, g: &Group) -> u64 {
     drained
 }
 
+/// Drops group `g`'s copy of every message that still has its bit (the
+/// group is gone: its queue is empty and it has had no subscriber for a
+/// while, so such a bit is left by a publish that raced the group's
+/// removal), freeing slots whose last bit it was. A scan of every slot
+/// header; the daemon runs it when it removes a group. Returns how many.
+pub fn clear_group(seg: &Segment, g: &Group) -> u64 {
+    let mut free_ring = FreeRing::new(seg);
+    let mut cleared = 0;
+    for raw in 0..seg.params().slot_count {
+        let i = seg.slot_index(raw).expect("in range");
+        let slot = seg.slot(i);
+        let own = slot.own();
+        if own.state == Some(SlotState::Published)
+            && (own.queued | own.held) & (1 << g.slot) != 0
+            && slot.header().queue.load(Ordering::Relaxed) as u32 == g.subsystem
+        {
+            clear_bit(seg, &mut free_ring, i, g.slot);
+            cleared += 1;
+        }
+    }
+    seg.free_ring().notify_items();
+    cleared
+}
+
 /// Clears holder words left locked for a life of their slot that is over
 /// (the slot's `gen` moved on), `count` words from word `from` on (words
 /// are numbered group slot by group slot, `slot_count` each). Returns where
@@ -455,18 +515,8 @@ pub fn clear_stale_holders(seg: &Segment, from: u64, count: u64) -> (u64, u64) {
         at = (at + 1) % total;
         let Some(i) = seg.slot_index(raw) else { continue };
         let Some(h) = seg.holder(k, i) else { continue };
-        let w = h.load(Ordering::Relaxed);
-        if w as u32 == 0 {
-            continue;
-        }
-        // Acquire: a lock made in the slot's current life is seen with it.
-        let gen = seg.slot(i).header().own.load(Ordering::Acquire);
-        if holder_of(w, Own::unpack(gen).gen).is_none() {
-            // SYNC: holder-lock — AcqRel, as in `reclaim_client`; loses to a
-            // receiver that locks it for a new life meanwhile.
-            if h.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                cleared += 1;
-            }
+        if crate::ownership::clear_stale(&seg.slot(i).header().own, h) {
+            cleared += 1;
         }
     }
     (at, cleared)

@@ -158,9 +158,18 @@ impl Fanout {
     }
 }
 
-/// The set bits of `m`, lowest first.
-pub fn bits(m: u16) -> impl Iterator<Item = u32> {
-    (0..MAX_GROUPS as u32).filter(move |k| m & (1 << k) != 0)
+/// The set bits of `m`, lowest first (one step per set bit: this runs for
+/// every message sent).
+#[inline]
+pub fn bits(mut m: u16) -> impl Iterator<Item = u32> {
+    std::iter::from_fn(move || {
+        if m == 0 {
+            return None;
+        }
+        let k = m.trailing_zeros();
+        m &= m - 1;
+        Some(k)
+    })
 }
 
 /// A group a receiver serves: its subsystem entry, its group slot, and its
@@ -732,6 +741,17 @@ impl Publishing<'_, '_> {
     #[inline]
     pub fn push(&mut self) -> u16 {
         let seg = self.port.seg;
+        if self.pending.is_power_of_two() && self.pushed == 0 && self.to.lossy & self.pending == 0 {
+            // One blocking group (a subsystem's usual case): push, or stop.
+            let k = self.pending.trailing_zeros();
+            if let Some(ring) = seg.queue(self.to.queues[k as usize] as u32) {
+                if ring.push(self.slot.get()).is_ok() {
+                    self.pushed = self.pending;
+                    self.pending = 0;
+                }
+                return self.pending;
+            }
+        }
         for k in self.to.order() {
             let bit = 1u16 << k;
             if self.pending & bit == 0 {
@@ -790,10 +810,22 @@ impl Publishing<'_, '_> {
             return true;
         }
         let now = self.port.seg.slot(self.slot).own();
-        let taken = self.mask & !now.queued;
+        // Still our life (a receiver's claim does not change `gen`); if
+        // not, every group has had it and released it.
+        let queued =
+            if now.gen == self.gen & GEN_MASK && now.state == Some(SlotState::Published) { now.queued } else { 0 };
+        let taken = self.mask & !queued;
         self.pushed |= taken;
         self.pending &= !taken;
         false
+    }
+
+    /// Gives up on the pending groups of `mask` (groups that left): their
+    /// copies are dropped.
+    pub fn give_up(&mut self, mask: u16) {
+        for k in bits(self.pending & mask) {
+            self.drop_copy(k);
+        }
     }
 
     /// Gives up on the groups still pending: their copies are dropped and
@@ -809,7 +841,8 @@ impl Publishing<'_, '_> {
     fn drop_copy(&mut self, k: u32) {
         let bit = 1u16 << k;
         self.pending &= !bit;
-        let Some(last) = crate::ownership::drop_queued(&self.port.seg.slot(self.slot).header().own, k) else {
+        let own = &self.port.seg.slot(self.slot).header().own;
+        let Some(last) = crate::ownership::drop_queued(own, k, self.gen) else {
             // Claimed through a duplicate entry meanwhile: delivered.
             self.pushed |= bit;
             return;

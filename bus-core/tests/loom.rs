@@ -200,7 +200,7 @@ fn a_consumer_killed_between_its_cell_cas_and_its_head_move_stops_nobody() {
 mod ownership {
     //! The slot ownership protocol of consumer groups (`bus_core::ownership`):
     //! claims, releases, a publisher's take-back and drop, racing.
-    use bus_core::ownership::{claim, drop_queued, release, roll_back, Own, SlotState};
+    use bus_core::ownership::{claim, clear_stale, drop_queued, holder_lock, release, roll_back, Own, SlotState};
     use loom::sync::atomic::{AtomicU64, Ordering};
     use loom::sync::Arc;
     use loom::thread;
@@ -274,12 +274,49 @@ mod ownership {
             let s = slot(0b10, 0b01);
             let p = {
                 let s = s.clone();
-                thread::spawn(move || drop_queued(&s.own, 1))
+                thread::spawn(move || drop_queued(&s.own, 1, 1))
             };
             let released = release(&s.own, 0).expect("held");
             let dropped = p.join().unwrap().expect("still queued");
             assert!(released ^ dropped, "one of the two frees it: {released} {dropped}");
             assert!(Own::unpack(s.own.load(Ordering::Relaxed)).is_free());
+        });
+    }
+
+    #[test]
+    fn the_daemons_audit_clearing_an_old_lock_never_makes_a_claim_skip_its_entry() {
+        loom::model(|| {
+            // Life 1 of the slot; the holder word still names life 0's
+            // receiver (a release leaves its lock in place).
+            let s = slot(0b1, 0);
+            s.holders[0].store(holder_lock(0, 4), Ordering::Relaxed);
+            let audit = {
+                let s = s.clone();
+                thread::spawn(move || clear_stale(&s.own, &s.holders[0]))
+            };
+            let w = s.own.load(Ordering::Acquire);
+            assert!(claim(&s.own, &s.holders[0], w, 0, 3), "the only entry of this life must be claimed");
+            audit.join().unwrap();
+            assert_eq!(Own::unpack(s.own.load(Ordering::Relaxed)).held, 1);
+            assert_eq!(s.holders[0].load(Ordering::Relaxed), holder_lock(1, 3), "the audit left the live lock");
+        });
+    }
+
+    #[test]
+    fn a_receiver_with_a_stale_view_never_overwrites_a_later_lives_lock() {
+        loom::model(|| {
+            // Life 2 is locked by client 5; a receiver still holds a view
+            // of life 1 (it loaded `own` before the slot moved on).
+            let s = slot(0b1, 0);
+            let stale = s.own.load(Ordering::Relaxed);
+            s.own.store(Own::published(2, 0, 1), Ordering::Relaxed);
+            s.holders[0].store(holder_lock(2, 5), Ordering::Relaxed);
+            let t = {
+                let s = s.clone();
+                thread::spawn(move || claim(&s.own, &s.holders[0], stale, 0, 3))
+            };
+            assert!(!t.join().unwrap());
+            assert_eq!(s.holders[0].load(Ordering::Relaxed), holder_lock(2, 5));
         });
     }
 }

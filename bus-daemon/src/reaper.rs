@@ -50,7 +50,12 @@ impl Reaper {
         }
     }
 
-    /// Whether requeues are waiting (the daemon then polls more often).
+    /// Whether requeues into queue `q` are waiting.
+    pub fn holds_for(&self, q: u32) -> bool {
+        self.pending.iter().any(|&(p, _)| p == q)
+    }
+
+    /// Whether requeues are waiting (the daemon then ticks faster).
     pub fn busy(&self) -> bool {
         !self.pending.is_empty()
     }

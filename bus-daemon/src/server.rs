@@ -429,6 +429,7 @@ impl Server {
         r.flags & ROUTE_DURABLE == 0
             && !has_groups
             && !self.quarantined.contains(&q)
+            && !self.reaper.holds_for(q)
             && self.subscribers_of(q) == 0
             && ring.is_empty()
             && self.idle_since.get(&q).is_some_and(|t| t.elapsed() >= RECYCLE_AFTER)
@@ -439,10 +440,10 @@ impl Server {
     }
 
     /// An entry for a new subsystem or group, taking over a recyclable one
-    /// if none is unused (the record it held is dropped, and a group is
-    /// removed from its subsystem).
-    fn new_entry(&mut self) -> Result<u32, routing::TableFull> {
-        let q = routing::pick_entry(&self.seg, |q| self.recyclable(q))?;
+    /// other than `keep` if none is unused (the record it held is dropped,
+    /// and a group is removed from its subsystem).
+    fn new_entry(&mut self, keep: Option<u32>) -> Result<u32, routing::TableFull> {
+        let q = routing::pick_entry(&self.seg, |q| Some(q) != keep && self.recyclable(q))?;
         self.forget_entry(q);
         Ok(q)
     }
@@ -456,6 +457,13 @@ impl Server {
                     groups[slot as usize] = None;
                 }
                 self.publish(subsystem);
+                // No message may keep the bit of a group that is gone: its
+                // slot would never be freed, and the bit could be taken for
+                // the next group of that slot.
+                let cleared = bus_core::reclaim::clear_group(&self.seg, &Group { subsystem, slot, queue: q });
+                if cleared > 0 {
+                    tracing::debug!(queue = q, cleared, "copies of a removed group dropped");
+                }
             }
         }
         self.idle_since.remove(&q);
@@ -472,7 +480,7 @@ impl Server {
         if let Some(q) = found {
             return Ok(q);
         }
-        let q = self.new_entry().map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
+        let q = self.new_entry(None).map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
         let flags = if self.cfg.durable.iter().any(|d| d == name) { ROUTE_DURABLE } else { 0 };
         self.routes.insert(
             q,
@@ -514,7 +522,8 @@ impl Server {
                 format!("subsystem {subsystem:?} already has {max} groups (max-groups): raise max-groups, or join an existing group"),
             ));
         };
-        let q = self.new_entry().map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
+        // Never the subsystem's own entry, recyclable as it may look.
+        let q = self.new_entry(Some(s)).map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
         self.routes.insert(
             q,
             Record { name: name.to_owned(), flags, kind: RecordKind::Group { subsystem: s, slot: k as u32 } },

@@ -80,6 +80,8 @@ struct Live {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     err: Arc<Mutex<String>>,
+    /// Set when stderr reached its end (all of it is in `err`).
+    err_done: Arc<std::sync::atomic::AtomicBool>,
     status: Option<ExitStatus>,
 }
 
@@ -97,6 +99,8 @@ impl Live {
             }
         });
         let (mut e_in, e) = (child.stderr.take().unwrap(), err.clone());
+        let err_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = err_done.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = e_in.read(&mut buf) {
@@ -105,8 +109,9 @@ impl Live {
                 }
                 e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
+            done.store(true, std::sync::atomic::Ordering::Release);
         });
-        Live { name: name.to_owned(), child, lines, err, status: None }
+        Live { name: name.to_owned(), child, lines, err, err_done, status: None }
     }
 
     fn pid(&self) -> i32 {
@@ -141,6 +146,12 @@ impl Live {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(st) = self.poll() {
+                // Its last words may still be in the pipe: wait for them
+                // (bounded: a child it left behind may hold the pipe open).
+                let until = Instant::now() + Duration::from_secs(1);
+                while !self.err_done.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
                 return Ok(st);
             }
             std::thread::sleep(Duration::from_millis(2));

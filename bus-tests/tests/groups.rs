@@ -253,3 +253,43 @@ fn a_worker_pool_serves_a_named_group_while_a_tap_sees_every_request() {
     drop(seen);
     drop(service);
 }
+
+#[test]
+fn a_loan_kept_while_a_tap_comes_and_goes_is_sent_on_the_route_of_the_moment() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let b = bus.connect();
+    let main = b.subscribe("feed").unwrap();
+    let tap = b.subscription("feed").tap().create().unwrap();
+    let mut p = b.publisher().create().unwrap();
+    let loan = p.loan("feed://x").unwrap().write_bytes(b"kept").unwrap();
+    // The tap leaves, and the daemon removes its group (after a second).
+    drop(tap);
+    let gone = eventually(Duration::from_secs(10), || {
+        subsystem(&bus.status(), "feed")["groups"].as_array().unwrap().len() == 1
+    });
+    assert!(gone.is_some(), "{}", bus.status());
+    loan.send().unwrap();
+    let m = main.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(m.body_bytes().unwrap(), b"kept");
+    drop(m);
+    drop(p);
+    let s = bus.status();
+    assert_eq!(s["slots"]["free"], s["slots"]["total"], "no slot kept by the group that left: {}", s["slots"]);
+}
+
+#[test]
+fn a_group_is_never_given_its_own_subsystems_entry_when_the_table_is_full() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--max-subsystems", "2"]);
+    let b = bus.connect();
+    let _t = b.subscribe("t").unwrap();
+    drop(b.subscribe("s").unwrap());
+    // "s" is idle long enough to be recycled by another subsystem.
+    std::thread::sleep(Duration::from_millis(1300));
+    let e = b.subscribe_group("s", "g").unwrap_err();
+    assert!(
+        matches!(&e, bus_client::RequestError::Daemon { kind: bus_client::protocol::ErrorKind::TooManySubsystems, .. }),
+        "{e}"
+    );
+    let s = bus.status();
+    assert!(s["subsystems"].as_array().unwrap().iter().any(|x| x["name"] == "s"), "{s}");
+}

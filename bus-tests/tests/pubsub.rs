@@ -17,7 +17,7 @@ fn a_message_sent_by_one_process_is_received_by_another() {
     assert_eq!(out.trim(), "sent 3");
     let (st, out, err) = sub.wait(Duration::from_secs(30));
     assert!(st.success(), "{err}");
-    assert!(out.contains("7 0\n7 1\n7 2\n"), "{out}");
+    assert!(out.contains("7 0 0\n7 1 0\n7 2 0\n"), "{out}");
     assert_eq!(summary(&out)["out_of_order"], 0);
 }
 

@@ -263,6 +263,7 @@ impl Stream {
     ) -> std::io::Result<Stream> {
         let (cpu, batch) = (main.cpu, main.batch.unwrap_or(1));
         let main_spins = main.spins.map(|n| format!(" spins={n}")).unwrap_or_default();
+        let main_spins = main.poll_us.map(|n| format!(" poll_us={n}")).unwrap_or(main_spins);
         let size = size.max(8);
         let batch = if t == Transport::Shmbus { batch.max(1) } else { 1 };
         let touch_s = if touch == Touch::Full { "full" } else { "header" };

@@ -77,14 +77,20 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             out.flush()?;
             let mut tally = Tally::default();
             let batch: usize = kv(spec, "batch").and_then(|b| b.parse().ok()).unwrap_or(1);
-            if let Some(poll) = kv(spec, "poll_us").and_then(|p| p.parse().ok()) {
-                // A monitor: never asleep on the doorbell (publishers never
-                // pay a wake-up for it); it looks every `poll` µs and takes
-                // what is there.
+            if let Some(poll) = kv(spec, "poll_us").and_then(|p| p.parse::<u64>().ok()) {
+                // Never asleep on the doorbell (publishers never pay a
+                // wake-up for it): a monitor looks every `poll` µs and takes
+                // what is there; with `poll_us=0` it busy-polls, yielding
+                // the CPU when its queue is empty (for more receivers than
+                // CPUs).
                 let mut msgs = Vec::with_capacity(batch);
                 loop {
                     if sub.try_recv_batch(&mut msgs, batch).map_err(std::io::Error::other)? == 0 {
-                        std::thread::sleep(Duration::from_micros(poll));
+                        if poll == 0 {
+                            std::thread::yield_now();
+                        } else {
+                            std::thread::sleep(Duration::from_micros(poll));
+                        }
                     }
                     for m in msgs.drain(..) {
                         let seq = check(m.body_bytes().map_err(std::io::Error::other)?, touch);
