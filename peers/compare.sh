@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Interleaves iceoryx2 and shmbus fan-out measurements round by round, so
+# that both sides of every ratio saw the same state of the machine.
+#   peers/compare.sh [ROUNDS]      (from the repository root, after
+#   cargo build --release -p bus-daemon and the peers build in peers/README.md)
+set -euo pipefail
+rounds=${1:-5}
+ice=./target/peers/release/iceoryx2-bench
+shm=./target/release/shmbus
+out=$(mktemp -d)
+for r in $(seq "$rounds"); do
+  echo "round $r" >&2
+  "$ice" --rounds 1 2>/dev/null | grep -v '^#' | grep round= | sed "s/round=1/round=$r/;s/^/ice-spin /" >> "$out/ice"
+  "$ice" --rounds 1 --only 1toN --sub-idle yield 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-yield /" >> "$out/ice"
+  "$shm" bench --only throughput --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
+done
+python3 - "$out" "$rounds" <<'PY'
+import json, re, sys, statistics as st
+out, rounds = sys.argv[1], int(sys.argv[2])
+ice = {}
+for line in open(f"{out}/ice"):
+    f = line.split()
+    kind, case = f[0], f[1]
+    kv = dict(x.split("=") for x in f[2:] if "=" in x)
+    r = int(kv["round"])
+    v = float(kv.get("msgs_per_sec") or kv["per_sub_median"])
+    ice.setdefault((kind, case), {})[r] = (v, float(kv.get("handoff_ns", "nan")))
+shm = {}
+for r in range(1, rounds + 1):
+    for m in json.load(open(f"{out}/shm{r}.json")):
+        shm.setdefault(m["name"], {})[r] = (m["msgs_per_sec"] or 0, m["handoff_ns"])
+rows = [
+    ("iceoryx2 1->1 (busy-poll)", ice.get(("ice-spin", "1to1"), {})),
+    ("iceoryx2 1->4, per subscriber (busy-poll)", ice.get(("ice-spin", "1to4"), {})),
+    ("iceoryx2 1->4, per subscriber (poll, yield when empty)", ice.get(("ice-yield", "1to4"), {})),
+    ("shmbus 1->1 (header)", shmbus := shm.get("throughput/shmbus/64/header", {})),
+    ("shmbus 1->4 groups, per receiver (poll, yield when empty)", shm.get("throughput-1to4groups/shmbus/64", {})),
+    ("shmbus 1->1 with a tap draining", shm.get("throughput-with-tap/shmbus/64", {})),
+    ("shmbus 1->1 with a stopped tap", shm.get("throughput-with-stopped-tap/shmbus/64", {})),
+]
+print(f"{'':58} {'median':>10} {'min-max':>19} {'hand-off':>9}")
+for name, d in rows:
+    if not d: continue
+    v = [d[r][0] for r in sorted(d)]
+    h = [d[r][1] for r in sorted(d)]
+    print(f"{name:58} {st.median(v)/1e6:8.2f} M {min(v)/1e6:8.2f}-{max(v)/1e6:<8.2f} {st.median(h):7.0f} ns")
+def ratio(a, b):
+    common = sorted(set(a) & set(b))
+    return st.median([a[r][0] / b[r][0] for r in common]) if common else float("nan")
+g = shm.get("throughput-1to4groups/shmbus/64", {})
+print()
+print(f"shmbus 1->4 groups / iceoryx2 1->4 busy-poll, per subscriber, paired rounds: {ratio(g, ice.get(('ice-spin','1to4'),{})):.2f}x")
+print(f"shmbus 1->4 groups / iceoryx2 1->4 yielding, per subscriber, paired rounds: {ratio(g, ice.get(('ice-yield','1to4'),{})):.2f}x")
+print(f"shmbus 1->1 / iceoryx2 1->1, paired rounds: {ratio(shmbus, ice.get(('ice-spin','1to1'),{})):.2f}x")
+print(f"tap draining / 1->1 alone: {ratio(shm.get('throughput-with-tap/shmbus/64',{}), shmbus):.2f}x; stopped tap / 1->1 alone: {ratio(shm.get('throughput-with-stopped-tap/shmbus/64',{}), shmbus):.2f}x")
+PY
