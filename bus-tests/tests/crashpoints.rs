@@ -4,7 +4,7 @@
 //!
 //! The load: two publishers (single sends, loans, dropped loans, batches of
 //! 8 and of 70) to a subsystem with three groups — the default group with
-//! two subscribers, consumer group `g2` with one, and a slow tap (lossy,
+//! two subscribers, consumer group `g2` with two, and a slow tap (lossy,
 //! so its queue overflows and drops) — each subscriber receiving singly and
 //! in batches, holding up to three messages, now and then falling behind so
 //! that the queue fills up; a request/response service and a requester. Which process is the victim
@@ -259,13 +259,13 @@ struct Load {
     doomed: Vec<Live>,
 }
 
-fn start_load(bus: &Bus, victim: Option<(Victim, String)>) -> Result<Load, String> {
+fn start_load(bus: &Bus, victim: Option<(Victim, String)>, vs: usize) -> Result<Load, String> {
     let crash_for = |v: Victim| victim.as_ref().filter(|(w, _)| *w == v).map(|(_, c)| c.as_str());
     let done = bus.done_file();
     let done_arg = format!("done_file={}", done.display());
     let mut subscribers = Vec::new();
     for (i, extra) in GROUPS.iter().enumerate() {
-        let crash = if i == 0 { crash_for(Victim::Subscriber) } else { None };
+        let crash = if i == vs { crash_for(Victim::Subscriber) } else { None };
         let mut args = vec!["cpsub", "subsystem=cp", &done_arg];
         args.extend(extra.iter());
         subscribers.push(bus.peer(&format!("subscriber {i}"), &args, crash));
@@ -302,23 +302,34 @@ fn start_load(bus: &Bus, victim: Option<(Victim, String)>) -> Result<Load, Strin
 
 /// The subscribers' groups: extra arguments of each, and which group it
 /// is in (the first two share the default group).
-const GROUPS: [&[&str]; 4] = [&[], &[], &["group=g2"], &["tap=1", "pause_us=300"]];
+const GROUPS: [&[&str]; 5] = [&[], &[], &["group=g2"], &["group=g2"], &["tap=1", "pause_us=300"]];
 
 /// Which group subscriber `i` is in.
 fn group_of(i: usize) -> usize {
     match i {
         0 | 1 => 0,
-        i => i - 1,
+        2 | 3 => 1,
+        _ => 2,
     }
 }
 
 /// Whether subscriber `i` is in a lossy group (its copies may be dropped).
 fn lossy(i: usize) -> bool {
-    i == 3
+    i == 4
+}
+
+/// Which subscriber is the victim at point `p`: a member of the default
+/// group, or for the steps of a group's claim and release, of `g2` (whose
+/// other member must then get the victim's messages back).
+fn victim_subscriber(p: Point) -> usize {
+    match p {
+        Point::ClaimLocked | Point::ReleaseMarked => 2,
+        _ => 0,
+    }
 }
 
 /// Lines of progress (acks and receipts) of every process but `victim`.
-fn progress(load: &Load, victim: Victim) -> usize {
+fn progress(load: &Load, victim: Victim, vs: usize) -> usize {
     let pubs: usize = load
         .publishers
         .iter()
@@ -329,7 +340,7 @@ fn progress(load: &Load, victim: Victim) -> usize {
         .subscribers
         .iter()
         .enumerate()
-        .filter(|(i, _)| !(victim == Victim::Subscriber && *i == 0))
+        .filter(|(i, _)| !(victim == Victim::Subscriber && *i == vs))
         .map(|(_, s)| s.count("g "))
         .sum();
     pubs + subs
@@ -415,7 +426,8 @@ fn run(point: Point, n: u64, stop: bool) -> Result<String, String> {
     let spec = format!("{}:{}:{n}", point.name(), if stop { "stop" } else { "kill" });
     let dir = TempDir::new("crash");
     let mut bus = Bus::start(dir, (victim == Victim::Daemon).then(|| spec.clone()))?;
-    let mut load = start_load(&bus, Some((victim, spec.clone())))?;
+    let vs = victim_subscriber(point);
+    let mut load = start_load(&bus, Some((victim, spec.clone())), vs)?;
 
     if victim == Victim::Daemon {
         let holder = &load.doomed[0];
@@ -432,7 +444,7 @@ fn run(point: Point, n: u64, stop: bool) -> Result<String, String> {
     {
         let (target, name): (&mut Live, &str) = match victim {
             Victim::Publisher => (&mut load.publishers[1].1, "publisher 1"),
-            Victim::Subscriber => (&mut load.subscribers[0], "subscriber 0"),
+            Victim::Subscriber => (&mut load.subscribers[vs], "the victim subscriber"),
             Victim::Service => (&mut load.service, "service"),
             Victim::Daemon => (&mut bus.daemon, "daemon"),
         };
@@ -455,7 +467,7 @@ fn run(point: Point, n: u64, stop: bool) -> Result<String, String> {
     if stop {
         // The others go on while the victim is stopped.
         let stopped_at = Instant::now();
-        let before = progress(&load, victim);
+        let before = progress(&load, victim, vs);
         if victim != Victim::Daemon {
             let (_, took) = bus.status()?;
             if took > Duration::from_secs(1) {
@@ -466,13 +478,13 @@ fn run(point: Point, n: u64, stop: bool) -> Result<String, String> {
         // included: a peer that blocks on the stopped one gets stuck within
         // the first half.
         std::thread::sleep((STOP_FOR / 2).saturating_sub(stopped_at.elapsed()));
-        let half = progress(&load, victim);
+        let half = progress(&load, victim, vs);
         let publishing = load.publishers.iter().any(|(id, p)| {
             let is_victim = victim == Victim::Publisher && *id == 1;
             !is_victim && !p.has_line("done")
         });
         std::thread::sleep(STOP_FOR.saturating_sub(stopped_at.elapsed()));
-        let after = progress(&load, victim);
+        let after = progress(&load, victim, vs);
         if publishing && after == half {
             return Err(format!(
                 "no progress in the second half of the stop of {victim:?} at {} ({before} -> {half} -> {after})",
@@ -482,7 +494,7 @@ fn run(point: Point, n: u64, stop: bool) -> Result<String, String> {
         note = format!("{} lines of progress during the stop ({} in its second half)", after - before, after - half);
         let target = match victim {
             Victim::Publisher => &load.publishers[1].1,
-            Victim::Subscriber => &load.subscribers[0],
+            Victim::Subscriber => &load.subscribers[vs],
             Victim::Service => &load.service,
             Victim::Daemon => &bus.daemon,
         };
@@ -530,7 +542,7 @@ fn run(point: Point, n: u64, stop: bool) -> Result<String, String> {
     }
     std::fs::write(bus.done_file(), b"").map_err(|e| format!("writing the done file: {e}"))?;
     for (i, s) in load.subscribers.iter_mut().enumerate() {
-        if !stop && victim == Victim::Subscriber && i == 0 {
+        if !stop && victim == Victim::Subscriber && i == vs {
             continue;
         }
         let st = s.wait(Duration::from_secs(30))?;
