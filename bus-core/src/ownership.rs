@@ -178,37 +178,26 @@ pub fn claim(own: &AtomicU64, holder: &AtomicU64, mut w: u64, k: u32, client: u3
 /// process; nothing is changed).
 pub fn release(own: &AtomicU64, k: u32) -> Option<bool> {
     let bit = 1u16 << k;
-    // SYNC: slot-release — Acquire (here and on a failed CAS below) pairs
-    // with the other groups' releasing CASes: when ours turns out to be the
-    // last bit, their reads of the message happen before the slot is freed.
-    let mut w = own.load(Ordering::Acquire);
-    loop {
-        let o = Own::unpack(w);
-        if o.state != Some(SlotState::Published) || o.held & bit == 0 {
-            return None;
-        }
-        if o.queued | o.held == bit {
-            // Ours is the last bit. After a publish, bits are only ever
-            // cleared (or moved from queued to held by the group that
-            // locked the holder word), and nobody else has one left to
-            // clear: no one else writes this word before the slot is free
-            // again, so a store does (one locked instruction less per
-            // message, for the common one-group subsystem).
-            // SYNC: slot-release — Release orders our reads of the message
-            // (and, through the Acquire loads, the other groups') before the
-            // next owner's writes; pairs with `claim_free`'s CAS.
-            own.store(w & !((bit as u64) << 16), Ordering::Release);
-            return Some(true);
-        }
-        // SYNC: slot-release — AcqRel: Release orders our reads of the
-        // message before the next owner's writes (pairs with `claim_free`'s
-        // CAS); Acquire makes the last releaser's view include every other
-        // group's release.
-        match own.compare_exchange_weak(w, w & !((bit as u64) << 16), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Some((o.queued | o.held) & !bit == 0),
-            Err(x) => w = x,
-        }
+    // SYNC: slot-release — Acquire pairs with the other groups' releasing
+    // CASes: when ours is the last bit, their reads of the message happen
+    // before the slot is freed.
+    let w = own.load(Ordering::Acquire);
+    let o = Own::unpack(w);
+    if o.state == Some(SlotState::Published) && o.queued | o.held == bit {
+        // Ours is the last bit. After a publish, bits are only ever cleared
+        // (or moved from queued to held by the group that locked the holder
+        // word), and nobody else has one left to clear: no one else writes
+        // this word before the slot is free again, so a store does (one
+        // locked instruction less per message, for the common one-group
+        // subsystem).
+        // SYNC: slot-release — Release orders our reads of the message (and,
+        // through the Acquire load, the other groups') before the next
+        // owner's writes; pairs with `claim_free`'s CAS.
+        own.store(w & !((bit as u64) << 16), Ordering::Release);
+        return Some(true);
     }
+    let new = update(own, |o, w| (o.held & bit != 0).then_some(w & !((bit as u64) << 16)))?;
+    Some(Own::unpack(new).is_free())
 }
 
 /// A publisher drops group slot `k`'s copy of its message in life `gen` of
@@ -219,19 +208,46 @@ pub fn release(own: &AtomicU64, k: u32) -> Option<bool> {
 /// it is delivered).
 pub fn drop_queued(own: &AtomicU64, k: u32, gen: u32) -> Option<bool> {
     let bit = 1u16 << k;
+    // Only in the publisher's own life of the slot: once every group
+    // released it, the slot may be another message already.
+    let new = update(own, |o, w| (o.gen == gen & GEN_MASK && o.queued & bit != 0).then_some(w & !(bit as u64)))?;
+    Some(Own::unpack(new).is_free())
+}
+
+/// The daemon gives a dead receiver's message back to group slot `k`: its
+/// bit moves from `held` back to `queued`, in life `gen` of the slot.
+/// `false` if the word no longer says group `k` holds it in that life.
+pub fn unhold(own: &AtomicU64, k: u32, gen: u32) -> bool {
+    let bit = 1u64 << k;
+    update(own, |o, w| (o.gen == gen && o.held & (1 << k) != 0).then_some((w & !(bit << 16)) | bit)).is_some()
+}
+
+/// The daemon drops group slot `k`'s copy, queued or held (its group is
+/// gone, or its queue is a full tap's). `Some(true)` if that was the
+/// slot's last bit (the caller frees the slot); `None` if it had no such bit.
+pub fn clear(own: &AtomicU64, k: u32) -> Option<bool> {
+    let bits = (1u64 << k) | (1u64 << (16 + k));
+    let new = update(own, |o, w| ((o.queued | o.held) & (1 << k) != 0).then_some(w & !bits))?;
+    Some(Own::unpack(new).is_free())
+}
+
+/// Changes a `Published` word by CAS, as `f(unpacked, word)` says (`None`:
+/// leave it, and give up); retries while others change other bits.
+/// Returns the new word.
+fn update(own: &AtomicU64, f: impl Fn(Own, u64) -> Option<u64>) -> Option<u64> {
     let mut w = own.load(Ordering::Acquire);
     loop {
         let o = Own::unpack(w);
-        // Only in the publisher's own life of the slot: once every group
-        // released it, the slot may be another message already.
-        if o.state != Some(SlotState::Published) || o.gen != gen & GEN_MASK || o.queued & bit == 0 {
+        if o.state != Some(SlotState::Published) {
             return None;
         }
-        // SYNC: slot-release — AcqRel, as for a release: if this clears the
-        // last bit, every group's reads happened before the next owner's
-        // writes.
-        match own.compare_exchange_weak(w, w & !(bit as u64), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Some((o.queued | o.held) & !bit == 0),
+        let new = f(o, w)?;
+        // SYNC: slot-claim / slot-release — AcqRel pairs with every other
+        // claim, release and drop of this word (the one that clears the
+        // slot's last bit sees every other group's reads before it), and
+        // with `claim_free`'s CAS of the next owner.
+        match own.compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(new),
             Err(x) => w = x,
         }
     }

@@ -276,45 +276,15 @@ fn count_dropped(seg: &Segment, q: u32) {
 /// the word changed under us so that it no longer says so.
 fn unhold(seg: &Segment, i: SlotIndex, gen: u32, k: u32) -> bool {
     let slot = seg.slot(i);
-    let bit = 1u64 << k;
     slot.header().redelivered.fetch_or(1 << k, Ordering::Relaxed);
-    let own = &slot.header().own;
-    let mut w = own.load(Ordering::Acquire);
-    loop {
-        let o = Own::unpack(w);
-        if o.state != Some(SlotState::Published) || o.gen != gen || o.held & (1 << k) == 0 {
-            return false;
-        }
-        // SYNC: slot-claim — AcqRel pairs with the other groups' claims and
-        // releases of this word.
-        match own.compare_exchange_weak(w, (w & !(bit << 16)) | bit, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return true,
-            Err(x) => w = x,
-        }
-    }
+    crate::ownership::unhold(&slot.header().own, k, gen)
 }
 
 /// Clears group `k`'s bit (queued or held) of slot `i`, and frees the slot
 /// if it was the last.
 fn clear_bit(seg: &Segment, free_ring: &mut FreeRing<'_>, i: SlotIndex, k: u32) {
-    let own = &seg.slot(i).header().own;
-    let bits = (1u64 << k) | (1u64 << (16 + k));
-    let mut w = own.load(Ordering::Acquire);
-    loop {
-        let o = Own::unpack(w);
-        if o.state != Some(SlotState::Published) || (o.queued | o.held) & (1 << k) == 0 {
-            return;
-        }
-        // SYNC: slot-release — AcqRel, as for a receiver's release.
-        match own.compare_exchange_weak(w, w & !bits, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                if Own::unpack(w & !bits).is_free() {
-                    push_free(seg, free_ring, i);
-                }
-                return;
-            }
-            Err(x) => w = x,
-        }
+    if crate::ownership::clear(&seg.slot(i).header().own, k) == Some(true) {
+        push_free(seg, free_ring, i);
     }
 }
 

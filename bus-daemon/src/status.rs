@@ -75,10 +75,7 @@ pub fn build(
         let (Some(view), Some(_)) = (routing::read_as_writer(seg, q), seg.queue(q)) else { continue };
         let default = (q, "default".to_owned(), view.flags);
         let mut groups = Vec::new();
-        let mut total = since(q);
-        total.sent = 0;
-        total.delivered = 0;
-        total.redelivered = 0;
+        let mut total = Baseline::default();
         let (mut depth, mut subscribers) = (0, 0);
         for (g, name, flags) in std::iter::once(&default).chain(&sub.groups) {
             let (Some(ring), Some(v)) = (seg.queue(*g), routing::read_as_writer(seg, *g)) else { continue };
