@@ -293,3 +293,22 @@ fn a_group_is_never_given_its_own_subsystems_entry_when_the_table_is_full() {
     let s = bus.status();
     assert!(s["subsystems"].as_array().unwrap().iter().any(|x| x["name"] == "s"), "{s}");
 }
+
+#[test]
+fn a_send_that_reaches_some_groups_but_not_a_full_one_says_so_and_counts_the_drop() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--queue-capacity", "4"]);
+    let b = bus.connect();
+    let a = b.subscribe("p").unwrap();
+    let _slow = b.subscribe_group("p", "slow").unwrap(); // never reads
+    let mut p = b.publisher().backpressure(bus_client::Backpressure::FailFast).create().unwrap();
+    for i in 0..4u8 {
+        p.send_bytes("p://x", &[i]).unwrap();
+        drop(a.try_recv().unwrap().expect("the default group gets it"));
+    }
+    // "slow" is full: the default group still gets the fifth message.
+    let e = p.send_bytes("p://x", &[4]).unwrap_err();
+    assert!(matches!(&e, bus_client::SendError::PartlyDelivered { delivered: 1, groups: 2, .. }), "{e}");
+    assert_eq!(a.try_recv().unwrap().expect("delivered").body_bytes().unwrap(), &[4]);
+    let s = bus.status();
+    assert_eq!(group(subsystem(&s, "p"), "slow")["dropped"], 1, "{s}");
+}
