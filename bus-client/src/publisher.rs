@@ -801,8 +801,7 @@ impl<'a> Loan<'a> {
         if h.trace_id.load(Ordering::Relaxed) == 0 {
             h.trace_id.store(id, Ordering::Relaxed);
         }
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        h.timestamp_ns.store(ts, Ordering::Relaxed);
+        h.timestamp_ns.store(now_ns(), Ordering::Relaxed);
         match publisher.push(slot, &mut route, subsystem_len) {
             Pushed::Sent => Ok(id),
             Pushed::Back(error) => {
@@ -819,6 +818,17 @@ impl Drop for Loan<'_> {
             return;
         }
         self.publisher.give_back(self.slot);
+    }
+}
+
+/// Wall-clock time in nanoseconds since the Unix epoch (0 before it): one
+/// vDSO call, without `SystemTime`'s conversions (a third of the send
+/// timestamp's instructions).
+#[inline]
+fn now_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
+        Ok(t) if t.tv_sec() >= 0 => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
+        _ => 0,
     }
 }
 

@@ -415,6 +415,25 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Calls `f` with the index in each of the next `n` entries a consumer
+    /// would take, oldest first, as far as they are filled; changes
+    /// nothing. A look ahead, for prefetching: another consumer may take
+    /// them first, so what `f` is given is a guess (and an index read from
+    /// shared memory, to be checked before use).
+    #[inline]
+    pub fn peek(&self, n: usize, mut f: impl FnMut(u32)) {
+        // Relaxed: a guess that the consumer's own claim re-checks.
+        let head = self.header.head.load(Ordering::Relaxed);
+        for k in 0..(n as u64).min(self.capacity()) {
+            let pos = head.wrapping_add(k);
+            let c = self.cell(pos).load(Ordering::Relaxed);
+            if seq_of(c) != pos.wrapping_add(1) as u32 {
+                return;
+            }
+            f(c as u32);
+        }
+    }
+
     /// [`Ring::pop_with`] without an intent hook.
     #[inline]
     pub fn pop(&self) -> Option<u32> {

@@ -186,22 +186,33 @@ impl Segment {
         self.map.as_mut_ptr()
     }
 
-    /// A reference to a `T` at `offset`, which the caller computed from
-    /// validated params.
+    /// A reference to a `T` at `offset`. Every caller computes `offset` as
+    /// a region's start plus an index it checked against that region's
+    /// count, both from `self.params`: this process's own copy, equal to
+    /// [`SegmentParams::compute`] of its counts (checked by `open`), which
+    /// places every region, 128-aligned, inside `segment_size`, itself
+    /// within the mapping. So the bounds hold by construction; they are
+    /// asserted in debug builds only, because this runs several times per
+    /// message (a release build checking them spent 14 % of the hot path's
+    /// instructions there).
+    #[inline]
     fn at<T>(&self, offset: u64) -> &T {
-        assert!(offset as usize + core::mem::size_of::<T>() <= self.params.segment_size as usize);
-        assert_eq!(offset as usize % core::mem::align_of::<T>(), 0);
-        // SAFETY: in bounds and aligned (asserted); every `T` used here is a
-        // repr(C) struct of atomics (or plain data only written before the
-        // segment was shared), valid for any bit pattern, and the mapping
-        // lives as long as `self`.
+        debug_assert!(offset as usize + core::mem::size_of::<T>() <= self.params.segment_size as usize);
+        debug_assert_eq!(offset as usize % core::mem::align_of::<T>(), 0);
+        // SAFETY: in bounds and aligned (by construction, see above); every
+        // `T` used here is a repr(C) struct of atomics (or plain data only
+        // written before the segment was shared), valid for any bit
+        // pattern, and the mapping lives as long as `self`.
         unsafe { &*(self.base().add(offset as usize) as *const T) }
     }
 
+    /// `count` ring cells at `offset` (a ring's cells, placed as in [`Segment::at`]).
+    #[inline]
     fn cells(&self, offset: u64, count: u32) -> &[AtomicU64] {
-        assert!(offset as usize + count as usize * 8 <= self.params.segment_size as usize);
-        // SAFETY: in bounds (asserted), 8-aligned (offsets are multiples of
-        // 128 plus the 640-byte ring header), AtomicU64 is valid for any bits.
+        debug_assert!(offset as usize + count as usize * 8 <= self.params.segment_size as usize);
+        // SAFETY: in bounds (by construction, as in `at`), 8-aligned
+        // (offsets are multiples of 128 plus the 640-byte ring header),
+        // AtomicU64 is valid for any bits.
         unsafe { core::slice::from_raw_parts(self.base().add(offset as usize) as *const AtomicU64, count as usize) }
     }
 
@@ -356,6 +367,10 @@ impl Segment {
         if k >= self.params.max_groups {
             return None;
         }
+        // A `SlotIndex` is checked against the segment that made it; this
+        // one compare keeps an index from another segment (a smaller one,
+        // mapped after a reconnect) from reaching past this one.
+        assert!(i.0 < self.params.slot_count, "slot index from another segment");
         let off = self.params.holders + (k as u64 * self.params.slot_count as u64 + i.0 as u64) * 8;
         Some(self.at(off))
     }
@@ -367,6 +382,8 @@ impl Segment {
 
     /// Slot `i`.
     pub fn slot(&self, i: SlotIndex) -> crate::slot_pool::SlotRef<'_> {
+        // As in `holder`: the one check that `at` relies on.
+        assert!(i.0 < self.params.slot_count, "slot index from another segment");
         let off = self.params.slots + i.0 as u64 * self.params.slot_size as u64;
         let header: &SlotHeader = self.at(off);
         // SAFETY: `i` < slot_count, so the whole slot [off, off + slot_size)

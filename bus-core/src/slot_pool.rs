@@ -69,6 +69,9 @@ pub use crate::ownership::{holder_lock, holder_of, Own, SlotState, GEN_MASK};
 /// publisher sleeping for one (the size of a publisher's cache refill).
 pub const FREE_WAKE_BATCH: u64 = 32;
 
+/// Most slot headers a ring operation prefetches ahead of its claims.
+const PREFETCH_AHEAD: usize = 32;
+
 /// Ring id of the free ring in an intent.
 pub const RING_FREE: u32 = 0;
 
@@ -392,6 +395,11 @@ impl<'a> Port<'a> {
     /// popped (taken plus skipped duplicates).
     fn take_free_counted(&self, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
         let ring = self.seg.free_ring();
+        // Each claim below is a CAS on a header line the last releaser
+        // wrote: one miss per slot, and a locked instruction waits for its
+        // own. Fetched together first, a cache refill of 32 costs a few
+        // misses instead of 32 in a row.
+        self.prefetch_headers(&ring, max);
         let mut taken = 0;
         let mut skipped = 0;
         let popped = ring.pop_many(
@@ -410,6 +418,17 @@ impl<'a> Port<'a> {
             ring.header().stats.skipped.fetch_add(skipped, Ordering::Relaxed);
         }
         (taken, popped)
+    }
+
+    /// Prefetches, for writing, the header lines of the slots in the next
+    /// `n` entries of `ring` (at most [`PREFETCH_AHEAD`]).
+    #[inline]
+    fn prefetch_headers(&self, ring: &Ring<'_>, n: usize) {
+        ring.peek(n.min(PREFETCH_AHEAD), |raw| {
+            if let Some(i) = self.seg.slot_index(raw) {
+                crate::line::prefetch_for_write(self.seg.slot(i).header());
+            }
+        });
     }
 
     /// `Free → Cached` for an index just popped from the free ring; `None`
@@ -562,6 +581,10 @@ impl<'a> Port<'a> {
     fn dequeue_counted(&self, g: &Group, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
         let Some(ring) = self.seg.queue(g.queue) else { return (0, 0) };
         let ring_id = ring_of_queue(g.queue);
+        // The claims below CAS header lines the publisher wrote. Fetch them
+        // first (and the next message's too, when taking one: a busy
+        // receiver then finds it in its cache on the next call).
+        self.prefetch_headers(&ring, max.max(2));
         let mut taken = 0;
         let mut skipped = 0;
         let popped = ring.pop_many(
