@@ -2,7 +2,7 @@
 # Interleaves iceoryx2 and shmbus fan-out measurements round by round, so
 # that both sides of every ratio saw the same state of the machine.
 #   peers/compare.sh [ROUNDS]      (from the repository root, after
-#   cargo build --release -p bus-daemon and the peers build in peers/README.md)
+#   cargo build --release -p bus-daemon -p bus-cli and the peers build in peers/README.md)
 set -euo pipefail
 rounds=${1:-5}
 ice=./target/peers/release/iceoryx2-bench

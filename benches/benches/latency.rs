@@ -4,15 +4,15 @@
 //! socket and a pipe. Percentiles come from `shmbus bench` (HDR histogram);
 //! criterion reports the mean and its spread.
 
-use bus_daemon::bench::link::{PingPong, Transport, Wait};
+use bus_cli::bench::link::{PingPong, Transport, Wait};
 use criterion::Criterion;
 use std::time::Duration;
 
 fn latency(c: &mut Criterion) {
     let b = shmbus_benches::start(4096);
-    let cpus = bus_daemon::bench::default_cpus();
+    let cpus = bus_cli::bench::default_cpus();
     if let Some((a, _)) = cpus {
-        bus_daemon::bench::pin(a);
+        bus_cli::bench::pin(a);
     }
     let mut g = c.benchmark_group("latency_one_way");
     let mut cases = vec![(Transport::Futex, 8usize, Wait::Sleep)];
@@ -44,7 +44,7 @@ fn latency(c: &mut Criterion) {
 }
 
 fn main() {
-    bus_daemon::bench::peer_main_if_requested();
+    bus_cli::bench::peer_main_if_requested();
     let mut c = Criterion::default().configure_from_args();
     latency(&mut c);
     c.final_summary();

@@ -67,7 +67,7 @@ fn pieces(c: &mut Criterion) {
 }
 
 fn main() {
-    bus_daemon::bench::peer_main_if_requested();
+    bus_cli::bench::peer_main_if_requested();
     let mut c = Criterion::default().configure_from_args();
     pieces(&mut c);
     c.final_summary();

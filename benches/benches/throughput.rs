@@ -4,15 +4,15 @@
 //! loop; each timed batch ends when the receiver has every message, and a
 //! lost message fails the benchmark.
 
-use bus_daemon::bench::link::{Stream, Touch, Transport};
+use bus_cli::bench::link::{Stream, Touch, Transport};
 use criterion::{Criterion, Throughput};
 use std::time::Duration;
 
 fn throughput(c: &mut Criterion) {
     let b = shmbus_benches::start(4096);
-    let cpus = bus_daemon::bench::default_cpus();
+    let cpus = bus_cli::bench::default_cpus();
     if let Some((a, _)) = cpus {
-        bus_daemon::bench::pin(a);
+        bus_cli::bench::pin(a);
     }
     let mut g = c.benchmark_group("throughput_1to1");
     g.throughput(Throughput::Elements(1));
@@ -47,9 +47,9 @@ fn throughput(c: &mut Criterion) {
 /// each batch but not timed: a batch is timed from its first receipt to its
 /// last.
 fn fan_in(c: &mut Criterion) {
-    use bus_daemon::bench::link::{fan_in, Amount};
+    use bus_cli::bench::link::{fan_in, Amount};
     let b = shmbus_benches::start(64);
-    let subsystem = bus_daemon::bench::link::fresh_subsystem("criterion-fanin");
+    let subsystem = bus_cli::bench::link::fresh_subsystem("criterion-fanin");
     let sub = b.bus.subscribe(&subsystem).expect("subscribe");
     let mut g = c.benchmark_group("throughput_4to1");
     g.throughput(Throughput::Elements(1));
@@ -67,7 +67,7 @@ fn fan_in(c: &mut Criterion) {
 }
 
 fn main() {
-    bus_daemon::bench::peer_main_if_requested();
+    bus_cli::bench::peer_main_if_requested();
     let mut c = Criterion::default().configure_from_args();
     throughput(&mut c);
     fan_in(&mut c);

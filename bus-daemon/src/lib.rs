@@ -1,12 +1,11 @@
-//! bus-daemon: `shmbusd`, the service that owns a shmbus segment, and
-//! `shmbus`, the command line. The binaries are thin: the daemon is
-//! [`run`] (or [`spawn`] in-process, for tests and demos), the command line
-//! is [`cli::main`].
+//! bus-daemon: `shmbusd`, the service that owns a shmbus segment. The
+//! binary is thin: the daemon is [`run`] (or [`spawn`] in-process, for
+//! tests and demos), its command line [`cli::daemon_main`]. The `shmbus`
+//! command line and the benchmark harness live in `bus-cli`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod reaper;

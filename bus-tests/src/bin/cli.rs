@@ -1,5 +1,5 @@
 //! The command line, built into this package for the tests (same code as
 //! `shmbus`).
 fn main() -> std::process::ExitCode {
-    bus_daemon::cli::main()
+    bus_cli::cli::main()
 }

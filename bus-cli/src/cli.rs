@@ -1,0 +1,459 @@
+//! `shmbus`, the command line ([`main`]): inspect and use a bus, and
+//! measure it (`shmbus bench`, see [`crate::bench`]).
+//! Exit status: 0 success, 1 runtime error (one line on stderr), 2 usage.
+
+use bus_client::{Bus, RecvError};
+use bus_daemon::cli::BusArgs;
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// `shmbus`: inspect and use a bus from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "shmbus", version, about = "Inspect and use a shmbus bus")]
+pub struct Cli {
+    #[command(flatten)]
+    bus: BusArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Slots, clients and subsystems of the bus.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one message (raw bytes) to PATH, e.g. api://users/123.
+    Send {
+        /// subsystem://route
+        path: String,
+        /// The body; read from stdin when absent.
+        body: Option<String>,
+        /// How long to wait for a free slot or queue space.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+    },
+    /// Print the messages of SUBSYSTEM: path, a tab, the body (text, or hex).
+    /// By default the listener joins the subsystem's default group (it
+    /// shares messages with the other subscribers there); --group joins
+    /// another consumer group, --tap sees every message without slowing
+    /// anyone (a lossy group of its own, gone when the listener exits).
+    Listen {
+        /// The subsystem.
+        subsystem: String,
+        /// Join consumer group NAME (created if new; blocking).
+        #[arg(long, value_name = "NAME", conflicts_with = "tap")]
+        group: Option<String>,
+        /// Listen through a tap: a lossy group of this listener alone.
+        #[arg(long)]
+        tap: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this long (an error if --count was not reached).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Also print id, trace id and flags.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Send a request to PATH (raw bytes) and print the reply's body.
+    Request {
+        /// subsystem://route
+        path: String,
+        /// The body; read from stdin when absent.
+        body: Option<String>,
+        /// How long to wait for the reply.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: Duration,
+    },
+    /// Ask the daemon to shut down.
+    Shutdown,
+    /// Measure shmbus against a Unix socket, a pipe and a bare futex, each
+    /// side in its own process. Uses the running daemon, or starts one.
+    Bench {
+        /// One JSON array of measurements on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Body sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "8,64,4096")]
+        sizes: Vec<usize>,
+        /// Length of each timed throughput run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+        duration: Duration,
+        /// Rounds (each round runs every measurement once, interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// The two CPUs to pin the sides to, e.g. 0,1.
+        #[arg(long, value_delimiter = ',', num_args = 2)]
+        cpus: Option<Vec<usize>>,
+        /// Do not pin.
+        #[arg(long, conflicts_with = "cpus")]
+        no_pin: bool,
+        /// Round trips per latency run.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u64,
+        /// Only throughput, only latency, or only the request/response
+        /// measurements (not in the default suite).
+        #[arg(long, value_parser = ["throughput", "latency", "requests"])]
+        only: Option<String>,
+    },
+}
+
+/// Entry point of `shmbus`.
+pub fn main() -> ExitCode {
+    crate::bench::peer_main_if_requested();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our stdout went away (`shmbus status | head`).
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => bus_daemon::cli::fail(e),
+    }
+}
+
+fn connect(b: &BusArgs, send_timeout: Duration) -> Result<Bus, Box<dyn std::error::Error>> {
+    let mut builder = Bus::builder().send_timeout(send_timeout);
+    if let Some(n) = &b.bus {
+        builder = builder.name(n.clone());
+    }
+    if let Some(s) = &b.socket {
+        builder = builder.socket(s.clone());
+    }
+    Ok(builder.connect()?)
+}
+
+/// A control request (`status`, `shutdown`): through a [`Bus`], as every
+/// client; but these need nothing of the segment, so when it does not open
+/// (a faulty process overwrote its header) or reads as stopped while the
+/// daemon still answers, the request goes over the control socket alone.
+/// The daemon answers control requests whatever the segment holds.
+fn control(
+    b: &BusArgs,
+    req: bus_client::protocol::Request,
+) -> Result<bus_client::protocol::Reply, Box<dyn std::error::Error>> {
+    use bus_client::protocol::{Reply, Request};
+    use bus_client::{ConnectError, RequestError};
+    let first: Box<dyn std::error::Error> = match connect(b, Duration::from_secs(5)) {
+        Ok(bus) => {
+            let r = match &req {
+                Request::Shutdown => bus.shutdown_daemon().map(|()| Reply::ShuttingDown),
+                _ => bus.status().map(Reply::Status),
+            };
+            match r {
+                Err(RequestError::BusGone) => RequestError::BusGone.into(),
+                r => return Ok(r?),
+            }
+        }
+        Err(e) if e.downcast_ref::<ConnectError>().is_some_and(|e| matches!(e, ConnectError::Segment(_))) => e,
+        Err(e) => return Err(e),
+    };
+    // The fallback's own failure would hide the real one: report the first.
+    control_socket_only(b, req).map_err(|_| first)
+}
+
+/// One control request over the socket alone: hello (the segment fd that
+/// comes with the welcome is closed unmapped), then `req`.
+fn control_socket_only(
+    b: &BusArgs,
+    req: bus_client::protocol::Request,
+) -> Result<bus_client::protocol::Reply, Box<dyn std::error::Error>> {
+    use bus_client::control::{self, Received};
+    use bus_client::protocol::{Reply, Request};
+    use std::os::fd::AsFd;
+    let socket = bus_client::addr::socket_path(b.socket.as_deref(), b.bus.as_deref());
+    let fd = control::connect(&socket)?;
+    let tv = nix::sys::time::TimeVal::new(5, 0);
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
+    let mut buf = Vec::new();
+    let mut ask = |r: &Request| -> Result<Reply, Box<dyn std::error::Error>> {
+        control::send(fd.as_fd(), r, None)?;
+        match control::recv::<Reply>(fd.as_fd(), &mut buf)? {
+            Received::Packet(Reply::Error { message, .. }, _) => Err(message.into()),
+            Received::Packet(reply, _) => Ok(reply),
+            Received::Closed => Err("the daemon closed the connection".into()),
+        }
+    };
+    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION })? {
+        Reply::Welcome { .. } => ask(&req),
+        other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Status { json } => {
+            let s = match control(&cli.bus, bus_client::protocol::Request::Status)? {
+                bus_client::protocol::Reply::Status(s) => s,
+                other => return Err(format!("unexpected answer from the daemon: {other:?}").into()),
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &s)?;
+                writeln!(out)?;
+            } else {
+                print_status(&mut out, &s)?;
+            }
+            Ok(())
+        }
+        Command::Send { path, body, timeout } => {
+            let bytes = body_or_stdin(body)?;
+            let bus = connect(&cli.bus, timeout)?;
+            let mut publisher = bus.publisher().create()?;
+            publisher.send_bytes(&path, &bytes)?;
+            Ok(())
+        }
+        Command::Listen { subsystem, group, tap, count, timeout, verbose } => {
+            let bus = connect(&cli.bus, Duration::from_secs(5))?;
+            let mut builder = bus.subscription(&subsystem);
+            if let Some(g) = &group {
+                builder = builder.group(g);
+            }
+            if tap {
+                builder = builder.tap();
+            }
+            let sub = builder.create()?;
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let mut out = std::io::stdout().lock();
+            let mut n = 0u64;
+            while count.is_none_or(|c| n < c) {
+                let msg = match deadline {
+                    Some(d) => match sub.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                        Ok(m) => m,
+                        Err(RecvError::Timeout(_)) => {
+                            return match count {
+                                Some(c) => Err(format!("timed out after {n} of {c} messages").into()),
+                                None => Ok(()),
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => sub.recv()?,
+                };
+                let body = msg.body_bytes()?;
+                if verbose {
+                    write!(
+                        out,
+                        "id={:#x}\ttrace={:#x}\t{}",
+                        msg.id(),
+                        msg.trace_id(),
+                        if msg.is_redelivered() { "redelivered\t" } else { "" }
+                    )?;
+                }
+                writeln!(out, "{}\t{}", msg.path(), render(body))?;
+                out.flush()?;
+                n += 1;
+            }
+            Ok(())
+        }
+        Command::Request { path, body, timeout } => {
+            let bytes = body_or_stdin(body)?;
+            let bus = connect(&cli.bus, timeout)?;
+            let requester = bus.requester()?;
+            let reply = requester.request_bytes(&path, &bytes, timeout)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", render(reply.body_bytes()?))?;
+            Ok(())
+        }
+        Command::Shutdown => match control(&cli.bus, bus_client::protocol::Request::Shutdown)? {
+            bus_client::protocol::Reply::ShuttingDown => Ok(()),
+            other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
+        },
+        Command::Bench { json, sizes, duration, reps, cpus, no_pin, round_trips, only } => {
+            let o = crate::bench::suite::Options {
+                sizes,
+                duration,
+                reps: reps.max(1),
+                cpus: if no_pin { None } else { cpus.map(|c| (c[0], c[1])).or_else(crate::bench::default_cpus) },
+                round_trips,
+                throughput: only.is_none() || only.as_deref() == Some("throughput"),
+                latency: only.is_none() || only.as_deref() == Some("latency"),
+            };
+            bench(&cli.bus, o, json, only.as_deref() == Some("requests"))
+        }
+    }
+}
+
+/// `shmbus bench`: connects to the bus (or starts a daemon on a private
+/// socket, with slots big enough for the largest size), runs the suite.
+fn bench(
+    b: &BusArgs,
+    o: crate::bench::suite::Options,
+    json: bool,
+    requests: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut err = std::io::stderr();
+    let explicit = b.socket.is_some() || b.bus.is_some() || std::env::var_os(bus_client::addr::ENV_SOCKET).is_some();
+    let (bus, _daemon) = match connect(b, Duration::from_secs(30)) {
+        Ok(bus) => (bus, None),
+        Err(e) if explicit => return Err(e),
+        Err(_) => {
+            let largest = o.sizes.iter().copied().max().unwrap_or(64);
+            let slot_size = ((64 + 64 + largest).div_ceil(64) * 64) as u32;
+            let socket = bus_client::addr::runtime_dir().join(format!("bench-{}.sock", std::process::id()));
+            let cfg = bus_daemon::config::FileConfig {
+                bus: Some(format!("bench-{}", std::process::id())),
+                socket: Some(socket.clone()),
+                slots: Some(4096),
+                slot_size: Some(slot_size),
+                queue_capacity: Some(1024),
+                ..Default::default()
+            }
+            .resolve()?;
+            let d = bus_daemon::spawn(cfg)?;
+            writeln!(
+                err,
+                "started a daemon for the benchmark on {} (4096 slots of {slot_size} bytes)",
+                socket.display()
+            )?;
+            (Bus::builder().socket(&socket).send_timeout(Duration::from_secs(30)).connect()?, Some(d))
+        }
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    writeln!(err, "machine: {n} CPUs, {cpu}")?;
+    if requests {
+        let ms = crate::bench::requests::run(&bus, &o, &mut err)?;
+        let mut out = std::io::stdout().lock();
+        if json {
+            serde_json::to_writer_pretty(&mut out, &ms)?;
+            writeln!(out)?;
+        } else {
+            for m in &ms {
+                let v = match (m.latency, m.ns_per_op, m.per_sec, m.bytes) {
+                    (_, _, _, Some(b)) => format!("{b} bytes"),
+                    (Some(p), ..) => format!("p50 {} ns, p99 {} ns, p99.9 {} ns", p.p50_ns, p.p99_ns, p.p999_ns),
+                    (_, Some(ns), Some(r), _) => format!("{ns} ns per operation ({r:.0}/s)"),
+                    (_, _, Some(r), _) => format!("{r:.0} requests/s"),
+                    _ => String::new(),
+                };
+                let hand =
+                    if m.handoff_ns > 0.0 { format!("  (hand-off {:.0} ns)", m.handoff_ns) } else { String::new() };
+                writeln!(out, "{:<40} {v}{hand}", m.name)?;
+            }
+        }
+        return Ok(());
+    }
+    let ms = crate::bench::suite::run(&bus, &o, &mut err)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &ms)?;
+        writeln!(out)?;
+        // The same run's table, for people, on stderr.
+        writeln!(err)?;
+        crate::bench::suite::print_table(&mut err, &ms, &o)?;
+    } else {
+        writeln!(out, "machine: {n} CPUs, {cpu}")?;
+        crate::bench::suite::print_table(&mut out, &ms, &o)?;
+    }
+    let lost: u64 = ms.iter().map(|m| m.lost).sum();
+    if lost > 0 {
+        return Err(format!("{lost} messages were lost during the benchmark").into());
+    }
+    Ok(())
+}
+
+/// The BODY argument's bytes, or all of stdin when it is absent.
+fn body_or_stdin(body: Option<String>) -> std::io::Result<Vec<u8>> {
+    match body {
+        Some(b) => Ok(b.into_bytes()),
+        None => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v)?;
+            Ok(v)
+        }
+    }
+}
+
+/// A body as text if it is UTF-8 without control characters, else hex.
+pub fn render(body: &[u8]) -> String {
+    match std::str::from_utf8(body) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => s.to_owned(),
+        _ => body.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::io::Result<()> {
+    writeln!(out, "bus        {} (daemon pid {}, socket {})", s.bus, s.daemon_pid, s.socket)?;
+    writeln!(out, "slot size  {} bytes, queue capacity {}", s.slot_size, s.queue_capacity)?;
+    let c = &s.slots;
+    writeln!(
+        out,
+        "slots      {} total: {} free, {} cached, {} loaned, {} queued, {} held",
+        c.total, c.free, c.cached, c.loaned, c.queued, c.held
+    )?;
+    let k = &s.counters;
+    if k.corruption > 0 || k.slots_lost > 0 || c.corrupt > 0 {
+        writeln!(
+            out,
+            "corruption {} bad words seen, {} slots with a bad state, {} slots lost: a process wrote garbage into the segment; restart the bus",
+            k.corruption, c.corrupt, k.slots_lost
+        )?;
+    }
+    writeln!(out, "clients    {}", s.clients)?;
+    for cl in &s.client_list {
+        writeln!(out, "  #{:<4} pid {:<8} uid {:<6} {}", cl.id, cl.pid, cl.uid, cl.subscriptions.join(","))?;
+    }
+    writeln!(out, "subsystems {}", s.subsystems.len())?;
+    if !s.subsystems.is_empty() {
+        writeln!(
+            out,
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}",
+            "name", "depth", "subs", "sent", "delivered", "redelivered"
+        )?;
+    }
+    for x in &s.subsystems {
+        writeln!(
+            out,
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}{}{}",
+            x.name,
+            x.queue_depth,
+            x.subscribers,
+            x.sent,
+            x.delivered,
+            x.redelivered,
+            if x.durable { "  durable" } else { "" },
+            if x.quarantined { "  QUARANTINED (corrupt queue)" } else { "" }
+        )?;
+        if x.groups.len() > 1 {
+            for g in &x.groups {
+                writeln!(
+                    out,
+                    "    group {:<24} {:>8} {:>5} {:>12} {:>12} {:>11}  {}{}{}  dropped {}",
+                    g.name,
+                    g.depth,
+                    g.subscribers,
+                    "",
+                    g.delivered,
+                    g.redelivered,
+                    g.backpressure,
+                    if g.durable { " durable" } else { "" },
+                    if g.tap { " tap" } else { "" },
+                    g.dropped
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_bodies_print_as_text_and_others_as_hex() {
+        assert_eq!(super::render(b"hello world"), "hello world");
+        assert_eq!(super::render(&[0, 255]), "00ff");
+        assert_eq!(super::render(b"a\nb"), "610a62");
+    }
+}
