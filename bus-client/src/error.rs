@@ -84,6 +84,14 @@ pub enum RequestError {
     /// The name is not a valid subsystem name.
     #[error("invalid subsystem name: {0}")]
     InvalidName(PathError),
+    /// A [`crate::Pipeline`] window of 0, or larger than a queue holds.
+    #[error("a pipeline window of {window} is out of range: use 1 to {max} (the bus's queue capacity, which holds the replies)")]
+    InvalidWindow {
+        /// The window asked for.
+        window: usize,
+        /// The largest allowed.
+        max: usize,
+    },
     /// Every port of this client is in use.
     #[error("all {0} publishers/subscribers of this connection are in use: drop some, or open another Bus")]
     TooManyPorts(usize),

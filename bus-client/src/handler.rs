@@ -116,11 +116,21 @@ pub struct Context<'a, 'p> {
     params: matchit::Params<'a, 'a>,
     publisher: &'p mut Publisher,
     replied: bool,
+    /// Replies wait for the worker's [`Publisher::flush_deferred`] (a
+    /// worker handling a batch of requests); otherwise they go at once.
+    defer: bool,
 }
 
 impl<'a, 'p> Context<'a, 'p> {
     pub(crate) fn new(msg: &'a Message<'a>, params: matchit::Params<'a, 'a>, publisher: &'p mut Publisher) -> Self {
-        Context { msg, params, publisher, replied: false }
+        Context { msg, params, publisher, replied: false, defer: false }
+    }
+
+    /// A context whose reply is pushed by the worker's next
+    /// [`Publisher::flush_deferred`], with the other replies of its batch.
+    pub(crate) fn deferring(mut self) -> Self {
+        self.defer = true;
+        self
     }
 
     /// The message.
@@ -202,6 +212,10 @@ impl<'a, 'p> Context<'a, 'p> {
         let loan = self.publisher.loan_direct(queue, path)?;
         let loan = write(loan)?.reply(corr, error).trace_id(trace);
         bus_core::crash_point!(ReplyBeforePush);
+        if self.defer {
+            loan.defer();
+            return Ok(());
+        }
         loan.send().map(|_| ()).map_err(|f| f.error)
     }
 

@@ -48,6 +48,15 @@ struct Route {
     direct: bool,
 }
 
+/// A reply written and stamped, to be pushed by
+/// [`Publisher::flush_deferred`] together with the others to its queue.
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    slot: SlotIndex,
+    route: Route,
+    subsystem_len: usize,
+}
+
 /// What a send does when the pool is exhausted or the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backpressure {
@@ -88,6 +97,7 @@ impl PublisherBuilder {
             backpressure: self.backpressure,
             next_id: 0,
             batch: Vec::with_capacity(BATCH_CHUNK),
+            deferred: Vec::with_capacity(BATCH_CHUNK),
             last: LastPath {
                 path: String::with_capacity(bus_core::PATH_CAPACITY),
                 to: Fanout::single(0),
@@ -123,6 +133,8 @@ pub struct Publisher {
     next_id: u64,
     /// Slots of the batch being sent (capacity kept: no allocation per batch).
     batch: Vec<SlotIndex>,
+    /// Replies waiting for [`Publisher::flush_deferred`] (Loaned by us).
+    deferred: Vec<Deferred>,
     last: LastPath,
 }
 
@@ -310,8 +322,11 @@ impl Publisher {
         };
         loop {
             let port = self.port();
-            pushed += port.enqueue_many(&to, k, &self.batch[pushed..]);
-            port.notify(queue);
+            let now = port.enqueue_many(&to, k, &self.batch[pushed..]);
+            pushed += now;
+            // One consumer per message: a batch of requests reaches as
+            // many sleeping workers as it holds.
+            port.notify_n(queue, now as u32);
             if pushed == n {
                 return Ok(());
             }
@@ -366,6 +381,41 @@ impl Publisher {
             Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
             Err(u) => Err(u.into()),
         }
+    }
+
+    /// Pushes the replies deferred by [`Loan::defer`]: each run of
+    /// replies to one queue with one ring operation and one wake-up. A
+    /// reply whose requester is gone meanwhile, or whose queue stays full
+    /// past the send timeout, is dropped (its slot returns to the cache).
+    /// Returns how many were dropped.
+    pub(crate) fn flush_deferred(&mut self) -> usize {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        let mut dropped = 0;
+        let mut i = 0;
+        while i < deferred.len() {
+            let first = deferred[i];
+            let run = deferred[i..].iter().take_while(|d| d.route.to.subsystem == first.route.to.subsystem).count();
+            self.batch.clear();
+            self.batch.extend(deferred[i..i + run].iter().map(|d| d.slot));
+            i += run;
+            let mut route = first.route;
+            let pushed = match self.revalidate(first.slot, &mut route, first.subsystem_len) {
+                Ok(_) => match self.push_batch(&mut route, first.subsystem_len) {
+                    Ok(()) => run,
+                    Err((pushed, _)) => pushed,
+                },
+                Err(_) => 0,
+            };
+            if pushed < run {
+                dropped += run - pushed;
+                self.batch.drain(..pushed);
+                self.give_back_batch();
+            }
+        }
+        self.batch.clear();
+        deferred.clear();
+        self.deferred = deferred;
+        dropped
     }
 
     /// Returns the slots of an unsent batch to the cache.
@@ -639,6 +689,9 @@ impl Drop for Publisher {
             return; // the parent's slots and port, not ours
         }
         let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
+        for d in self.deferred.drain(..) {
+            port.give_free(d.slot);
+        }
         for slot in self.cache.drain(..) {
             port.give_free(slot);
         }
@@ -789,12 +842,8 @@ impl<'a> Loan<'a> {
         self
     }
 
-    /// Sends the message; on failure hands the loan back.
-    pub fn send(self) -> Result<u64, LoanSendError<'a>> {
-        let me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `me` is not used or dropped again; its fields move out here.
-        let publisher = unsafe { std::ptr::read(&me.publisher) };
-        let (slot, mut route, subsystem_len) = (me.slot, me.route, me.subsystem_len);
+    /// Gives the message its id, trace id (unless set) and timestamp.
+    fn stamp(publisher: &mut Publisher, slot: SlotIndex) -> u64 {
         let id = publisher.next_message_id();
         let h = publisher.bus.inner.seg.slot(slot).header();
         h.id.store(id, Ordering::Relaxed);
@@ -802,6 +851,35 @@ impl<'a> Loan<'a> {
             h.trace_id.store(id, Ordering::Relaxed);
         }
         h.timestamp_ns.store(now_ns(), Ordering::Relaxed);
+        id
+    }
+
+    /// Stamps a reply and keeps it for [`Publisher::flush_deferred`]
+    /// (called by the caller, or here once a chunk is full), so that the
+    /// replies of a batch of requests to one requester take one ring
+    /// operation and one wake-up. The slot stays Loaned until then: a
+    /// worker killed before the flush loses the reply, and the request it
+    /// still holds is redelivered.
+    pub(crate) fn defer(self) -> u64 {
+        debug_assert!(self.route.direct, "only replies are deferred");
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is not used or dropped again; its fields move out here.
+        let publisher = unsafe { std::ptr::read(&me.publisher) };
+        let id = Self::stamp(publisher, me.slot);
+        publisher.deferred.push(Deferred { slot: me.slot, route: me.route, subsystem_len: me.subsystem_len });
+        if publisher.deferred.len() >= BATCH_CHUNK {
+            publisher.flush_deferred();
+        }
+        id
+    }
+
+    /// Sends the message; on failure hands the loan back.
+    pub fn send(self) -> Result<u64, LoanSendError<'a>> {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is not used or dropped again; its fields move out here.
+        let publisher = unsafe { std::ptr::read(&me.publisher) };
+        let (slot, mut route, subsystem_len) = (me.slot, me.route, me.subsystem_len);
+        let id = Self::stamp(publisher, slot);
         match publisher.push(slot, &mut route, subsystem_len) {
             Pushed::Sent => Ok(id),
             Pushed::Back(error) => {

@@ -43,6 +43,17 @@ pub enum ReplyError {
     /// The handler panicked (the service caught it and goes on).
     #[error("the handler panicked: {0}")]
     Panicked(String),
+    /// A [`crate::Pipeline`] already has its whole window of requests in
+    /// flight.
+    #[error("{window} requests are already in flight: take replies with Pipeline::next or Pipeline::wait before submitting more")]
+    WindowFull {
+        /// The pipeline's window.
+        window: usize,
+    },
+    /// The [`crate::Pending`] is not in flight in this pipeline: its reply
+    /// was taken already (or it timed out), or it came from another one.
+    #[error("that request is not in flight here: its reply was already taken, it timed out, or it belongs to another pipeline")]
+    NotInFlight,
     /// The daemon is gone.
     #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
     BusGone,
@@ -90,8 +101,7 @@ impl Drop for Requester {
 impl Bus {
     /// A requester with its own reply queue.
     pub fn requester(&self) -> Result<Requester, RequestError> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!("_reply.{}.{}", self.inner.serial, N.fetch_add(1, Ordering::Relaxed));
+        let name = self.reply_queue_name();
         let replies = self.subscribe_unchecked(&name)?;
         replies.set_spins(REPLY_SPINS);
         let queue = replies.queue();
@@ -106,6 +116,13 @@ impl Bus {
             queue,
             next: AtomicU64::new(1),
         })
+    }
+
+    /// A fresh name for a reply queue of this client: `_reply.SERIAL.N`
+    /// (the daemon lets only the client with that serial subscribe to it).
+    pub(crate) fn reply_queue_name(&self) -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        format!("_reply.{}.{}", self.inner.serial, N.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Sends `body` to `path` as a request and waits up to `timeout` for the
@@ -164,12 +181,8 @@ impl Requester {
         }
         let slot = self.wait_for(corr, deadline, timeout)?;
         // SAFETY: `wait_for` handed this reply's slot to us alone (it left
-        // the queue and `arrived`), and this client holds it; only the
-        // `Response` releases it, in its `Drop` or in `detach`.
-        let slot = unsafe { HeldSlot::new(self.bus.inner.seg.slot(slot)) };
-        let response = Response { requester: self, slot };
-        response.check()?;
-        Ok(response)
+        // the queue and `arrived`), and this client holds it.
+        unsafe { Response::of(Owner::Requester(self), slot, &self.bus.inner.seg) }
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
@@ -309,12 +322,54 @@ impl Requester {
 ///
 /// [`Bus::request`] returns a [`Reply`] instead, an owned copy.
 pub struct Response<'r> {
-    requester: &'r Requester,
+    owner: Owner<'r>,
     /// The reply's slot, held until drop: the only way to its bytes.
     slot: HeldSlot<'r>,
 }
 
-impl Response<'_> {
+/// Who releases a [`Response`]'s slot: a shared [`Requester`] (through its
+/// release port), or a [`crate::Pipeline`]: through its reply
+/// subscription's port, which nothing else uses while the response lives
+/// (the response borrows the pipeline mutably), on whatever thread it is
+/// dropped.
+#[derive(Clone, Copy)]
+pub(crate) enum Owner<'r> {
+    Requester(&'r Requester),
+    Replies { bus: &'r Bus, port: u32 },
+}
+
+impl Owner<'_> {
+    fn release(self, slot: SlotIndex) {
+        match self {
+            Owner::Requester(r) => r.release(slot),
+            Owner::Replies { bus, port } => {
+                if bus.inner.forked() {
+                    return; // the parent holds this slot, not us
+                }
+                bus_core::slot_pool::Port::new(&bus.inner.seg, bus.inner.client, port)
+                    .expect("port index in range")
+                    .release(slot, 0); // a reply queue has its default group only
+            }
+        }
+    }
+}
+
+impl<'r> Response<'r> {
+    /// The response holding reply `slot`, or the error it carries (then
+    /// released).
+    ///
+    /// # Safety
+    /// This client must hold `slot` (dequeued by `owner`'s client, not
+    /// released, and handed to no other guard).
+    pub(crate) unsafe fn of(owner: Owner<'r>, slot: SlotIndex, seg: &'r bus_core::Segment) -> Result<Self, ReplyError> {
+        // SAFETY: the caller hands us the hold; only the `Response`
+        // releases it, in its `Drop` or in `detach`.
+        let slot = unsafe { HeldSlot::new(seg.slot(slot)) };
+        let response = Response { owner, slot };
+        response.check()?;
+        Ok(response)
+    }
+
     /// Turns an error reply into the error (releasing it).
     fn check(&self) -> Result<(), ReplyError> {
         let h = self.slot.header();
@@ -367,14 +422,14 @@ impl Response<'_> {
         let raw = me.slot.is_raw();
         let fp = me.slot.header().fingerprint.load(Ordering::Relaxed);
         let trace = me.trace_id();
-        me.requester.release(me.slot.index());
+        me.owner.release(me.slot.index());
         Reply { bytes, raw, fingerprint: fp, trace_id: trace }
     }
 }
 
 impl Drop for Response<'_> {
     fn drop(&mut self) {
-        self.requester.release(self.slot.index());
+        self.owner.release(self.slot.index());
     }
 }
 

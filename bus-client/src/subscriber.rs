@@ -263,6 +263,29 @@ impl Subscriber {
         Ok(Message { sub: self, slot, split: Cell::new(None) })
     }
 
+    /// Wakes another sleeping subscriber of this group if messages are
+    /// still queued (after taking a batch).
+    pub(crate) fn wake_another_if_queued(&self) {
+        if let Some(ring) = self.bus.inner.seg.queue(self.group.queue) {
+            // The waiters first: with nobody asleep, the producers' tail
+            // line is not read at all.
+            if ring.header().items.has_waiters() && !ring.is_empty() {
+                ring.notify_items();
+            }
+        }
+    }
+
+    /// This subscription's port.
+    pub(crate) fn port_index(&self) -> u32 {
+        self.port
+    }
+
+    /// Releases a message this subscription took and gave up as a bare
+    /// slot ([`Message::into_slot`]).
+    pub(crate) fn release(&self, slot: SlotIndex) {
+        self.port().release(slot, self.group.slot);
+    }
+
     fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
         self.port().release(slot, self.group.slot);
         RecvError::Corrupt(CorruptSlot { index: slot.get(), what })

@@ -124,6 +124,23 @@ impl Doorbell {
         self.wake_once();
     }
 
+    /// Rings after `n` items were made available at once: wakes up to `n`
+    /// sleepers (one per item), so that a batch of requests reaches as many
+    /// sleeping workers as it has requests, not one. Same ordering
+    /// requirement as [`Doorbell::ring`].
+    #[inline]
+    pub fn ring_n(&self, n: u32) {
+        if n <= 1 {
+            return self.ring();
+        }
+        if self.has_waiters() {
+            // SYNC: doorbell-pending — as in `wake_once` (the flag only
+            // spares later ringers a syscall; waking more is always safe).
+            self.pending.swap(1, Ordering::SeqCst);
+            self.wake(n);
+        }
+    }
+
     /// Wakes every sleeper (shutdown, reclaim): they re-check and find out.
     pub fn ring_all(&self) {
         self.wake(u32::MAX);

@@ -446,6 +446,13 @@ impl<'a> Ring<'a> {
         self.header.items.ring();
     }
 
+    /// Wakes up to `n` sleeping consumers, after `n` entries were pushed
+    /// at once.
+    #[inline]
+    pub fn notify_items_n(&self, n: u32) {
+        self.header.items.ring_n(n);
+    }
+
     /// Wakes one sleeping producer if any announced itself.
     #[inline]
     pub fn notify_space(&self) {

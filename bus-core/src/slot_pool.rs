@@ -714,6 +714,13 @@ impl<'a> Port<'a> {
         }
     }
 
+    /// Wakes up to `n` consumers of queue `q`, after pushing `n` entries.
+    pub fn notify_n(&self, q: u32, n: u32) {
+        if let Some(ring) = self.seg.queue(q) {
+            ring.notify_items_n(n);
+        }
+    }
+
     /// Takes the next message of group `g`. Duplicates and out-of-range
     /// indices are skipped. `None` when empty. An empty poll reads only the
     /// head cell: it never touches the producers' tail.

@@ -17,11 +17,17 @@ thread_local! {
     static ALLOCS: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Every thread's allocations (for a test whose two sides are threads of
+/// this process). The tests of this file take [`SERIAL`], so that no other
+/// test's allocations fall into such a count.
+static ALL_ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 // SAFETY: forwards every call to the system allocator unchanged; only
 // counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.with(|c| c.set(c.get() + 1));
+        ALL_ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.alloc(layout) }
     }
@@ -31,6 +37,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCS.with(|c| c.set(c.get() + 1));
+        ALL_ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: same contract as ours.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -38,6 +45,8 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn allocations() -> u64 {
     ALLOCS.with(|c| c.get())
@@ -55,6 +64,7 @@ const MEASURED: u64 = 50_000;
 
 #[test]
 fn publishing_allocates_nothing_per_message_single_and_batched() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     assert_counter_works();
     let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256"]);
     let total = WARM + MEASURED + (WARM + MEASURED);
@@ -104,6 +114,7 @@ fn publishing_allocates_nothing_per_message_single_and_batched() {
 
 #[test]
 fn receiving_allocates_nothing_per_message_single_and_batched() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     assert_counter_works();
     let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256"]);
     let c = bus.connect();
@@ -148,6 +159,7 @@ fn receiving_allocates_nothing_per_message_single_and_batched() {
 
 #[test]
 fn matching_a_route_among_100_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     assert_counter_works();
     let mut router = bus_client::Router::new("svc").unwrap();
     for i in 0..50 {
@@ -165,4 +177,41 @@ fn matching_a_route_among_100_allocates_nothing() {
     }
     assert!(params > 0);
     assert_eq!(allocations() - before, 0, "allocations in 10 000 route matches");
+}
+
+#[test]
+fn pipelined_requests_allocate_nothing_per_request_on_either_side() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    assert_counter_works();
+    let bus = TestBus::start(&["--slots", "1024", "--slot-size", "256"]);
+    let c = bus.connect();
+    // The service in this process (its worker a thread here), so that the
+    // process-wide count covers requester and worker both.
+    let router = bus_client::Router::new("allocsvc")
+        .unwrap()
+        .route("echo", |ctx| Ok(ctx.reply_bytes(ctx.message().body_bytes()?)?))
+        .unwrap();
+    let service = c.serve(router).start().unwrap();
+    let mut p = c.pipeline(32).unwrap();
+    let mut run = |n: u64| {
+        for i in 0..n {
+            if p.in_flight() == p.window() {
+                let (_, reply) = p.next().unwrap();
+                assert_eq!(reply.unwrap().body_bytes().unwrap().len(), 8);
+            }
+            p.submit_bytes("allocsvc://echo", &i.to_le_bytes(), Duration::from_secs(10)).unwrap();
+        }
+        while let Some((_, reply)) = p.next() {
+            reply.unwrap();
+        }
+    };
+    run(WARM);
+    let before = ALL_ALLOCS.load(std::sync::atomic::Ordering::Relaxed);
+    run(MEASURED);
+    let during = ALL_ALLOCS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    drop(p);
+    service.stop();
+    // A few stray allocations of other threads (the connection's watcher)
+    // may fall in the window; one per request would be 50 000.
+    assert!(during < 10, "{during} allocations in {MEASURED} pipelined requests");
 }

@@ -253,7 +253,11 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
                 .map_err(std::io::Error::other)?
                 .route("echo/{*rest}", |ctx| Ok(ctx.reply_bytes(ctx.message().body_bytes()?)?))
                 .map_err(std::io::Error::other)?;
-            let service = bus.serve(router).workers(workers).start().map_err(std::io::Error::other)?;
+            let mut serve = bus.serve(router).workers(workers);
+            if let Some(n) = kv(spec, "spins").and_then(|n| n.parse().ok()) {
+                serve = serve.spins(n);
+            }
+            let service = serve.start().map_err(std::io::Error::other)?;
             writeln!(out, "ready")?;
             out.flush()?;
             service.join();

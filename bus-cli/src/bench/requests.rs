@@ -1,8 +1,11 @@
 //! Request/response measurements (`shmbus bench --only requests`): round
-//! trip latency to a service in another process, request throughput with
-//! 1, 2 and 4 worker threads, and in-process timings of the pieces the seed
-//! system's plan measured (message creation, route matching among 100
-//! routes, bytes per message).
+//! trip latency to a service in another process (sleeping and
+//! busy-polling, one request in flight), request throughput with 1, 2 and 4
+//! worker threads, pipelined requests (a window of 32 and of 256 in flight
+//! from one thread), and in-process timings of the pieces the seed system's
+//! plan measured (message creation, route matching among 100 routes, bytes
+//! per message). The service runs on the second CPU, the requesters on the
+//! first.
 
 use super::link::Peer;
 use super::suite::Percentiles;
@@ -38,12 +41,20 @@ impl RequestMeasurement {
     }
 }
 
-fn serve_peer(bus: &Bus, workers: usize, cpu: Option<usize>) -> std::io::Result<Peer> {
+/// Polls before a waiting side sleeps, for the busy-polling runs: some
+/// milliseconds, far longer than any wait between two requests there.
+const BUSY: u32 = 1 << 20;
+
+fn serve_peer(
+    bus: &Bus,
+    subsystem: &str,
+    workers: usize,
+    cpu: Option<usize>,
+    spins: Option<u32>,
+) -> std::io::Result<Peer> {
     let cpu_s = cpu.map(|c| format!(" cpu={c}")).unwrap_or_default();
-    let subsystem = super::link::fresh_subsystem("svc");
-    let p =
-        Peer::spawn(&format!("serve subsystem={subsystem} workers={workers}{cpu_s}"), &[], Some(bus.socket_path()))?;
-    Ok(p)
+    let spins_s = spins.map(|n| format!(" spins={n}")).unwrap_or_default();
+    Peer::spawn(&format!("serve subsystem={subsystem} workers={workers}{cpu_s}{spins_s}"), &[], Some(bus.socket_path()))
 }
 
 /// Runs the request measurements.
@@ -58,32 +69,80 @@ pub fn run(
     let child_cpu = o.cpus.map(|c| c.1);
 
     // Round trip, one requester thread, one worker.
-    let handoff = super::probe::handoff_ns(o.cpus, 20_000);
-    let peer = serve_peer(bus, 1, child_cpu)?;
-    let requester = bus.requester().map_err(std::io::Error::other)?;
-    let body = [7u8; 64];
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-    let n = (o.round_trips / 4).max(200);
-    for i in 0..n + n / 10 {
-        let t = Instant::now();
-        let r = requester.request_bytes(&path, &body, Duration::from_secs(10)).map_err(std::io::Error::other)?;
-        drop(r);
-        if i >= n / 10 {
-            let _ = h.record(t.elapsed().as_nanos() as u64);
+    // Round trips, one requester thread, one worker: with the default
+    // polling (both sides sleep when idle), then with both sides
+    // busy-polling (one request in flight: its rate is 1 / round trip).
+    for (name, spins) in [("request/roundtrip/1worker", None), ("request/roundtrip/1worker/busy", Some(BUSY))] {
+        let handoff = super::probe::handoff_ns(o.cpus, 20_000);
+        let peer = serve_peer(bus, &subsystem, 1, child_cpu, spins)?;
+        let requester = bus.requester().map_err(std::io::Error::other)?;
+        if let Some(n) = spins {
+            requester.set_spins(n);
         }
+        let body = [7u8; 64];
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+        let n = (o.round_trips / 4).max(200);
+        let warm = n / 10;
+        let mut start = Instant::now();
+        for i in 0..n + warm {
+            if i == warm {
+                start = Instant::now();
+            }
+            let t = Instant::now();
+            let r = requester.request_bytes(&path, &body, Duration::from_secs(10)).map_err(std::io::Error::other)?;
+            drop(r);
+            if i >= warm {
+                let _ = h.record(t.elapsed().as_nanos() as u64);
+            }
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        drop(requester);
+        drop(peer);
+        let p = Percentiles::of(&h);
+        let rt = RequestMeasurement { latency: Some(p), per_sec: Some(rate), ..RequestMeasurement::new(name, handoff) };
+        writeln!(progress, "{}: p50 {} ns, p99 {} ns, {rate:.0} requests/s", rt.name, p.p50_ns, p.p99_ns)?;
+        out.push(rt);
     }
-    drop(requester);
-    drop(peer);
-    let p = Percentiles::of(&h);
-    let rt = RequestMeasurement { latency: Some(p), ..RequestMeasurement::new("request/roundtrip/1worker", handoff) };
-    writeln!(progress, "{}: p50 {} ns, p99 {} ns", rt.name, p.p50_ns, p.p99_ns)?;
-    out.push(rt);
+
+    // Pipelined: one requester thread keeps `window` requests in flight to
+    // one worker; both sides poll.
+    for window in [32usize, 256] {
+        let handoff = super::probe::handoff_ns(o.cpus, 20_000);
+        let _peer = serve_peer(bus, &subsystem, 1, child_cpu, Some(BUSY))?;
+        let mut p = bus.pipeline(window).map_err(std::io::Error::other)?;
+        p.set_spins(BUSY);
+        let body = [3u8; 64];
+        let mut run = |until: Instant| -> std::io::Result<u64> {
+            let mut done = 0u64;
+            loop {
+                let now = Instant::now() < until;
+                if now && p.in_flight() < p.window() {
+                    p.submit_bytes(&path, &body, Duration::from_secs(10)).map_err(std::io::Error::other)?;
+                    continue;
+                }
+                match p.next() {
+                    Some((_, reply)) => {
+                        drop(reply.map_err(std::io::Error::other)?);
+                        done += 1;
+                    }
+                    None => return Ok(done),
+                }
+            }
+        };
+        run(Instant::now() + Duration::from_millis(50))?; // warm-up
+        let start = Instant::now();
+        let done = run(start + o.duration.max(Duration::from_millis(200)))?;
+        let rate = done as f64 / start.elapsed().as_secs_f64();
+        let name = format!("request/pipelined/window{window}/1worker");
+        writeln!(progress, "{name}: {rate:.0} requests/s")?;
+        out.push(RequestMeasurement { per_sec: Some(rate), ..RequestMeasurement::new(name, handoff) });
+    }
 
     // Throughput with 1, 2, 4 workers, 4 requester threads, each with its
     // own requester (a shared one hands replies between its threads).
     for workers in [1usize, 2, 4] {
         let handoff = super::probe::handoff_ns(o.cpus, 20_000);
-        let _peer = serve_peer(bus, workers, None)?;
+        let _peer = serve_peer(bus, &subsystem, workers, child_cpu, None)?;
         let requesters: Vec<_> =
             (0..4).map(|_| bus.requester().map_err(std::io::Error::other)).collect::<Result<_, _>>()?;
         let start = Instant::now();
