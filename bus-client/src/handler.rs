@@ -122,15 +122,15 @@ pub struct Context<'a, 'p> {
 }
 
 impl<'a, 'p> Context<'a, 'p> {
-    pub(crate) fn new(msg: &'a Message<'a>, params: matchit::Params<'a, 'a>, publisher: &'p mut Publisher) -> Self {
-        Context { msg, params, publisher, replied: false, defer: false }
-    }
-
-    /// A context whose reply is pushed by the worker's next
-    /// [`Publisher::flush_deferred`], with the other replies of its batch.
-    pub(crate) fn deferring(mut self) -> Self {
-        self.defer = true;
-        self
+    /// With `defer`, its reply waits for the worker's
+    /// [`Publisher::flush_deferred`] (a batching worker's end of batch).
+    pub(crate) fn new(
+        msg: &'a Message<'a>,
+        params: matchit::Params<'a, 'a>,
+        publisher: &'p mut Publisher,
+        defer: bool,
+    ) -> Self {
+        Context { msg, params, publisher, replied: false, defer }
     }
 
     /// The message.
@@ -213,7 +213,7 @@ impl<'a, 'p> Context<'a, 'p> {
         let loan = write(loan)?.reply(corr, error).trace_id(trace);
         bus_core::crash_point!(ReplyBeforePush);
         if self.defer {
-            loan.defer();
+            loan.defer(sender_serial);
             return Ok(());
         }
         loan.send().map(|_| ()).map_err(|f| f.error)

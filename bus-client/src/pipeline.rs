@@ -31,11 +31,14 @@ pub struct Pending {
     /// The correlation id: generation in the high 32 bits, slab index in
     /// the low 32.
     id: u64,
+    /// The pipeline's reply queue: a ticket of another pipeline is none
+    /// of this one's.
+    queue: u32,
 }
 
 impl Pending {
-    fn new(index: u32, gen: u32) -> Self {
-        Pending { id: (gen as u64) << 32 | index as u64 }
+    fn new(index: u32, gen: u32, queue: u32) -> Self {
+        Pending { id: (gen as u64) << 32 | index as u64, queue }
     }
 
     fn index(self) -> usize {
@@ -62,10 +65,17 @@ enum State {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// Bumped each time the entry is freed; starts at 1, so that no
-    /// correlation id is 0 (a message that is no reply carries 0).
+    /// Bumped each time the entry is freed, or its request failed to go
+    /// out (it may have reached a group all the same); never 0, so that no
+    /// correlation id is 0 (a message that is no reply carries 0). Starts
+    /// from a per-pipeline seed, so that a reply meant for another
+    /// requester (a stale reply queue reused) is unlikely to match.
     gen: u32,
     state: State,
+}
+
+fn next_gen(gen: u32) -> u32 {
+    gen.wrapping_add(1).max(1)
 }
 
 /// Sends requests and takes their replies with up to `window` in flight,
@@ -105,21 +115,30 @@ pub struct Pipeline {
 impl Bus {
     /// A [`Pipeline`]: a requester for one thread with up to `window`
     /// requests in flight (1 to the bus's queue capacity, since its reply
-    /// queue must hold every reply). Has a reply queue of its own.
+    /// queue must hold every reply: up to half the queue capacity, leaving
+    /// room for late replies). Has a reply queue of its own.
     pub fn pipeline(&self, window: usize) -> Result<Pipeline, RequestError> {
-        let max = self.inner.seg.params().queue_capacity as usize;
+        // Half the queue: room for late and duplicate replies besides a
+        // full window, so that a worker's reply never waits for space.
+        let max = self.inner.seg.params().queue_capacity as usize / 2;
         if window == 0 || window > max {
             return Err(RequestError::InvalidWindow { window, max });
         }
         let replies = self.subscribe_unchecked(&self.reply_queue_name())?;
         replies.set_spins(REPLY_SPINS);
         let queue = replies.queue();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+            .unwrap_or(0)
+            ^ queue.rotate_left(8);
+        let seed = seed.max(1);
         Ok(Pipeline {
             bus: self.clone(),
             publisher: self.publisher().create()?,
             replies,
             queue,
-            slab: vec![Entry { gen: 1, state: State::Free }; window],
+            slab: vec![Entry { gen: seed, state: State::Free }; window],
             free: (0..window as u32).rev().collect(),
             arrived: VecDeque::with_capacity(window),
             in_flight: 0,
@@ -165,16 +184,15 @@ impl Pipeline {
         timeout: Duration,
         send: impl FnOnce(&mut Publisher, u64) -> Result<u64, SendError>,
     ) -> Result<Pending, ReplyError> {
-        if self.free.is_empty() {
-            // Entries whose time ran out are free again (their outcome is
-            // lost to a caller that never asked for it).
-            self.expire(Instant::now(), false);
-        }
+        // A full window stays full until the caller takes outcomes with
+        // `next` or `wait` (every request's outcome is reported, a timeout
+        // too).
         let Some(&index) = self.free.last() else {
             return Err(ReplyError::WindowFull { window: self.window() });
         };
-        let pending = Pending::new(index, self.slab[index as usize].gen);
-        let deadline = Instant::now() + timeout;
+        let pending = Pending::new(index, self.slab[index as usize].gen, self.queue);
+        let now = Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(86_400 * 365));
         // The request's timeout covers the send too.
         self.publisher.set_block_timeout(timeout.min(self.bus.inner.send_timeout));
         match send(&mut self.publisher, pending.id) {
@@ -184,9 +202,18 @@ impl Pipeline {
                 self.in_flight += 1;
                 Ok(pending)
             }
-            Err(SendError::BusGone) => Err(ReplyError::BusGone),
-            Err(SendError::Timeout { .. }) if Instant::now() >= deadline => Err(ReplyError::Timeout(timeout)),
-            Err(e) => Err(ReplyError::Send(e)),
+            Err(e) => {
+                // Not sent, or sent to some groups only: the id is not
+                // used again, so that a reply to a copy that did go out
+                // finds no request (and is released).
+                let e2 = &mut self.slab[index as usize];
+                e2.gen = next_gen(e2.gen);
+                Err(match e {
+                    SendError::BusGone => ReplyError::BusGone,
+                    SendError::Timeout { .. } if Instant::now() >= deadline => ReplyError::Timeout(timeout),
+                    e => ReplyError::Send(e),
+                })
+            }
         }
     }
 
@@ -203,8 +230,13 @@ impl Pipeline {
             if self.in_flight == 0 {
                 return None;
             }
+            // Replies already queued count as in time, however late the
+            // caller comes for them: take them before judging deadlines.
+            if self.take_replies(Duration::ZERO).is_ok() && !self.arrived.is_empty() {
+                continue;
+            }
             let now = Instant::now();
-            if let Some((pending, e)) = self.expire(now, true) {
+            if let Some((pending, e)) = self.expire(now) {
                 return Some((pending, Err(e)));
             }
             let first = self.earliest_deadline().unwrap_or(now);
@@ -221,7 +253,7 @@ impl Pipeline {
     pub fn wait(&mut self, pending: Pending) -> Result<Response<'_>, ReplyError> {
         let index = pending.index();
         match self.slab.get(index) {
-            Some(e) if e.gen == pending.gen() && !matches!(e.state, State::Free) => {}
+            Some(e) if pending.queue == self.queue && e.gen == pending.gen() && !matches!(e.state, State::Free) => {}
             _ => return Err(ReplyError::NotInFlight),
         }
         loop {
@@ -235,6 +267,12 @@ impl Pipeline {
                 State::Waiting { deadline, timeout } => {
                     let now = Instant::now();
                     if now >= deadline {
+                        // Queued in time, taken late: still in time.
+                        if self.take_replies(Duration::ZERO).is_ok()
+                            && matches!(self.slab[index].state, State::Arrived(_))
+                        {
+                            continue;
+                        }
                         self.free_entry(index);
                         return Err(ReplyError::Timeout(timeout));
                     }
@@ -249,10 +287,18 @@ impl Pipeline {
     }
 
     /// Receives what replies are queued, waiting up to `within` (at most
-    /// [`EXPIRY_CHECK`]) for the first. Each goes to its entry; one for no
-    /// entry in flight (late, or forged) is released.
+    /// [`EXPIRY_CHECK`]; zero: not at all) for the first. Each goes to its
+    /// entry; one for no entry in flight (late, or forged) is released.
     fn take_replies(&mut self, within: Duration) -> Result<(), ReplyError> {
-        let first = match self.replies.recv_timeout(within.min(EXPIRY_CHECK)) {
+        if self.bus.inner.forked() {
+            return Err(ReplyError::Send(SendError::Forked));
+        }
+        let got = if within.is_zero() {
+            self.replies.try_recv().and_then(|m| m.ok_or(RecvError::Timeout(Duration::ZERO)))
+        } else {
+            self.replies.recv_timeout(within.min(EXPIRY_CHECK))
+        };
+        let first = match got {
             Ok(m) => m,
             Err(RecvError::BusGone) => return Err(ReplyError::BusGone),
             Err(RecvError::Forked) => return Err(ReplyError::Send(SendError::Forked)),
@@ -261,7 +307,7 @@ impl Pipeline {
         };
         let mut next = Some(first);
         while let Some(m) = next {
-            let pending = Pending { id: m.correlation_id() };
+            let pending = Pending { id: m.correlation_id(), queue: self.queue };
             let slot = m.into_slot();
             match self.slab.get_mut(pending.index()) {
                 Some(e) if e.gen == pending.gen() && matches!(e.state, State::Waiting { .. }) => {
@@ -278,17 +324,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Frees entries whose deadline passed (their late replies will be
-    /// released). With `one`, stops at the first and returns it with its
-    /// error.
-    fn expire(&mut self, now: Instant, one: bool) -> Option<(Pending, ReplyError)> {
+    /// Frees the first entry whose deadline passed (its late reply will be
+    /// released) and returns it with its error.
+    fn expire(&mut self, now: Instant) -> Option<(Pending, ReplyError)> {
         for index in 0..self.slab.len() {
             if let State::Waiting { deadline, timeout } = self.slab[index].state {
                 if now >= deadline {
-                    let pending = self.free_entry(index);
-                    if one {
-                        return Some((pending, ReplyError::Timeout(timeout)));
-                    }
+                    return Some((self.free_entry(index), ReplyError::Timeout(timeout)));
                 }
             }
         }
@@ -307,6 +349,10 @@ impl Pipeline {
 
     /// Hands the arrived reply of entry `index` over as a [`Response`].
     fn complete(&mut self, index: usize) -> (Pending, Result<Response<'_>, ReplyError>) {
+        if self.bus.inner.forked() {
+            // The parent's reply: not ours to read or release.
+            return (self.free_entry(index), Err(ReplyError::Send(SendError::Forked)));
+        }
         let State::Arrived(slot) = self.slab[index].state else {
             unreachable!("only arrived entries are completed");
         };
@@ -323,8 +369,8 @@ impl Pipeline {
     /// was.
     fn free_entry(&mut self, index: usize) -> Pending {
         let e = &mut self.slab[index];
-        let pending = Pending::new(index as u32, e.gen);
-        e.gen = e.gen.wrapping_add(1).max(1);
+        let pending = Pending::new(index as u32, e.gen, self.queue);
+        e.gen = next_gen(e.gen);
         e.state = State::Free;
         self.free.push(index as u32);
         self.in_flight -= 1;

@@ -55,6 +55,9 @@ struct Deferred {
     slot: SlotIndex,
     route: Route,
     subsystem_len: usize,
+    /// The requester's connection serial: the queue must still be a reply
+    /// queue of that client when the reply is pushed.
+    serial: u64,
 }
 
 /// What a send does when the pool is exhausted or the queue is full.
@@ -394,17 +397,27 @@ impl Publisher {
         let mut i = 0;
         while i < deferred.len() {
             let first = deferred[i];
-            let run = deferred[i..].iter().take_while(|d| d.route.to.subsystem == first.route.to.subsystem).count();
+            let run = deferred[i..]
+                .iter()
+                .take_while(|d| d.route.to.subsystem == first.route.to.subsystem && d.serial == first.serial)
+                .count();
             self.batch.clear();
             self.batch.extend(deferred[i..i + run].iter().map(|d| d.slot));
             i += run;
             let mut route = first.route;
-            let pushed = match self.revalidate(first.slot, &mut route, first.subsystem_len) {
-                Ok(_) => match self.push_batch(&mut route, first.subsystem_len) {
+            // Checked again now, not only when the reply was deferred: the
+            // requester may have died since, and its entry may be another
+            // client's reply queue by now.
+            let seg = &self.bus.inner.seg;
+            let still_theirs = routing::read(seg, first.route.to.subsystem)
+                .is_some_and(|v| v.subscribers > 0 && crate::handler::is_reply_queue_of(v.name(), first.serial));
+            let pushed = match still_theirs.then(|| self.revalidate(first.slot, &mut route, first.subsystem_len)) {
+                None => 0,
+                Some(Ok(_)) => match self.push_batch(&mut route, first.subsystem_len) {
                     Ok(()) => run,
                     Err((pushed, _)) => pushed,
                 },
-                Err(_) => 0,
+                Some(Err(_)) => 0,
             };
             if pushed < run {
                 dropped += run - pushed;
@@ -854,19 +867,21 @@ impl<'a> Loan<'a> {
         id
     }
 
-    /// Stamps a reply and keeps it for [`Publisher::flush_deferred`]
-    /// (called by the caller, or here once a chunk is full), so that the
+    /// Stamps a reply to a request of client `serial` and keeps it for
+    /// [`Publisher::flush_deferred`] (called by the caller, or here once a
+    /// chunk is full), so that the
     /// replies of a batch of requests to one requester take one ring
     /// operation and one wake-up. The slot stays Loaned until then: a
     /// worker killed before the flush loses the reply, and the request it
     /// still holds is redelivered.
-    pub(crate) fn defer(self) -> u64 {
+    pub(crate) fn defer(self, serial: u64) -> u64 {
         debug_assert!(self.route.direct, "only replies are deferred");
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
         let id = Self::stamp(publisher, me.slot);
-        publisher.deferred.push(Deferred { slot: me.slot, route: me.route, subsystem_len: me.subsystem_len });
+        let d = Deferred { slot: me.slot, route: me.route, subsystem_len: me.subsystem_len, serial };
+        publisher.deferred.push(d);
         if publisher.deferred.len() >= BATCH_CHUNK {
             publisher.flush_deferred();
         }

@@ -22,12 +22,13 @@ pub struct ServeBuilder {
     workers: usize,
     group: Option<String>,
     spins: Option<u32>,
+    batch: usize,
 }
 
 impl Bus {
     /// Serves `router`'s subsystem (see [`ServeBuilder::start`]).
     pub fn serve(&self, router: Router) -> ServeBuilder {
-        ServeBuilder { bus: self.clone(), router: Arc::new(router), workers: 1, group: None, spins: None }
+        ServeBuilder { bus: self.clone(), router: Arc::new(router), workers: 1, group: None, spins: None, batch: 1 }
     }
 }
 
@@ -42,6 +43,10 @@ pub struct ServiceStats {
     pub failed: AtomicU64,
     /// Handlers that panicked.
     pub panicked: AtomicU64,
+    /// Replies of a batching worker ([`ServeBuilder::batch`]) that could
+    /// not be pushed at the end of their batch (the requester left, or its
+    /// reply queue stayed full for the send timeout).
+    pub replies_dropped: AtomicU64,
 }
 
 impl ServeBuilder {
@@ -69,6 +74,24 @@ impl ServeBuilder {
         self
     }
 
+    /// Lets each worker take up to `n` queued requests at once (1 to
+    /// [`MAX_WORKER_BATCH`]; default 1), for services of fast handlers
+    /// under heavy load, such as a pipelined requester's: a worker then
+    /// runs its batch's handlers one after the other, pushes the replies of
+    /// the batch to each requester with one ring operation and one
+    /// wake-up when the batch is done, and only then releases the
+    /// requests (a worker killed before that has them redelivered: their
+    /// handlers may run twice, as for any redelivered message). The
+    /// trade-offs: a handler's reply waits for the rest of its batch, and
+    /// the requests of one batch do not run concurrently with each other.
+    /// A worker starts each run of requests at one per batch, doubles
+    /// while handlers take under 20 µs each, and drops back to one as soon
+    /// as they do not.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.clamp(1, MAX_WORKER_BATCH);
+        self
+    }
+
     /// Subscribes every worker, then starts them.
     pub fn start(self) -> Result<Service, RequestError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -87,7 +110,7 @@ impl ServeBuilder {
             }
             let publisher = self.bus.publisher().create()?;
             let (router, stop, stats) = (self.router.clone(), stop.clone(), stats.clone());
-            let batch = if self.workers == 1 { WORKER_BATCH } else { SHARED_WORKER_BATCH };
+            let batch = self.batch;
             let t = std::thread::Builder::new()
                 .name(format!("shmbus-{}-{w}", self.router.subsystem()))
                 .spawn(move || worker(sub, publisher, &router, &stop, &stats, batch))
@@ -98,17 +121,15 @@ impl ServeBuilder {
     }
 }
 
-/// Most requests a worker takes at once when it is the service's only one.
-/// With several, fewer, so that a burst spreads over the workers.
-const WORKER_BATCH: usize = 32;
-const SHARED_WORKER_BATCH: usize = 8;
-
-/// Handling time per request above which a worker takes one request at a
-/// time: batches save ring operations worth tens of nanoseconds, which a
-/// slow handler does not notice, while requests held in a slow worker's
-/// batch wait for it although another worker (or another process serving
-/// the group) may be idle.
+/// Handling time per request above which a batching worker goes back to
+/// one request at a time: batches save ring operations worth tens of
+/// nanoseconds, which a slow handler does not notice, while requests held
+/// in a slow worker's batch wait for it although another worker (or
+/// another process serving the group) may be idle.
 const FAST_HANDLER: Duration = Duration::from_micros(20);
+
+/// Most requests a batching worker takes at once.
+pub const MAX_WORKER_BATCH: usize = 256;
 
 fn worker(
     sub: crate::Subscriber,
@@ -127,34 +148,47 @@ fn worker(
             Err(RecvError::Timeout(_)) | Err(RecvError::Corrupt(_)) => continue,
             Err(_) => return, // the bus is gone
         }
-        // More queued than this batch took: wake another sleeping worker
+        // More queued than this worker took: wake another sleeping worker
         // for them (each woken worker does the same, so a burst wakes as
         // many workers as it needs, not one).
         sub.wake_another_if_queued();
+        let defer = batch > 1;
         let started = std::time::Instant::now();
         for msg in &msgs {
-            handle(msg, &mut publisher, router, stats);
+            handle(msg, &mut publisher, router, stats, defer);
         }
-        take = if started.elapsed() < FAST_HANDLER * msgs.len() as u32 { (take * 2).min(batch) } else { 1 };
-        // The replies first (one ring operation and one wake-up per
-        // requester), then the requests are released: a worker killed in
-        // between has its requests redelivered, so no reply is lost.
-        publisher.flush_deferred();
+        if defer {
+            take = if started.elapsed() < FAST_HANDLER * msgs.len() as u32 { (take * 2).min(batch) } else { 1 };
+            // The replies first (one ring operation and one wake-up per
+            // requester), then the requests are released: a worker killed
+            // before the flush has its requests redelivered, so no reply
+            // is lost (one killed after it, but before the release, has
+            // them redelivered too: those handlers run twice).
+            let dropped = publisher.flush_deferred();
+            stats.replies_dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
         msgs.clear();
     }
 }
 
 /// Runs the handler of one message, replying (deferred) as the service
 /// promises: an error reply when there is no route, the handler fails or
-/// panics, and an empty one when a request got none.
-fn handle(msg: &crate::Message<'_>, publisher: &mut crate::Publisher, router: &Router, stats: &ServiceStats) {
+/// panics, and an empty one when a request got none. With `defer`, the
+/// replies wait for the worker's flush at the end of its batch.
+fn handle(
+    msg: &crate::Message<'_>,
+    publisher: &mut crate::Publisher,
+    router: &Router,
+    stats: &ServiceStats,
+    defer: bool,
+) {
     let Some((handler, params)) = router.at(msg.route()) else {
         stats.unrouted.fetch_add(1, Ordering::Relaxed);
         let text = format!("no route matches {:?} in subsystem {:?}", msg.route(), router.subsystem());
-        let _ = Context::new(msg, matchit::Params::new(), publisher).deferring().reply_error(kind::NO_ROUTE, &text);
+        let _ = Context::new(msg, matchit::Params::new(), publisher, defer).reply_error(kind::NO_ROUTE, &text);
         return;
     };
-    let mut ctx = Context::new(msg, params, publisher).deferring();
+    let mut ctx = Context::new(msg, params, publisher, defer);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut ctx)));
     let _ = match outcome {
         Ok(Ok(())) => {

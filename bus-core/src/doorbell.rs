@@ -130,14 +130,21 @@ impl Doorbell {
     /// requirement as [`Doorbell::ring`].
     #[inline]
     pub fn ring_n(&self, n: u32) {
-        if n <= 1 {
-            return self.ring();
-        }
-        if self.has_waiters() {
-            // SYNC: doorbell-pending — as in `wake_once` (the flag only
-            // spares later ringers a syscall; waking more is always safe).
-            self.pending.swap(1, Ordering::SeqCst);
-            self.wake(n);
+        crate::sync::seqcst_order_for_loom();
+        // SYNC: doorbell — the same SeqCst load as `has_waiters`.
+        let waiters = self.waiters.load(Ordering::SeqCst);
+        match waiters.min(n) {
+            0 => {}
+            // One to wake: as `ring`, which spares the syscall while a
+            // wake-up is already on its way.
+            1 => self.wake_once(),
+            k => {
+                // SYNC: doorbell-pending — as in `wake_once`: the flag only
+                // spares later ringers a syscall, and the sleepers woken
+                // here clear it; waking more is always safe.
+                self.pending.swap(1, Ordering::SeqCst);
+                self.wake(k);
+            }
         }
     }
 

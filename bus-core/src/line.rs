@@ -66,8 +66,13 @@ fn has_prefetchw() -> bool {
         0 => {
             // Leaf 8000_0001h is asked only if the highest extended leaf
             // reaches it.
-            let yes = core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0001
-                && core::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+            // SAFETY: CPUID exists on every x86-64 CPU. (`__cpuid` is a safe
+            // function on recent toolchains, an unsafe one on older ones.)
+            #[allow(unused_unsafe)]
+            let yes = unsafe {
+                core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0001
+                    && core::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0
+            };
             HAS.store(if yes { 2 } else { 1 }, Relaxed);
             yes
         }

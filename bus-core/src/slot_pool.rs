@@ -581,10 +581,11 @@ impl<'a> Port<'a> {
     fn dequeue_counted(&self, g: &Group, max: usize, mut f: impl FnMut(SlotIndex)) -> (usize, usize) {
         let Some(ring) = self.seg.queue(g.queue) else { return (0, 0) };
         let ring_id = ring_of_queue(g.queue);
-        // The claims below CAS header lines the publisher wrote. Fetch them
-        // first (and the next message's too, when taking one: a busy
-        // receiver then finds it in its cache on the next call).
-        self.prefetch_headers(&ring, max.max(2));
+        // The claims below CAS header lines the publisher wrote: fetch them
+        // first. Only those this call will claim (as far as it can tell):
+        // a line fetched for writing is taken from every other core, a
+        // co-consumer's or another group's included.
+        self.prefetch_headers(&ring, max);
         let mut taken = 0;
         let mut skipped = 0;
         let popped = ring.pop_many(

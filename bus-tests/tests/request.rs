@@ -161,3 +161,49 @@ fn the_cli_sends_a_request_and_prints_the_reply() {
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("nope"), "{err}");
 }
+
+#[test]
+fn handlers_still_run_concurrently_after_many_quick_requests() {
+    // Workers that took thousands of fast requests must not have grown
+    // batches that hold requests others could run: the barrier needs three
+    // handlers in at once.
+    let bus = TestBus::start(&["--slots", "512", "--slot-size", "256"]);
+    let _svc = serving(&bus, 3);
+    let c = bus.connect();
+    let mut p = c.pipeline(32).unwrap();
+    for i in 0..3000u32 {
+        if p.in_flight() == p.window() {
+            p.next().unwrap().1.unwrap();
+        }
+        p.submit_bytes("svc://echo/w", &i.to_le_bytes(), T).unwrap();
+    }
+    while let Some((_, r)) = p.next() {
+        r.unwrap();
+    }
+    let t: Vec<_> = (0..3).map(|_| p.submit_bytes("svc://barrier", b"", T).unwrap()).collect();
+    for x in t {
+        assert_eq!(p.wait(x).unwrap().body_bytes().unwrap(), b"together");
+    }
+}
+
+#[test]
+fn a_reply_goes_out_when_the_handler_sends_it_not_when_the_handler_returns() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    let router = bus_client::Router::new("early")
+        .unwrap()
+        .route("job", |ctx| {
+            ctx.reply_bytes(b"accepted")?;
+            std::thread::sleep(Duration::from_millis(1000)); // the job itself
+            Ok(())
+        })
+        .unwrap();
+    let service = c.serve(router).start().unwrap();
+    let r = c.requester().unwrap();
+    let t0 = Instant::now();
+    let reply = r.request_bytes("early://job", b"", Duration::from_millis(500)).unwrap();
+    assert_eq!(reply.body_bytes().unwrap(), b"accepted");
+    assert!(t0.elapsed() < Duration::from_millis(500));
+    drop(reply);
+    service.stop();
+}

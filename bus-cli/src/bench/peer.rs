@@ -257,6 +257,9 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             if let Some(n) = kv(spec, "spins").and_then(|n| n.parse().ok()) {
                 serve = serve.spins(n);
             }
+            if let Some(n) = kv(spec, "batch").and_then(|n| n.parse().ok()) {
+                serve = serve.batch(n);
+            }
             let service = serve.start().map_err(std::io::Error::other)?;
             writeln!(out, "ready")?;
             out.flush()?;

@@ -1,7 +1,7 @@
 //! Request/response measurements (`shmbus bench --only requests`): round
 //! trip latency to a service in another process (sleeping and
 //! busy-polling, one request in flight), request throughput with 1, 2 and 4
-//! worker threads, pipelined requests (a window of 32 and of 256 in flight
+//! worker threads, pipelined requests (a window of 32 and of 128 in flight
 //! from one thread), and in-process timings of the pieces the seed system's
 //! plan measured (message creation, route matching among 100 routes, bytes
 //! per message). The service runs on the second CPU, the requesters on the
@@ -45,16 +45,20 @@ impl RequestMeasurement {
 /// milliseconds, far longer than any wait between two requests there.
 const BUSY: u32 = 1 << 20;
 
+/// A service peer: `workers` threads, pinned to `cpu`, polling `spins`
+/// times before sleeping, taking requests `batch` at a time.
 fn serve_peer(
     bus: &Bus,
     subsystem: &str,
     workers: usize,
     cpu: Option<usize>,
     spins: Option<u32>,
+    batch: usize,
 ) -> std::io::Result<Peer> {
     let cpu_s = cpu.map(|c| format!(" cpu={c}")).unwrap_or_default();
     let spins_s = spins.map(|n| format!(" spins={n}")).unwrap_or_default();
-    Peer::spawn(&format!("serve subsystem={subsystem} workers={workers}{cpu_s}{spins_s}"), &[], Some(bus.socket_path()))
+    let spec = format!("serve subsystem={subsystem} workers={workers} batch={batch}{cpu_s}{spins_s}");
+    Peer::spawn(&spec, &[], Some(bus.socket_path()))
 }
 
 /// Runs the request measurements.
@@ -74,7 +78,7 @@ pub fn run(
     // busy-polling (one request in flight: its rate is 1 / round trip).
     for (name, spins) in [("request/roundtrip/1worker", None), ("request/roundtrip/1worker/busy", Some(BUSY))] {
         let handoff = super::probe::handoff_ns(o.cpus, 20_000);
-        let peer = serve_peer(bus, &subsystem, 1, child_cpu, spins)?;
+        let peer = serve_peer(bus, &subsystem, 1, child_cpu, spins, 1)?;
         let requester = bus.requester().map_err(std::io::Error::other)?;
         if let Some(n) = spins {
             requester.set_spins(n);
@@ -105,10 +109,10 @@ pub fn run(
     }
 
     // Pipelined: one requester thread keeps `window` requests in flight to
-    // one worker; both sides poll.
-    for window in [32usize, 256] {
+    // one worker that takes them up to 32 at a time; both sides poll.
+    for window in [32usize, 128] {
         let handoff = super::probe::handoff_ns(o.cpus, 20_000);
-        let _peer = serve_peer(bus, &subsystem, 1, child_cpu, Some(BUSY))?;
+        let _peer = serve_peer(bus, &subsystem, 1, child_cpu, Some(BUSY), 32)?;
         let mut p = bus.pipeline(window).map_err(std::io::Error::other)?;
         p.set_spins(BUSY);
         let body = [3u8; 64];
@@ -142,7 +146,7 @@ pub fn run(
     // own requester (a shared one hands replies between its threads).
     for workers in [1usize, 2, 4] {
         let handoff = super::probe::handoff_ns(o.cpus, 20_000);
-        let _peer = serve_peer(bus, &subsystem, workers, child_cpu, None)?;
+        let _peer = serve_peer(bus, &subsystem, workers, child_cpu, None, 1)?;
         let requesters: Vec<_> =
             (0..4).map(|_| bus.requester().map_err(std::io::Error::other)).collect::<Result<_, _>>()?;
         let start = Instant::now();

@@ -197,7 +197,12 @@ fn main() -> ExitCode {
                     Ok(ctx.reply_bytes(b"together")?)
                 })
                 .unwrap();
-            let service = bus.serve(router).workers(num("workers", 1) as usize).start().expect("serve");
+            let service = bus
+                .serve(router)
+                .workers(num("workers", 1) as usize)
+                .batch(num("batch", 1) as usize)
+                .start()
+                .expect("serve");
             writeln!(out, "serving").unwrap();
             out.flush().unwrap();
             service.join();
