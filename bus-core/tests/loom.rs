@@ -114,6 +114,28 @@ fn two_sleeping_consumers_of_one_ring_are_both_woken() {
 }
 
 #[test]
+fn a_batch_push_rung_once_for_its_size_wakes_both_sleeping_consumers() {
+    // `ring_n` (a batch of requests for sleeping workers): one call after
+    // both pushes must reach both sleepers, whichever of them announced
+    // itself when.
+    loom::model(|| {
+        let r = Arc::new(OwnedRing::new(2));
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let r = r.clone();
+                thread::spawn(move || pop_blocking(&r, 1))
+            })
+            .collect();
+        let ring = r.ring();
+        assert_eq!(ring.push_many(&[0, 1], |_| {}), 2);
+        ring.notify_items_n(2);
+        let mut got: Vec<u32> = consumers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![0, 1]);
+    });
+}
+
+#[test]
 fn batch_pushes_and_pops_lapping_a_small_ring_keep_fifo_order() {
     loom::model(|| {
         let r = Arc::new(OwnedRing::new(2));
