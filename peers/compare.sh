@@ -3,6 +3,9 @@
 # that both sides of every ratio saw the same state of the machine.
 #   peers/compare.sh [ROUNDS]      (from the repository root, after
 #   cargo build --release -p bus-daemon -p bus-cli and the peers build in peers/README.md)
+# With FLOOR=path/to/bench-floor (the measuring stick of ../shared/bench-floor,
+# built outside this repository), its variants A and C run in the same rounds
+# and the ratios to them are printed too.
 set -euo pipefail
 rounds=${1:-5}
 ice=./target/peers/release/iceoryx2-bench
@@ -13,6 +16,9 @@ for r in $(seq "$rounds"); do
   "$ice" --rounds 1 2>/dev/null | grep -v '^#' | grep round= | sed "s/round=1/round=$r/;s/^/ice-spin /" >> "$out/ice"
   "$ice" --rounds 1 --only 1toN --sub-idle yield 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-yield /" >> "$out/ice"
   "$shm" bench --only throughput --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
+  if [ -n "${FLOOR:-}" ]; then
+    for v in A C; do "$FLOOR" "$v" 2>/dev/null | grep RESULT | sed "s/^/$r $v /" >> "$out/floor"; done
+  fi
 done
 python3 - "$out" "$rounds" <<'PY'
 import json, re, sys, statistics as st
@@ -52,5 +58,19 @@ print()
 print(f"shmbus 1->4 groups / iceoryx2 1->4 busy-poll, per subscriber, paired rounds: {ratio(g, ice.get(('ice-spin','1to4'),{})):.2f}x")
 print(f"shmbus 1->4 groups / iceoryx2 1->4 yielding, per subscriber, paired rounds: {ratio(g, ice.get(('ice-yield','1to4'),{})):.2f}x")
 print(f"shmbus 1->1 / iceoryx2 1->1, paired rounds: {ratio(shmbus, ice.get(('ice-spin','1to1'),{})):.2f}x")
+import os
+if os.path.exists(f"{out}/floor"):
+    fl = {}
+    for line in open(f"{out}/floor"):
+        f = line.split()
+        fl.setdefault(f[1], {})[int(f[0])] = (float(re.search(r"rate=([0-9.]+)", line).group(1)), float("nan"))
+    b32 = shm.get("throughput-batch32/shmbus/64/header", {})
+    for v, name in (("A", "bench-floor A (one message per operation)"), ("C", "bench-floor C (batches of 32)")):
+        d = fl.get(v, {})
+        if d:
+            print(f"{name}: median {st.median(x[0] for x in d.values())/1e6:.2f} M")
+    print(f"shmbus 1->1 / bench-floor A, paired rounds: {ratio(shmbus, fl.get('A', {})):.3f}x")
+    print(f"shmbus batches of 32 / bench-floor C, paired rounds: {ratio(b32, fl.get('C', {})):.3f}x")
+    print(f"shmbus batches of 32 / iceoryx2 1->1, paired rounds: {ratio(b32, ice.get(('ice-spin','1to1'),{})):.2f}x")
 print(f"tap draining / 1->1 alone: {ratio(shm.get('throughput-with-tap/shmbus/64',{}), shmbus):.2f}x; stopped tap / 1->1 alone: {ratio(shm.get('throughput-with-stopped-tap/shmbus/64',{}), shmbus):.2f}x")
 PY
