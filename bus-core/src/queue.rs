@@ -141,6 +141,7 @@ impl<'a> Ring<'a> {
     /// check on the hot path, where the segment hands out ring views for
     /// every message.
     #[inline]
+    #[cfg_attr(loom, allow(dead_code))] // the segment, its only user, is not built under loom
     pub(crate) fn new_validated(header: &'a RingHeader, cells: &'a [Cell]) -> Self {
         debug_assert!(Self::valid_capacity(cells.len()));
         Ring { header, cells }

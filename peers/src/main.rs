@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use iceoryx2::port::update_connections::UpdateConnections;
 use iceoryx2::prelude::*;
 
+mod pingpong;
+
 const ICEORYX2_VERSION: &str = "0.10.0";
 
 const ROLE_ENV: &str = "ICEORYX2_BENCH_ROLE";
@@ -93,10 +95,7 @@ fn set_affinity(cpu: Option<usize>) -> Result<(), String> {
 }
 
 fn env_u64(name: &str) -> u64 {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} not set"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} not set")).parse().unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -115,10 +114,7 @@ fn subscriber_main() -> Result<(), Box<dyn std::error::Error>> {
     let yield_when_empty = std::env::var(IDLE_ENV).as_deref() == Ok("yield");
 
     let node = NodeBuilder::new().create::<ipc::Service>()?;
-    let service = node
-        .service_builder(&service_name.as_str().try_into()?)
-        .publish_subscribe::<Msg>()
-        .open()?;
+    let service = node.service_builder(&service_name.as_str().try_into()?).publish_subscribe::<Msg>().open()?;
     let subscriber = service.subscriber_builder().buffer_size(buffer).create()?;
 
     let mut expected: u64 = 0; // next sequence number expected
@@ -127,7 +123,7 @@ fn subscriber_main() -> Result<(), Box<dyn std::error::Error>> {
     let mut reordered: u64 = 0; // seq below the expected one (must never happen)
     let mut first_seq: Option<u64> = None;
     let mut window: Option<(u64, u64)> = None; // [start, end) in CLOCK_MONOTONIC ns
-    // (time, received) at the first clock reading inside / after the window
+                                               // (time, received) at the first clock reading inside / after the window
     let mut at_start: Option<(u64, u64)> = None;
     let mut at_end: Option<(u64, u64)> = None;
     let mut iter: u64 = 0;
@@ -209,12 +205,17 @@ struct Opts {
     probe: bool,
     /// Subscribers call sched_yield() after an empty receive() instead of spinning.
     sub_yield: bool,
+    /// Ping-pong latency at 8 B, 64 B and 4 KiB instead of throughput.
+    latency: bool,
+    /// Timed round trips per latency run.
+    round_trips: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: iceoryx2-bench [--rounds R (5)] [--subs N (4)] [--duration-ms D (1000)] \
-         [--warmup-ms W (200)] [--buffer B (1024)] [--only 1to1|1toN] [--no-probe] [--sub-idle spin|yield (spin)]"
+         [--warmup-ms W (200)] [--buffer B (1024)] [--only 1to1|1toN] [--no-probe] [--sub-idle spin|yield (spin)] \
+         [--latency [--round-trips N (20000)]]"
     );
     std::process::exit(2)
 }
@@ -230,6 +231,8 @@ fn parse_opts() -> Opts {
         run_1ton: true,
         probe: true,
         sub_yield: false,
+        latency: false,
+        round_trips: 20_000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -246,6 +249,8 @@ fn parse_opts() -> Opts {
             "--warmup-ms" => o.warmup_ns = val("--warmup-ms") * 1_000_000,
             "--buffer" => o.buffer = val("--buffer").max(1) as usize,
             "--no-probe" => o.probe = false,
+            "--latency" => o.latency = true,
+            "--round-trips" => o.round_trips = val("--round-trips").max(10) as usize,
             "--sub-idle" => match args.next().as_deref() {
                 Some("spin") => o.sub_yield = false,
                 Some("yield") => o.sub_yield = true,
@@ -340,10 +345,8 @@ fn run_round(
         .max_publishers(1)
         .max_subscribers(n_subs)
         .create()?;
-    let publisher = service
-        .publisher_builder()
-        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
-        .create()?;
+    let publisher =
+        service.publisher_builder().backpressure_strategy(BackpressureStrategy::RetryUntilDelivered).create()?;
 
     wd.deadline_ns.store(now_ns() + 60_000_000_000, Ordering::Relaxed);
     let exe = std::env::current_exe()?;
@@ -494,10 +497,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn check(sub: &SubResult, problems: &mut Vec<String>, what: &str) {
     if sub.lost != 0 || sub.reordered != 0 || sub.first_seq != 0 {
-        problems.push(format!(
-            "{what}: lost={} reordered={} first_seq={}",
-            sub.lost, sub.reordered, sub.first_seq
-        ));
+        problems.push(format!("{what}: lost={} reordered={} first_seq={}", sub.lost, sub.reordered, sub.first_seq));
     }
     if !sub.window_ok {
         problems.push(format!("{what}: measurement window not completed"));
@@ -505,6 +505,14 @@ fn check(sub: &SubResult, problems: &mut Vec<String>, what: &str) {
 }
 
 fn main() {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("echo") {
+        set_log_level_from_env_or(LogLevel::Warn);
+        if let Err(e) = pingpong::echo_main() {
+            eprintln!("echo error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if std::env::var(ROLE_ENV).as_deref() == Ok("subscriber") {
         set_log_level_from_env_or(LogLevel::Warn);
         if let Err(e) = subscriber_main() {
@@ -520,6 +528,13 @@ fn main() {
         std::process::exit(1)
     });
     let wd = Watchdog::start();
+    if o.latency {
+        if let Err(e) = pingpong::run(&node, o.rounds, o.round_trips, o.probe) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let n = o.subs;
     println!(
         "# iceoryx2 {ICEORYX2_VERSION} pub/sub, ipc::Service, payload 64 B (loan_uninit + write_payload + send; \

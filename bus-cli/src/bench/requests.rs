@@ -72,18 +72,35 @@ pub fn run(
     let path = format!("{subsystem}://echo/x");
     let child_cpu = o.cpus.map(|c| c.1);
 
-    // Round trip, one requester thread, one worker.
     // Round trips, one requester thread, one worker: with the default
     // polling (both sides sleep when idle), then with both sides
-    // busy-polling (one request in flight: its rate is 1 / round trip).
-    for (name, spins) in [("request/roundtrip/1worker", None), ("request/roundtrip/1worker/busy", Some(BUSY))] {
+    // busy-polling (one request in flight: its rate is 1 / round trip),
+    // through a `Requester` (shareable between threads) and through a
+    // one-thread `Pipeline` holding one request at a time.
+    let cases = [
+        ("request/roundtrip/1worker", None, false),
+        ("request/roundtrip/1worker/busy", Some(BUSY), false),
+        ("request/roundtrip/1worker/busy/pipeline", Some(BUSY), true),
+    ];
+    for (name, spins, pipelined) in cases {
         let handoff = super::probe::handoff_ns(o.cpus, 20_000);
         let peer = serve_peer(bus, &subsystem, 1, child_cpu, spins, 1)?;
         let requester = bus.requester().map_err(std::io::Error::other)?;
+        let mut pipeline = bus.pipeline(1).map_err(std::io::Error::other)?;
         if let Some(n) = spins {
             requester.set_spins(n);
+            pipeline.set_spins(n);
         }
         let body = [7u8; 64];
+        let mut ask = |body: &[u8]| -> std::io::Result<()> {
+            if pipelined {
+                let p = pipeline.submit_bytes(&path, body, Duration::from_secs(10)).map_err(std::io::Error::other)?;
+                drop(pipeline.wait(p).map_err(std::io::Error::other)?);
+            } else {
+                drop(requester.request_bytes(&path, body, Duration::from_secs(10)).map_err(std::io::Error::other)?);
+            }
+            Ok(())
+        };
         let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
         let n = (o.round_trips / 4).max(200);
         let warm = n / 10;
@@ -93,8 +110,7 @@ pub fn run(
                 start = Instant::now();
             }
             let t = Instant::now();
-            let r = requester.request_bytes(&path, &body, Duration::from_secs(10)).map_err(std::io::Error::other)?;
-            drop(r);
+            ask(&body)?;
             if i >= warm {
                 let _ = h.record(t.elapsed().as_nanos() as u64);
             }
