@@ -77,7 +77,9 @@ struct Waiting {
 }
 
 /// Sends requests and receives their replies. `Send + Sync`: share one
-/// between threads (behind an `Arc`) or make one per thread.
+/// between threads (behind an `Arc`) or make one per thread. One request
+/// in flight per calling thread; for many in flight from one thread, use a
+/// [`crate::Pipeline`] (`Bus::pipeline`).
 pub struct Requester {
     bus: Bus,
     publisher: Mutex<Publisher>,
