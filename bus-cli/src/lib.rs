@@ -1,6 +1,6 @@
 //! bus-cli: `shmbus`, the command line ([`cli::main`]), and the
 //! cross-process benchmark harness behind `shmbus bench` and the criterion
-//! benches ([`bench`]). The daemon itself lives in `bus-daemon`.
+//! benches ([`mod@bench`]). The daemon itself lives in `bus-daemon`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -43,5 +43,5 @@ pub use pipeline::{Pending, Pipeline};
 pub use publisher::{Backpressure, Loan, LoanSendError, LoanUninit, Publisher, PublisherBuilder};
 pub use request::{Reply, ReplyError, Requester, Response, REPLY_SPINS};
 pub use router::{Handler, RouteError, Router};
-pub use service::{ServeBuilder, Service, ServiceStats};
+pub use service::{ServeBuilder, Service, ServiceStats, MAX_WORKER_BATCH};
 pub use subscriber::{Message, Subscriber, SubscriptionBuilder};
