@@ -209,7 +209,7 @@ impl<'a, 'p> Context<'a, 'p> {
             _ => return Ok(()),
         }
         let (corr, trace, path) = (self.msg.correlation_id(), self.msg.trace_id(), self.msg.path());
-        let loan = self.publisher.loan_direct(queue, path)?;
+        let loan = self.publisher.loan_direct(queue, sender_serial, path)?;
         let loan = write(loan)?.reply(corr, error).trace_id(trace);
         bus_core::crash_point!(ReplyBeforePush);
         if self.defer {

@@ -268,9 +268,11 @@ impl Pipeline {
                     let now = Instant::now();
                     if now >= deadline {
                         // Queued in time, taken late: still in time.
-                        if self.take_replies(Duration::ZERO).is_ok()
-                            && matches!(self.slab[index].state, State::Arrived(_))
-                        {
+                        if let Err(gone) = self.take_replies(Duration::ZERO) {
+                            self.free_entry(index);
+                            return Err(gone);
+                        }
+                        if matches!(self.slab[index].state, State::Arrived(_)) {
                             continue;
                         }
                         self.free_entry(index);
@@ -293,17 +295,22 @@ impl Pipeline {
         if self.bus.inner.forked() {
             return Err(ReplyError::Send(SendError::Forked));
         }
-        let got = if within.is_zero() {
-            self.replies.try_recv().and_then(|m| m.ok_or(RecvError::Timeout(Duration::ZERO)))
-        } else {
-            self.replies.recv_timeout(within.min(EXPIRY_CHECK))
+        let got = loop {
+            let got = if within.is_zero() {
+                self.replies.try_recv().and_then(|m| m.ok_or(RecvError::Timeout(Duration::ZERO)))
+            } else {
+                self.replies.recv_timeout(within.min(EXPIRY_CHECK))
+            };
+            // A corrupt message was released: the replies behind it count.
+            if !matches!(got, Err(RecvError::Corrupt(_))) {
+                break got;
+            }
         };
         let first = match got {
             Ok(m) => m,
             Err(RecvError::BusGone) => return Err(ReplyError::BusGone),
             Err(RecvError::Forked) => return Err(ReplyError::Send(SendError::Forked)),
-            // Timeout, or a corrupt message (already released).
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(()), // nothing queued
         };
         let mut next = Some(first);
         while let Some(m) = next {
@@ -319,7 +326,14 @@ impl Pipeline {
             if self.arrived.len() >= self.slab.len() {
                 break;
             }
-            next = self.replies.try_recv().ok().flatten();
+            next = loop {
+                match self.replies.try_recv() {
+                    Ok(m) => break m,
+                    // Released already; the replies behind it count.
+                    Err(RecvError::Corrupt(_)) => continue,
+                    Err(_) => break None,
+                }
+            };
         }
         Ok(())
     }

@@ -40,12 +40,15 @@ enum Pushed {
 /// Where a loan goes: its groups' queues, the routing-table version they
 /// were read at (a send re-reads them if the table changed since, so that
 /// a loan kept a while never pushes into an entry that another group or
-/// subsystem took over), and whether it is a reply to one queue.
+/// subsystem took over), and, for a reply pushed straight to one queue,
+/// the serial of the requester's client (the queue must stay one of its
+/// reply queues).
 #[derive(Debug, Clone, Copy)]
 struct Route {
     to: Fanout,
     version: u64,
-    direct: bool,
+    /// The serial's low 32 bits (replies are matched on its low 24).
+    direct: Option<u32>,
 }
 
 /// A reply written and stamped, to be pushed by
@@ -101,6 +104,7 @@ impl PublisherBuilder {
             next_id: 0,
             batch: Vec::with_capacity(BATCH_CHUNK),
             deferred: Vec::with_capacity(BATCH_CHUNK),
+            deferred_dropped: 0,
             last: LastPath {
                 path: String::with_capacity(bus_core::PATH_CAPACITY),
                 to: Fanout::single(0),
@@ -138,6 +142,9 @@ pub struct Publisher {
     batch: Vec<SlotIndex>,
     /// Replies waiting for [`Publisher::flush_deferred`] (Loaned by us).
     deferred: Vec<Deferred>,
+    /// Replies dropped by flushes that `Loan::defer` made on its own (a
+    /// full chunk), reported by the next `flush_deferred`.
+    deferred_dropped: usize,
     last: LastPath,
 }
 
@@ -390,10 +397,10 @@ impl Publisher {
     /// replies to one queue with one ring operation and one wake-up. A
     /// reply whose requester is gone meanwhile, or whose queue stays full
     /// past the send timeout, is dropped (its slot returns to the cache).
-    /// Returns how many were dropped.
+    /// Returns how many were dropped (since the last call).
     pub(crate) fn flush_deferred(&mut self) -> usize {
         let mut deferred = std::mem::take(&mut self.deferred);
-        let mut dropped = 0;
+        let mut dropped = std::mem::take(&mut self.deferred_dropped);
         let mut i = 0;
         while i < deferred.len() {
             let first = deferred[i];
@@ -466,12 +473,16 @@ impl Publisher {
     /// Claims a slot for a message pushed straight to queue `queue` (a
     /// reply), without routing. `path` must come from a received message
     /// (already valid).
-    pub(crate) fn loan_direct(&mut self, queue: u32, path: &str) -> Result<LoanUninit<'_>, SendError> {
+    pub(crate) fn loan_direct(&mut self, queue: u32, serial: u64, path: &str) -> Result<LoanUninit<'_>, SendError> {
         if self.bus.inner.seg.queue(queue).is_none() || path.len() > bus_core::PATH_CAPACITY {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
         }
         let subsystem_len = bus_core::path::separator(path).unwrap_or(0);
-        let route = Route { to: Fanout::single(queue), version: routing::version(&self.bus.inner.seg), direct: true };
+        let route = Route {
+            to: Fanout::single(queue),
+            version: routing::version(&self.bus.inner.seg),
+            direct: Some(serial as u32),
+        };
         self.loan_to(route, path, subsystem_len)
     }
 
@@ -494,7 +505,7 @@ impl Publisher {
         self.bus.inner.usable()?;
         let seg = &self.bus.inner.seg;
         if routing::version(seg) == self.last.version && path == self.last.path {
-            let route = Route { to: self.last.to, version: self.last.version, direct: false };
+            let route = Route { to: self.last.to, version: self.last.version, direct: None };
             return Ok((route, self.last.subsystem_len));
         }
         let p = Path::parse(path).map_err(SendError::InvalidPath)?;
@@ -505,7 +516,7 @@ impl Publisher {
         self.last.to = to;
         self.last.subsystem_len = p.subsystem().len();
         self.last.version = version;
-        Ok((Route { to, version, direct: false }, self.last.subsystem_len))
+        Ok((Route { to, version, direct: None }, self.last.subsystem_len))
     }
 
     fn resolve(&mut self, subsystem: &str) -> Result<Fanout, SendError> {
@@ -578,9 +589,10 @@ impl Publisher {
         if v == route.version {
             return Ok(false);
         }
-        if route.direct {
+        if let Some(serial) = route.direct {
             match routing::read(seg, route.to.subsystem) {
-                Some(view) if view.subscribers > 0 && view.name().starts_with("_reply.") => {}
+                Some(view) if view.subscribers > 0 && crate::handler::is_reply_queue_of(view.name(), serial as u64) => {
+                }
                 _ => return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() }),
             }
             route.version = v;
@@ -875,7 +887,7 @@ impl<'a> Loan<'a> {
     /// worker killed before the flush loses the reply, and the request it
     /// still holds is redelivered.
     pub(crate) fn defer(self, serial: u64) -> u64 {
-        debug_assert!(self.route.direct, "only replies are deferred");
+        debug_assert!(self.route.direct == Some(serial as u32), "only replies are deferred");
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
@@ -883,7 +895,7 @@ impl<'a> Loan<'a> {
         let d = Deferred { slot: me.slot, route: me.route, subsystem_len: me.subsystem_len, serial };
         publisher.deferred.push(d);
         if publisher.deferred.len() >= BATCH_CHUNK {
-            publisher.flush_deferred();
+            publisher.deferred_dropped = publisher.flush_deferred();
         }
         id
     }
