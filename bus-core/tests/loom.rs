@@ -92,24 +92,34 @@ fn two_consumers_share_entries_without_duplicates() {
     });
 }
 
+/// Two consumers of `r` that each take one entry, sleeping when empty.
+fn two_sleeping_consumers(r: &Arc<OwnedRing>) -> Vec<thread::JoinHandle<Vec<u32>>> {
+    (0..2)
+        .map(|_| {
+            let r = r.clone();
+            thread::spawn(move || pop_blocking(&r, 1))
+        })
+        .collect()
+}
+
+/// What the consumers took, sorted.
+fn taken(consumers: Vec<thread::JoinHandle<Vec<u32>>>) -> Vec<u32> {
+    let mut got: Vec<u32> = consumers.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    got.sort();
+    got
+}
+
 #[test]
 fn two_sleeping_consumers_of_one_ring_are_both_woken() {
     loom::model(|| {
         let r = Arc::new(OwnedRing::new(2));
-        let consumers: Vec<_> = (0..2)
-            .map(|_| {
-                let r = r.clone();
-                thread::spawn(move || pop_blocking(&r, 1))
-            })
-            .collect();
+        let consumers = two_sleeping_consumers(&r);
         for p in 0..2u32 {
             let ring = r.ring();
             ring.push(p).unwrap();
             ring.notify_items();
         }
-        let mut got: Vec<u32> = consumers.into_iter().flat_map(|h| h.join().unwrap()).collect();
-        got.sort();
-        assert_eq!(got, vec![0, 1]);
+        assert_eq!(taken(consumers), vec![0, 1]);
     });
 }
 
@@ -120,18 +130,11 @@ fn a_batch_push_rung_once_for_its_size_wakes_both_sleeping_consumers() {
     // itself when.
     loom::model(|| {
         let r = Arc::new(OwnedRing::new(2));
-        let consumers: Vec<_> = (0..2)
-            .map(|_| {
-                let r = r.clone();
-                thread::spawn(move || pop_blocking(&r, 1))
-            })
-            .collect();
+        let consumers = two_sleeping_consumers(&r);
         let ring = r.ring();
         assert_eq!(ring.push_many(&[0, 1], |_| {}), 2);
         ring.notify_items_n(2);
-        let mut got: Vec<u32> = consumers.into_iter().flat_map(|h| h.join().unwrap()).collect();
-        got.sort();
-        assert_eq!(got, vec![0, 1]);
+        assert_eq!(taken(consumers), vec![0, 1]);
     });
 }
 
