@@ -167,7 +167,7 @@ fn control_socket_only(
     use bus_client::control::{self, Received};
     use bus_client::protocol::{Reply, Request};
     use std::os::fd::AsFd;
-    let socket = bus_client::addr::socket_path(b.socket.as_deref(), b.bus.as_deref());
+    let socket = bus_client::addr::find_socket(b.socket.as_deref(), b.bus.as_deref());
     let fd = control::connect(&socket)?;
     let tv = nix::sys::time::TimeVal::new(5, 0);
     nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;

@@ -8,7 +8,7 @@ use bus_core::layout::PORTS_PER_CLIENT;
 use bus_core::segment::Segment;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,14 @@ pub(crate) struct Inner {
     /// `control`'s descriptor, for a peek without taking the lock.
     control_raw: std::os::fd::RawFd,
     ports: Mutex<u32>,
+    /// The daemon's answers to `may_publish` for subsystems marked
+    /// restricted (see [`Inner::may_publish`]).
+    publish_rights: Mutex<Vec<(String, Result<(), String>)>>,
     pub(crate) send_timeout: Duration,
+    /// Slots this client may hold at once (0: no quota), and how many it
+    /// holds (counted only under a quota; see [`Inner::allowance`]).
+    pub(crate) quota: u32,
+    owned: AtomicU32,
     /// Set by the watcher thread once the daemon's end of the control
     /// connection closed (it stopped or was killed).
     gone: Arc<AtomicBool>,
@@ -161,6 +168,18 @@ pub struct BusBuilder {
     socket: Option<PathBuf>,
     connect_timeout: Option<Duration>,
     send_timeout: Option<Duration>,
+    trusted_uids: Vec<u32>,
+}
+
+/// Whether a daemon running as `uid` may serve us: root, our own uid, one
+/// given to the builder, or one in [`crate::addr::ENV_DAEMON_UID`].
+fn trusted_daemon(uid: u32, extra: &[u32]) -> bool {
+    uid == 0
+        || uid == nix::unistd::geteuid().as_raw()
+        || extra.contains(&uid)
+        || std::env::var(crate::addr::ENV_DAEMON_UID)
+            .ok()
+            .is_some_and(|v| v.split(',').any(|u| u.trim().parse::<u32>().ok() == Some(uid)))
 }
 
 impl BusBuilder {
@@ -189,9 +208,18 @@ impl BusBuilder {
         self
     }
 
+    /// Also trusts a daemon running as `uid` (by default, only one running
+    /// as root or as this process's user, or a uid in `$SHMBUS_DAEMON_UID`).
+    /// The daemon's uid is checked with `SO_PEERCRED` before anything is
+    /// sent: a socket served by another user could read every message.
+    pub fn trust_daemon_uid(mut self, uid: u32) -> Self {
+        self.trusted_uids.push(uid);
+        self
+    }
+
     /// Connects.
     pub fn connect(self) -> Result<Bus, ConnectError> {
-        let socket = crate::addr::socket_path(self.socket.as_deref(), self.bus.as_deref());
+        let socket = crate::addr::find_socket(self.socket.as_deref(), self.bus.as_deref());
         let timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
         let fd = control::connect(&socket).map_err(|e| match e {
             nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED => {
@@ -202,6 +230,11 @@ impl BusBuilder {
             }
             e => ConnectError::Io { socket: socket.clone(), source: e.into() },
         })?;
+        match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(c) if trusted_daemon(c.uid(), &self.trusted_uids) => {}
+            Ok(c) => return Err(ConnectError::UntrustedDaemon { socket: socket.clone(), uid: c.uid() }),
+            Err(e) => return Err(ConnectError::Io { socket: socket.clone(), source: e.into() }),
+        }
         set_recv_timeout(&fd, timeout);
         let io = |source: std::io::Error| {
             if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
@@ -222,11 +255,14 @@ impl BusBuilder {
             }
             (Err(e), Ok(())) => return Err(io(e)),
         };
-        let (client, serial, bus, shape) = match reply {
-            Reply::Welcome { client, serial, bus, shape } => (client, serial, bus, shape),
+        let (client, serial, bus, shape, quota) = match reply {
+            Reply::Welcome { client, serial, bus, shape, quota } => (client, serial, bus, shape, quota),
             Reply::Error { kind: ErrorKind::VersionMismatch, message } => {
                 let found = message.split_whitespace().filter_map(|w| w.parse().ok()).next().unwrap_or(0);
                 return Err(ConnectError::VersionMismatch { found, expected: bus_core::LAYOUT_VERSION });
+            }
+            Reply::Error { kind: ErrorKind::PermissionDenied, message } => {
+                return Err(ConnectError::NotAllowed { message })
             }
             Reply::Error { message, .. } => return Err(ConnectError::Refused { message }),
             other => return Err(ConnectError::Protocol { detail: format!("expected welcome, got {other:?}") }),
@@ -263,6 +299,9 @@ impl BusBuilder {
                 control_raw: fd.as_raw_fd(),
                 control: Mutex::new((fd, buf)),
                 ports: Mutex::new(0),
+                publish_rights: Mutex::new(Vec::new()),
+                quota,
+                owned: AtomicU32::new(0),
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
                 gone,
                 forks: FORKS.load(Ordering::Relaxed),
@@ -333,6 +372,7 @@ impl Bus {
 
 pub(crate) fn unexpected(r: Reply) -> RequestError {
     match r {
+        Reply::Error { kind: ErrorKind::PermissionDenied, message } => RequestError::PermissionDenied { message },
         Reply::Error { kind, message } => RequestError::Daemon { kind, message },
         other => RequestError::Io(std::io::Error::other(format!("unexpected reply {other:?}"))),
     }
@@ -355,6 +395,62 @@ impl Inner {
         match control::recv::<Reply>(fd.as_fd(), buf).map_err(gone)? {
             Received::Packet(r, _) => Ok(r),
             Received::Closed => Err(RequestError::BusGone),
+        }
+    }
+
+    /// Whether the daemon's access policy lets this client send to
+    /// `subsystem`, whose routing entry is marked restricted: asked once per
+    /// connection and subsystem, then answered from memory.
+    pub(crate) fn may_publish(&self, subsystem: &str) -> Result<(), crate::SendError> {
+        let denied = |message: String| crate::SendError::PermissionDenied { message };
+        {
+            let rights = self.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, r)) = rights.iter().find(|(s, _)| s == subsystem) {
+                return r.clone().map_err(denied);
+            }
+        }
+        let answer = match self.request(&Request::MayPublish { subsystem: subsystem.to_owned() }) {
+            Ok(Reply::MayPublish) => Ok(()),
+            Ok(Reply::Error { kind: ErrorKind::PermissionDenied, message }) => Err(message),
+            Ok(other) => return Err(crate::SendError::Protocol { detail: format!("{:?}", unexpected(other)) }),
+            Err(RequestError::BusGone) => return Err(crate::SendError::BusGone),
+            Err(RequestError::Forked) => return Err(crate::SendError::Forked),
+            Err(e) => return Err(crate::SendError::Protocol { detail: e.to_string() }),
+        };
+        let mut rights = self.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
+        rights.push((subsystem.to_owned(), answer.clone()));
+        answer.map_err(denied)
+    }
+
+    /// How many more slots this client may take under its quota
+    /// (`max-slots-per-client`: its loaned, cached and received slots
+    /// together; replies to its own requests, bounded by its windows, are
+    /// not counted). `u32::MAX` without a quota, and then nothing is
+    /// counted at all. The count is process-local and Relaxed: a quota
+    /// keeps a well-behaved client from draining the pool (the trust
+    /// domain is the bus), so it may be overshot by as many threads as
+    /// take slots at the same instant.
+    #[inline]
+    pub(crate) fn allowance(&self) -> u32 {
+        if self.quota == 0 {
+            return u32::MAX;
+        }
+        self.quota.saturating_sub(self.owned.load(Ordering::Relaxed))
+    }
+
+    /// This client took `n` slots (counted under a quota only).
+    #[inline]
+    pub(crate) fn took(&self, n: usize) {
+        if self.quota != 0 && n > 0 {
+            self.owned.fetch_add(n as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// This client gave up `n` slots (counted under a quota only).
+    #[inline]
+    pub(crate) fn gave(&self, n: usize) {
+        if self.quota != 0 && n > 0 {
+            self.owned.fetch_sub(n as u32, Ordering::Relaxed);
         }
     }
 

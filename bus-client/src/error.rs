@@ -43,6 +43,22 @@ pub enum ConnectError {
         /// Its message.
         message: String,
     },
+    /// The daemon's access policy does not let this user on the bus.
+    #[error("the daemon refused the connection: {message}")]
+    NotAllowed {
+        /// Its message (names the rule and what to change).
+        message: String,
+    },
+    /// The process serving the socket runs as a user this client does not
+    /// trust with its messages.
+    #[error("the daemon at {} runs as uid {uid}, which this client does not trust (only root and its own uid by default): \
+             if that is the right daemon, trust its uid with SHMBUS_DAEMON_UID={uid} or BusBuilder::trust_daemon_uid", socket.display())]
+    UntrustedDaemon {
+        /// The socket path.
+        socket: PathBuf,
+        /// The daemon's uid (`SO_PEERCRED`).
+        uid: u32,
+    },
     /// Client and daemon disagree on the layout version.
     #[error("the daemon speaks layout version {found}, this program {expected}: use client and daemon from the same shmbus release")]
     VersionMismatch {
@@ -73,6 +89,12 @@ pub enum RequestError {
     /// shares the parent's client identity and slots, so it may not use them.
     #[error("this Bus was connected by the parent process before a fork(): the child must call Bus::connect() itself")]
     Forked,
+    /// The daemon's access policy does not allow it.
+    #[error("{message}")]
+    PermissionDenied {
+        /// The daemon's message (names the rule and what to change).
+        message: String,
+    },
     /// The daemon answered with an error.
     #[error("{message}")]
     Daemon {
@@ -115,6 +137,14 @@ pub enum SendError {
         /// Room in a slot.
         capacity: usize,
     },
+    /// The daemon's access policy does not let this client send to the
+    /// subsystem.
+    #[error("{message}")]
+    PermissionDenied {
+        /// The daemon's message (names the subsystem, the rule, and what
+        /// to change).
+        message: String,
+    },
     /// Nobody subscribes to the subsystem (and it is not durable).
     #[error(
         "no subscriber for subsystem \"{subsystem}\": start one, or declare the subsystem durable in the daemon config"
@@ -147,6 +177,13 @@ pub enum SendError {
         /// Groups the message was for.
         groups: u32,
     },
+    /// This client holds as many slots as the daemon's
+    /// `max-slots-per-client` allows (loaned, cached and received together).
+    #[error("this client holds its quota of {quota} slots (max-slots-per-client): release received messages, drop loans or publishers, or ask the operator for a larger quota")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u32,
+    },
     /// No free slot (fail-fast mode).
     #[error("all {slots} slots are in use: receivers hold or have not yet taken them; retry, or start the daemon with more --slots")]
     PoolExhausted {
@@ -172,6 +209,13 @@ pub enum SendError {
     #[error("serializing the body failed: {detail}")]
     Serialize {
         /// rkyv's message.
+        detail: String,
+    },
+    /// Asking the daemon (whether this client may send to a restricted
+    /// subsystem) failed.
+    #[error("asking the daemon failed: {detail}")]
+    Protocol {
+        /// What went wrong.
         detail: String,
     },
 }
@@ -201,6 +245,14 @@ pub enum RecvError {
     /// shares the parent's client identity and slots, so it may not use them.
     #[error("this Bus was connected by the parent process before a fork(): the child must call Bus::connect() itself")]
     Forked,
+    /// This client holds as many slots as the daemon's
+    /// `max-slots-per-client` allows: nothing is taken until it releases
+    /// some.
+    #[error("this client holds its quota of {quota} slots (max-slots-per-client): drop received messages (or loans, or publishers) before receiving more, or ask the operator for a larger quota")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u32,
+    },
     /// The message's slot was corrupt; it was released and skipped.
     #[error("received a corrupt message ({0}); it was dropped: check the senders")]
     Corrupt(bus_core::slot_pool::CorruptSlot),

@@ -42,6 +42,12 @@ pub enum Request {
         #[serde(default)]
         queue: Option<u32>,
     },
+    /// May this client send to `subsystem`? (Asked once per connection
+    /// for a subsystem whose routing entry is marked restricted.)
+    MayPublish {
+        /// Subsystem name.
+        subsystem: String,
+    },
     /// Ask for a [`Status`].
     Status,
     /// Ask the daemon to exit.
@@ -65,6 +71,10 @@ pub enum Reply {
         /// header another process overwrote cannot hand it another layout.
         #[serde(default)]
         shape: Option<SegmentShape>,
+        /// Slots this client may hold at once, loaned, cached and received
+        /// together (`max-slots-per-client`; 0: no quota).
+        #[serde(default)]
+        quota: u32,
     },
     /// To `subscribe`.
     Subscribed {
@@ -82,6 +92,8 @@ pub enum Reply {
     },
     /// To `unsubscribe`.
     Unsubscribed,
+    /// To `may_publish`: yes (a no is an [`ErrorKind::PermissionDenied`]).
+    MayPublish,
     /// To `status`.
     Status(Status),
     /// To `shutdown`.
@@ -115,6 +127,8 @@ pub enum ErrorKind {
     TooManyGroups,
     /// The group exists with another backpressure.
     GroupMismatch,
+    /// The daemon's access policy does not allow it.
+    PermissionDenied,
 }
 
 /// The bus as `shmbus status` shows it.

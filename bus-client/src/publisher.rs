@@ -334,6 +334,7 @@ impl Publisher {
             let port = self.port();
             let now = port.enqueue_many(&to, k, &self.batch[pushed..]);
             pushed += now;
+            self.bus.inner.gave(now);
             // One consumer per message: a batch of requests reaches as
             // many sleeping workers as it holds.
             port.notify_n(queue, now as u32);
@@ -529,7 +530,13 @@ impl Publisher {
         let found = match self.routes.iter().find(|r| r.name == subsystem) {
             Some(r) => r.to,
             None => {
-                let to = routing::find(seg, subsystem).and_then(|v| v.fanout()).filter(|f| f.mask != 0);
+                let view = routing::find(seg, subsystem);
+                if view.as_ref().is_some_and(|v| v.flags & bus_core::layout::ROUTE_RESTRICTED != 0) {
+                    // Not cached as a route when refused: the answer is
+                    // cached per connection, and asked again never.
+                    self.bus.inner.may_publish(subsystem)?;
+                }
+                let to = view.and_then(|v| v.fanout()).filter(|f| f.mask != 0);
                 self.routes.push(CachedRoute { name: subsystem.to_owned(), to });
                 to
             }
@@ -542,13 +549,18 @@ impl Publisher {
         if let Some(i) = self.cache.pop() {
             return Ok(i);
         }
+        let inner = &*self.bus.inner;
         let refill = |cache: &mut Vec<SlotIndex>, port: &Port<'_>| {
-            port.take_free_many(CACHE - cache.len(), |i| cache.push(i));
+            let want = (CACHE - cache.len()).min(inner.allowance() as usize);
+            inner.took(port.take_free_many(want, |i| cache.push(i)));
             cache.pop()
         };
-        let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
+        let port = Port::new(&inner.seg, inner.client, self.port).expect("port in range");
         if let Some(i) = refill(&mut self.cache, &port) {
             return Ok(i);
+        }
+        if inner.allowance() == 0 {
+            return Err(SendError::QuotaExceeded { quota: inner.quota });
         }
         let slots = self.bus.inner.seg.params().slot_count;
         match self.backpressure {
@@ -617,6 +629,15 @@ impl Publisher {
     /// against the routing table, so that no push goes into an entry that
     /// changed hands.
     fn push(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
+        let pushed = self.push_one(slot, route, subsystem_len);
+        if !matches!(pushed, Pushed::Back(_)) {
+            self.bus.inner.gave(1); // the groups have it now
+        }
+        pushed
+    }
+
+    /// [`Publisher::push`], without the quota's count.
+    fn push_one(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
         // Again here, not only when the loan was made: the daemon may have
         // died since, or this may be a forked child sending its parent's loan.
         if let Err(e) = self.bus.inner.usable() {
@@ -704,6 +725,7 @@ impl Publisher {
             self.cache.push(slot);
         } else {
             port.give_free(slot);
+            self.bus.inner.gave(1);
         }
     }
 }
@@ -714,6 +736,7 @@ impl Drop for Publisher {
             return; // the parent's slots and port, not ours
         }
         let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
+        self.bus.inner.gave(self.deferred.len() + self.cache.len());
         for d in self.deferred.drain(..) {
             port.give_free(d.slot);
         }

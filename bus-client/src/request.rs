@@ -262,6 +262,7 @@ impl Requester {
         bus_core::slot_pool::Port::new(&self.bus.inner.seg, self.bus.inner.client, *port)
             .expect("port index in range")
             .release(slot, 0); // a reply queue has its default group only
+        self.bus.inner.gave(1);
     }
 
     /// How many times a waiting request polls its reply queue before it
@@ -351,6 +352,7 @@ impl Owner<'_> {
                 bus_core::slot_pool::Port::new(&bus.inner.seg, bus.inner.client, port)
                     .expect("port index in range")
                     .release(slot, 0); // a reply queue has its default group only
+                bus.inner.gave(1);
             }
         }
     }

@@ -124,8 +124,9 @@ impl SubscriptionBuilder {
             port,
             group,
             group_name: name,
-            subsystem: self.subsystem,
             spins: Cell::new(crate::bus::DEFAULT_SPINS),
+            replies: self.subsystem.starts_with("_reply."),
+            subsystem: self.subsystem,
             _not_sync: PhantomData,
         })
     }
@@ -141,6 +142,8 @@ pub struct Subscriber {
     group_name: String,
     subsystem: String,
     spins: Cell<u32>,
+    /// A requester's reply queue (exempt from the quota check).
+    replies: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -187,6 +190,7 @@ impl Subscriber {
     /// The next message if one is queued. Makes no system call.
     pub fn try_recv(&self) -> Result<Option<Message<'_>>, RecvError> {
         self.bus.inner.usable()?;
+        self.may_take()?;
         match self.port().dequeue(&self.group) {
             Some(i) => self.wrap(i).map(Some),
             None => Ok(None),
@@ -205,6 +209,7 @@ impl Subscriber {
         timeout: Option<Duration>,
     ) -> Result<usize, RecvError> {
         self.bus.inner.usable()?;
+        self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
         let r = self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || {
@@ -222,12 +227,14 @@ impl Subscriber {
     /// how many (0 when the queue is empty). Makes no system call.
     pub fn try_recv_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> Result<usize, RecvError> {
         self.bus.inner.usable()?;
+        self.may_take()?;
         Ok(self.take_batch(out, max))
     }
 
     fn take_batch<'a>(&'a self, out: &mut Vec<Message<'a>>, max: usize) -> usize {
         let port = self.port();
         let mut n = 0;
+        let max = if self.replies { max } else { max.min(self.bus.inner.allowance() as usize) };
         port.dequeue_many(&self.group, max, |slot| {
             // A corrupt message was released by `wrap`; skip it.
             if let Ok(m) = self.wrap(slot) {
@@ -240,6 +247,7 @@ impl Subscriber {
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
         self.bus.inner.usable()?;
+        self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
         match self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || port.dequeue(&self.group)) {
@@ -260,6 +268,7 @@ impl Subscriber {
         // it; only the `Message` releases it (on drop), or hands it on
         // (`into_slot`), and neither leaves a borrow of the token behind.
         let slot = unsafe { HeldSlot::new(s) };
+        self.bus.inner.took(1);
         Ok(Message { sub: self, slot, split: Cell::new(None) })
     }
 
@@ -284,6 +293,19 @@ impl Subscriber {
     /// slot ([`Message::into_slot`]).
     pub(crate) fn release(&self, slot: SlotIndex) {
         self.port().release(slot, self.group.slot);
+        self.bus.inner.gave(1);
+    }
+
+    /// Fails if this client holds its quota of slots (see
+    /// `Inner::allowance`). A reply queue is exempt: its replies answer
+    /// this client's own requests, bounded by their windows, and refusing
+    /// them would only turn them into timeouts.
+    #[inline]
+    fn may_take(&self) -> Result<(), RecvError> {
+        if !self.replies && self.bus.inner.allowance() == 0 {
+            return Err(RecvError::QuotaExceeded { quota: self.bus.inner.quota });
+        }
+        Ok(())
     }
 
     fn corrupt(&self, slot: SlotIndex, what: &'static str) -> RecvError {
@@ -686,5 +708,6 @@ impl Drop for Message<'_> {
             return; // the parent holds this slot, not us
         }
         self.sub.port().release(self.slot.index(), self.sub.group.slot);
+        self.sub.bus.inner.gave(1);
     }
 }

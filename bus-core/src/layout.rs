@@ -468,6 +468,11 @@ pub const ROUTE_LOSSY: u32 = 2;
 /// A group that exists only while it has subscribers (a tap): when the
 /// last leaves, the daemon drains its queue and frees the entry.
 pub const ROUTE_EPHEMERAL: u32 = 4;
+/// A subsystem with a publish rule in the daemon's access policy: a client
+/// asks the daemon once per connection whether it may send to it. (Every
+/// client maps the segment read-write, so this stops mistakes, not a
+/// hostile client: the trust domain is the bus.)
+pub const ROUTE_RESTRICTED: u32 = 8;
 
 const _: () = assert!(size_of::<RouteEntry>() == 128);
 const _: () = assert!(offset_of!(RouteEntry, name) == 32);

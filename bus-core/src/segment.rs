@@ -52,6 +52,13 @@ pub enum SegmentError {
         /// Ours.
         expected: u32,
     },
+    /// The fd is not a memfd sealed against shrinking and growing: another
+    /// process could truncate it under our mapping (a SIGBUS on access).
+    #[error("the segment fd is not a sealed memfd (seals {seals:#x}): it did not come from shmbusd; check what serves the socket")]
+    NotSealed {
+        /// The seals found (`F_GET_SEALS`; -1 if it has none at all).
+        seals: i32,
+    },
     /// The params contradict each other or the mapping.
     #[error("segment header is inconsistent ({0}): the segment is corrupt; restart the daemon")]
     Inconsistent(&'static str),
@@ -133,6 +140,13 @@ impl Segment {
 
     /// Maps and validates a segment received from the daemon.
     pub fn open(fd: OwnedFd) -> Result<Segment, SegmentError> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        match fcntl(&fd, FcntlArg::F_GET_SEALS) {
+            Ok(seals) if SealFlag::from_bits_truncate(seals).contains(need) => {}
+            Ok(seals) => return Err(SegmentError::NotSealed { seals }),
+            Err(_) => return Err(SegmentError::NotSealed { seals: -1 }),
+        }
         let len = nix::sys::stat::fstat(&fd).map_err(io("fstat of the segment"))?.st_size as u64;
         if len < HEADER_SIZE as u64 {
             return Err(SegmentError::TooSmall { len });
@@ -488,8 +502,24 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_segment_is_rejected() {
-        let fd = nix::sys::memfd::memfd_create(c"junk", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        // Unsealed: another process could shrink it under the mapping.
+        let fd = memfd_create(c"junk", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        nix::unistd::ftruncate(&fd, 1 << 20).unwrap();
+        let dup = fd.try_clone().unwrap();
+        assert!(matches!(Segment::open(dup), Err(SegmentError::NotSealed { seals: 0 })));
+        // Sealed against shrinking only: still refused.
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
+        assert!(matches!(Segment::open(fd), Err(SegmentError::NotSealed { .. })));
+        // Not a memfd at all (no seals can exist).
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(matches!(Segment::open(file.into()), Err(SegmentError::NotSealed { seals: -1 })));
+        // Sealed, but too small to be a segment.
+        let fd = memfd_create(c"junk", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
         nix::unistd::ftruncate(&fd, 100).unwrap();
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).unwrap();
         assert!(matches!(Segment::open(fd), Err(SegmentError::TooSmall { len: 100 })));
     }
 

@@ -45,17 +45,31 @@ pub struct DaemonArgs {
     /// Groups a subsystem can have, its default group included (1 to 16).
     #[arg(long)]
     max_groups: Option<u32>,
+    /// Slots one client may hold at once: loaned, cached and received
+    /// (default: no quota).
+    #[arg(long)]
+    max_slots_per_client: Option<u32>,
     /// Subsystem whose messages are queued while nobody subscribes (repeatable).
     #[arg(long = "durable")]
     durable: Vec<String>,
+    /// Permissions of the socket file, octal (default 0660).
+    #[arg(long)]
+    socket_mode: Option<String>,
     /// TOML file with the same settings; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Only check this config file: print what it sets, or name the
+    /// offending field (exit status 1), and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
 }
 
 /// Entry point of `shmbusd`.
 pub fn daemon_main() -> ExitCode {
     let args = DaemonArgs::parse();
+    if let Some(path) = &args.check_config {
+        return check_config(path);
+    }
     init_logging();
     let file = match &args.config {
         Some(p) => match crate::config::FileConfig::load(p) {
@@ -73,9 +87,11 @@ pub fn daemon_main() -> ExitCode {
         max_subsystems: args.max_subsystems,
         max_clients: args.max_clients,
         max_groups: args.max_groups,
-        socket_mode: None,
+        max_slots_per_client: args.max_slots_per_client,
+        socket_mode: args.socket_mode,
         durable: args.durable,
         groups: Vec::new(),
+        access: None,
     };
     let cfg = match file.merge(flags).resolve() {
         Ok(c) => c,
@@ -85,6 +101,39 @@ pub fn daemon_main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+/// `shmbusd --check-config FILE`: the file alone, flags and environment
+/// aside (except `SHMBUS_SOCKET` / `SHMBUS_BUS` for what it leaves out).
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let cfg = match crate::config::FileConfig::load(path).and_then(|f| f.resolve()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let s = &cfg.shape;
+    println!("{}: valid", path.display());
+    println!("  bus {} on {} (mode {:04o})", cfg.bus, cfg.socket.display(), cfg.socket_mode);
+    println!(
+        "  {} slots of {} bytes, queues of {}, up to {} subsystems, {} clients, {} groups per subsystem",
+        s.slot_count, s.slot_size, s.queue_capacity, s.max_subsystems, s.max_clients, s.max_groups
+    );
+    if cfg.quota > 0 {
+        println!("  at most {} slots per client", cfg.quota);
+    }
+    if !cfg.durable.is_empty() {
+        println!("  durable subsystems: {}", cfg.durable.join(", "));
+    }
+    for g in &cfg.groups {
+        println!("  durable group {} of {}{}", g.name, g.subsystem, if g.lossy { " (lossy)" } else { "" });
+    }
+    println!("  allow: {}", cfg.access.allow.listed());
+    println!("  admin: {}", cfg.access.admin.listed());
+    for (name, r) in &cfg.access.subsystems {
+        let show =
+            |r: &Option<crate::access::Rule>| r.as_ref().map_or("every allowed client".to_owned(), |r| r.listed());
+        println!("  subsystem {name}: publish {}, subscribe {}", show(&r.publish), show(&r.subscribe));
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {

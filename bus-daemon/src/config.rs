@@ -9,6 +9,7 @@
 //! max-subsystems = 64
 //! max-clients = 64
 //! max-groups = 8        # groups per subsystem, its default group included
+//! max-slots-per-client = 512  # loaned + cached + received at once (default: no quota)
 //! socket-mode = "0660"
 //! durable = ["audit"]   # queued even while nobody subscribes
 //!
@@ -18,6 +19,10 @@
 //! subsystem = "sensors"
 //! name = "recorder"
 //! lossy = false         # true: a full queue drops this group's copy
+//!
+//! # Who may connect, shut down, publish and subscribe: see `crate::access`.
+//! [access]
+//! allow = ["alice", "@shmbus"]
 //! ```
 
 use bus_core::Shape;
@@ -44,6 +49,8 @@ pub struct FileConfig {
     pub max_clients: Option<u32>,
     /// Groups per subsystem.
     pub max_groups: Option<u32>,
+    /// Slots one client may hold at once (loaned, cached, received).
+    pub max_slots_per_client: Option<u32>,
     /// Permissions of the socket file, octal.
     pub socket_mode: Option<String>,
     /// Subsystems whose messages are queued while nobody subscribes.
@@ -52,6 +59,8 @@ pub struct FileConfig {
     /// Durable consumer groups.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupConfig>,
+    /// Who may do what.
+    pub access: Option<crate::access::AccessFile>,
 }
 
 /// A durable consumer group declared in the file.
@@ -82,6 +91,10 @@ pub struct Config {
     pub durable: Vec<String>,
     /// Durable groups.
     pub groups: Vec<GroupConfig>,
+    /// Slots one client may hold at once (0: no quota).
+    pub quota: u32,
+    /// Who may do what.
+    pub access: crate::access::Policy,
 }
 
 /// Defaults.
@@ -137,9 +150,11 @@ impl FileConfig {
             max_subsystems: over.max_subsystems.or(self.max_subsystems),
             max_clients: over.max_clients.or(self.max_clients),
             max_groups: over.max_groups.or(self.max_groups),
+            max_slots_per_client: over.max_slots_per_client.or(self.max_slots_per_client),
             socket_mode: over.socket_mode.or(self.socket_mode),
             durable: if over.durable.is_empty() { self.durable } else { over.durable },
             groups: if over.groups.is_empty() { self.groups } else { over.groups },
+            access: over.access.or(self.access),
         }
     }
 
@@ -191,7 +206,18 @@ impl FileConfig {
                 )));
             }
         }
-        Ok(Config { bus, socket, shape, socket_mode, durable: self.durable, groups: self.groups })
+        let quota = match self.max_slots_per_client {
+            None => 0,
+            Some(q) if (1..=shape.slot_count).contains(&q) => q,
+            Some(q) => {
+                return Err(ConfigError::Invalid(format!(
+                    "max-slots-per-client is {q}: it must be between 1 and slots ({})",
+                    shape.slot_count
+                )))
+            }
+        };
+        let access = self.access.unwrap_or_default().resolve().map_err(ConfigError::Invalid)?;
+        Ok(Config { bus, socket, shape, socket_mode, durable: self.durable, groups: self.groups, quota, access })
     }
 }
 

@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod reaper;
@@ -29,9 +30,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Io { what: "blocking signals".into(), source: e.into() })?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| DaemonError::Io { what: "signalfd".into(), source: e.into() })?;
-    let server = Server::bind(cfg)?;
+    let mut server = Server::bind(cfg)?;
+    // Under systemd with WatchdogSec=: ping at half the interval.
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) {
+        server.set_watchdog(std::time::Duration::from_micros(usec));
+    }
     announce(&server);
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let status = format!("serving bus {} on {}", server.config().bus, server.config().socket.display());
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     let r = server.serve(&[sfd.as_fd()]);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     r

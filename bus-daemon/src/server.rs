@@ -9,6 +9,7 @@ use bus_client::control::{self, Received};
 use bus_client::protocol::{ClientStatus, ErrorKind, Reply, Request};
 use bus_core::layout::{
     CLIENT_ACTIVE, CLIENT_FREE, DAEMON_STOPPED, MAX_GROUPS, ROUTE_DURABLE, ROUTE_EPHEMERAL, ROUTE_LOSSY,
+    ROUTE_RESTRICTED,
 };
 use bus_core::routing::{self, Expected, Kind};
 use bus_core::segment::Segment;
@@ -31,6 +32,14 @@ pub enum DaemonError {
         /// The socket.
         socket: PathBuf,
     },
+    /// The directory of the socket could be tampered with by another user.
+    #[error("refusing the runtime directory {}: {why}; remove it (the daemon creates it), fix it, or choose another --socket", dir.display())]
+    UnsafeRuntimeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The configuration is invalid.
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
@@ -52,8 +61,22 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> DaemonEr
     move |e| DaemonError::Io { what, source: e.into() }
 }
 
+/// A connection refused, waiting to be told why (see `Server::refused`).
+struct Refusal {
+    fd: OwnedFd,
+    since: std::time::Instant,
+    kind: ErrorKind,
+    message: String,
+}
+
+/// Refused connections kept at once to be told why; beyond this, a
+/// connection is closed unanswered (a connect flood).
+const REFUSALS_KEPT: usize = 256;
+
 struct Conn {
     fd: OwnedFd,
+    /// Who it is (`SO_PEERCRED` and `/proc`), for the access policy.
+    peer: crate::access::Peer,
     client: u32,
     /// The connection's serial (the copy in the segment is for status
     /// readers; this one is what the daemon trusts).
@@ -103,10 +126,10 @@ pub struct Server {
     reaper: Reaper,
     buf: Vec<u8>,
     stop: bool,
-    /// Connections refused for lack of a client entry: each gets its reason
+    /// Connections refused (no client entry, or not allowed): each gets its reason
     /// once its first packet has been read (closing a Unix socket with
     /// unread data would reset the connection and lose the reason).
-    refused: Vec<(OwnedFd, std::time::Instant)>,
+    refused: Vec<Refusal>,
     /// Since when each entry has had no subscriber (durable entries never
     /// appear). An entry idle this long with an empty queue may be recycled.
     idle_since: BTreeMap<u32, std::time::Instant>,
@@ -125,6 +148,10 @@ pub struct Server {
     free_ring_corrupt: bool,
     /// Where the audit's next pass over holder words starts.
     holders_cursor: u64,
+    /// systemd's watchdog interval (`WATCHDOG_USEC`), and when it was last
+    /// pinged: `WATCHDOG=1` goes out from the event loop at half the
+    /// interval, so a loop that hangs gets the daemon restarted.
+    watchdog: Option<(std::time::Duration, std::time::Instant)>,
 }
 
 /// Holder words the audit looks at per pass (twice a second): all of them
@@ -173,6 +200,7 @@ impl Server {
             routes: BTreeMap::new(),
             free_ring_corrupt: false,
             holders_cursor: 0,
+            watchdog: None,
         };
         let invalid = |what: String| DaemonError::Config(crate::config::ConfigError::Invalid(what));
         for d in server.cfg.durable.clone() {
@@ -192,6 +220,12 @@ impl Server {
                 .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
         }
         Ok(server)
+    }
+
+    /// Pings systemd's watchdog (`WATCHDOG=1`) from the event loop at half
+    /// of `interval`.
+    pub fn set_watchdog(&mut self, interval: std::time::Duration) {
+        self.watchdog = Some((interval, std::time::Instant::now()));
     }
 
     /// The configuration.
@@ -226,8 +260,15 @@ impl Server {
                 fds.push(PollFd::new(self.conns[id].fd.as_fd(), PollFlags::POLLIN));
             }
             let first_refused = fds.len();
-            fds.extend(self.refused.iter().map(|(fd, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
-            let timeout = if self.reaper.busy() { 20u16 } else { 500 };
+            fds.extend(self.refused.iter().map(|r| PollFd::new(r.fd.as_fd(), PollFlags::POLLIN)));
+            let mut timeout = if self.reaper.busy() { 20u16 } else { 500 };
+            if let Some((interval, pinged)) = &mut self.watchdog {
+                if pinged.elapsed() >= *interval / 2 {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    *pinged = std::time::Instant::now();
+                }
+                timeout = timeout.min((interval.as_millis() / 4).clamp(1, 500) as u16);
+            }
             match poll(&mut fds, PollTimeout::from(timeout)) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -286,6 +327,12 @@ impl Server {
                     continue;
                 }
             };
+            let peer = crate::access::peer(cred.pid(), cred.uid(), cred.gid());
+            if let Err(message) = self.cfg.access.check(&peer, crate::access::Action::Connect) {
+                tracing::warn!(pid = cred.pid(), uid = cred.uid(), "refusing a client: {message}");
+                self.refuse(fd, ErrorKind::PermissionDenied, message);
+                continue;
+            }
             // The daemon alone writes the client table, and reclaims an entry
             // completely before it leaves `conns`: every entry not in
             // `conns` is free, whatever the segment says (a faulty process
@@ -293,7 +340,9 @@ impl Server {
             // the entry for good).
             let Some(client) = (0..self.seg.params().max_clients).find(|c| !self.conns.contains_key(c)) else {
                 tracing::warn!(pid = cred.pid(), "refusing a client: client table full");
-                self.refused.push((fd, std::time::Instant::now()));
+                let max = self.seg.params().max_clients;
+                let message = format!("the bus already has its maximum of {max} clients: raise --max-clients");
+                self.refuse(fd, ErrorKind::TooManyClients, message);
                 continue;
             };
             self.scrub_client_entry(client);
@@ -312,6 +361,7 @@ impl Server {
                 client,
                 Conn {
                     fd,
+                    peer,
                     client,
                     serial,
                     pid: cred.pid() as u32,
@@ -481,7 +531,10 @@ impl Server {
             return Ok(q);
         }
         let q = self.new_entry(None).map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
-        let flags = if self.cfg.durable.iter().any(|d| d == name) { ROUTE_DURABLE } else { 0 };
+        let mut flags = if self.cfg.durable.iter().any(|d| d == name) { ROUTE_DURABLE } else { 0 };
+        if self.cfg.access.restricts_publish(name) {
+            flags |= ROUTE_RESTRICTED;
+        }
         self.routes.insert(
             q,
             Record { name: name.to_owned(), flags, kind: RecordKind::Subsystem { groups: [None; MAX_GROUPS] } },
@@ -578,20 +631,26 @@ impl Server {
         }
     }
 
+    /// Keeps refused connection `fd` until its first packet arrives, to
+    /// answer it with `kind` and `message` (see [`Server::answer_refused`]).
+    fn refuse(&mut self, fd: OwnedFd, kind: ErrorKind, message: String) {
+        if self.refused.len() < REFUSALS_KEPT {
+            self.refused.push(Refusal { fd, since: std::time::Instant::now(), kind, message });
+        }
+    }
+
     /// Answers refused connections whose first packet arrived (or that
     /// waited 5 s) with the reason, then closes them.
     fn answer_refused(&mut self, ready: &[bool]) {
-        let max = self.seg.params().max_clients;
         let mut keep = Vec::new();
-        for (i, (fd, since)) in std::mem::take(&mut self.refused).into_iter().enumerate() {
+        for (i, r) in std::mem::take(&mut self.refused).into_iter().enumerate() {
             let is_ready = ready.get(i).copied().unwrap_or(false);
-            if !is_ready && since.elapsed() < std::time::Duration::from_secs(5) {
-                keep.push((fd, since));
+            if !is_ready && r.since.elapsed() < std::time::Duration::from_secs(5) {
+                keep.push(r);
                 continue;
             }
-            let _ = control::recv::<Request>(fd.as_fd(), &mut self.buf);
-            let message = format!("the bus already has its maximum of {max} clients: raise --max-clients");
-            let _ = control::send(fd.as_fd(), &Reply::Error { kind: ErrorKind::TooManyClients, message }, None);
+            let _ = control::recv::<Request>(r.fd.as_fd(), &mut self.buf);
+            let _ = control::send(r.fd.as_fd(), &Reply::Error { kind: r.kind, message: r.message }, None);
         }
         self.refused = keep;
     }
@@ -653,7 +712,7 @@ impl Server {
                 conn.welcomed = true;
                 let serial = conn.serial;
                 let shape = Some(bus_client::protocol::SegmentShape::of(self.seg.params()));
-                Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone(), shape }
+                Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone(), shape, quota: self.cfg.quota }
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
             Request::Subscribe { subsystem, group, lossy, tap } => {
@@ -686,6 +745,11 @@ impl Server {
                     None => {
                         if let Err(e) = bus_core::path::validate_subsystem(&subsystem) {
                             return err(ErrorKind::Invalid, e.to_string());
+                        }
+                        let peer = &self.conns[&id].peer;
+                        if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Subscribe(&subsystem)) {
+                            tracing::info!(client = id, uid = peer.uid, %subsystem, "subscribe refused by the access policy");
+                            return err(ErrorKind::PermissionDenied, m);
                         }
                     }
                 }
@@ -745,6 +809,19 @@ impl Server {
                     None => err(ErrorKind::NotSubscribed, format!("not subscribed to {subsystem:?}")),
                 }
             }
+            Request::MayPublish { subsystem } => {
+                if let Err(e) = bus_core::path::validate_subsystem(&subsystem) {
+                    return err(ErrorKind::Invalid, e.to_string());
+                }
+                let peer = &self.conns[&id].peer;
+                match self.cfg.access.check(peer, crate::access::Action::Publish(&subsystem)) {
+                    Ok(()) => Reply::MayPublish,
+                    Err(m) => {
+                        tracing::info!(client = id, uid = peer.uid, %subsystem, "publish refused by the access policy");
+                        err(ErrorKind::PermissionDenied, m)
+                    }
+                }
+            }
             Request::Status => {
                 let clients = self
                     .conns
@@ -790,6 +867,11 @@ impl Server {
                 ))
             }
             Request::Shutdown => {
+                let peer = &self.conns[&id].peer;
+                if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Admin("shutdown")) {
+                    tracing::warn!(client = id, uid = peer.uid, "shutdown refused by the access policy");
+                    return err(ErrorKind::PermissionDenied, m);
+                }
                 tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");
                 self.stop = true;
                 Reply::ShuttingDown
@@ -902,6 +984,34 @@ impl Server {
     }
 }
 
+/// The socket's directory must be owned by this user or root, and not
+/// writable by anyone else unless sticky (like `/tmp`, where nobody can
+/// remove or replace another's file): otherwise another user could swap the
+/// socket for one of their own, and receive every client.
+pub fn check_runtime_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_dir = |why: String| DaemonError::UnsafeRuntimeDir { dir: dir.to_owned(), why };
+    let md = std::fs::metadata(dir)
+        .map_err(|source| DaemonError::Io { what: format!("checking {}", dir.display()), source })?;
+    if !md.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() != me && md.uid() != 0 {
+        return Err(unsafe_dir(format!(
+            "it belongs to {} (uid {}), not to this user ({}) or root",
+            crate::access::user_name(md.uid()),
+            md.uid(),
+            me
+        )));
+    }
+    let mode = md.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_dir(format!("others can write it (mode {:04o}) and it is not sticky", mode & 0o7777)));
+    }
+    Ok(())
+}
+
 fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -913,6 +1023,7 @@ fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
                 .create(dir)
                 .map_err(|source| DaemonError::Io { what: format!("creating {}", dir.display()), source })?;
         }
+        check_runtime_dir(dir)?;
     }
     if path.exists() {
         match control::connect(path) {

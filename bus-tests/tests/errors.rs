@@ -296,15 +296,8 @@ fn a_killed_daemon_gives_bus_gone_and_a_new_daemon_replaces_its_stale_socket() {
 #[test]
 fn a_second_daemon_on_the_same_socket_refuses_to_start() {
     let bus = TestBus::start(&["--slots", "16"]);
-    let (st, _, err) = Proc::new(
-        std::process::Command::new(DAEMON)
-            .args(["--socket", bus.socket().to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-    .wait(Duration::from_secs(10));
+    let (st, _, err) =
+        run_to_end(std::process::Command::new(DAEMON).args(["--socket", bus.socket().to_str().unwrap()]));
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("already serving"), "{err}");
     assert!(bus.connect().is_alive(), "the first daemon still serves");

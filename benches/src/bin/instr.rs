@@ -31,6 +31,8 @@ fn main() {
         socket_mode: 0o600,
         durable: Vec::new(),
         groups: Vec::new(),
+        quota: 0,
+        access: Default::default(),
     };
     let daemon = bus_daemon::spawn(cfg).expect("start the daemon");
     let bus = bus_client::Bus::builder()

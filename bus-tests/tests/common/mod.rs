@@ -195,6 +195,12 @@ impl TestBus {
     }
 }
 
+/// Runs `cmd` to completion (deadline 30 s), its output captured.
+pub fn run_to_end(cmd: &mut Command) -> (std::process::ExitStatus, String, String) {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    Proc::new(child).wait(Duration::from_secs(30))
+}
+
 /// Polls `f` until it returns true or `timeout` passes; returns the time it took.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
