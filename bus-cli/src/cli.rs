@@ -180,7 +180,7 @@ fn control_socket_only(
             Received::Closed => Err("the daemon closed the connection".into()),
         }
     };
-    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION })? {
+    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None })? {
         Reply::Welcome { .. } => ask(&req),
         other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
     }

@@ -32,10 +32,9 @@ pub(crate) struct Inner {
     pub(crate) client: u32,
     pub(crate) serial: u32,
     bus: String,
-    socket: PathBuf,
-    control: Mutex<(OwnedFd, Vec<u8>)>,
-    /// `control`'s descriptor, for a peek without taking the lock.
-    control_raw: std::os::fd::RawFd,
+    /// The control connection (see [`crate::link`]); the watcher thread
+    /// holds it too.
+    pub(crate) link: Arc<crate::link::Link>,
     ports: Mutex<u32>,
     /// The daemon's answers to `may_publish` for subsystems marked
     /// restricted (see [`Inner::may_publish`]).
@@ -71,13 +70,13 @@ pub(crate) fn fork_count() -> u64 {
 /// exec) would hide the parent's death until the child exits.
 static CONTROL_FDS: [AtomicI32; 64] = [const { AtomicI32::new(-1) }; 64];
 
-fn register_control_fd(fd: i32) {
+pub(crate) fn register_control_fd(fd: i32) {
     // A process with more than 64 connections at once: the others are not
     // covered (documented at `Bus`), nothing worse.
     let _ = CONTROL_FDS.iter().find(|e| e.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed).is_ok());
 }
 
-fn unregister_control_fd(fd: i32) {
+pub(crate) fn unregister_control_fd(fd: i32) {
     let _ = CONTROL_FDS.iter().find(|e| e.compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed).is_ok());
 }
 
@@ -115,52 +114,6 @@ fn install_fork_counter() {
     });
 }
 
-/// Starts the thread that notices a dead daemon: it sleeps in `poll` on the
-/// control socket (asking for no events, so it is woken only by a hang-up
-/// or an error, never by the daemon's answers, which other threads read)
-/// and on a pipe that stops it. On a hang-up it sets `gone`, which every
-/// call checks with one load: busy callers notice a killed daemon at their
-/// next call, without a system call on the hot path.
-fn start_watcher(
-    control: BorrowedFd<'_>,
-    gone: Arc<AtomicBool>,
-) -> std::io::Result<(std::thread::JoinHandle<()>, OwnedFd)> {
-    let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let control = control.as_raw_fd();
-    let handle = std::thread::Builder::new().name("shmbus-watch".into()).spawn(move || {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        // SAFETY: `Inner::drop` stops and joins this thread before the
-        // control socket is closed, so the descriptor outlives the borrow.
-        let control = unsafe { BorrowedFd::borrow_raw(control) };
-        loop {
-            let mut fds = [PollFd::new(control, PollFlags::empty()), PollFd::new(stop_r.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => {
-                    // Cannot watch any more: take the bus for gone rather
-                    // than leave callers unaware.
-                    gone.store(true, Ordering::Relaxed);
-                    return;
-                }
-                Ok(_) => {}
-            }
-            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                return;
-            }
-            if fds[0]
-                .revents()
-                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL))
-            {
-                // Relaxed: a flag with no data behind it; callers re-check it
-                // at every call.
-                gone.store(true, Ordering::Relaxed);
-                return;
-            }
-        }
-    })?;
-    Ok((handle, stop_w))
-}
-
 /// Builder for [`Bus`].
 #[derive(Debug, Clone, Default)]
 pub struct BusBuilder {
@@ -173,7 +126,7 @@ pub struct BusBuilder {
 
 /// Whether a daemon running as `uid` may serve us: root, our own uid, one
 /// given to the builder, or one in [`crate::addr::ENV_DAEMON_UID`].
-fn trusted_daemon(uid: u32, extra: &[u32]) -> bool {
+pub(crate) fn trusted_daemon(uid: u32, extra: &[u32]) -> bool {
     uid == 0
         || uid == nix::unistd::geteuid().as_raw()
         || extra.contains(&uid)
@@ -245,7 +198,8 @@ impl BusBuilder {
         };
         // A daemon that refuses us (client table full) says why and closes
         // at once, so our hello may fail: read its answer all the same.
-        let sent = control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None);
+        let sent =
+            control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None }, None);
         let mut buf = Vec::new();
         let (reply, seg_fd) = match (control::recv::<Reply>(fd.as_fd(), &mut buf), sent) {
             (Ok(Received::Packet(r, f)), _) => (r, f),
@@ -255,8 +209,10 @@ impl BusBuilder {
             }
             (Err(e), Ok(())) => return Err(io(e)),
         };
-        let (client, serial, bus, shape, quota) = match reply {
-            Reply::Welcome { client, serial, bus, shape, quota } => (client, serial, bus, shape, quota),
+        let (client, serial, bus, shape, quota, grace_ms) = match reply {
+            Reply::Welcome { client, serial, bus, shape, quota, resume_grace_ms } => {
+                (client, serial, bus, shape, quota, resume_grace_ms)
+            }
             Reply::Error { kind: ErrorKind::VersionMismatch, message } => {
                 let found = message.split_whitespace().filter_map(|w| w.parse().ok()).next().unwrap_or(0);
                 return Err(ConnectError::VersionMismatch { found, expected: bus_core::LAYOUT_VERSION });
@@ -285,19 +241,36 @@ impl BusBuilder {
             return Err(ConnectError::Protocol { detail: format!("client index {client} out of range") });
         }
         install_fork_counter();
-        let gone = Arc::new(AtomicBool::new(false));
-        let watcher = start_watcher(fd.as_fd(), gone.clone())
-            .map_err(|source| ConnectError::Io { socket: socket.clone(), source })?;
+        let io_err = |source| ConnectError::Io { socket: socket.clone(), source };
+        let seg_fd = seg.fd().try_clone_to_owned().map_err(io_err)?;
         register_control_fd(fd.as_raw_fd());
+        let link = Arc::new(crate::link::Link::new(crate::link::LinkParts {
+            socket: socket.clone(),
+            fd,
+            buf,
+            client,
+            serial,
+            generation: seg.params().bus_generation,
+            grace: Duration::from_millis(grace_ms as u64),
+            trusted: self.trusted_uids,
+            timeout,
+            seg_fd,
+            daemon_state: &seg.header().live.daemon_state,
+        }));
+        let gone = link.gone.clone();
+        let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()))?;
+        let watching = link.clone();
+        let handle = std::thread::Builder::new()
+            .name("shmbus-watch".into())
+            .spawn(move || watching.watch(stop_r))
+            .map_err(io_err)?;
         Ok(Bus {
             inner: Arc::new(Inner {
                 seg,
                 client,
                 serial,
                 bus,
-                socket,
-                control_raw: fd.as_raw_fd(),
-                control: Mutex::new((fd, buf)),
+                link,
                 ports: Mutex::new(0),
                 publish_rights: Mutex::new(Vec::new()),
                 quota,
@@ -305,13 +278,13 @@ impl BusBuilder {
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
                 gone,
                 forks: FORKS.load(Ordering::Relaxed),
-                watcher: Some(watcher),
+                watcher: Some((handle, stop_w)),
             }),
         })
     }
 }
 
-fn set_recv_timeout(fd: &OwnedFd, d: Duration) {
+pub(crate) fn set_recv_timeout(fd: &OwnedFd, d: Duration) {
     let tv = nix::sys::time::TimeVal::new(d.as_secs() as _, d.subsec_micros() as _);
     let _ = nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
 }
@@ -334,7 +307,7 @@ impl Bus {
 
     /// The daemon's socket path.
     pub fn socket_path(&self) -> &Path {
-        &self.inner.socket
+        &self.inner.link.socket
     }
 
     /// Slot size in bytes (header included).
@@ -379,23 +352,11 @@ pub(crate) fn unexpected(r: Reply) -> RequestError {
 }
 
 impl Inner {
+    /// A control request: waits for the answer, and across a daemon
+    /// restart for the next daemon (see [`crate::link`]).
     pub(crate) fn request(&self, req: &Request) -> Result<Reply, RequestError> {
         self.usable()?;
-        let mut guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        let (fd, buf) = &mut *guard;
-        let gone = |e: std::io::Error| {
-            if matches!(e.raw_os_error(), Some(libc_epipe) if libc_epipe == nix::errno::Errno::EPIPE as i32 || libc_epipe == nix::errno::Errno::ECONNRESET as i32)
-            {
-                RequestError::BusGone
-            } else {
-                RequestError::Io(e)
-            }
-        };
-        control::send(fd.as_fd(), req, None).map_err(gone)?;
-        match control::recv::<Reply>(fd.as_fd(), buf).map_err(gone)? {
-            Received::Packet(r, _) => Ok(r),
-            Received::Closed => Err(RequestError::BusGone),
-        }
+        self.link.request(req)
     }
 
     /// Whether the daemon's access policy lets this client send to
@@ -476,9 +437,14 @@ impl Inner {
     /// the segment's stopped state, which any process could write.
     pub(crate) fn alive(&self) -> Result<(), Unusable> {
         self.usable()?;
-        // SAFETY: the descriptor is `control`'s, open for as long as `self`
-        // (closed only when `Inner` is dropped).
-        let fd = unsafe { BorrowedFd::borrow_raw(self.control_raw) };
+        if !self.link.grace.is_zero() {
+            // A closed connection is no verdict under a resume grace: the
+            // watcher thread resumes, or marks the bus gone.
+            return Ok(());
+        }
+        // SAFETY: without a grace the connection is never swapped, and it
+        // is closed only when `Inner` is dropped.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.link.control_raw()) };
         if control::peer_closed(fd) {
             self.gone.store(true, Ordering::Relaxed);
             return Err(Unusable::Gone);
@@ -575,7 +541,6 @@ impl Drop for Inner {
         }
         let _ = nix::unistd::write(&stop, &[1]);
         let _ = handle.join();
-        let control = self.control.get_mut().unwrap_or_else(|p| p.into_inner());
-        unregister_control_fd(control.0.as_raw_fd());
+        unregister_control_fd(self.link.control_raw());
     }
 }

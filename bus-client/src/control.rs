@@ -48,11 +48,30 @@ pub enum Received<T> {
 /// Receives one packet and parses it as `T`. Blocks unless the socket is
 /// non-blocking (then `WouldBlock`).
 pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>, buf: &mut Vec<u8>) -> std::io::Result<Received<T>> {
+    recv_flags(sock, buf, MsgFlags::empty())
+}
+
+/// [`recv`] without consuming the packet: the next `recv` gets it again
+/// (with fresh copies of the descriptors that came with it).
+pub fn peek<T: DeserializeOwned>(sock: BorrowedFd<'_>, buf: &mut Vec<u8>) -> std::io::Result<Received<T>> {
+    recv_flags(sock, buf, MsgFlags::MSG_PEEK)
+}
+
+fn recv_flags<T: DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    flags: MsgFlags,
+) -> std::io::Result<Received<T>> {
     buf.resize(MAX_PACKET, 0);
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = socket::recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = socket::recvmsg::<UnixAddr>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | flags,
+        )?;
         let mut fds = Vec::new();
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(rs) = c {

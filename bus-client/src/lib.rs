@@ -26,6 +26,7 @@ mod bus;
 pub mod control;
 mod error;
 mod handler;
+mod link;
 mod pipeline;
 pub mod protocol;
 mod publisher;

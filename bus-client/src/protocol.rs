@@ -17,6 +17,10 @@ pub enum Request {
     Hello {
         /// The client's [`bus_core::LAYOUT_VERSION`].
         layout_version: u32,
+        /// Present when a client whose daemon died resumes its identity
+        /// with the next daemon (the segment's memfd comes with it).
+        #[serde(default)]
+        resume: Option<Resume>,
     },
     /// Start receiving a subsystem's messages, as a member of one of its
     /// groups.
@@ -54,6 +58,28 @@ pub enum Request {
     Shutdown,
 }
 
+/// Who a resuming client was (see `Request::Hello`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// Its client entry.
+    pub client: u32,
+    /// Its serial.
+    pub serial: u32,
+    /// The segment's `bus_generation`.
+    pub bus_generation: u64,
+    /// The subscriptions it holds.
+    pub subscriptions: Vec<ResumedSub>,
+}
+
+/// One subscription a resuming client holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedSub {
+    /// Its subsystem.
+    pub subsystem: String,
+    /// Its group's queue.
+    pub queue: u32,
+}
+
 /// A reply from the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
@@ -75,6 +101,10 @@ pub enum Reply {
         /// together (`max-slots-per-client`; 0: no quota).
         #[serde(default)]
         quota: u32,
+        /// How long clients wait for a new daemon after this one died, in
+        /// milliseconds (0: they get `BusGone` at once).
+        #[serde(default)]
+        resume_grace_ms: u32,
     },
     /// To `subscribe`.
     Subscribed {

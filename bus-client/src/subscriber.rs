@@ -329,11 +329,13 @@ impl Drop for Subscriber {
         if self.bus.inner.forked() {
             return; // the parent's subscription and connection, not ours
         }
-        // Best effort: if the daemon is gone there is nothing to undo.
+        // Best effort, without waiting for a daemon that died to be
+        // replaced: the next one is not told of this subscription.
         let _ = self
             .bus
             .inner
-            .request(&Request::Unsubscribe { subsystem: self.subsystem.clone(), queue: Some(self.group.queue) });
+            .link
+            .request_once(&Request::Unsubscribe { subsystem: self.subsystem.clone(), queue: Some(self.group.queue) });
         self.bus.inner.release_port(self.port);
     }
 }

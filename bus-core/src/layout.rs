@@ -26,7 +26,7 @@
 //! | 0 | 8 | `magic` | creator, once | openers | [`MAGIC`] |
 //! | 8 | 4 | `version` | creator, last, Release | openers, Acquire | [`LAYOUT_VERSION`]; 0 while the creator is still writing |
 //! | 16 | 240 | `params` ([`SegmentParams`]) | creator, before `version` | everyone (copied once at open) | equal to [`SegmentParams::compute`] of its own counts; `segment_size` ≤ mapping |
-//! | 256 | 128 | `live` ([`LiveState`]) | daemon | clients | `daemon_state` ∈ {RUNNING, STOPPED}; `routes_version` only grows |
+//! | 256 | 128 | `live` ([`LiveState`]) | daemon | clients, the next daemon | `daemon_state` ∈ {RUNNING, STOPPED}; `routes_version` only grows; `next_serial` above every serial handed out; `resume_grace_ms` the daemon's setting |
 //! | 384 | 128 | `counters` ([`Counters`]) | daemon | status | monotonic |
 //! | 512 | 3584 | reserved | — | — | zero |
 //! | client_table + i·2176 | 128 | [`ClientInfo`] | daemon | daemon, status | `state` FREE/ACTIVE/RECLAIMING |
@@ -69,7 +69,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\0");
 /// Bumped whenever any structure below, the slot header, or the rkyv major
 /// version used for bodies changes (all processes on a bus must agree).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Size of the segment header region.
 pub const HEADER_SIZE: usize = 4096;
 /// Port intent records per client (threads of one client that use the bus
@@ -325,13 +325,22 @@ pub struct SegmentHeader {
 #[repr(C)]
 #[derive(Debug)]
 pub struct LiveState {
-    /// [`DAEMON_RUNNING`] or [`DAEMON_STOPPED`].
+    /// [`DAEMON_RUNNING`] or [`DAEMON_STOPPED`]. A daemon that dies or is
+    /// stopped by a signal leaves RUNNING: with a resume grace, its clients
+    /// wait for the next daemon. Only a `shutdown` request leaves STOPPED.
     pub daemon_state: AtomicU32,
-    /// Zero.
-    pub reserved: u32,
+    /// How long clients wait for a new daemon after theirs died, in
+    /// milliseconds (the `resume-grace` setting; 0: they get `BusGone`).
+    pub resume_grace_ms: AtomicU32,
     /// Bumped (Release) after every routing-table change; publishers cache
     /// resolved routes and revalidate against it (Acquire).
     pub routes_version: AtomicU64,
+    /// The serial the daemon hands out next: a daemon that adopts the
+    /// segment continues from here, so that no serial (and no
+    /// `_reply.<serial>` queue name) is handed out twice.
+    pub next_serial: AtomicU32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 /// The daemon is serving.

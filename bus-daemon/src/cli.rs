@@ -52,6 +52,10 @@ pub struct DaemonArgs {
     /// Subsystem whose messages are queued while nobody subscribes (repeatable).
     #[arg(long = "durable")]
     durable: Vec<String>,
+    /// How long clients wait for a new daemon after this one dies or is
+    /// stopped by a signal: "5s", "500ms" (default 0: they get BusGone).
+    #[arg(long, value_name = "DURATION")]
+    resume_grace: Option<String>,
     /// Permissions of the socket file, octal (default 0660).
     #[arg(long)]
     socket_mode: Option<String>,
@@ -89,6 +93,7 @@ pub fn daemon_main() -> ExitCode {
         max_groups: args.max_groups,
         max_slots_per_client: args.max_slots_per_client,
         socket_mode: args.socket_mode,
+        resume_grace: args.resume_grace,
         durable: args.durable,
         groups: Vec::new(),
         access: None,
@@ -117,6 +122,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         "  {} slots of {} bytes, queues of {}, up to {} subsystems, {} clients, {} groups per subsystem",
         s.slot_count, s.slot_size, s.queue_capacity, s.max_subsystems, s.max_clients, s.max_groups
     );
+    if !cfg.resume_grace.is_zero() {
+        println!("  clients wait {:?} for a new daemon after this one dies", cfg.resume_grace);
+    }
     if cfg.quota > 0 {
         println!("  at most {} slots per client", cfg.quota);
     }

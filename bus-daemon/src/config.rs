@@ -11,6 +11,7 @@
 //! max-groups = 8        # groups per subsystem, its default group included
 //! max-slots-per-client = 512  # loaned + cached + received at once (default: no quota)
 //! socket-mode = "0660"
+//! resume-grace = "5s"   # clients wait this long for a new daemon (default 0: BusGone)
 //! durable = ["audit"]   # queued even while nobody subscribes
 //!
 //! # Consumer groups that receive every message of their subsystem even
@@ -53,6 +54,9 @@ pub struct FileConfig {
     pub max_slots_per_client: Option<u32>,
     /// Permissions of the socket file, octal.
     pub socket_mode: Option<String>,
+    /// How long clients wait for a new daemon after this one died:
+    /// `"5s"`, `"500ms"`, `"0"`.
+    pub resume_grace: Option<String>,
     /// Subsystems whose messages are queued while nobody subscribes.
     #[serde(default)]
     pub durable: Vec<String>,
@@ -93,6 +97,9 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     /// Slots one client may hold at once (0: no quota).
     pub quota: u32,
+    /// How long clients wait for a new daemon after this one died (zero:
+    /// they get `BusGone` at once).
+    pub resume_grace: std::time::Duration,
     /// Who may do what.
     pub access: crate::access::Policy,
 }
@@ -131,6 +138,23 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The longest `resume-grace`.
+pub const MAX_RESUME_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `"5s"`, `"250ms"`, `"2m"`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1000)?,
+        "m" | "min" => n.checked_mul(60_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
 impl FileConfig {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -152,6 +176,7 @@ impl FileConfig {
             max_groups: over.max_groups.or(self.max_groups),
             max_slots_per_client: over.max_slots_per_client.or(self.max_slots_per_client),
             socket_mode: over.socket_mode.or(self.socket_mode),
+            resume_grace: over.resume_grace.or(self.resume_grace),
             durable: if over.durable.is_empty() { self.durable } else { over.durable },
             groups: if over.groups.is_empty() { self.groups } else { over.groups },
             access: over.access.or(self.access),
@@ -216,8 +241,26 @@ impl FileConfig {
                 )))
             }
         };
+        let resume_grace = match self.resume_grace.as_deref() {
+            None => std::time::Duration::ZERO,
+            Some(text) => parse_duration(text).filter(|d| *d <= MAX_RESUME_GRACE).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "resume-grace {text:?} is not a duration like \"5s\" or \"500ms\" of at most an hour"
+                ))
+            })?,
+        };
         let access = self.access.unwrap_or_default().resolve().map_err(ConfigError::Invalid)?;
-        Ok(Config { bus, socket, shape, socket_mode, durable: self.durable, groups: self.groups, quota, access })
+        Ok(Config {
+            bus,
+            socket,
+            shape,
+            socket_mode,
+            durable: self.durable,
+            groups: self.groups,
+            quota,
+            resume_grace,
+            access,
+        })
     }
 }
 
@@ -246,5 +289,11 @@ mod tests {
         let e = FileConfig { durable: vec!["Bad Name".into()], ..Default::default() }.resolve().unwrap_err();
         assert!(e.to_string().contains("durable"), "{e}");
         assert!(toml::from_str::<FileConfig>("slotz = 1").is_err());
+        let e = FileConfig { resume_grace: Some("5 parsecs".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("resume-grace"), "{e}");
+        let c = FileConfig { resume_grace: Some("1500ms".into()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.resume_grace, std::time::Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Some(std::time::Duration::from_secs(3)));
     }
 }

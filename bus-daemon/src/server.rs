@@ -22,6 +22,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+mod resume;
+use resume::Ghost;
+
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -84,9 +87,27 @@ struct Conn {
     pid: u32,
     uid: u32,
     welcomed: bool,
+    /// Keyed by the entry of a client that has not resumed yet (a ghost)
+    /// with this connection's pid, because the table had no free entry: it
+    /// may only resume that client (see `Server::admit`).
+    borrowed: bool,
     subscriptions: Vec<Sub>,
     /// Taps this connection created (their names are numbered).
     taps: u32,
+}
+
+impl Conn {
+    fn new(
+        fd: OwnedFd,
+        peer: crate::access::Peer,
+        client: u32,
+        serial: u32,
+        pid: u32,
+        uid: u32,
+        borrowed: bool,
+    ) -> Conn {
+        Conn { fd, peer, client, serial, pid, uid, welcomed: false, borrowed, subscriptions: Vec::new(), taps: 0 }
+    }
 }
 
 /// One subscription of a connection.
@@ -148,6 +169,19 @@ pub struct Server {
     free_ring_corrupt: bool,
     /// Where the audit's next pass over holder words starts.
     holders_cursor: u64,
+    /// Clients of the previous daemon, by entry, that have not resumed yet
+    /// (see [`resume`]).
+    ghosts: BTreeMap<u32, Ghost>,
+    /// Subscriptions the previous daemon counted, per entry, not yet
+    /// claimed by a resuming client: counted as subscribers until every
+    /// ghost has resumed or been reclaimed.
+    pending_subs: BTreeMap<u32, u32>,
+    /// Where a connection moved in the table when it resumed (read by
+    /// [`Server::service`] right after [`Server::handle`]).
+    moved_to: Option<u32>,
+    /// The stop was asked for with a `shutdown` request: the bus ends
+    /// (STOPPED) even with a resume grace.
+    shutdown_requested: bool,
     /// systemd's watchdog interval (`WATCHDOG_USEC`), and when it was last
     /// pinged: `WATCHDOG=1` goes out from the event loop at half the
     /// interval, so a loop that hangs gets the daemon restarted.
@@ -176,7 +210,11 @@ impl Server {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
         let listener = bind_socket(&cfg.socket, cfg.socket_mode)?;
-        let seg = match Segment::create(&cfg.shape, &cfg.bus, generation) {
+        // The previous daemon's segment, if it died with a resume grace and
+        // left one to adopt (see [`resume`]); else a new one.
+        let (adopted, early) = resume::find_segment(&cfg, &listener);
+        let is_adopted = adopted.is_some();
+        let seg = match adopted.map_or_else(|| Segment::create(&cfg.shape, &cfg.bus, generation), Ok) {
             Ok(seg) => seg,
             Err(e) => {
                 let _ = std::fs::remove_file(&cfg.socket);
@@ -201,7 +239,17 @@ impl Server {
             free_ring_corrupt: false,
             holders_cursor: 0,
             watchdog: None,
+            ghosts: BTreeMap::new(),
+            pending_subs: BTreeMap::new(),
+            moved_to: None,
+            shutdown_requested: false,
         };
+        if is_adopted {
+            server.adopt();
+        }
+        let live = &server.seg.header().live;
+        live.resume_grace_ms.store(server.cfg.resume_grace.as_millis() as u32, Ordering::Relaxed);
+        live.next_serial.store(server.next_serial, Ordering::Relaxed);
         let invalid = |what: String| DaemonError::Config(crate::config::ConfigError::Invalid(what));
         for d in server.cfg.durable.clone() {
             let s = server.subsystem_entry(&d).map_err(|(_, e)| invalid(format!("durable subsystem {d}: {e}")))?;
@@ -219,6 +267,10 @@ impl Server {
                 .group_entry(s, &g.name, flags)
                 .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
         }
+        resume::publish(&server.cfg, &server.seg);
+        for fd in early {
+            server.admit(fd);
+        }
         Ok(server)
     }
 
@@ -233,17 +285,31 @@ impl Server {
         &self.cfg
     }
 
-    /// The one line printed when ready.
+    /// The one line printed when ready (`resuming=N` when it adopted its
+    /// predecessor's segment and waits for N of its clients).
     pub fn ready_line(&self) -> String {
         let p = self.seg.params();
+        let resuming = if self.ghosts.is_empty() { String::new() } else { format!(" resuming={}", self.ghosts.len()) };
         format!(
-            "shmbusd: ready bus={} socket={} slots={} slot_size={} pid={}",
+            "shmbusd: ready bus={} socket={} slots={} slot_size={} pid={}{resuming}",
             self.cfg.bus,
             self.cfg.socket.display(),
             p.slot_count,
             p.slot_size,
             std::process::id()
         )
+    }
+
+    /// The welcome for client entry `client`, connection `serial`.
+    fn welcome(&self, client: u32, serial: u32) -> Reply {
+        Reply::Welcome {
+            client,
+            serial,
+            bus: self.cfg.bus.clone(),
+            shape: Some(bus_client::protocol::SegmentShape::of(self.seg.params())),
+            quota: self.cfg.quota,
+            resume_grace_ms: self.cfg.resume_grace.as_millis() as u32,
+        }
     }
 
     /// Serves until a shutdown request, or until any of `stop_fds` becomes
@@ -297,6 +363,7 @@ impl Server {
                 self.service(id);
             }
             self.reaper.tick(&self.seg);
+            self.tend_ghosts();
             self.drain_abandoned_reply_queues();
             self.tend_taps();
             self.audit();
@@ -320,58 +387,67 @@ impl Server {
                     return;
                 }
             };
-            let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("SO_PEERCRED failed, dropping connection: {e}");
-                    continue;
-                }
-            };
-            let peer = crate::access::peer(cred.pid(), cred.uid(), cred.gid());
-            if let Err(message) = self.cfg.access.check(&peer, crate::access::Action::Connect) {
-                tracing::warn!(pid = cred.pid(), uid = cred.uid(), "refusing a client: {message}");
-                self.refuse(fd, ErrorKind::PermissionDenied, message);
-                continue;
-            }
-            // The daemon alone writes the client table, and reclaims an entry
-            // completely before it leaves `conns`: every entry not in
-            // `conns` is free, whatever the segment says (a faulty process
-            // may have overwritten its state; trusting that word would leak
-            // the entry for good).
-            let Some(client) = (0..self.seg.params().max_clients).find(|c| !self.conns.contains_key(c)) else {
-                tracing::warn!(pid = cred.pid(), "refusing a client: client table full");
-                let max = self.seg.params().max_clients;
-                let message = format!("the bus already has its maximum of {max} clients: raise --max-clients");
-                self.refuse(fd, ErrorKind::TooManyClients, message);
-                continue;
-            };
-            self.scrub_client_entry(client);
-            let info = self.seg.client_info(client).expect("in range");
-            let serial = self.next_serial;
-            self.next_serial = self.next_serial.wrapping_add(1).max(1);
-            info.serial.store(serial, Ordering::Relaxed);
-            info.pid.store(cred.pid() as u32, Ordering::Relaxed);
-            info.uid.store(cred.uid(), Ordering::Relaxed);
-            info.gid.store(cred.gid(), Ordering::Relaxed);
-            // SYNC: client-state — pairs with the Acquire in this search.
-            info.state.store(CLIENT_ACTIVE, Ordering::Release);
-            self.seg.header().counters.clients_accepted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client, pid = cred.pid(), uid = cred.uid(), "client connected");
-            self.conns.insert(
-                client,
-                Conn {
-                    fd,
-                    peer,
-                    client,
-                    serial,
-                    pid: cred.pid() as u32,
-                    uid: cred.uid(),
-                    welcomed: false,
-                    subscriptions: Vec::new(),
-                    taps: 0,
-                },
-            );
+            self.admit(fd);
         }
+    }
+
+    /// Gives accepted connection `fd` a client entry, or refuses it (with
+    /// its reason, once its first packet arrived).
+    fn admit(&mut self, fd: OwnedFd) {
+        let cred = match socket::getsockopt(&fd, sockopt::PeerCredentials) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("SO_PEERCRED failed, dropping connection: {e}");
+                return;
+            }
+        };
+        let peer = crate::access::peer(cred.pid(), cred.uid(), cred.gid());
+        if let Err(message) = self.cfg.access.check(&peer, crate::access::Action::Connect) {
+            tracing::warn!(pid = cred.pid(), uid = cred.uid(), "refusing a client: {message}");
+            self.refuse(fd, ErrorKind::PermissionDenied, message);
+            return;
+        }
+        let (pid, uid) = (cred.pid() as u32, cred.uid());
+        // The daemon alone writes the client table, and reclaims an entry
+        // completely before it leaves `conns`: every entry not in `conns`
+        // (nor kept for a client of the previous daemon) is free, whatever
+        // the segment says (a faulty process may have overwritten its
+        // state; trusting that word would leak the entry for good).
+        let max = self.seg.params().max_clients;
+        let free = (0..max).find(|c| !self.conns.contains_key(c) && !self.ghosts.contains_key(c));
+        let client = match free {
+            Some(c) => c,
+            // A full table may still take back a client of the previous
+            // daemon: this connection waits in its entry, and may only
+            // resume it.
+            None => match self.ghosts.iter().find(|(c, g)| g.pid == pid && g.uid == uid && !self.conns.contains_key(c))
+            {
+                Some((&c, _)) => {
+                    self.conns.insert(c, Conn::new(fd, peer, c, 0, pid, uid, true));
+                    return;
+                }
+                None => {
+                    tracing::warn!(pid, "refusing a client: client table full");
+                    let message = format!("the bus already has its maximum of {max} clients: raise --max-clients");
+                    self.refuse(fd, ErrorKind::TooManyClients, message);
+                    return;
+                }
+            },
+        };
+        self.scrub_client_entry(client);
+        let info = self.seg.client_info(client).expect("in range");
+        let serial = self.next_serial;
+        self.next_serial = self.next_serial.wrapping_add(1).max(1);
+        self.seg.header().live.next_serial.store(self.next_serial, Ordering::Relaxed);
+        info.serial.store(serial, Ordering::Relaxed);
+        info.pid.store(pid, Ordering::Relaxed);
+        info.uid.store(uid, Ordering::Relaxed);
+        info.gid.store(cred.gid(), Ordering::Relaxed);
+        // SYNC: client-state — pairs with the Acquire in this search.
+        info.state.store(CLIENT_ACTIVE, Ordering::Release);
+        self.seg.header().counters.clients_accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(client, pid, uid, "client connected");
+        self.conns.insert(client, Conn::new(fd, peer, client, serial, pid, uid, false));
     }
 
     /// Before entry `client` is handed to a new client: its state must read
@@ -418,12 +494,13 @@ impl Server {
 
     /// Connected subscriptions to queue `q`.
     fn subscribers_of(&self, q: u32) -> u32 {
-        self.conns.values().flat_map(|c| &c.subscriptions).filter(|sub| sub.queue == q).count() as u32
+        let pending = self.pending_subs.get(&q).copied().unwrap_or(0);
+        self.conns.values().flat_map(|c| &c.subscriptions).filter(|sub| sub.queue == q).count() as u32 + pending
     }
 
     /// Connected subscriptions per entry (one pass over the connections).
     fn counts(&self) -> BTreeMap<u32, u32> {
-        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut counts: BTreeMap<u32, u32> = self.pending_subs.clone();
         for sub in self.conns.values().flat_map(|c| &c.subscriptions) {
             *counts.entry(sub.queue).or_default() += 1;
         }
@@ -664,6 +741,8 @@ impl Server {
             match control::recv::<Request>(conn.fd.as_fd(), &mut self.buf) {
                 Ok(Received::Packet(req, _)) => {
                     let reply = self.handle(id, req);
+                    // A resumed connection now sits in its old entry.
+                    let id = self.moved_to.take().unwrap_or(id);
                     let conn = &self.conns[&id];
                     let fd = matches!(reply, Reply::Welcome { .. }).then(|| self.seg.fd());
                     if let Err(e) = control::send(conn.fd.as_fd(), &reply, fd) {
@@ -695,7 +774,7 @@ impl Server {
         let err = |kind, message: String| Reply::Error { kind, message };
         let welcomed = self.conns[&id].welcomed;
         match req {
-            Request::Hello { layout_version } => {
+            Request::Hello { layout_version, resume } => {
                 if welcomed {
                     return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
                 }
@@ -705,14 +784,23 @@ impl Server {
                         format!("daemon speaks layout version {LAYOUT_VERSION}, client {layout_version}"),
                     );
                 }
+                if let Some(r) = resume {
+                    return self.resume(id, r);
+                }
+                if self.conns[&id].borrowed {
+                    let max = self.seg.params().max_clients;
+                    return err(
+                        ErrorKind::TooManyClients,
+                        format!("the bus already has its maximum of {max} clients: raise --max-clients"),
+                    );
+                }
                 // The client is about to open the segment: make sure that
                 // what it validates is intact.
                 self.repair_header();
                 let conn = self.conns.get_mut(&id).expect("present");
                 conn.welcomed = true;
                 let serial = conn.serial;
-                let shape = Some(bus_client::protocol::SegmentShape::of(self.seg.params()));
-                Reply::Welcome { client: id, serial, bus: self.cfg.bus.clone(), shape, quota: self.cfg.quota }
+                self.welcome(id, serial)
             }
             _ if !welcomed => err(ErrorKind::Sequence, "send hello first".into()),
             Request::Subscribe { subsystem, group, lossy, tap } => {
@@ -874,6 +962,7 @@ impl Server {
                 }
                 tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");
                 self.stop = true;
+                self.shutdown_requested = true;
                 Reply::ShuttingDown
             }
         }
@@ -958,6 +1047,9 @@ impl Server {
     fn drop_client(&mut self, id: u32) {
         let Some(conn) = self.conns.remove(&id) else { return };
         drop(conn.fd);
+        if conn.borrowed {
+            return; // the entry is a ghost's, not this connection's
+        }
         for q in conn.subscriptions.iter().map(|sub| sub.queue).collect::<std::collections::BTreeSet<_>>() {
             self.recount(q);
         }
@@ -965,6 +1057,17 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
+        let on_purpose = self.shutdown_requested || self.cfg.resume_grace.is_zero();
+        resume::retire(&self.cfg, on_purpose);
+        if !on_purpose {
+            // Stopped by a signal with a resume grace: the segment stays
+            // RUNNING, its record stays, and the clients wait for the next
+            // daemon (see [`resume`]).
+            self.conns.clear();
+            let _ = std::fs::remove_file(&self.cfg.socket);
+            tracing::info!(grace = ?self.cfg.resume_grace, "stopped; clients wait for the next daemon");
+            return;
+        }
         let h = self.seg.header();
         // SYNC: daemon-stopped — Release pairs with the Acquire load in
         // `Segment::daemon_running`.

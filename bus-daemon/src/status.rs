@@ -23,6 +23,14 @@ impl Baseline {
         self.stalls
     }
 
+    /// For an entry adopted from a previous daemon: its counters keep
+    /// counting from the segment's start (the previous daemon's baseline is
+    /// unknown), but stalls count from now (the audit quarantines on new
+    /// ones).
+    pub fn adopted(seg: &Segment, q: u32) -> Baseline {
+        Baseline { stalls: Baseline::of(seg, q).stalls, ..Baseline::default() }
+    }
+
     /// The counters of queue `q` now.
     pub fn of(seg: &Segment, q: u32) -> Baseline {
         let Some(ring) = seg.queue(q) else { return Baseline::default() };
@@ -118,7 +126,7 @@ pub fn build(
     Status {
         bus: p.bus_name(),
         socket: socket.to_owned(),
-        daemon_pid: p.daemon_pid,
+        daemon_pid: std::process::id(),
         slot_size: p.slot_size,
         queue_capacity: p.queue_capacity,
         slots: SlotCounts {

@@ -33,7 +33,11 @@ fn garbage_and_floods_on_the_control_socket_hang_nothing() {
             let (socket, stop) = (bus.socket().to_owned(), stop.clone());
             std::thread::spawn(move || {
                 let Ok(fd) = control::connect(&socket) else { return };
-                let _ = control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION }, None);
+                let _ = control::send(
+                    fd.as_fd(),
+                    &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None },
+                    None,
+                );
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let req = if i == 0 {
                         Request::Status

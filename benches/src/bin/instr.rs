@@ -32,6 +32,7 @@ fn main() {
         durable: Vec::new(),
         groups: Vec::new(),
         quota: 0,
+        resume_grace: std::time::Duration::ZERO,
         access: Default::default(),
     };
     let daemon = bus_daemon::spawn(cfg).expect("start the daemon");

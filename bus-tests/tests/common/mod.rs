@@ -113,6 +113,12 @@ impl Proc {
         }
     }
 
+    /// How many stdout lines starting with `prefix` came so far and were
+    /// not consumed by a wait for a line (consumes them all).
+    pub fn count_lines(&mut self, prefix: &str) -> usize {
+        self.lines.lock().unwrap().try_iter().filter(|l| l.starts_with(prefix)).count()
+    }
+
     /// Whether a stdout line starting with `prefix` comes within `timeout`.
     pub fn saw_line(&mut self, prefix: &str, timeout: Duration) -> bool {
         self.next_line(prefix, timeout).is_ok()

@@ -1,0 +1,471 @@
+//! Surviving a daemon restart: a new daemon adopts the segment of the one
+//! that died, and its clients resume their identities.
+//!
+//! With `resume-grace` above zero, a daemon that dies (or is stopped by a
+//! signal) leaves the segment RUNNING, with its queued messages. Where the
+//! next daemon finds it:
+//! - under systemd, in the service's file descriptor store: every daemon
+//!   with a grace stores its memfd there (`FDSTORE=1`, `FDNAME=segment`),
+//!   and systemd hands it back at the restart (`LISTEN_FDS`);
+//! - otherwise, from the first client that resumes, which sends the memfd
+//!   with its hello. The daemon takes it only if its `(st_dev, st_ino)` is
+//!   what its predecessor recorded beside the socket (`SOCKET.segment`, in
+//!   a directory only the daemon's user can write), so that a crafted memfd
+//!   is refused.
+//!
+//! The adopting daemon rebuilds its tables from the segment: the routing
+//! entries (names, flags, groups, and their subscriber counts, which stand
+//! for the subscriptions of clients not resumed yet), and the client
+//! table, whose active entries become ghosts. A client resumes with its
+//! entry, serial, pid and uid, and names its subscriptions. A ghost whose
+//! process is gone, or that does not resume within the grace, is reclaimed
+//! like any dead client: its held messages are redelivered. Only a
+//! `shutdown` request ends the bus on purpose (STOPPED: clients get
+//! `BusGone` at once, and the record and stored fd are dropped).
+
+use super::{Record, RecordKind, Server, Sub};
+use crate::config::Config;
+use bus_client::control::{self, Received};
+use bus_client::protocol::{ErrorKind, Reply, Request, Resume};
+use bus_core::layout::{CLIENT_ACTIVE, CLIENT_FREE, CLIENT_RECLAIMING, DAEMON_RUNNING, MAX_GROUPS, ROUTE_RESTRICTED};
+use bus_core::routing::{self, Kind};
+use bus_core::segment::Segment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A client of the previous daemon that has not resumed yet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ghost {
+    pub(super) serial: u32,
+    pub(super) pid: u32,
+    pub(super) uid: u32,
+    /// Reclaimed if not resumed by then.
+    deadline: Instant,
+}
+
+/// What a daemon with a grace records beside its socket, for the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Handoff {
+    /// The memfd's device and inode.
+    dev: u64,
+    ino: u64,
+    /// The segment's `bus_generation`.
+    generation: u64,
+    /// The daemon that wrote it.
+    pid: u32,
+}
+
+/// The name systemd stores the segment's fd under.
+const FD_NAME: &str = "segment";
+
+fn handoff_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".segment");
+    PathBuf::from(p)
+}
+
+fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    nix::sys::stat::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
+}
+
+/// The predecessor's segment, if there is one to adopt, and the
+/// connections accepted while waiting for it (served once the daemon runs).
+pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>, Vec<OwnedFd>) {
+    let record = handoff_path(&cfg.socket);
+    if cfg.resume_grace.is_zero() {
+        let _ = std::fs::remove_file(&record);
+        return (None, Vec::new());
+    }
+    if let Some(fd) = from_fd_store() {
+        let seg = Segment::open(fd).map_err(|e| e.to_string()).and_then(|seg| adoptable(cfg, seg, None));
+        match seg {
+            Ok(seg) => {
+                tracing::info!("adopting the segment systemd kept for us");
+                return (Some(seg), Vec::new());
+            }
+            Err(why) => tracing::warn!("not adopting the segment in systemd's fd store: {why}"),
+        }
+    }
+    let Some(handoff) = std::fs::read_to_string(&record).ok().and_then(|t| toml::from_str::<Handoff>(&t).ok()) else {
+        return (None, Vec::new());
+    };
+    tracing::info!(grace = ?cfg.resume_grace, "a previous daemon left a segment: waiting for a client to bring it back");
+    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), cfg.resume_grace);
+    let Some(fd) = fd else {
+        tracing::warn!("no client brought the previous segment back within the grace: starting a new bus");
+        return (None, early);
+    };
+    match Segment::open(fd).map_err(|e| e.to_string()).and_then(|seg| adoptable(cfg, seg, Some(&handoff))) {
+        Ok(seg) => (Some(seg), early),
+        Err(why) => {
+            tracing::warn!("not adopting the previous segment ({why}): starting a new bus");
+            (None, early)
+        }
+    }
+}
+
+/// The segment if this daemon can serve it: same bus and shape as the
+/// config, not shut down on purpose, and the generation recorded.
+fn adoptable(cfg: &Config, seg: Segment, handoff: Option<&Handoff>) -> Result<Segment, String> {
+    let p = seg.params();
+    if p.bus_name() != cfg.bus {
+        return Err(format!("it is bus {:?}, not {:?}", p.bus_name(), cfg.bus));
+    }
+    if p.shape() != cfg.shape {
+        return Err("its shape differs from the config's (slots, sizes, limits)".into());
+    }
+    if handoff.is_some_and(|h| h.generation != p.bus_generation) {
+        return Err("its generation is not the one recorded".into());
+    }
+    if seg.header().live.daemon_state.load(Ordering::Acquire) != DAEMON_RUNNING {
+        return Err("it was shut down".into());
+    }
+    Ok(seg)
+}
+
+/// The fd systemd kept under [`FD_NAME`], if it started us with one.
+fn from_fd_store() -> Option<OwnedFd> {
+    let fds = sd_notify::listen_fds_with_names(true).ok()?;
+    let mut found = None;
+    for (raw, name) in fds {
+        // SAFETY: systemd passed these descriptors to this process
+        // (LISTEN_PID is ours); nothing else owns them.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if name == FD_NAME && found.is_none() {
+            found = Some(fd);
+        }
+    }
+    found
+}
+
+/// Accepts connections for up to `grace`, looking (without consuming it)
+/// at each one's first packet, until one is a resuming hello carrying the
+/// memfd `want` names.
+fn wait_for_resumer(listener: &OwnedFd, want: (u64, u64), grace: Duration) -> (Option<OwnedFd>, Vec<OwnedFd>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + grace;
+    let mut early: Vec<(OwnedFd, bool)> = Vec::new();
+    let mut buf = Vec::new();
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let unseen: Vec<usize> = (0..early.len()).filter(|&i| !early[i].1).collect();
+        fds.extend(unseen.iter().map(|&i| PollFd::new(early[i].0.as_fd(), PollFlags::POLLIN)));
+        if poll(&mut fds, PollTimeout::from(left.as_millis() as u16)).is_err() {
+            continue;
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        for (k, &i) in unseen.iter().enumerate() {
+            if !ready[k + 1] {
+                continue;
+            }
+            early[i].1 = true;
+            if let Ok(Received::Packet(Request::Hello { resume: Some(_), .. }, Some(fd))) =
+                control::peek::<Request>(early[i].0.as_fd(), &mut buf)
+            {
+                if identity(fd.as_fd()) == Some(want) {
+                    return (Some(fd), early.into_iter().map(|(fd, _)| fd).collect());
+                }
+                tracing::warn!("a client offered a segment that is not the recorded one: ignored");
+            }
+        }
+        if ready[0] {
+            for _ in 0..64 {
+                match nix::sys::socket::accept4(
+                    listener.as_raw_fd(),
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+                ) {
+                    // SAFETY: accept4 returned a new descriptor we now own.
+                    Ok(raw) => early.push((unsafe { OwnedFd::from_raw_fd(raw) }, false)),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    (None, early.into_iter().map(|(fd, _)| fd).collect())
+}
+
+/// After bind: with a grace, records the segment for the next daemon
+/// (beside the socket, and in systemd's fd store when run by it).
+pub(super) fn publish(cfg: &Config, seg: &Segment) {
+    if cfg.resume_grace.is_zero() {
+        return;
+    }
+    let Some((dev, ino)) = identity(seg.fd()) else { return };
+    let handoff = Handoff { dev, ino, generation: seg.params().bus_generation, pid: std::process::id() };
+    let path = handoff_path(&cfg.socket);
+    let tmp = handoff_path(&cfg.socket).with_extension("segment.new");
+    let text = toml::to_string(&handoff).expect("a flat record serializes");
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!("cannot record the segment for the next daemon in {}: {e}", path.display());
+    }
+    if let Err(e) = notify(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), Some(seg.fd())) {
+        tracing::warn!("cannot store the segment with systemd: {e}");
+    }
+}
+
+/// At the end: a bus ended on purpose leaves nothing to adopt.
+pub(super) fn retire(cfg: &Config, on_purpose: bool) {
+    if on_purpose {
+        let _ = std::fs::remove_file(handoff_path(&cfg.socket));
+        let _ = notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), None);
+    }
+}
+
+/// Sends `state` to systemd's notify socket (if run by systemd), with `fd`.
+fn notify(state: &str, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else { return Ok(()) };
+    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
+        None => UnixAddr::new(Path::new(&path))?,
+    };
+    let iov = [std::io::IoSlice::new(state.as_bytes())];
+    let raw;
+    let cmsgs: Vec<ControlMessage<'_>> = match fd {
+        Some(fd) => {
+            raw = [fd.as_raw_fd()];
+            vec![ControlMessage::ScmRights(&raw)]
+        }
+        None => Vec::new(),
+    };
+    sendmsg(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), Some(&addr))?;
+    Ok(())
+}
+
+/// Whether process `pid` still exists (a pid reused since counts as alive:
+/// its ghost is then reclaimed when the grace ends).
+fn alive(pid: u32) -> bool {
+    !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None), Err(nix::errno::Errno::ESRCH))
+        && pid != 0
+}
+
+impl Server {
+    /// Rebuilds the daemon's tables from an adopted segment (see the module
+    /// doc).
+    pub(super) fn adopt(&mut self) {
+        let p = *self.seg.params();
+        let views: Vec<_> = (0..p.max_subsystems).filter_map(|q| routing::read_as_writer(&self.seg, q)).collect();
+        let mut groups_of: BTreeMap<u32, [Option<u32>; MAX_GROUPS]> = BTreeMap::new();
+        for v in &views {
+            if let Kind::Group { subsystem, slot } = v.kind {
+                groups_of.entry(subsystem).or_insert([None; MAX_GROUPS])[slot as usize] = Some(v.queue);
+            }
+        }
+        let now = Instant::now();
+        for v in &views {
+            let kind = match v.kind {
+                Kind::Subsystem { .. } => {
+                    RecordKind::Subsystem { groups: groups_of.get(&v.queue).copied().unwrap_or([None; MAX_GROUPS]) }
+                }
+                Kind::Group { subsystem, slot } => {
+                    // A group whose subsystem entry is not a subsystem is
+                    // left out (and the entry cleared by the republish).
+                    if !views.iter().any(|s| s.queue == subsystem && matches!(s.kind, Kind::Subsystem { .. })) {
+                        continue;
+                    }
+                    RecordKind::Group { subsystem, slot }
+                }
+            };
+            let mut flags = v.flags & !ROUTE_RESTRICTED;
+            if matches!(kind, RecordKind::Subsystem { .. }) && self.cfg.access.restricts_publish(v.name()) {
+                flags |= ROUTE_RESTRICTED;
+            }
+            self.routes.insert(v.queue, Record { name: v.name().to_owned(), flags, kind });
+            self.baselines.insert(v.queue, crate::status::Baseline::adopted(&self.seg, v.queue));
+            if v.subscribers > 0 {
+                self.pending_subs.insert(v.queue, v.subscribers);
+            } else {
+                self.idle_since.insert(v.queue, now);
+            }
+        }
+        let live = &self.seg.header().live;
+        let mut next = live.next_serial.load(Ordering::Relaxed).max(1);
+        let deadline = now + self.cfg.resume_grace;
+        for c in 0..p.max_clients {
+            let Some(info) = self.seg.client_info(c) else { break };
+            // SYNC: client-state — pairs with the previous daemon's Release.
+            let state = info.state.load(Ordering::Acquire);
+            let serial = info.serial.load(Ordering::Relaxed);
+            let pid = info.pid.load(Ordering::Relaxed);
+            match state {
+                CLIENT_ACTIVE => {
+                    next = next.max(serial.wrapping_add(1)).max(1);
+                    let uid = info.uid.load(Ordering::Relaxed);
+                    self.ghosts.insert(c, Ghost { serial, pid, uid, deadline });
+                }
+                // The previous daemon died while reclaiming it: finish.
+                CLIENT_RECLAIMING => self.reaper.reap(&self.seg, c, pid),
+                CLIENT_FREE => {}
+                other => {
+                    tracing::error!(client = c, state = other, "client entry {c} holds state {other}: cleared");
+                    self.seg.header().counters.corruption.fetch_add(1, Ordering::Relaxed);
+                    self.reaper.reap(&self.seg, c, pid);
+                }
+            }
+        }
+        self.next_serial = next;
+        for q in self.routes.keys().copied().collect::<Vec<_>>() {
+            self.publish(q);
+        }
+        for q in 0..p.max_subsystems {
+            if !self.routes.contains_key(&q) {
+                routing::rewrite(&self.seg, q, None);
+            }
+        }
+        tracing::info!(
+            entries = self.routes.len(),
+            clients = self.ghosts.len(),
+            grace = ?self.cfg.resume_grace,
+            "adopted the previous daemon's segment: waiting for its clients to resume"
+        );
+        self.tend_ghosts();
+    }
+
+    /// Client connection `id` asks to resume client `r.client` (see the
+    /// module doc). On success the connection moves to that entry
+    /// (`moved_to`).
+    pub(super) fn resume(&mut self, id: u32, r: Resume) -> Reply {
+        let refuse = |message: String| Reply::Error { kind: ErrorKind::Invalid, message };
+        let conn = &self.conns[&id];
+        let Some(ghost) = self.ghosts.get(&r.client).copied() else {
+            return refuse(format!(
+                "cannot resume client {}: this daemon has no such client waiting (the bus was restarted without its \
+                 segment, or the client was reclaimed after the grace); connect again",
+                r.client
+            ));
+        };
+        if r.bus_generation != self.seg.params().bus_generation
+            || ghost.serial != r.serial
+            || ghost.pid != conn.pid
+            || ghost.uid != conn.uid
+        {
+            return refuse(format!("cannot resume client {}: it was another process or another bus", r.client));
+        }
+        let g = r.client;
+        if g != id {
+            if let Some(other) = self.conns.get(&g) {
+                // Another connection of the same process waits in that
+                // entry for lack of a free one (see `Server::admit`): if
+                // this one waits in a borrowed entry too, they swap;
+                // otherwise this one asks again shortly.
+                if !(other.borrowed && conn.borrowed) {
+                    return Reply::Error {
+                        kind: ErrorKind::TooManyClients,
+                        message: format!("client entry {g} is busy: try again"),
+                    };
+                }
+                let mut other = self.conns.remove(&g).expect("present");
+                other.client = id;
+                let mine = self.conns.insert(id, other).expect("present");
+                self.conns.insert(g, mine);
+                return self.resume_in_place(g, r, ghost);
+            }
+        }
+        self.resume_in_place(id, r, ghost)
+    }
+
+    /// [`Server::resume`] once connection `id` may take entry `r.client`.
+    fn resume_in_place(&mut self, id: u32, r: Resume, ghost: Ghost) -> Reply {
+        let mut conn = self.conns.remove(&id).expect("present");
+        if !conn.borrowed {
+            // The entry it was given at accept was only provisional.
+            if let Some(info) = self.seg.client_info(id) {
+                info.pid.store(0, Ordering::Relaxed);
+                // SYNC: client-state — pairs with the Acquire in `admit`'s
+                // callers and status readers.
+                info.state.store(CLIENT_FREE, Ordering::Release);
+            }
+        }
+        let g = r.client;
+        conn.client = g;
+        conn.serial = ghost.serial;
+        conn.borrowed = false;
+        conn.welcomed = true;
+        let mut resumed = Vec::new();
+        for sub in r.subscriptions {
+            let known = match self.routes.get(&sub.queue) {
+                Some(Record { kind: RecordKind::Subsystem { .. }, name, .. }) => *name == sub.subsystem,
+                Some(Record { kind: RecordKind::Group { subsystem, .. }, name, .. }) => {
+                    self.routes.get(subsystem).is_some_and(|s| s.name == sub.subsystem)
+                        && (!name.starts_with("tap.") || name.starts_with(&format!("tap.{}.", ghost.serial)))
+                }
+                None => false,
+            };
+            if !known || conn.subscriptions.len() >= bus_core::layout::PORTS_PER_CLIENT {
+                tracing::warn!(client = g, subsystem = %sub.subsystem, queue = sub.queue, "a resumed subscription names no such entry: dropped");
+                continue;
+            }
+            if let Some(n) = self.pending_subs.get_mut(&sub.queue) {
+                *n = n.saturating_sub(1);
+            }
+            if let Some(Record { name, .. }) = self.routes.get(&sub.queue) {
+                let tap = name.strip_prefix(&format!("tap.{}.", ghost.serial)).and_then(|n| n.parse::<u32>().ok());
+                conn.taps = conn.taps.max(tap.unwrap_or(0));
+            }
+            resumed.push(sub.queue);
+            conn.subscriptions.push(Sub { subsystem: sub.subsystem, queue: sub.queue });
+        }
+        self.pending_subs.retain(|_, n| *n > 0);
+        self.ghosts.remove(&g);
+        tracing::info!(client = g, pid = conn.pid, subscriptions = resumed.len(), "client resumed");
+        self.conns.insert(g, conn);
+        self.moved_to = Some(g);
+        for q in resumed {
+            self.recount(q);
+        }
+        self.settle_if_resolved();
+        self.welcome(g, ghost.serial)
+    }
+
+    /// Every tick: reclaims the ghosts whose process is gone or whose grace
+    /// passed (a ghost with a connection waiting in its entry is left to
+    /// that connection's hello).
+    pub(super) fn tend_ghosts(&mut self) {
+        if self.ghosts.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let done: Vec<(u32, Ghost)> = self
+            .ghosts
+            .iter()
+            .filter(|(c, g)| !self.conns.contains_key(c) && (now >= g.deadline || !alive(g.pid)))
+            .map(|(c, g)| (*c, *g))
+            .collect();
+        for (c, g) in done {
+            let why = if alive(g.pid) { "did not resume within the grace" } else { "is gone" };
+            tracing::info!(client = c, pid = g.pid, "client of the previous daemon {why}: reclaiming it");
+            self.ghosts.remove(&c);
+            self.reaper.reap(&self.seg, c, g.pid);
+        }
+        self.settle_if_resolved();
+    }
+
+    /// Once no ghost is left, the subscriber counts are the connections'
+    /// alone.
+    fn settle_if_resolved(&mut self) {
+        if !self.ghosts.is_empty() || self.pending_subs.is_empty() {
+            return;
+        }
+        for q in std::mem::take(&mut self.pending_subs).into_keys() {
+            self.recount(q);
+        }
+    }
+}

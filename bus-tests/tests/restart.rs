@@ -1,0 +1,300 @@
+//! Surviving a daemon restart (`resume-grace`): a daemon killed under load
+//! is replaced, and its clients carry on without restarting; a client that
+//! died meanwhile is reclaimed; `shutdown` still ends the bus at once; and
+//! systemd's fd store hands the segment to the next daemon.
+
+mod common;
+use common::*;
+use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A daemon process on `socket` with `extra` flags, ready.
+fn daemon(socket: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(socket).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut d = Proc::new(cmd.spawn().expect("start the daemon"));
+    d.wait_line("shmbusd: ready", Duration::from_secs(20));
+    d
+}
+
+fn peer(socket: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(PEER);
+    cmd.args(args).env("SHMBUS_SOCKET", socket).env_remove("SHMBUS_BUS").stdout(Stdio::piped()).stderr(Stdio::piped());
+    Proc::new(cmd.spawn().expect("start a peer"))
+}
+
+fn status(socket: &Path) -> serde_json::Value {
+    let (st, out, err) = run_to_end(Command::new(CLI).args(["status", "--json"]).env("SHMBUS_SOCKET", socket));
+    assert!(st.success(), "status failed: {err}");
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+/// Every slot comes back free or cached (within 10 s), and none is corrupt.
+fn assert_slots_back(socket: &Path) {
+    let back = || {
+        let s = status(socket);
+        let n = |k: &str| s["slots"][k].as_u64().unwrap();
+        n("free") + n("cached") == n("total") && n("corrupt") == 0
+    };
+    assert!(
+        eventually(Duration::from_secs(10), back).is_some(),
+        "slots not accounted for: {}",
+        status(socket)["slots"]
+    );
+}
+
+fn grace_flags(grace: &str) -> Vec<String> {
+    vec!["--resume-grace".into(), grace.into(), "--slots".into(), "512".into()]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_daemon_killed_under_load_is_replaced_and_its_clients_carry_on() {
+    let dir = TempDir::new("restart");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("10s");
+    let first = daemon(&socket, &args(&flags));
+    let done = dir.0.join("done");
+    let stop = dir.0.join("stop");
+    let mut sub = peer(&socket, &["cpsub", "subsystem=rs", &format!("done_file={}", done.display())]);
+    sub.wait_line("subscribed", Duration::from_secs(10));
+    let mut publisher = peer(
+        &socket,
+        &["cppub", "publisher=1", "path=rs://x", "count=1000", &format!("until_file={}", stop.display())],
+    );
+    publisher.wait_line("a 500", Duration::from_secs(20));
+
+    // kill -9, and a new daemon a second later.
+    first.signal(Signal::SIGKILL);
+    let (_, _, _) = first.wait(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    let second = daemon(&socket, &args(&flags));
+    eprintln!("the new daemon adopted the segment after {:?}", t.elapsed());
+    // Lines printed before now are dropped: count only what comes next.
+    let _ = publisher.count_lines("a ");
+    let mut after = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            after += publisher.count_lines("a ");
+            after > 2000
+        })
+        .is_some(),
+        "the publisher did not carry on after the restart"
+    );
+
+    // A third client, new after the restart, works.
+    let bus = bus_client::Bus::builder().socket(&socket).connect().expect("a new client connects");
+    let s = bus.subscribe("third").unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    p.send_bytes("third://hi", b"hello").unwrap();
+    assert_eq!(s.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"hello");
+    drop((s, p, bus));
+
+    std::fs::write(&stop, b"").unwrap();
+    let (st, out, err) = publisher.wait(Duration::from_secs(60));
+    assert!(st.success(), "publisher: {err}");
+    std::fs::write(&done, b"").unwrap();
+    let (st, got, err) = sub.wait(Duration::from_secs(60));
+    assert!(st.success(), "subscriber: {err}");
+    let acked: BTreeSet<u64> = out.lines().filter_map(|l| l.strip_prefix("a ")).map(|n| n.parse().unwrap()).collect();
+    let received: BTreeSet<u64> = got
+        .lines()
+        .filter_map(|l| l.strip_prefix("g 1 "))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let lost: Vec<_> = acked.difference(&received).take(10).collect();
+    assert!(lost.is_empty(), "acknowledged but never delivered: {lost:?} (of {})", acked.len());
+    assert!(acked.len() > 3000, "only {} messages went through", acked.len());
+    assert_slots_back(&socket);
+    // Only the status command itself is connected.
+    let s = status(&socket);
+    assert_eq!(s["clients"], 1, "{s}");
+    second.signal(Signal::SIGTERM);
+    let (st, _, err) = second.wait(Duration::from_secs(10));
+    assert!(st.success(), "{err}");
+}
+
+#[test]
+fn a_client_killed_while_the_daemon_was_away_is_reclaimed_and_its_messages_redelivered() {
+    let dir = TempDir::new("restart-dead");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("2s");
+    let first = daemon(&socket, &args(&flags));
+    let survivor = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let mut p = survivor.publisher().create().unwrap();
+    let mut holder = peer(&socket, &["hold", "subsystem=h", "path=h://x", "loans=2", "hold=2"]);
+    assert!(eventually(Duration::from_secs(10), || status(&socket)["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "h" && s["subscribers"] == 1))
+    .is_some());
+    p.send_bytes("h://x", b"one").unwrap();
+    p.send_bytes("h://x", b"two").unwrap();
+    holder.wait_line("holding", Duration::from_secs(10));
+    let sub = survivor.subscribe("h").unwrap();
+
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    holder.signal(Signal::SIGKILL);
+    let _ = holder.wait(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let _second = daemon(&socket, &args(&flags));
+
+    // The holder's two messages come back to the group, flagged; its loans
+    // and cache go back to the pool.
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let m = sub.recv_timeout(Duration::from_secs(10)).expect("the dead holder's messages, redelivered");
+        assert!(m.is_redelivered());
+        bodies.push(m.body_bytes().unwrap().to_vec());
+    }
+    bodies.sort();
+    assert_eq!(bodies, [b"one".to_vec(), b"two".to_vec()]);
+    drop(p);
+    assert_slots_back(&socket);
+    // The survivor resumed its identity: still subscribed, still serving.
+    // (The status command is a client too.)
+    let s = status(&socket);
+    assert_eq!(s["clients"], 2, "{s}");
+    assert_eq!(s["client_list"][0]["subscriptions"], serde_json::json!(["h"]), "{s}");
+    let mut p = survivor.publisher().create().unwrap();
+    p.send_bytes("h://x", b"three").unwrap();
+    assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"three");
+}
+
+#[test]
+fn shutdown_ends_the_bus_at_once_but_sigterm_leaves_it_to_the_next_daemon() {
+    let dir = TempDir::new("restart-stop");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("5s");
+    let first = daemon(&socket, &args(&flags));
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let sub = bus.subscribe("t").unwrap();
+    let mut p = bus.publisher().create().unwrap();
+
+    // SIGTERM (what `systemctl restart` sends): the clients wait, and the
+    // next daemon takes them back, with what was queued.
+    p.send_bytes("t://queued", b"before").unwrap();
+    first.signal(Signal::SIGTERM);
+    let (st, _, err) = first.wait(Duration::from_secs(10));
+    assert!(st.success(), "{err}");
+    p.send_bytes("t://meanwhile", b"while away").unwrap();
+    let second = daemon(&socket, &args(&flags));
+    for want in [&b"before"[..], b"while away"] {
+        assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), want);
+    }
+    // A control request made after the restart goes to the new daemon.
+    assert_eq!(bus.status().unwrap().daemon_pid, second.pid() as u32);
+
+    // `shutdown`: BusGone at once, nothing left for a next daemon.
+    let (st, _, err) = run_to_end(Command::new(CLI).arg("shutdown").env("SHMBUS_SOCKET", &socket));
+    assert!(st.success(), "{err}");
+    let t = Instant::now();
+    assert!(eventually(Duration::from_secs(2), || p.send_bytes("t://x", b"x").is_err()).is_some());
+    assert!(t.elapsed() < Duration::from_secs(1), "BusGone took {:?}", t.elapsed());
+    assert!(matches!(sub.recv_timeout(Duration::from_millis(10)), Err(bus_client::RecvError::BusGone)));
+    let (st, _, _) = second.wait(Duration::from_secs(10));
+    assert!(st.success());
+    assert!(!PathBuf::from(format!("{}.segment", socket.display())).exists());
+}
+
+#[test]
+fn without_a_grace_a_killed_daemon_still_means_bus_gone_at_once() {
+    let dir = TempDir::new("restart-none");
+    let socket = dir.0.join("bus.sock");
+    let first = daemon(&socket, &["--slots", "64"]);
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let sub = bus.subscribe("t").unwrap();
+    first.signal(Signal::SIGKILL);
+    let t = Instant::now();
+    assert!(matches!(sub.recv_timeout(Duration::from_secs(5)), Err(bus_client::RecvError::BusGone)));
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+}
+
+/// The fd a datagram carried (SCM_RIGHTS), and its text.
+fn recv_with_fd(sock: &std::os::unix::net::UnixDatagram) -> (String, Option<OwnedFd>) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1024];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+    let mut fd = None;
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel installed these descriptors for us.
+            fd = fds.first().map(|&r| unsafe { OwnedFd::from_raw_fd(r) });
+        }
+    }
+    let n = msg.bytes;
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), fd)
+}
+
+#[test]
+fn systemds_fd_store_hands_the_segment_to_the_next_daemon() {
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("restart-fdstore");
+    let socket = dir.0.join("bus.sock");
+    let notify = dir.0.join("notify.sock");
+    let store = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    store.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let flags = grace_flags("5s");
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(&socket).args(&flags).env("NOTIFY_SOCKET", &notify);
+    let mut first = Proc::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    first.wait_line("shmbusd: ready", Duration::from_secs(10));
+    let mut segment = None;
+    for _ in 0..4 {
+        let (text, fd) = recv_with_fd(&store);
+        if text.contains("FDSTORE=1") && text.contains("FDNAME=segment") {
+            segment = fd;
+            break;
+        }
+    }
+    let segment = segment.expect("FDSTORE=1 came with the segment's fd");
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let sub = bus.subscribe("s").unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    p.send_bytes("s://x", b"kept").unwrap();
+
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    // No record beside the socket: the fd store alone brings the segment.
+    std::fs::remove_file(format!("{}.segment", socket.display())).unwrap();
+    let raw = segment.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", DAEMON, "--socket"])
+        .arg(&socket)
+        .args(&flags)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "segment")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec, only dup2 (async-signal-safe) on a
+    // descriptor this process owns, onto fd 3 as sd_listen_fds expects.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut second = Proc::new(cmd.spawn().unwrap());
+    let ready = second.wait_line("shmbusd: ready", Duration::from_secs(10));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap().body_bytes().unwrap(), b"kept");
+    p.send_bytes("s://x", b"after").unwrap();
+    assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"after");
+    assert!(eventually(Duration::from_secs(5), || bus.status().is_ok_and(|s| s.clients == 1)).is_some());
+    drop((sub, p, bus));
+}
