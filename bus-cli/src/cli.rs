@@ -180,7 +180,7 @@ fn control_socket_only(
             Received::Closed => Err("the daemon closed the connection".into()),
         }
     };
-    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None })? {
+    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None })? {
         Reply::Welcome { .. } => ask(&req),
         other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
     }
@@ -403,26 +403,43 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
     }
     writeln!(out, "clients    {}", s.clients)?;
     for cl in &s.client_list {
-        writeln!(out, "  #{:<4} pid {:<8} uid {:<6} {}", cl.id, cl.pid, cl.uid, cl.subscriptions.join(","))?;
+        writeln!(
+            out,
+            "  #{:<4} pid {:<8} uid {:<6} {:<16} slots {:<5} sent {:<10} received {:<10} {}",
+            cl.id,
+            cl.pid,
+            cl.uid,
+            cl.name,
+            cl.slots,
+            cl.sent,
+            cl.received,
+            cl.subscriptions.join(",")
+        )?;
     }
     writeln!(out, "subsystems {}", s.subsystems.len())?;
     if !s.subsystems.is_empty() {
         writeln!(
             out,
-            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}",
-            "name", "depth", "subs", "sent", "delivered", "redelivered"
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "name", "depth", "subs", "sent", "delivered", "redelivered", "bytes", "p50", "p99", "max", "failed"
         )?;
     }
     for x in &s.subsystems {
+        let l = &x.latency;
         writeln!(
             out,
-            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11}{}{}",
+            "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}{}{}",
             x.name,
             x.queue_depth,
             x.subscribers,
             x.sent,
             x.delivered,
             x.redelivered,
+            fmt_bytes(x.bytes),
+            fmt_ns(l.samples, l.p50_ns),
+            fmt_ns(l.samples, l.p99_ns),
+            fmt_ns(l.samples, l.max_ns),
+            x.failures.total(),
             if x.durable { "  durable" } else { "" },
             if x.quarantined { "  QUARANTINED (corrupt queue)" } else { "" }
         )?;
@@ -446,6 +463,28 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
         }
     }
     Ok(())
+}
+
+/// A latency for people: `850ns`, `12.5µs`, `3.2ms`, `1.5s`; `-` without
+/// samples.
+pub fn fmt_ns(samples: u64, ns: u64) -> String {
+    match ns {
+        _ if samples == 0 => "-".into(),
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}µs", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.1}s", ns as f64 / 1e9),
+    }
+}
+
+/// A byte count for people: `512B`, `3.4K`, `12.0M`, `1.2G`.
+pub fn fmt_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b}B"),
+        1024..1_048_576 => format!("{:.1}K", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}M", b as f64 / 1_048_576.0),
+        _ => format!("{:.1}G", b as f64 / 1_073_741_824.0),
+    }
 }
 
 #[cfg(test)]

@@ -36,9 +36,6 @@ pub(crate) struct Inner {
     /// holds it too.
     pub(crate) link: Arc<crate::link::Link>,
     ports: Mutex<u32>,
-    /// The daemon's answers to `may_publish` for subsystems marked
-    /// restricted (see [`Inner::may_publish`]).
-    publish_rights: Mutex<Vec<(String, Result<(), String>)>>,
     pub(crate) send_timeout: Duration,
     /// Slots this client may hold at once (0: no quota), and how many it
     /// holds (counted only under a quota; see [`Inner::allowance`]).
@@ -122,6 +119,16 @@ pub struct BusBuilder {
     connect_timeout: Option<Duration>,
     send_timeout: Option<Duration>,
     trusted_uids: Vec<u32>,
+    client_name: Option<String>,
+}
+
+/// This program's name as the daemon shows it when it sets none: its
+/// executable's file name.
+fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Whether a daemon running as `uid` may serve us: root, our own uid, one
@@ -136,9 +143,17 @@ pub(crate) fn trusted_daemon(uid: u32, extra: &[u32]) -> bool {
 }
 
 impl BusBuilder {
-    /// The bus name (default: `$SHMBUS_BUS`, else `default`).
-    pub fn name(mut self, bus: impl Into<String>) -> Self {
+    /// The bus to connect to, by name (default: `$SHMBUS_BUS`, else
+    /// `default`; see [`crate::addr`]).
+    pub fn bus(mut self, bus: impl Into<String>) -> Self {
         self.bus = Some(bus.into());
+        self
+    }
+
+    /// This client's name, shown by `shmbus status`, `shmbus top` and the
+    /// metrics (default: the executable's file name). At most 64 bytes.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
         self
     }
 
@@ -198,8 +213,15 @@ impl BusBuilder {
         };
         // A daemon that refuses us (client table full) says why and closes
         // at once, so our hello may fail: read its answer all the same.
-        let sent =
-            control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None }, None);
+        let mut client_name = self.client_name.clone().unwrap_or_else(program_name);
+        while client_name.len() > 64 {
+            client_name.pop();
+        }
+        let sent = control::send(
+            fd.as_fd(),
+            &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: Some(client_name.clone()) },
+            None,
+        );
         let mut buf = Vec::new();
         let (reply, seg_fd) = match (control::recv::<Reply>(fd.as_fd(), &mut buf), sent) {
             (Ok(Received::Packet(r, f)), _) => (r, f),
@@ -255,15 +277,28 @@ impl BusBuilder {
             trusted: self.trusted_uids,
             timeout,
             seg_fd,
+            name: client_name,
             daemon_state: &seg.header().live.daemon_state,
         }));
         let gone = link.gone.clone();
-        let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err(e.into()))?;
         let watching = link.clone();
-        let handle = std::thread::Builder::new()
-            .name("shmbus-watch".into())
-            .spawn(move || watching.watch(stop_r))
-            .map_err(io_err)?;
+        let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from).and_then(
+            |(stop_r, stop_w)| {
+                std::thread::Builder::new()
+                    .name("shmbus-watch".into())
+                    .spawn(move || watching.watch(stop_r))
+                    .map(|h| (h, stop_w))
+            },
+        );
+        let (handle, stop_w) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                // The connection closes with `link`: forget its number, or
+                // a fork would later replace whatever reuses it.
+                unregister_control_fd(link.control_raw());
+                return Err(io_err(e));
+            }
+        };
         Ok(Bus {
             inner: Arc::new(Inner {
                 seg,
@@ -272,7 +307,6 @@ impl BusBuilder {
                 bus,
                 link,
                 ports: Mutex::new(0),
-                publish_rights: Mutex::new(Vec::new()),
                 quota,
                 owned: AtomicU32::new(0),
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
@@ -365,7 +399,7 @@ impl Inner {
     pub(crate) fn may_publish(&self, subsystem: &str) -> Result<(), crate::SendError> {
         let denied = |message: String| crate::SendError::PermissionDenied { message };
         {
-            let rights = self.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
+            let rights = self.link.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((_, r)) = rights.iter().find(|(s, _)| s == subsystem) {
                 return r.clone().map_err(denied);
             }
@@ -378,7 +412,7 @@ impl Inner {
             Err(RequestError::Forked) => return Err(crate::SendError::Forked),
             Err(e) => return Err(crate::SendError::Protocol { detail: e.to_string() }),
         };
-        let mut rights = self.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rights = self.link.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
         rights.push((subsystem.to_owned(), answer.clone()));
         answer.map_err(denied)
     }

@@ -56,6 +56,12 @@ pub(crate) struct Link {
     seg_fd: OwnedFd,
     /// The segment's `daemon_state` word (see [`Link::stopped_on_purpose`]).
     daemon_state: StateWord,
+    /// The client's name (told to the next daemon too).
+    name: String,
+    /// The daemon's answers to `may_publish` for subsystems marked
+    /// restricted (see `Inner::may_publish`); forgotten when resuming,
+    /// since the next daemon may have another policy.
+    pub(crate) publish_rights: Mutex<Vec<(String, Result<(), String>)>>,
 }
 
 /// The address of the segment's `daemon_state` word.
@@ -82,6 +88,7 @@ pub(crate) struct LinkParts {
     pub(crate) timeout: Duration,
     pub(crate) seg_fd: OwnedFd,
     pub(crate) daemon_state: *const AtomicU32,
+    pub(crate) name: String,
 }
 
 impl Link {
@@ -101,6 +108,8 @@ impl Link {
             subs: Mutex::new(Vec::new()),
             seg_fd: p.seg_fd,
             daemon_state: StateWord(p.daemon_state),
+            name: p.name,
+            publish_rights: Mutex::new(Vec::new()),
         }
     }
 
@@ -205,6 +214,7 @@ impl Link {
         let mut guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let subscriptions = self.subs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let hello = Request::Hello {
+            name: Some(self.name.clone()),
             layout_version: bus_core::LAYOUT_VERSION,
             resume: Some(Resume {
                 client: self.client,
@@ -231,6 +241,7 @@ impl Link {
         self.control_raw.store(fd.as_raw_fd(), Ordering::Relaxed);
         guard.0 = fd;
         drop(guard);
+        self.publish_rights.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // SYNC: link-resume — Release pairs with `wait_resumed`'s Acquire.
         self.resumes.fetch_add(1, Ordering::Release);
         Ok(true)

@@ -21,6 +21,9 @@ pub enum Request {
         /// with the next daemon (the segment's memfd comes with it).
         #[serde(default)]
         resume: Option<Resume>,
+        /// The client's name (see `BusBuilder::name`).
+        #[serde(default)]
+        name: Option<String>,
     },
     /// Start receiving a subsystem's messages, as a member of one of its
     /// groups.
@@ -253,6 +256,18 @@ pub struct ClientStatus {
     pub pid: u32,
     /// Peer uid.
     pub uid: u32,
+    /// Its name (set by the program, else its executable's).
+    #[serde(default)]
+    pub name: String,
+    /// Slots it holds: cached, loaned, and received (per group).
+    #[serde(default)]
+    pub slots: u64,
+    /// Messages its publishers sent.
+    #[serde(default)]
+    pub sent: u64,
+    /// Messages its subscribers received.
+    #[serde(default)]
+    pub received: u64,
     /// Subsystems it subscribes to.
     pub subscriptions: Vec<String>,
 }
@@ -285,6 +300,85 @@ pub struct SubsystemStatus {
     /// Its groups, the default group first.
     #[serde(default)]
     pub groups: Vec<GroupStatus>,
+    /// Body bytes sent to it.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Failed sends to it, by kind.
+    #[serde(default)]
+    pub failures: Failures,
+    /// Send → receive latency of the messages timed (one in
+    /// `bus_core::stats::SAMPLE_EVERY` per receiver), over all its groups,
+    /// since its entry was created.
+    #[serde(default)]
+    pub latency: Latency,
+}
+
+/// Failed sends by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// No group received.
+    pub no_subscriber: u64,
+    /// A queue stayed full.
+    pub queue_full: u64,
+    /// No free slot.
+    pub pool_exhausted: u64,
+    /// The client's quota.
+    pub quota: u64,
+}
+
+impl Failures {
+    /// All kinds together.
+    pub fn total(&self) -> u64 {
+        self.no_subscriber + self.queue_full + self.pool_exhausted + self.quota
+    }
+}
+
+/// A latency histogram's summary, and its non-empty buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Messages timed.
+    pub samples: u64,
+    /// Median, in nanoseconds (its bucket's upper bound).
+    pub p50_ns: u64,
+    /// 99th percentile, in nanoseconds.
+    pub p99_ns: u64,
+    /// Largest, in nanoseconds.
+    pub max_ns: u64,
+    /// Sum of all timed latencies, in nanoseconds.
+    pub sum_ns: u64,
+    /// `[bucket, count]` of every non-empty bucket (see
+    /// `bus_core::stats::bucket` and `upper_bound`).
+    pub buckets: Vec<[u64; 2]>,
+}
+
+impl Latency {
+    /// The summary of histogram `h`.
+    pub fn of(h: &bus_core::stats::Histogram) -> Latency {
+        Latency {
+            samples: h.samples,
+            p50_ns: h.quantile(0.5),
+            p99_ns: h.quantile(0.99),
+            max_ns: h.max_ns,
+            sum_ns: h.sum_ns,
+            buckets: h.buckets.iter().enumerate().filter(|(_, &n)| n > 0).map(|(b, &n)| [b as u64, n]).collect(),
+        }
+    }
+
+    /// The histogram back from its buckets.
+    pub fn histogram(&self) -> bus_core::stats::Histogram {
+        let mut h = bus_core::stats::Histogram {
+            samples: self.samples,
+            sum_ns: self.sum_ns,
+            max_ns: self.max_ns,
+            ..Default::default()
+        };
+        for &[b, n] in &self.buckets {
+            if let Some(slot) = h.buckets.get_mut(b as usize) {
+                *slot = n;
+            }
+        }
+        h
+    }
 }
 
 /// One group of a subsystem.

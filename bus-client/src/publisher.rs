@@ -8,6 +8,7 @@ use crate::error::{BatchError, RequestError, SendError};
 use bus_core::layout::FLAG_RAW;
 use bus_core::routing;
 use bus_core::slot_pool::{Fanout, Port};
+use bus_core::stats::Failure;
 use bus_core::{Path, SlotIndex};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -126,6 +127,9 @@ struct CachedRoute {
     name: String,
     /// `None`: no such subsystem, or no group receives now.
     to: Option<Fanout>,
+    /// The subsystem's entry, if it has one (its failures are counted
+    /// there).
+    entry: Option<u32>,
 }
 
 /// Sends messages. One thread at a time (`Send`, not `Sync`); create one per
@@ -234,6 +238,7 @@ impl Publisher {
                 let slot = match self.take_slot() {
                     Ok(s) => s,
                     Err(e) => {
+                        self.count_error(Some(route.to.subsystem), &e);
                         self.give_back_batch();
                         return fail(sent, e);
                     }
@@ -333,8 +338,14 @@ impl Publisher {
         loop {
             let port = self.port();
             let now = port.enqueue_many(&to, k, &self.batch[pushed..]);
+            let seg = &self.bus.inner.seg;
+            let bytes: u64 = self.batch[pushed..pushed + now]
+                .iter()
+                .map(|&s| seg.slot(s).header().body_len.load(Ordering::Relaxed) as u64)
+                .sum();
             pushed += now;
             self.bus.inner.gave(now);
+            self.count_sent(to.subsystem, now as u64, bytes);
             // One consumer per message: a batch of requests reaches as
             // many sleeping workers as it holds.
             port.notify_n(queue, now as u32);
@@ -352,6 +363,7 @@ impl Publisher {
                 Some(d) => self.wait_for_space(queue, d),
             };
             if let Err(e) = waited {
+                self.count_error(Some(to.subsystem), &e);
                 return Err((pushed, e));
             }
             // The routing table changed while we waited: the rest go one by
@@ -456,7 +468,13 @@ impl Publisher {
 
     /// Takes a slot, marks it loaned, writes the path and the queue.
     fn loan_to(&mut self, route: Route, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
-        let slot = self.take_slot()?;
+        let slot = match self.take_slot() {
+            Ok(s) => s,
+            Err(e) => {
+                self.count_error(Some(route.to.subsystem), &e);
+                return Err(e);
+            }
+        };
         let port = self.port();
         port.mark_loaned(slot);
         let s = port.segment().slot(slot);
@@ -527,8 +545,8 @@ impl Publisher {
             self.routes.clear();
             self.routes_version = v;
         }
-        let found = match self.routes.iter().find(|r| r.name == subsystem) {
-            Some(r) => r.to,
+        let (found, entry) = match self.routes.iter().find(|r| r.name == subsystem) {
+            Some(r) => (r.to, r.entry),
             None => {
                 let view = routing::find(seg, subsystem);
                 if view.as_ref().is_some_and(|v| v.flags & bus_core::layout::ROUTE_RESTRICTED != 0) {
@@ -536,13 +554,17 @@ impl Publisher {
                     // cached per connection, and asked again never.
                     self.bus.inner.may_publish(subsystem)?;
                 }
+                let entry = view.map(|v| v.queue);
                 let to = view.and_then(|v| v.fanout()).filter(|f| f.mask != 0);
-                self.routes.push(CachedRoute { name: subsystem.to_owned(), to });
-                to
+                self.routes.push(CachedRoute { name: subsystem.to_owned(), to, entry });
+                (to, entry)
             }
         };
         // `fanout` checked every group's queue against the params.
-        found.ok_or_else(|| SendError::NoSubscriber { subsystem: subsystem.to_owned() })
+        found.ok_or_else(|| {
+            self.count_failure(entry, Failure::NoSubscriber);
+            SendError::NoSubscriber { subsystem: subsystem.to_owned() }
+        })
     }
 
     fn take_slot(&mut self) -> Result<SlotIndex, SendError> {
@@ -551,7 +573,11 @@ impl Publisher {
         }
         let inner = &*self.bus.inner;
         let refill = |cache: &mut Vec<SlotIndex>, port: &Port<'_>| {
-            let want = (CACHE - cache.len()).min(inner.allowance() as usize);
+            // Under a quota, a cache refill takes at most an eighth of it,
+            // so that idle publishers cannot hold the quota in their
+            // caches while the client's receivers are refused.
+            let cap = if inner.quota == 0 { CACHE } else { (inner.quota as usize / 8).max(1) };
+            let want = (CACHE - cache.len()).min(cap).min(inner.allowance() as usize);
             inner.took(port.take_free_many(want, |i| cache.push(i)));
             cache.pop()
         };
@@ -629,11 +655,52 @@ impl Publisher {
     /// against the routing table, so that no push goes into an entry that
     /// changed hands.
     fn push(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
+        let len = self.bus.inner.seg.slot(slot).header().body_len.load(Ordering::Relaxed) as u64;
         let pushed = self.push_one(slot, route, subsystem_len);
-        if !matches!(pushed, Pushed::Back(_)) {
-            self.bus.inner.gave(1); // the groups have it now
+        match &pushed {
+            Pushed::Back(e) => self.count_error(Some(route.to.subsystem), e),
+            Pushed::Sent | Pushed::Partly(_) => {
+                self.bus.inner.gave(1); // the groups have it now
+                self.count_sent(route.to.subsystem, 1, len);
+                if let Pushed::Partly(e) = &pushed {
+                    self.count_error(Some(route.to.subsystem), e);
+                }
+            }
         }
         pushed
+    }
+
+    /// Counts `n` messages of `bytes` body bytes sent to entry `entry`: in
+    /// the entry's statistics, and in this port's record (one thread
+    /// writes it: a plain load and store).
+    fn count_sent(&self, entry: u32, n: u64, bytes: u64) {
+        let seg = &self.bus.inner.seg;
+        if let Some(s) = seg.entry_stats(entry) {
+            s.send.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if let Some(rec) = seg.port_intent(self.bus.inner.client, self.port) {
+            rec.sent.store(rec.sent.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed send in its subsystem's statistics (by kind; errors
+    /// of the caller's making, such as a bad path, are not counted).
+    fn count_error(&self, entry: Option<u32>, e: &SendError) {
+        let kind = match e {
+            SendError::NoSubscriber { .. } => Failure::NoSubscriber,
+            SendError::QueueFull { .. } | SendError::PartlyDelivered { .. } => Failure::QueueFull,
+            SendError::Timeout { what, .. } if what.contains("queue") => Failure::QueueFull,
+            SendError::Timeout { .. } | SendError::PoolExhausted { .. } => Failure::PoolExhausted,
+            SendError::QuotaExceeded { .. } => Failure::Quota,
+            _ => return,
+        };
+        self.count_failure(entry, kind);
+    }
+
+    fn count_failure(&self, entry: Option<u32>, kind: Failure) {
+        if let Some(s) = entry.and_then(|q| self.bus.inner.seg.entry_stats(q)) {
+            s.send.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// [`Publisher::push`], without the quota's count.
@@ -953,7 +1020,7 @@ impl Drop for Loan<'_> {
 /// vDSO call, without `SystemTime`'s conversions (a third of the send
 /// timestamp's instructions).
 #[inline]
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
         Ok(t) if t.tv_sec() >= 0 => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
         _ => 0,

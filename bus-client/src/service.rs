@@ -146,6 +146,12 @@ fn worker(
         match sub.recv_batch(&mut msgs, take, Some(Duration::from_millis(100))) {
             Ok(_) => {}
             Err(RecvError::Timeout(_)) | Err(RecvError::Corrupt(_)) => continue,
+            // This client holds its quota: the replies and requests in
+            // flight free slots soon.
+            Err(RecvError::QuotaExceeded { .. }) => {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             Err(_) => return, // the bus is gone
         }
         // More queued than this worker took: wake another sleeping worker

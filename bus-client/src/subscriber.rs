@@ -269,7 +269,27 @@ impl Subscriber {
         // (`into_slot`), and neither leaves a borrow of the token behind.
         let slot = unsafe { HeldSlot::new(s) };
         self.bus.inner.took(1);
+        self.count_received(s);
         Ok(Message { sub: self, slot, split: Cell::new(None) })
+    }
+
+    /// Counts a received message in this port's record (one thread writes
+    /// it: a plain load and store), and times one in
+    /// [`bus_core::stats::SAMPLE_EVERY`] from its send timestamp into its
+    /// group's latency histogram.
+    #[inline]
+    fn count_received(&self, s: bus_core::slot_pool::SlotRef<'_>) {
+        let seg = &self.bus.inner.seg;
+        let Some(rec) = seg.port_intent(self.bus.inner.client, self.port) else { return };
+        let n = rec.received.load(Ordering::Relaxed).wrapping_add(1);
+        rec.received.store(n, Ordering::Relaxed);
+        if n % bus_core::stats::SAMPLE_EVERY == 0 {
+            let sent = s.header().timestamp_ns.load(Ordering::Relaxed);
+            let now = crate::publisher::now_ns();
+            if let (Some(st), true) = (seg.entry_stats(self.group.queue), sent != 0 && now >= sent) {
+                st.latency.record(now - sent);
+            }
+        }
     }
 
     /// Wakes another sleeping subscriber of this group if messages are

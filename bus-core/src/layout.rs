@@ -16,6 +16,8 @@
 //!                    │ cells) × max_subsystems      │ (queue q ↔ route entry q)
 //!  holders           ├──────────────────────────────┤
 //!                    │ u64 × slot_count × max_groups│ who holds slot i for group k
+//!  stats             ├──────────────────────────────┤
+//!                    │ entry stats × max_subsystems │ bytes, failures, latency
 //!  slots (page)      ├──────────────────────────────┤
 //!                    │ slot × slot_count            │ 64 B header, path, body
 //!  segment_size      └──────────────────────────────┘
@@ -36,6 +38,8 @@
 //! | free_ring + 640 | 8·free_capacity | cells | everyone | everyone | `free_capacity` = 2·next_pow2(slot_count) |
 //! | queues + q·queue_stride | 640 + 8·queue_capacity | ring of entry q (a subsystem's default group, or another group) | publishers push, subscribers pop | | `queue_capacity` a power of two |
 //! | holders + (k·slot_count + i)·8 | 8 | holder word of slot i for group slot k | the consumer of group k that claims slot i (CAS) | daemon (reclaim) | 0, or `gen << 40 \| client + 1` (see [`crate::slot_pool`]) |
+//! | stats + q·1280 | 128 | [`crate::stats::EntryStats`] of entry q: `bytes`, `failures` | publishers (Relaxed adds) | status, metrics | monotonic |
+//! | stats + q·1280 + 128 | 1152 | … its latency `samples`, `sum_ns`, `max_ns`, histogram | receivers, one message in [`crate::stats::SAMPLE_EVERY`] | status, metrics | monotonic; bucket per [`crate::stats::bucket`] |
 //! | slots + i·slot_size | 64 | [`SlotHeader`] of slot i | the owner of slot i (see `own`) | the next owner | `own` is the ownership record; `redelivered` bit k is set by the daemon only |
 //! | slots + i·slot_size + 64 | body_len | body (64-byte aligned) | owner | receiver | 64 + `body_len` ≤ slot_size − `path_len` |
 //! | slots + (i+1)·slot_size − path_len | path_len | path bytes, at the end of the slot | owner | receiver (only if it asks for the path) | `path_len` ≤ min([`PATH_CAPACITY`], slot_size − 64) |
@@ -69,7 +73,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMBUS\0\0");
 /// Bumped whenever any structure below, the slot header, or the rkyv major
 /// version used for bodies changes (all processes on a bus must agree).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Size of the segment header region.
 pub const HEADER_SIZE: usize = 4096;
 /// Port intent records per client (threads of one client that use the bus
@@ -154,8 +158,11 @@ pub struct SegmentParams {
     pub bus_name_len: u32,
     /// Groups per subsystem, its default group included (≤ [`MAX_GROUPS`]).
     pub max_groups: u32,
+    /// Offset of the statistics region ([`crate::stats::EntryStats`] per
+    /// routing entry).
+    pub stats: u64,
     /// Reserved for growth; zero.
-    pub reserved: [u32; 16],
+    pub reserved: [u32; 14],
 }
 
 const _: () = assert!(size_of::<SegmentParams>() == 240);
@@ -221,6 +228,8 @@ impl Shape {
 
 /// Size of one client entry: info plus port intents.
 pub const CLIENT_ENTRY_SIZE: u64 = (size_of::<ClientInfo>() + PORTS_PER_CLIENT * size_of::<PortIntent>()) as u64;
+/// Size of one entry's statistics.
+pub const ENTRY_STATS_SIZE: u64 = size_of::<crate::stats::EntryStats>() as u64;
 /// Size of one routing entry.
 pub const ROUTE_ENTRY_SIZE: u64 = size_of::<RouteEntry>() as u64;
 
@@ -237,7 +246,8 @@ impl SegmentParams {
         let queues = align_up(free_ring + RING_HEADER_SIZE as u64 + free_capacity as u64 * 8, 128);
         let queue_stride = align_up(RING_HEADER_SIZE as u64 + shape.queue_capacity as u64 * 8, 128);
         let holders = align_up(queues + shape.max_subsystems as u64 * queue_stride, 128);
-        let slots = align_up(holders + shape.max_groups as u64 * shape.slot_count as u64 * 8, 4096);
+        let stats = align_up(holders + shape.max_groups as u64 * shape.slot_count as u64 * 8, 128);
+        let slots = align_up(stats + shape.max_subsystems as u64 * ENTRY_STATS_SIZE, 4096);
         let segment_size = align_up(slots + shape.slot_count as u64 * shape.slot_size as u64, 4096);
         if segment_size > limits::SEGMENT_MAX {
             return Err(ShapeError {
@@ -270,7 +280,8 @@ impl SegmentParams {
             bus_name: name,
             bus_name_len: n as u32,
             max_groups: shape.max_groups,
-            reserved: [0; 16],
+            stats,
+            reserved: [0; 14],
         })
     }
 
@@ -416,6 +427,12 @@ const _: () = assert!(size_of::<ClientInfo>() == 128);
 pub struct PortIntent {
     /// 0 (none) or `op << 56 | ring << 32 | index`.
     pub intent: AtomicU64,
+    /// Messages this port sent (a publisher's), or received (a
+    /// subscriber's): written by the port's one thread with a plain
+    /// load and store, read by status.
+    pub sent: AtomicU64,
+    /// See `sent`.
+    pub received: AtomicU64,
     /// 0 (awake) or the doorbell this port announced itself on, and how far
     /// (see [`crate::doorbell::Sleeper`]): the daemon withdraws a dead
     /// sleeper's announcement with it.

@@ -36,6 +36,8 @@ pub mod routing;
 pub mod segment;
 #[cfg(not(loom))]
 pub mod slot_pool;
+#[cfg(not(loom))]
+pub mod stats;
 
 #[cfg(not(loom))]
 pub use layout::{Shape, LAYOUT_VERSION, PATH_CAPACITY};

@@ -375,6 +375,14 @@ impl Segment {
         h.head.load(Ordering::Relaxed) != head || h.tail.load(Ordering::Relaxed) != tail
     }
 
+    /// The statistics of routing entry `q` (None if out of range).
+    pub fn entry_stats(&self, q: u32) -> Option<&crate::stats::EntryStats> {
+        if q >= self.params.max_subsystems {
+            return None;
+        }
+        Some(self.at(self.params.stats + q as u64 * crate::layout::ENTRY_STATS_SIZE))
+    }
+
     /// The holder word of slot `i` for group slot `k` (None if `k` is out
     /// of range). See [`crate::slot_pool`].
     pub fn holder(&self, k: u32, i: SlotIndex) -> Option<&AtomicU64> {

@@ -952,6 +952,40 @@ pub fn census(seg: &Segment) -> Census {
     c
 }
 
+/// Slots each client holds (cached, loaned, or received and not yet
+/// released, once per group that holds it), indexed by client entry: a
+/// snapshot, as [`census`].
+pub fn holdings(seg: &Segment) -> Vec<u64> {
+    let p = seg.params();
+    let mut by_client = vec![0u64; p.max_clients as usize];
+    for raw in 0..p.slot_count {
+        let i = seg.slot_index(raw).expect("in range");
+        let own = seg.slot(i).own();
+        match own.state {
+            Some(SlotState::Cached) | Some(SlotState::Loaned) => {
+                if let Some(n) = by_client.get_mut(own.who as usize) {
+                    *n += 1;
+                }
+            }
+            Some(SlotState::Published) if own.held != 0 => {
+                for k in bits(own.held) {
+                    let Some(word) = seg.holder(k, i) else { continue };
+                    let w = word.load(Ordering::Relaxed);
+                    // A holder word names the life it was locked for.
+                    let client = (w as u32).wrapping_sub(1);
+                    if w as u32 != 0 && crate::ownership::holder_lock(own.gen, client) == w {
+                        if let Some(n) = by_client.get_mut(client as usize) {
+                            *n += 1;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    by_client
+}
+
 /// The free ring and a queue as [`Ring`]s, for callers that need both.
 pub fn rings(seg: &Segment, q: u32) -> Option<(Ring<'_>, Ring<'_>)> {
     Some((seg.free_ring(), seg.queue(q)?))

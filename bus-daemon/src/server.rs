@@ -94,6 +94,8 @@ struct Conn {
     subscriptions: Vec<Sub>,
     /// Taps this connection created (their names are numbered).
     taps: u32,
+    /// The client's name (its own, or its executable's).
+    name: String,
 }
 
 impl Conn {
@@ -106,7 +108,9 @@ impl Conn {
         uid: u32,
         borrowed: bool,
     ) -> Conn {
-        Conn { fd, peer, client, serial, pid, uid, welcomed: false, borrowed, subscriptions: Vec::new(), taps: 0 }
+        let name =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
+        Conn { fd, peer, client, serial, pid, uid, welcomed: false, borrowed, subscriptions: Vec::new(), taps: 0, name }
     }
 }
 
@@ -466,6 +470,9 @@ impl Server {
             // Relaxed: nobody uses the entry until its welcome.
             bad += (rec.intent.swap(0, Ordering::Relaxed) != 0) as u64;
             bad += (rec.bell.swap(0, Ordering::Relaxed) != 0) as u64;
+            // The previous client's counts: not corruption, just history.
+            rec.sent.store(0, Ordering::Relaxed);
+            rec.received.store(0, Ordering::Relaxed);
         }
         if bad > 0 {
             tracing::error!(client, words = bad, "client entry {client} held words the daemon did not write: cleared");
@@ -617,6 +624,9 @@ impl Server {
             Record { name: name.to_owned(), flags, kind: RecordKind::Subsystem { groups: [None; MAX_GROUPS] } },
         );
         self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
+        if let Some(st) = self.seg.entry_stats(q) {
+            st.reset();
+        }
         self.idle_since.insert(q, std::time::Instant::now());
         self.publish(q);
         tracing::debug!(subsystem = %name, queue = q, "routing entry assigned");
@@ -662,6 +672,9 @@ impl Server {
             groups[k] = Some(q);
         }
         self.baselines.insert(q, crate::status::Baseline::of(&self.seg, q));
+        if let Some(st) = self.seg.entry_stats(q) {
+            st.reset();
+        }
         self.idle_since.insert(q, std::time::Instant::now());
         self.publish(q);
         tracing::debug!(subsystem = %subsystem, group = %name, queue = q, slot = k, "group created");
@@ -774,7 +787,14 @@ impl Server {
         let err = |kind, message: String| Reply::Error { kind, message };
         let welcomed = self.conns[&id].welcomed;
         match req {
-            Request::Hello { layout_version, resume } => {
+            Request::Hello { layout_version, resume, name } => {
+                if let Some(n) = name {
+                    let clean: String =
+                        n.chars().filter(|c| !c.is_control()).take(64).collect::<String>().trim().to_owned();
+                    if !clean.is_empty() {
+                        self.conns.get_mut(&id).expect("present").name = clean;
+                    }
+                }
                 if welcomed {
                     return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
                 }
@@ -911,6 +931,19 @@ impl Server {
                 }
             }
             Request::Status => {
+                let holdings = bus_core::slot_pool::holdings(&self.seg);
+                let ports = |c: u32| {
+                    (0..bus_core::layout::PORTS_PER_CLIENT as u32).filter_map(|p| self.seg.port_intent(c, p)).fold(
+                        (0u64, 0u64),
+                        |(s, r), rec| {
+                            // Words from the segment: any value, so wrapping.
+                            (
+                                s.wrapping_add(rec.sent.load(Ordering::Relaxed)),
+                                r.wrapping_add(rec.received.load(Ordering::Relaxed)),
+                            )
+                        },
+                    )
+                };
                 let clients = self
                     .conns
                     .values()
@@ -918,6 +951,10 @@ impl Server {
                         id: c.client,
                         pid: c.pid,
                         uid: c.uid,
+                        name: c.name.clone(),
+                        slots: holdings.get(c.client as usize).copied().unwrap_or(0),
+                        sent: ports(c.client).0,
+                        received: ports(c.client).1,
                         subscriptions: c
                             .subscriptions
                             .iter()
@@ -984,6 +1021,7 @@ impl Server {
         self.audited = std::time::Instant::now();
         self.repair_header();
         self.repair_routes();
+        resume::heartbeat(&self.cfg);
         let (next, _) = bus_core::reclaim::clear_stale_holders(&self.seg, self.holders_cursor, HOLDERS_PER_AUDIT);
         self.holders_cursor = next;
         for q in 0..self.seg.params().max_subsystems {

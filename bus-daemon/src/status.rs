@@ -84,6 +84,7 @@ pub fn build(
         let default = (q, "default".to_owned(), view.flags);
         let mut groups = Vec::new();
         let mut total = Baseline::default();
+        let mut latency = bus_core::stats::Histogram::default();
         let (mut depth, mut subscribers) = (0, 0);
         for (g, name, flags) in std::iter::once(&default).chain(&sub.groups) {
             let (Some(ring), Some(v)) = (seg.queue(*g), routing::read_as_writer(seg, *g)) else { continue };
@@ -97,6 +98,16 @@ pub fn build(
             total.stalls = total.stalls.max(c.stalls);
             depth += ring.len();
             subscribers += v.subscribers;
+            if let Some(st) = seg.entry_stats(*g) {
+                let h = st.latency.snapshot();
+                // Words from the segment: any value, so saturating.
+                latency.samples = latency.samples.saturating_add(h.samples);
+                latency.sum_ns = latency.sum_ns.saturating_add(h.sum_ns);
+                latency.max_ns = latency.max_ns.max(h.max_ns);
+                for (t, n) in latency.buckets.iter_mut().zip(h.buckets) {
+                    *t = t.saturating_add(n);
+                }
+            }
             groups.push(GroupStatus {
                 name: name.clone(),
                 depth: ring.len(),
@@ -120,6 +131,17 @@ pub fn build(
             stalls: total.stalls,
             quarantined: std::iter::once(q).chain(sub.groups.iter().map(|g| g.0)).any(|g| quarantined.contains(&g)),
             groups,
+            bytes: seg.entry_stats(q).map_or(0, |s| s.send.bytes.load(Ordering::Relaxed)),
+            failures: seg.entry_stats(q).map_or_else(Default::default, |s| {
+                let f = |k: bus_core::stats::Failure| s.send.failures[k as usize].load(Ordering::Relaxed);
+                bus_client::protocol::Failures {
+                    no_subscriber: f(bus_core::stats::Failure::NoSubscriber),
+                    queue_full: f(bus_core::stats::Failure::QueueFull),
+                    pool_exhausted: f(bus_core::stats::Failure::PoolExhausted),
+                    quota: f(bus_core::stats::Failure::Quota),
+                }
+            }),
+            latency: bus_client::protocol::Latency::of(&latency),
         });
     }
     let c = &seg.header().counters;

@@ -35,7 +35,7 @@ fn garbage_and_floods_on_the_control_socket_hang_nothing() {
                 let Ok(fd) = control::connect(&socket) else { return };
                 let _ = control::send(
                     fd.as_fd(),
-                    &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None },
+                    &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None },
                     None,
                 );
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {

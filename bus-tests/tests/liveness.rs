@@ -56,8 +56,12 @@ fn a_stopped_word_written_by_another_process_does_not_make_blocked_callers_give_
     blocked.wait_line("ready", Duration::from_secs(10));
     // A faulty process on the bus writes "stopped" into the segment.
     let fd = control::connect(bus.socket()).unwrap();
-    control::send(fd.as_fd(), &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None }, None)
-        .unwrap();
+    control::send(
+        fd.as_fd(),
+        &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None },
+        None,
+    )
+    .unwrap();
     let mut buf = Vec::new();
     let Ok(Received::Packet(Reply::Welcome { .. }, Some(seg_fd))) = control::recv::<Reply>(fd.as_fd(), &mut buf) else {
         panic!("no welcome with the segment")

@@ -68,46 +68,54 @@ fn a_receiver_at_its_quota_is_refused_and_the_others_go_on() {
 
 #[test]
 fn publishers_share_their_clients_quota() {
-    let bus = TestBus::start(&["--slots", "256", "--max-slots-per-client", "40"]);
+    let bus = TestBus::start(&["--slots", "256", "--max-slots-per-client", "16"]);
     let client = bus.connect();
     let receiver = bus.connect();
     let sub = receiver.subscribe("q").unwrap();
-    // A cache refill takes up to 32 slots: the first publisher's loan
-    // caches 32 (one of them loaned), the second's the 8 left, and the
-    // third's finds none.
-    let mut a = client.publisher().create().unwrap();
-    let mut b = client.publisher().create().unwrap();
-    let mut c = client.publisher().create().unwrap();
-    let la = a.loan("q://a").unwrap();
-    let lb = b.loan("q://b").unwrap();
-    let e = c.loan("q://c").err().expect("over the quota");
-    assert_eq!(e, SendError::QuotaExceeded { quota: 40 });
+    // Under a quota of 16 a cache refill takes at most 16/8 = 2 slots: each
+    // publisher's first loan takes 2 (one loaned, one cached), so 8 loans
+    // hold the whole quota, and a ninth publisher finds none.
+    let mut ps: Vec<_> = (0..9).map(|_| client.publisher().create().unwrap()).collect();
+    let (first, rest) = ps.split_at_mut(1);
+    let (holding, last) = rest.split_at_mut(7);
+    let l0 = first[0].loan("q://a").unwrap();
+    let loans: Vec<_> = holding.iter_mut().map(|p| p.loan("q://b").unwrap()).collect();
+    let e = last[0].loan("q://c").err().expect("over the quota");
+    assert_eq!(e, SendError::QuotaExceeded { quota: 16 });
     assert!(e.to_string().contains("max-slots-per-client"), "{e}");
     // A sent message is its receivers', no longer ours: one slot comes back
     // to the quota.
-    lb.write_bytes(b"b").unwrap().send().unwrap();
-    c.send_bytes("q://c", b"c").unwrap();
-    // A loan dropped goes back to its publisher's cache: still ours.
-    drop(la);
-    let lc = c.loan("q://c").unwrap();
-    assert_eq!(b.loan("q://b").err(), None, "b still has cached slots");
-    drop(lc);
-    // A dropped publisher returns its cache to the pool and to the quota.
-    drop(a);
+    l0.write_bytes(b"a").unwrap().send().unwrap();
+    last[0].send_bytes("q://c", b"c").unwrap();
+    // Still at 15 of 16 (sends keep nothing): a loan fits.
+    let held = last[0].loan("q://c").unwrap();
+    drop(held);
+    // Loans dropped go back to their publishers' caches (still ours);
+    // dropped publishers return their caches to the pool and the quota.
+    drop(loans);
+    ps.truncate(1);
     for _ in 0..100 {
-        c.send_bytes("q://c", b"c").unwrap();
+        ps[0].send_bytes("q://c", b"c").unwrap();
         drop(sub.recv_timeout(Duration::from_secs(5)).unwrap());
     }
-    // Another client is not limited by this one's quota.
-    let other = bus.connect();
-    let mut d = other.publisher().create().unwrap();
-    for _ in 0..100 {
-        d.send_bytes("q://d", b"d").unwrap();
-        drop(sub.recv_timeout(Duration::from_secs(5)).unwrap());
+    // A service under a quota keeps serving: its workers wait for slots
+    // instead of giving up.
+    let quota_bus = bus.connect();
+    let router = bus_client::Router::new("svc")
+        .unwrap()
+        .route("echo", |ctx| {
+            let body = ctx.message().body_bytes().map(<[u8]>::to_vec).unwrap_or_default();
+            ctx.reply_bytes(&body)?;
+            Ok(())
+        })
+        .unwrap();
+    let svc = quota_bus.serve(router).workers(2).start().unwrap();
+    let requester = receiver.requester().unwrap();
+    for i in 0..200u32 {
+        let r = requester.request_bytes("svc://echo", &i.to_le_bytes(), Duration::from_secs(5)).unwrap();
+        assert_eq!(r.body_bytes().unwrap(), i.to_le_bytes());
     }
-    let (st, out, err) = bus.cli(&["status"]);
-    assert!(st.success(), "{err}");
-    assert!(out.contains("slots"), "{out}");
+    svc.stop();
 }
 
 #[test]

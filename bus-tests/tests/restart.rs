@@ -14,11 +14,16 @@ use std::time::{Duration, Instant};
 
 /// A daemon process on `socket` with `extra` flags, ready.
 fn daemon(socket: &Path, extra: &[&str]) -> Proc {
+    daemon_ready(socket, extra).0
+}
+
+/// [`daemon`], and its ready line.
+fn daemon_ready(socket: &Path, extra: &[&str]) -> (Proc, String) {
     let mut cmd = Command::new(DAEMON);
     cmd.arg("--socket").arg(socket).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut d = Proc::new(cmd.spawn().expect("start the daemon"));
-    d.wait_line("shmbusd: ready", Duration::from_secs(20));
-    d
+    let line = d.wait_line("shmbusd: ready", Duration::from_secs(20));
+    (d, line)
 }
 
 fn peer(socket: &Path, args: &[&str]) -> Proc {
@@ -76,8 +81,23 @@ fn a_daemon_killed_under_load_is_replaced_and_its_clients_carry_on() {
     let (_, _, _) = first.wait(Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
-    let second = daemon(&socket, &args(&flags));
+    let (second, ready) = daemon_ready(&socket, &args(&flags));
     eprintln!("the new daemon adopted the segment after {:?}", t.elapsed());
+    // It adopted the segment, with both clients waiting to resume...
+    assert!(ready.contains("resuming=2"), "{ready}");
+    // ...and both resumed: same processes, same subscription.
+    let pids = |s: &serde_json::Value| -> Vec<u64> {
+        s["client_list"].as_array().unwrap().iter().map(|c| c["pid"].as_u64().unwrap()).collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let ps = pids(&status(&socket));
+            ps.contains(&(sub.pid() as u64)) && ps.contains(&(publisher.pid() as u64))
+        })
+        .is_some(),
+        "the clients did not resume: {}",
+        status(&socket)
+    );
     // Lines printed before now are dropped: count only what comes next.
     let _ = publisher.count_lines("a ");
     let mut after = 0;
@@ -205,6 +225,25 @@ fn shutdown_ends_the_bus_at_once_but_sigterm_leaves_it_to_the_next_daemon() {
     let (st, _, _) = second.wait(Duration::from_secs(10));
     assert!(st.success());
     assert!(!PathBuf::from(format!("{}.segment", socket.display())).exists());
+}
+
+#[test]
+fn a_segment_left_longer_ago_than_the_grace_is_not_waited_for() {
+    let dir = TempDir::new("restart-stale");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("1s");
+    let first = daemon(&socket, &args(&flags));
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    // No client is left to bring the segment back, and the grace (plus
+    // the record's heartbeat slack) is long over: a new bus at once.
+    std::thread::sleep(Duration::from_millis(3500));
+    let t = Instant::now();
+    let (_second, ready) = daemon_ready(&socket, &args(&flags));
+    assert!(t.elapsed() < Duration::from_secs(1), "waited {:?} for nobody", t.elapsed());
+    assert!(!ready.contains("resuming"), "{ready}");
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    assert!(bus.status().is_ok());
 }
 
 #[test]

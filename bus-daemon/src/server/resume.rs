@@ -68,6 +68,39 @@ fn handoff_path(socket: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The record beside the socket, if this daemon's user wrote it (a regular
+/// file, not a link, owned by us and private: in a sticky directory such
+/// as /tmp, another user could have put one there first), and how long
+/// ago it was last touched (every daemon with a grace touches it every
+/// second while it runs).
+fn read_handoff(path: &Path) -> Option<(Handoff, Duration)> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let md = f.metadata().ok()?;
+    if !md.is_file() || md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o077 != 0 {
+        tracing::warn!("ignoring {}: not a private file of this daemon's user", path.display());
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).ok()?;
+    let age = md.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or(Duration::MAX);
+    toml::from_str::<Handoff>(&text).ok().map(|h| (h, age))
+}
+
+/// Every second or so while serving: tells the next daemon that clients
+/// may still be waiting (see [`find_segment`]).
+pub(super) fn heartbeat(cfg: &Config) {
+    if cfg.resume_grace.is_zero() {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(f) =
+        std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(handoff_path(&cfg.socket))
+    {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
     nix::sys::stat::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
 }
@@ -80,8 +113,10 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
         let _ = std::fs::remove_file(&record);
         return (None, Vec::new());
     }
+    let handoff = read_handoff(&record);
     if let Some(fd) = from_fd_store() {
-        let seg = Segment::open(fd).map_err(|e| e.to_string()).and_then(|seg| adoptable(cfg, seg, None));
+        let recorded = handoff.as_ref().map(|(h, _)| h);
+        let seg = Segment::open(fd).map_err(|e| e.to_string()).and_then(|seg| adoptable(cfg, seg, recorded));
         match seg {
             Ok(seg) => {
                 tracing::info!("adopting the segment systemd kept for us");
@@ -90,11 +125,23 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
             Err(why) => tracing::warn!("not adopting the segment in systemd's fd store: {why}"),
         }
     }
-    let Some(handoff) = std::fs::read_to_string(&record).ok().and_then(|t| toml::from_str::<Handoff>(&t).ok()) else {
+    let Some((handoff, age)) = handoff else {
         return (None, Vec::new());
     };
-    tracing::info!(grace = ?cfg.resume_grace, "a previous daemon left a segment: waiting for a client to bring it back");
-    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), cfg.resume_grace);
+    // Clients give up a grace after their daemon went; it touched the
+    // record every second until then.
+    let slack = Duration::from_secs(2);
+    if age > cfg.resume_grace + slack {
+        tracing::info!(
+            ?age,
+            "the previous daemon left a segment too long ago for any client to be waiting: starting a new bus"
+        );
+        let _ = std::fs::remove_file(&record);
+        return (None, Vec::new());
+    }
+    let wait = (cfg.resume_grace + slack).saturating_sub(age);
+    tracing::info!(?wait, "a previous daemon left a segment: waiting for a client to bring it back");
+    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), wait, &cfg.access);
     let Some(fd) = fd else {
         tracing::warn!("no client brought the previous segment back within the grace: starting a new bus");
         return (None, early);
@@ -145,7 +192,12 @@ fn from_fd_store() -> Option<OwnedFd> {
 /// Accepts connections for up to `grace`, looking (without consuming it)
 /// at each one's first packet, until one is a resuming hello carrying the
 /// memfd `want` names.
-fn wait_for_resumer(listener: &OwnedFd, want: (u64, u64), grace: Duration) -> (Option<OwnedFd>, Vec<OwnedFd>) {
+fn wait_for_resumer(
+    listener: &OwnedFd,
+    want: (u64, u64),
+    grace: Duration,
+    policy: &crate::access::Policy,
+) -> (Option<OwnedFd>, Vec<OwnedFd>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + grace;
     let mut early: Vec<(OwnedFd, bool)> = Vec::new();
@@ -168,7 +220,13 @@ fn wait_for_resumer(listener: &OwnedFd, want: (u64, u64), grace: Duration) -> (O
             if let Ok(Received::Packet(Request::Hello { resume: Some(_), .. }, Some(fd))) =
                 control::peek::<Request>(early[i].0.as_fd(), &mut buf)
             {
-                if identity(fd.as_fd()) == Some(want) {
+                // Only from a client the policy lets on the bus.
+                let allowed = nix::sys::socket::getsockopt(&early[i].0, nix::sys::socket::sockopt::PeerCredentials)
+                    .is_ok_and(|c| {
+                        let peer = crate::access::peer(c.pid(), c.uid(), c.gid());
+                        policy.check(&peer, crate::access::Action::Connect).is_ok()
+                    });
+                if allowed && identity(fd.as_fd()) == Some(want) {
                     return (Some(fd), early.into_iter().map(|(fd, _)| fd).collect());
                 }
                 tracing::warn!("a client offered a segment that is not the recorded one: ignored");
@@ -202,10 +260,13 @@ pub(super) fn publish(cfg: &Config, seg: &Segment) {
     let tmp = handoff_path(&cfg.socket).with_extension("segment.new");
     let text = toml::to_string(&handoff).expect("a flat record serializes");
     use std::os::unix::fs::OpenOptionsExt;
+    // A fresh private file (not one someone left there, nor a link), then
+    // renamed over the record.
+    let _ = std::fs::remove_file(&tmp);
     let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
@@ -213,6 +274,8 @@ pub(super) fn publish(cfg: &Config, seg: &Segment) {
     if let Err(e) = written {
         tracing::warn!("cannot record the segment for the next daemon in {}: {e}", path.display());
     }
+    // The store keeps one segment: an older one (adopted or not) goes.
+    let _ = notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), None);
     if let Err(e) = notify(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), Some(seg.fd())) {
         tracing::warn!("cannot store the segment with systemd: {e}");
     }
@@ -413,6 +476,13 @@ impl Server {
                 tracing::warn!(client = g, subsystem = %sub.subsystem, queue = sub.queue, "a resumed subscription names no such entry: dropped");
                 continue;
             }
+            // This daemon's policy, which may differ from the last one's.
+            if !sub.subsystem.starts_with("_reply.") {
+                if let Err(why) = self.cfg.access.check(&conn.peer, crate::access::Action::Subscribe(&sub.subsystem)) {
+                    tracing::warn!(client = g, subsystem = %sub.subsystem, "a resumed subscription is no longer allowed: dropped ({why})");
+                    continue;
+                }
+            }
             if let Some(n) = self.pending_subs.get_mut(&sub.queue) {
                 *n = n.saturating_sub(1);
             }
@@ -443,13 +513,18 @@ impl Server {
             return;
         }
         let now = Instant::now();
+        // A connection waiting in a ghost's entry (see `Server::admit`) has
+        // until the grace ends to say its hello.
         let done: Vec<(u32, Ghost)> = self
             .ghosts
             .iter()
-            .filter(|(c, g)| !self.conns.contains_key(c) && (now >= g.deadline || !alive(g.pid)))
+            .filter(|(c, g)| now >= g.deadline || (!self.conns.contains_key(c) && !alive(g.pid)))
             .map(|(c, g)| (*c, *g))
             .collect();
         for (c, g) in done {
+            if self.conns.get(&c).is_some_and(|conn| conn.borrowed) {
+                self.conns.remove(&c);
+            }
             let why = if alive(g.pid) { "did not resume within the grace" } else { "is gone" };
             tracing::info!(client = c, pid = g.pid, "client of the previous daemon {why}: reclaiming it");
             self.ghosts.remove(&c);
