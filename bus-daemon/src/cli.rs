@@ -56,6 +56,10 @@ pub struct DaemonArgs {
     /// stopped by a signal: "5s", "500ms" (default 0: they get BusGone).
     #[arg(long, value_name = "DURATION")]
     resume_grace: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9464 (default off).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Permissions of the socket file, octal (default 0660).
     #[arg(long)]
     socket_mode: Option<String>,
@@ -94,6 +98,7 @@ pub fn daemon_main() -> ExitCode {
         max_slots_per_client: args.max_slots_per_client,
         socket_mode: args.socket_mode,
         resume_grace: args.resume_grace,
+        metrics: args.metrics,
         durable: args.durable,
         groups: Vec::new(),
         access: None,
@@ -124,6 +129,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     );
     if !cfg.resume_grace.is_zero() {
         println!("  clients wait {:?} for a new daemon after this one dies", cfg.resume_grace);
+    }
+    if let Some(m) = cfg.metrics {
+        println!("  metrics at http://{m}/metrics");
     }
     if cfg.quota > 0 {
         println!("  at most {} slots per client", cfg.quota);

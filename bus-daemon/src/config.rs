@@ -12,6 +12,7 @@
 //! max-slots-per-client = 512  # loaned + cached + received at once (default: no quota)
 //! socket-mode = "0660"
 //! resume-grace = "5s"   # clients wait this long for a new daemon (default 0: BusGone)
+//! metrics = "127.0.0.1:9464"  # Prometheus text at /metrics (default off)
 //! durable = ["audit"]   # queued even while nobody subscribes
 //!
 //! # Consumer groups that receive every message of their subsystem even
@@ -57,6 +58,8 @@ pub struct FileConfig {
     /// How long clients wait for a new daemon after this one died:
     /// `"5s"`, `"500ms"`, `"0"`.
     pub resume_grace: Option<String>,
+    /// Where to serve Prometheus metrics, e.g. `"127.0.0.1:9464"`.
+    pub metrics: Option<String>,
     /// Subsystems whose messages are queued while nobody subscribes.
     #[serde(default)]
     pub durable: Vec<String>,
@@ -102,6 +105,8 @@ pub struct Config {
     pub resume_grace: std::time::Duration,
     /// Who may do what.
     pub access: crate::access::Policy,
+    /// Where to serve Prometheus metrics (off when `None`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Defaults.
@@ -177,6 +182,7 @@ impl FileConfig {
             max_slots_per_client: over.max_slots_per_client.or(self.max_slots_per_client),
             socket_mode: over.socket_mode.or(self.socket_mode),
             resume_grace: over.resume_grace.or(self.resume_grace),
+            metrics: over.metrics.or(self.metrics),
             durable: if over.durable.is_empty() { self.durable } else { over.durable },
             groups: if over.groups.is_empty() { self.groups } else { over.groups },
             access: over.access.or(self.access),
@@ -249,6 +255,14 @@ impl FileConfig {
                 ))
             })?,
         };
+        let metrics = match self.metrics.as_deref() {
+            None | Some("") | Some("off") => None,
+            Some(text) => Some(text.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "metrics {text:?} is not an address like \"127.0.0.1:9464\" (IP and port)"
+                ))
+            })?),
+        };
         let access = self.access.unwrap_or_default().resolve().map_err(ConfigError::Invalid)?;
         Ok(Config {
             bus,
@@ -260,6 +274,7 @@ impl FileConfig {
             quota,
             resume_grace,
             access,
+            metrics,
         })
     }
 }

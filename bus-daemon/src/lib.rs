@@ -9,6 +9,7 @@
 pub mod access;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod reaper;
 pub mod server;
 pub mod status;

@@ -183,6 +183,8 @@ pub struct Server {
     /// Where a connection moved in the table when it resumed (read by
     /// [`Server::service`] right after [`Server::handle`]).
     moved_to: Option<u32>,
+    /// The Prometheus endpoint's link to this loop (see [`crate::metrics`]).
+    metrics: Option<(crate::metrics::MetricsLink, std::net::SocketAddr)>,
     /// The stop was asked for with a `shutdown` request: the bus ends
     /// (STOPPED) even with a resume grace.
     shutdown_requested: bool,
@@ -247,7 +249,14 @@ impl Server {
             pending_subs: BTreeMap::new(),
             moved_to: None,
             shutdown_requested: false,
+            metrics: None,
         };
+        if let Some(addr) = server.cfg.metrics {
+            let started = crate::metrics::start(addr)
+                .map_err(|source| DaemonError::Io { what: format!("serving metrics on {addr}"), source })?;
+            tracing::info!("metrics at http://{}/metrics", started.1);
+            server.metrics = Some(started);
+        }
         if is_adopted {
             server.adopt();
         }
@@ -293,7 +302,11 @@ impl Server {
     /// predecessor's segment and waits for N of its clients).
     pub fn ready_line(&self) -> String {
         let p = self.seg.params();
-        let resuming = if self.ghosts.is_empty() { String::new() } else { format!(" resuming={}", self.ghosts.len()) };
+        let mut resuming =
+            if self.ghosts.is_empty() { String::new() } else { format!(" resuming={}", self.ghosts.len()) };
+        if let Some((_, addr)) = &self.metrics {
+            resuming.push_str(&format!(" metrics={addr}"));
+        }
         format!(
             "shmbusd: ready bus={} socket={} slots={} slot_size={} pid={}{resuming}",
             self.cfg.bus,
@@ -329,6 +342,10 @@ impl Server {
             for id in &ids {
                 fds.push(PollFd::new(self.conns[id].fd.as_fd(), PollFlags::POLLIN));
             }
+            let metrics_at = fds.len();
+            if let Some((m, _)) = &self.metrics {
+                fds.push(PollFd::new(m.wake.as_fd(), PollFlags::POLLIN));
+            }
             let first_refused = fds.len();
             fds.extend(self.refused.iter().map(|r| PollFd::new(r.fd.as_fd(), PollFlags::POLLIN)));
             let mut timeout = if self.reaper.busy() { 20u16 } else { 500 };
@@ -354,8 +371,12 @@ impl Server {
                 .map(|(id, _)| *id)
                 .collect();
             let refused_ready: Vec<bool> = fds[first_refused..].iter().map(ready).collect();
+            let scraped = self.metrics.is_some() && ready(&fds[metrics_at]);
             drop(fds);
             self.answer_refused(&refused_ready);
+            if scraped {
+                self.answer_scrapes();
+            }
             if stopped {
                 tracing::info!("stop requested");
                 break;
@@ -930,67 +951,7 @@ impl Server {
                     }
                 }
             }
-            Request::Status => {
-                let holdings = bus_core::slot_pool::holdings(&self.seg);
-                let ports = |c: u32| {
-                    (0..bus_core::layout::PORTS_PER_CLIENT as u32).filter_map(|p| self.seg.port_intent(c, p)).fold(
-                        (0u64, 0u64),
-                        |(s, r), rec| {
-                            // Words from the segment: any value, so wrapping.
-                            (
-                                s.wrapping_add(rec.sent.load(Ordering::Relaxed)),
-                                r.wrapping_add(rec.received.load(Ordering::Relaxed)),
-                            )
-                        },
-                    )
-                };
-                let clients = self
-                    .conns
-                    .values()
-                    .map(|c| ClientStatus {
-                        id: c.client,
-                        pid: c.pid,
-                        uid: c.uid,
-                        name: c.name.clone(),
-                        slots: holdings.get(c.client as usize).copied().unwrap_or(0),
-                        sent: ports(c.client).0,
-                        received: ports(c.client).1,
-                        subscriptions: c
-                            .subscriptions
-                            .iter()
-                            .map(|sub| match self.routes.get(&sub.queue) {
-                                Some(Record { kind: RecordKind::Group { .. }, name, .. }) => {
-                                    format!("{}[{name}]", sub.subsystem)
-                                }
-                                _ => sub.subsystem.clone(),
-                            })
-                            .collect(),
-                    })
-                    .collect();
-                let layout: Vec<crate::status::SubsystemLayout> = self
-                    .routes
-                    .iter()
-                    .filter_map(|(q, r)| match &r.kind {
-                        RecordKind::Subsystem { groups } => Some(crate::status::SubsystemLayout {
-                            entry: *q,
-                            groups: groups
-                                .iter()
-                                .flatten()
-                                .filter_map(|g| self.routes.get(g).map(|r| (*g, r.name.clone(), r.flags)))
-                                .collect(),
-                        }),
-                        RecordKind::Group { .. } => None,
-                    })
-                    .collect();
-                Reply::Status(crate::status::build(
-                    &self.seg,
-                    &self.cfg.socket.to_string_lossy(),
-                    clients,
-                    &self.baselines,
-                    &self.quarantined,
-                    &layout,
-                ))
-            }
+            Request::Status => Reply::Status(self.status()),
             Request::Shutdown => {
                 let peer = &self.conns[&id].peer;
                 if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Admin("shutdown")) {
@@ -1003,6 +964,84 @@ impl Server {
                 Reply::ShuttingDown
             }
         }
+    }
+
+    /// Gives every waiting scrape a fresh status.
+    fn answer_scrapes(&mut self) {
+        let Some((m, _)) = &self.metrics else { return };
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(&m.wake, &mut buf), Ok(n) if n > 0) {}
+        let waiting: Vec<_> = m.waiting.try_iter().collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let status = self.status();
+        for w in waiting {
+            let _ = w.send(status.clone());
+        }
+    }
+
+    /// The bus as `shmbus status` (and the metrics) show it.
+    fn status(&self) -> bus_client::protocol::Status {
+        let holdings = bus_core::slot_pool::holdings(&self.seg);
+        let ports = |c: u32| {
+            (0..bus_core::layout::PORTS_PER_CLIENT as u32).filter_map(|p| self.seg.port_intent(c, p)).fold(
+                (0u64, 0u64),
+                |(s, r), rec| {
+                    // Words from the segment: any value, so wrapping.
+                    (
+                        s.wrapping_add(rec.sent.load(Ordering::Relaxed)),
+                        r.wrapping_add(rec.received.load(Ordering::Relaxed)),
+                    )
+                },
+            )
+        };
+        let clients = self
+            .conns
+            .values()
+            .map(|c| ClientStatus {
+                id: c.client,
+                pid: c.pid,
+                uid: c.uid,
+                name: c.name.clone(),
+                slots: holdings.get(c.client as usize).copied().unwrap_or(0),
+                sent: ports(c.client).0,
+                received: ports(c.client).1,
+                subscriptions: c
+                    .subscriptions
+                    .iter()
+                    .map(|sub| match self.routes.get(&sub.queue) {
+                        Some(Record { kind: RecordKind::Group { .. }, name, .. }) => {
+                            format!("{}[{name}]", sub.subsystem)
+                        }
+                        _ => sub.subsystem.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let layout: Vec<crate::status::SubsystemLayout> = self
+            .routes
+            .iter()
+            .filter_map(|(q, r)| match &r.kind {
+                RecordKind::Subsystem { groups } => Some(crate::status::SubsystemLayout {
+                    entry: *q,
+                    groups: groups
+                        .iter()
+                        .flatten()
+                        .filter_map(|g| self.routes.get(g).map(|r| (*g, r.name.clone(), r.flags)))
+                        .collect(),
+                }),
+                RecordKind::Group { .. } => None,
+            })
+            .collect();
+        crate::status::build(
+            &self.seg,
+            &self.cfg.socket.to_string_lossy(),
+            clients,
+            &self.baselines,
+            &self.quarantined,
+            &layout,
+        )
     }
 
     /// Twice a second: repairs the segment header and the routing table if

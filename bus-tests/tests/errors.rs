@@ -263,7 +263,7 @@ fn a_stopped_daemon_gives_bus_gone_to_blocked_receivers_and_to_senders() {
     assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap_err(), RecvError::BusGone);
     assert!(t.elapsed() < Duration::from_secs(2));
     assert_eq!(p.send_bytes("s://x", b"x").unwrap_err(), SendError::BusGone);
-    let TestBus { daemon, socket, dir: _dir } = bus;
+    let TestBus { daemon, socket, dir: _dir, .. } = bus;
     let (st, _, _) = daemon.wait(Duration::from_secs(10));
     assert!(st.success());
     assert!(!socket.exists(), "the socket file is removed on shutdown");
@@ -307,7 +307,7 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
 fn sigterm_stops_the_daemon_cleanly() {
     let bus = TestBus::start(&["--slots", "16"]);
     bus.daemon.signal(Signal::SIGTERM);
-    let TestBus { daemon, socket, dir: _dir } = bus;
+    let TestBus { daemon, socket, dir: _dir, .. } = bus;
     let (st, _, err) = daemon.wait(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "{err}");
     assert!(!socket.exists());

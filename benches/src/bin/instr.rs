@@ -34,6 +34,7 @@ fn main() {
         quota: 0,
         resume_grace: std::time::Duration::ZERO,
         access: Default::default(),
+        metrics: None,
     };
     let daemon = bus_daemon::spawn(cfg).expect("start the daemon");
     let bus = bus_client::Bus::builder()

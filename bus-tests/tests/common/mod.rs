@@ -146,6 +146,8 @@ impl Drop for Proc {
 /// A daemon process on a private socket.
 pub struct TestBus {
     pub daemon: Proc,
+    /// The daemon's ready line.
+    pub ready: String,
     pub socket: PathBuf,
     pub dir: TempDir,
 }
@@ -160,7 +162,7 @@ impl TestBus {
         let mut daemon = Proc::new(cmd.spawn().expect("start the daemon"));
         let line = daemon.wait_line("shmbusd: ready", Duration::from_secs(10));
         assert!(line.contains(&socket.display().to_string()), "{line}");
-        TestBus { daemon, socket, dir }
+        TestBus { daemon, ready: line, socket, dir }
     }
 
     /// A command with `SHMBUS_SOCKET` pointing at this bus.

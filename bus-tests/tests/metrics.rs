@@ -1,0 +1,95 @@
+//! `shmbusd --metrics`: the Prometheus endpoint, scraped with curl while
+//! traffic flows, agrees with what was sent; `shmbus status` carries the
+//! same statistics.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn scrape(addr: &str) -> String {
+    let (st, out, err) =
+        run_to_end(Command::new("curl").args(["-sS", "--max-time", "10", "-i"]).arg(format!("http://{addr}/metrics")));
+    assert!(st.success(), "curl: {err}");
+    out
+}
+
+/// The value of the sample line `name{labels}` (labels as printed).
+fn value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_scrape_agrees_with_the_traffic() {
+    let bus = TestBus::start(&["--slots", "512", "--metrics", "127.0.0.1:0"]);
+    let addr =
+        bus.ready.split_whitespace().find_map(|w| w.strip_prefix("metrics=")).expect("the bound address").to_owned();
+    let client = bus_client::Bus::builder().socket(bus.socket()).name("metrics-test").connect().unwrap();
+    let sub = client.subscribe("m").unwrap();
+    let mut p = client.publisher().create().unwrap();
+    let body = [7u8; 100];
+    for round in 0..4 {
+        for _ in 0..250 {
+            p.send_bytes("m://x", &body).unwrap();
+            drop(sub.recv_timeout(Duration::from_secs(5)).unwrap());
+        }
+        // Scraped while traffic flows: each scrape sees the counts so far.
+        let text = scrape(&addr);
+        let sent = value(&text, "shmbus_messages_sent_total{subsystem=\"m\"}");
+        assert_eq!(sent as u64, 250 * (round + 1), "{text}");
+    }
+    // Messages to a subsystem nobody receives are counted as failures.
+    drop(sub);
+    assert!(eventually(Duration::from_secs(5), || p.send_bytes("m://x", &body).is_err()).is_some());
+    let text = scrape(&addr);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("Content-Type: application/openmetrics-text"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert_eq!(value(&text, "shmbus_messages_sent_total{subsystem=\"m\"}"), 1000.0);
+    assert_eq!(value(&text, "shmbus_messages_delivered_total{subsystem=\"m\"}"), 1000.0);
+    assert_eq!(value(&text, "shmbus_bytes_sent_total{subsystem=\"m\"}"), 100_000.0);
+    assert!(value(&text, "shmbus_send_failures_total{subsystem=\"m\",kind=\"no_subscriber\"}") >= 1.0, "{text}");
+    // One message in 64 is timed: 1000 received, 15 timed.
+    assert_eq!(value(&text, "shmbus_latency_seconds_count{subsystem=\"m\"}"), 15.0);
+    assert_eq!(value(&text, "shmbus_latency_seconds_bucket{le=\"+Inf\",subsystem=\"m\"}"), 15.0);
+    assert_eq!(value(&text, "shmbus_queue_depth{subsystem=\"m\",group=\"default\"}"), 0.0);
+    let slots: f64 = ["free", "cached", "loaned", "queued", "held", "corrupt"]
+        .iter()
+        .map(|s| value(&text, &format!("shmbus_slots{{state=\"{s}\"}}")))
+        .sum();
+    assert_eq!(slots, 512.0);
+    assert!(value(&text, "shmbus_clients") >= 1.0);
+
+    // status --json carries the same, and the client's name and counts.
+    let s = bus.status();
+    let m = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "m").unwrap().clone();
+    assert_eq!(m["bytes"], 100_000);
+    assert_eq!(m["latency"]["samples"], 15);
+    assert!(m["latency"]["p50_ns"].as_u64().unwrap() > 0);
+    assert!(m["latency"]["p99_ns"].as_u64().unwrap() >= m["latency"]["p50_ns"].as_u64().unwrap());
+    let me = s["client_list"].as_array().unwrap().iter().find(|c| c["name"] == "metrics-test").expect("named").clone();
+    assert_eq!(me["sent"], 1000);
+    assert_eq!(me["received"], 1000);
+    let (st, out, _) = bus.cli(&["status"]);
+    assert!(st.success());
+    assert!(out.contains("p50") && out.contains("metrics-test"), "{out}");
+    let (st, out, _) = run_to_end(
+        Command::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("http://{addr}/other")),
+    );
+    assert!(st.success());
+    assert_eq!(out.trim(), "404");
+}
+
+#[test]
+fn a_bad_metrics_address_is_a_config_error() {
+    let dir = TempDir::new("metrics-cfg");
+    let (st, _, err) =
+        run_to_end(Command::new(DAEMON).args(["--metrics", "localhost", "--socket"]).arg(dir.0.join("b.sock")));
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("metrics") && err.contains("127.0.0.1:9464"), "{err}");
+}
