@@ -73,6 +73,18 @@ enum Command {
     },
     /// Ask the daemon to shut down.
     Shutdown,
+    /// The bus live: per subsystem depth, rates, latency percentiles over
+    /// the last interval, redeliveries and failures; per client slots and
+    /// rates; the pool. Keys: q quit, c clients, s/←/→ sort column,
+    /// r reverse.
+    Top {
+        /// Refresh interval.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// Print one frame as plain text (rates over one interval) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Measure shmbus against a Unix socket, a pipe and a bare futex, each
     /// side in its own process. Uses the running daemon, or starts one.
     Bench {
@@ -121,7 +133,7 @@ pub fn main() -> ExitCode {
 fn connect(b: &BusArgs, send_timeout: Duration) -> Result<Bus, Box<dyn std::error::Error>> {
     let mut builder = Bus::builder().send_timeout(send_timeout);
     if let Some(n) = &b.bus {
-        builder = builder.name(n.clone());
+        builder = builder.bus(n.clone());
     }
     if let Some(s) = &b.socket {
         builder = builder.socket(s.clone());
@@ -260,6 +272,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", render(reply.body_bytes()?))?;
             Ok(())
+        }
+        Command::Top { interval, once } => {
+            let bus = connect(&cli.bus, Duration::from_secs(5))?;
+            crate::top::run(&bus, interval.max(Duration::from_millis(100)), once)
         }
         Command::Shutdown => match control(&cli.bus, bus_client::protocol::Request::Shutdown)? {
             bus_client::protocol::Reply::ShuttingDown => Ok(()),
