@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     /// holds (counted only under a quota; see [`Inner::allowance`]).
     pub(crate) quota: u32,
     owned: AtomicU32,
+    /// Whether to keep statistics (the daemon's setting).
+    pub(crate) statistics: bool,
     /// Set by the watcher thread once the daemon's end of the control
     /// connection closed (it stopped or was killed).
     gone: Arc<AtomicBool>,
@@ -231,9 +233,9 @@ impl BusBuilder {
             }
             (Err(e), Ok(())) => return Err(io(e)),
         };
-        let (client, serial, bus, shape, quota, grace_ms) = match reply {
-            Reply::Welcome { client, serial, bus, shape, quota, resume_grace_ms } => {
-                (client, serial, bus, shape, quota, resume_grace_ms)
+        let (client, serial, bus, shape, quota, grace_ms, statistics) = match reply {
+            Reply::Welcome { client, serial, bus, shape, quota, resume_grace_ms, statistics } => {
+                (client, serial, bus, shape, quota, resume_grace_ms, statistics)
             }
             Reply::Error { kind: ErrorKind::VersionMismatch, message } => {
                 let found = message.split_whitespace().filter_map(|w| w.parse().ok()).next().unwrap_or(0);
@@ -309,6 +311,7 @@ impl BusBuilder {
                 ports: Mutex::new(0),
                 quota,
                 owned: AtomicU32::new(0),
+                statistics,
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
                 gone,
                 forks: FORKS.load(Ordering::Relaxed),

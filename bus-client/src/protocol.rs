@@ -61,6 +61,10 @@ pub enum Request {
     Shutdown,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Who a resuming client was (see `Request::Hello`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resume {
@@ -108,6 +112,9 @@ pub enum Reply {
         /// milliseconds (0: they get `BusGone` at once).
         #[serde(default)]
         resume_grace_ms: u32,
+        /// Whether clients keep statistics (the daemon's `statistics`).
+        #[serde(default = "yes")]
+        statistics: bool,
     },
     /// To `subscribe`.
     Subscribed {

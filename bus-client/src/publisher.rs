@@ -339,10 +339,14 @@ impl Publisher {
             let port = self.port();
             let now = port.enqueue_many(&to, k, &self.batch[pushed..]);
             let seg = &self.bus.inner.seg;
-            let bytes: u64 = self.batch[pushed..pushed + now]
-                .iter()
-                .map(|&s| seg.slot(s).header().body_len.load(Ordering::Relaxed) as u64)
-                .sum();
+            let bytes: u64 = if !self.bus.inner.statistics {
+                0
+            } else {
+                self.batch[pushed..pushed + now]
+                    .iter()
+                    .map(|&s| seg.slot(s).header().body_len.load(Ordering::Relaxed) as u64)
+                    .sum()
+            };
             pushed += now;
             self.bus.inner.gave(now);
             self.count_sent(to.subsystem, now as u64, bytes);
@@ -674,6 +678,9 @@ impl Publisher {
     /// the entry's statistics, and in this port's record (one thread
     /// writes it: a plain load and store).
     fn count_sent(&self, entry: u32, n: u64, bytes: u64) {
+        if !self.bus.inner.statistics {
+            return;
+        }
         let seg = &self.bus.inner.seg;
         if let Some(s) = seg.entry_stats(entry) {
             s.send.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -698,6 +705,9 @@ impl Publisher {
     }
 
     fn count_failure(&self, entry: Option<u32>, kind: Failure) {
+        if !self.bus.inner.statistics {
+            return;
+        }
         if let Some(s) = entry.and_then(|q| self.bus.inner.seg.entry_stats(q)) {
             s.send.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
         }

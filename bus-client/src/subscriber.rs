@@ -279,6 +279,9 @@ impl Subscriber {
     /// group's latency histogram.
     #[inline]
     fn count_received(&self, s: bus_core::slot_pool::SlotRef<'_>) {
+        if !self.bus.inner.statistics {
+            return;
+        }
         let seg = &self.bus.inner.seg;
         let Some(rec) = seg.port_intent(self.bus.inner.client, self.port) else { return };
         let n = rec.received.load(Ordering::Relaxed).wrapping_add(1);

@@ -60,6 +60,10 @@ pub struct DaemonArgs {
     /// 127.0.0.1:9464 (default off).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Clients keep no statistics (bytes, failures, latency histograms,
+    /// per-client counts); see BENCHMARKS.md for what they cost.
+    #[arg(long)]
+    no_statistics: bool,
     /// Permissions of the socket file, octal (default 0660).
     #[arg(long)]
     socket_mode: Option<String>,
@@ -99,6 +103,7 @@ pub fn daemon_main() -> ExitCode {
         socket_mode: args.socket_mode,
         resume_grace: args.resume_grace,
         metrics: args.metrics,
+        statistics: args.no_statistics.then_some(false),
         durable: args.durable,
         groups: Vec::new(),
         access: None,

@@ -13,6 +13,7 @@
 //! socket-mode = "0660"
 //! resume-grace = "5s"   # clients wait this long for a new daemon (default 0: BusGone)
 //! metrics = "127.0.0.1:9464"  # Prometheus text at /metrics (default off)
+//! statistics = true     # bytes, failures, latency, per-client counts (default on)
 //! durable = ["audit"]   # queued even while nobody subscribes
 //!
 //! # Consumer groups that receive every message of their subsystem even
@@ -60,6 +61,9 @@ pub struct FileConfig {
     pub resume_grace: Option<String>,
     /// Where to serve Prometheus metrics, e.g. `"127.0.0.1:9464"`.
     pub metrics: Option<String>,
+    /// Whether clients keep the per-subsystem statistics (bytes,
+    /// failures, latency) and per-client counts (default true).
+    pub statistics: Option<bool>,
     /// Subsystems whose messages are queued while nobody subscribes.
     #[serde(default)]
     pub durable: Vec<String>,
@@ -107,6 +111,8 @@ pub struct Config {
     pub access: crate::access::Policy,
     /// Where to serve Prometheus metrics (off when `None`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Whether clients keep statistics (see [`FileConfig::statistics`]).
+    pub statistics: bool,
 }
 
 /// Defaults.
@@ -183,6 +189,7 @@ impl FileConfig {
             socket_mode: over.socket_mode.or(self.socket_mode),
             resume_grace: over.resume_grace.or(self.resume_grace),
             metrics: over.metrics.or(self.metrics),
+            statistics: over.statistics.or(self.statistics),
             durable: if over.durable.is_empty() { self.durable } else { over.durable },
             groups: if over.groups.is_empty() { self.groups } else { over.groups },
             access: over.access.or(self.access),
@@ -275,6 +282,7 @@ impl FileConfig {
             resume_grace,
             access,
             metrics,
+            statistics: self.statistics.unwrap_or(true),
         })
     }
 }

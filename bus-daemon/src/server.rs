@@ -326,6 +326,7 @@ impl Server {
             shape: Some(bus_client::protocol::SegmentShape::of(self.seg.params())),
             quota: self.cfg.quota,
             resume_grace_ms: self.cfg.resume_grace.as_millis() as u32,
+            statistics: self.cfg.statistics,
         }
     }
 

@@ -93,3 +93,20 @@ fn a_bad_metrics_address_is_a_config_error() {
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("metrics") && err.contains("127.0.0.1:9464"), "{err}");
 }
+
+#[test]
+fn statistics_off_keeps_the_counts_the_rings_keep_and_nothing_else() {
+    let bus = TestBus::start(&["--slots", "128", "--no-statistics"]);
+    let client = bus.connect();
+    let sub = client.subscribe("n").unwrap();
+    let mut p = client.publisher().create().unwrap();
+    for _ in 0..200 {
+        p.send_bytes("n://x", b"0123456789").unwrap();
+        drop(sub.recv_timeout(Duration::from_secs(5)).unwrap());
+    }
+    let s = bus.status();
+    let n = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "n").unwrap().clone();
+    assert_eq!(n["sent"], 200, "{n}");
+    assert_eq!(n["bytes"], 0, "{n}");
+    assert_eq!(n["latency"]["samples"], 0, "{n}");
+}

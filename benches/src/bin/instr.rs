@@ -14,6 +14,9 @@
 //! done   # instructions per message = (Ir(120000) - Ir(20000)) / 100000
 //! ```
 //!
+//! A second argument `nostats` turns the statistics off (the daemon's
+//! `statistics = false`), to count what they cost.
+//!
 //! The daemon's thread is in the count too (its audit runs twice a second,
 //! and the program runs slowly under callgrind): about 10 instructions per
 //! message at these sizes.
@@ -35,6 +38,8 @@ fn main() {
         resume_grace: std::time::Duration::ZERO,
         access: Default::default(),
         metrics: None,
+        // `shmbus-instr N nostats`: the same with statistics off.
+        statistics: std::env::args().nth(2).as_deref() != Some("nostats"),
     };
     let daemon = bus_daemon::spawn(cfg).expect("start the daemon");
     let bus = bus_client::Bus::builder()
