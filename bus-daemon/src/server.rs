@@ -817,6 +817,8 @@ impl Server {
                         self.conns.get_mut(&id).expect("present").name = clean;
                     }
                 }
+                let c = &self.conns[&id];
+                tracing::info!(client = id, pid = c.pid, uid = c.uid, name = %c.name, resume = resume.is_some(), "hello");
                 if welcomed {
                     return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
                 }
@@ -1128,6 +1130,7 @@ impl Server {
         if conn.borrowed {
             return; // the entry is a ghost's, not this connection's
         }
+        tracing::info!(client = id, pid = conn.pid, uid = conn.uid, name = %conn.name, "client disconnected");
         for q in conn.subscriptions.iter().map(|sub| sub.queue).collect::<std::collections::BTreeSet<_>>() {
             self.recount(q);
         }
