@@ -66,7 +66,9 @@ fn view(prev: &Sample, cur: &Sample) -> View {
         let out_s = rate(x.delivered, if p.name.is_empty() { x.delivered } else { p.delivered }, secs);
         let red_s = rate(x.redelivered, p.redelivered, secs);
         let fail_s = rate(x.failures.total(), p.failures.total(), secs);
-        turnover += out_s;
+        // A message takes one slot whatever its groups: turnover counts
+        // messages sent.
+        turnover += in_s;
         subsystems.push([
             x.name.clone(),
             x.queue_depth.to_string(),
@@ -127,6 +129,9 @@ fn view(prev: &Sample, cur: &Sample) -> View {
 
 /// What the keys changed.
 struct Controls {
+    /// Every client gets a row (`--once`), instead of a third of the
+    /// screen at most.
+    all_clients: bool,
     show_clients: bool,
     sort: usize,
     reverse: bool,
@@ -158,7 +163,11 @@ fn draw(v: &View, c: &Controls, area: Rect, buf: &mut Buffer) {
             .render(area, buf);
         return;
     }
-    let clients_h = if c.show_clients { (v.clients.len() as u16 + 2).min(area.height / 3).max(3) } else { 0 };
+    let clients_h = match (c.show_clients, c.all_clients) {
+        (false, _) => 0,
+        (true, true) => v.clients.len() as u16 + 1,
+        (true, false) => (v.clients.len() as u16 + 2).min(area.height / 3).max(3),
+    };
     let [head, subs, clients, foot] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(3),
@@ -234,11 +243,14 @@ pub fn run(bus: &Bus, interval: Duration, once: bool) -> Result<(), Box<dyn std:
         std::thread::sleep(interval);
         let cur = sample(bus)?;
         let v = view(&prev, &cur);
-        let width = ratatui::crossterm::terminal::size().map_or(120, |(w, _)| w.max(60));
-        let height = (6 + v.subsystems.len() + v.clients.len() + 3) as u16;
-        let area = Rect::new(0, 0, width, height);
+        // A fixed width, whatever terminal the script runs in: every
+        // column, and every row.
+        let width = 140;
+        let height = (2 + v.subsystems.len() + 1 + v.clients.len() + 1 + 1) as u16;
+        let area = Rect::new(0, 0, width, height.max(6));
         let mut buf = Buffer::empty(area);
-        draw(&v, &Controls { show_clients: true, sort: 0, reverse: false }, area, &mut buf);
+        let all = Controls { all_clients: true, show_clients: true, sort: 0, reverse: false };
+        draw(&v, &all, area, &mut buf);
         let mut out = String::new();
         for y in 0..area.height {
             let line: String = (0..area.width).map(|x| buf[(x, y)].symbol()).collect();
@@ -260,7 +272,7 @@ fn live(
     terminal: &mut ratatui::DefaultTerminal,
     prev: &mut Sample,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut controls = Controls { show_clients: true, sort: 0, reverse: false };
+    let mut controls = Controls { all_clients: false, show_clients: true, sort: 0, reverse: false };
     // The first frame comes after a short look, not a whole interval.
     std::thread::sleep(Duration::from_millis(200).min(interval));
     let mut cur = sample(bus).map_err(|e| format!("the daemon went away: {e}"))?;
@@ -274,8 +286,10 @@ fn live(
                 if k.kind != KeyEventKind::Press {
                     continue;
                 }
+                let ctrl = k.modifiers.contains(ratatui::crossterm::event::KeyModifiers::CONTROL);
                 match k.code {
                     KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                    KeyCode::Char('c') | KeyCode::Char('d') if ctrl => return Ok(()),
                     KeyCode::Char('c') => controls.show_clients = !controls.show_clients,
                     KeyCode::Char('s') | KeyCode::Right => controls.sort = (controls.sort + 1) % SUB_HEADERS.len(),
                     KeyCode::Left => controls.sort = (controls.sort + SUB_HEADERS.len() - 1) % SUB_HEADERS.len(),

@@ -336,7 +336,11 @@ pub struct Failures {
 impl Failures {
     /// All kinds together.
     pub fn total(&self) -> u64 {
-        self.no_subscriber + self.queue_full + self.pool_exhausted + self.quota
+        // Read from the segment: any value, so saturating.
+        self.no_subscriber
+            .saturating_add(self.queue_full)
+            .saturating_add(self.pool_exhausted)
+            .saturating_add(self.quota)
     }
 }
 

@@ -337,16 +337,18 @@ impl Publisher {
         };
         loop {
             let port = self.port();
-            let now = port.enqueue_many(&to, k, &self.batch[pushed..]);
+            // The lengths are read while the slots are still ours: once
+            // pushed, a receiver may release one and another publisher
+            // take it.
             let seg = &self.bus.inner.seg;
-            let bytes: u64 = if !self.bus.inner.statistics {
-                0
-            } else {
-                self.batch[pushed..pushed + now]
-                    .iter()
-                    .map(|&s| seg.slot(s).header().body_len.load(Ordering::Relaxed) as u64)
-                    .sum()
-            };
+            let mut lens = [0u32; BATCH_CHUNK];
+            if self.bus.inner.statistics {
+                for (l, &s) in lens.iter_mut().zip(&self.batch[pushed..]) {
+                    *l = seg.slot(s).header().body_len.load(Ordering::Relaxed);
+                }
+            }
+            let now = port.enqueue_many(&to, k, &self.batch[pushed..]);
+            let bytes: u64 = lens[..now.min(BATCH_CHUNK)].iter().map(|&l| l as u64).sum();
             pushed += now;
             self.bus.inner.gave(now);
             self.count_sent(to.subsystem, now as u64, bytes);
@@ -533,7 +535,17 @@ impl Publisher {
         }
         let p = Path::parse(path).map_err(SendError::InvalidPath)?;
         let version = routing::version(seg);
-        let to = self.resolve(p.subsystem())?;
+        let to = match self.resolve(p.subsystem()) {
+            Ok(to) => to,
+            Err(e) => {
+                // Counted here, at the call, against the entry just read.
+                if matches!(e, SendError::NoSubscriber { .. }) {
+                    let entry = self.routes.iter().find(|r| r.name == p.subsystem()).and_then(|r| r.entry);
+                    self.count_failure(entry, Failure::NoSubscriber);
+                }
+                return Err(e);
+            }
+        };
         self.last.path.clear();
         self.last.path.push_str(path); // capacity reserved: no allocation
         self.last.to = to;
@@ -565,10 +577,8 @@ impl Publisher {
             }
         };
         // `fanout` checked every group's queue against the params.
-        found.ok_or_else(|| {
-            self.count_failure(entry, Failure::NoSubscriber);
-            SendError::NoSubscriber { subsystem: subsystem.to_owned() }
-        })
+        let _ = entry;
+        found.ok_or_else(|| SendError::NoSubscriber { subsystem: subsystem.to_owned() })
     }
 
     fn take_slot(&mut self) -> Result<SlotIndex, SendError> {
@@ -694,7 +704,9 @@ impl Publisher {
     /// of the caller's making, such as a bad path, are not counted).
     fn count_error(&self, entry: Option<u32>, e: &SendError) {
         let kind = match e {
-            SendError::NoSubscriber { .. } => Failure::NoSubscriber,
+            // Counted where the route is resolved (see `route_of`): a loan
+            // whose subsystem lost its last receiver meanwhile names an
+            // entry that may be another's by now.
             SendError::QueueFull { .. } | SendError::PartlyDelivered { .. } => Failure::QueueFull,
             SendError::Timeout { what, .. } if what.contains("queue") => Failure::QueueFull,
             SendError::Timeout { .. } | SendError::PoolExhausted { .. } => Failure::PoolExhausted,

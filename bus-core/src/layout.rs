@@ -32,7 +32,7 @@
 //! | 384 | 128 | `counters` ([`Counters`]) | daemon | status | monotonic |
 //! | 512 | 3584 | reserved | — | — | zero |
 //! | client_table + i·2176 | 128 | [`ClientInfo`] | daemon | daemon, status | `state` FREE/ACTIVE/RECLAIMING |
-//! | … + 128 + p·64 | 64 | [`PortIntent`] p of client i | the thread owning port p of client i | daemon (reclaim only) | `intent`: 0 or `op·ring·index` with index < slot_count, ring ≤ max_subsystems; `bell`: 0 or a [`crate::doorbell::Sleeper`] record |
+//! | … + 128 + p·64 | 64 | [`PortIntent`] p of client i | the thread owning port p of client i | daemon (reclaim only; `sent`, `received`: status) | `intent`: 0 or `op·ring·index` with index < slot_count, ring ≤ max_subsystems; `bell`: 0 or a [`crate::doorbell::Sleeper`] record; `sent` / `received`: the port's message counts (statistics) |
 //! | routing_table + q·128 | 128 | [`RouteEntry`] q | daemon only (seqlock) | clients, lock-free | `name_len` ≤ 32; name valid per [`crate::path`]; a subsystem entry's `group_queues` name group entries of that subsystem, a group entry's `parent` names its subsystem entry and group slot |
 //! | free_ring | 640 | [`RingHeader`](crate::queue::RingHeader) | everyone | everyone | see [`crate::queue`] |
 //! | free_ring + 640 | 8·free_capacity | cells | everyone | everyone | `free_capacity` = 2·next_pow2(slot_count) |

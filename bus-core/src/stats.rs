@@ -5,14 +5,14 @@
 //! Costs on the hot path: a publisher adds a body's length to its
 //! subsystem's `bytes` (one Relaxed add on a line only publishers of that
 //! subsystem write; a batch adds once); a receiver times one message in
-//! [`SAMPLE_EVERY`] (a clock read and three adds on a line only receivers
+//! [`SAMPLE_EVERY`] (a clock read and four adds on a line only receivers
 //! write). Failures are counted on the failure path only. Per-client
 //! counts live in each port's record ([`crate::layout::PortIntent`]),
 //! written by the port's one thread without a locked instruction.
 //!
 //! The histogram is log-linear, HDR style: [`SUB`] linear sub-buckets per
-//! power of two, from 64 ns up; [`BUCKETS`] buckets cover up to about
-//! 2^38 ns (4.6 minutes), and anything longer lands in the last.
+//! power of two, from 64 ns up; [`BUCKETS`] buckets reach about 1.75·2^37
+//! ns (four minutes), and anything longer lands in the last.
 
 use crate::line::Line;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -33,30 +33,56 @@ pub fn start(addr: SocketAddr) -> std::io::Result<(MetricsLink, SocketAddr)> {
     let bound = listener.local_addr()?;
     let (wake_r, wake_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
     let (ask, waiting) = mpsc::channel::<mpsc::Sender<Status>>();
+    let wake_w = std::sync::Arc::new(wake_w);
     std::thread::Builder::new().name("shmbusd-metrics".into()).spawn(move || {
+        // Each scrape in a thread of its own, a few at a time: a slow or
+        // idle connection does not hold up the next scrape.
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let fetch = || -> Option<Status> {
-                let (tx, rx) = mpsc::channel();
-                ask.send(tx).ok()?;
-                let _ = nix::unistd::write(&wake_w, b"m");
-                rx.recv_timeout(Duration::from_secs(5)).ok()
-            };
-            if let Err(e) = serve(conn, fetch) {
-                tracing::debug!("metrics scrape failed: {e}");
+            let Ok(mut conn) = conn else { continue };
+            if busy.load(std::sync::atomic::Ordering::Relaxed) >= MAX_SCRAPES {
+                let _ = conn
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (ask, wake_w, mine) = (ask.clone(), wake_w.clone(), busy.clone());
+            let spawned = std::thread::Builder::new().name("shmbusd-scrape".into()).spawn(move || {
+                let fetch = || -> Option<Status> {
+                    let (tx, rx) = mpsc::channel();
+                    ask.send(tx).ok()?;
+                    let _ = nix::unistd::write(&*wake_w, b"m");
+                    rx.recv_timeout(Duration::from_secs(5)).ok()
+                };
+                if let Err(e) = serve(conn, fetch) {
+                    tracing::debug!("metrics scrape failed: {e}");
+                }
+                mine.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+            if spawned.is_err() {
+                busy.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     })?;
     Ok((MetricsLink { wake: wake_r, waiting }, bound))
 }
 
-/// Answers one HTTP request on `conn`.
+/// Scrapes served at once; more are answered 503 at once.
+pub const MAX_SCRAPES: usize = 4;
+
+/// Answers one HTTP request on `conn`; the request must arrive whole
+/// within 2 s.
 fn serve(mut conn: TcpStream, fetch: impl FnOnce() -> Option<Status>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut req = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request too slow"));
+        }
+        conn.set_read_timeout(Some(left))?;
         let n = conn.read(&mut buf)?;
         if n == 0 {
             break;
@@ -111,9 +137,13 @@ fn histogram(l: &bus_client::protocol::Latency) -> ConstHistogram {
     let per = bus_core::stats::SUB;
     let mut buckets = Vec::new();
     let mut b = 0;
+    // The encoder adds the buckets up: counts read from the segment may be
+    // anything, so the running total is kept from passing u64::MAX.
+    let mut total = 0u64;
     while b < bus_core::stats::BUCKETS {
         let end = if b == 0 { 1 } else { (b + per).min(bus_core::stats::BUCKETS) };
-        let n = h.buckets[b..end].iter().fold(0u64, |t, &n| t.saturating_add(n));
+        let n = h.buckets[b..end].iter().fold(0u64, |t, &n| t.saturating_add(n)).min(u64::MAX - total);
+        total += n;
         let upper = bus_core::stats::upper_bound(end - 1);
         buckets.push(((upper + 1) as f64 / 1e9, n));
         b = end;
@@ -121,12 +151,16 @@ fn histogram(l: &bus_client::protocol::Latency) -> ConstHistogram {
     if let Some(last) = buckets.last_mut() {
         last.0 = f64::INFINITY;
     }
-    ConstHistogram { sum: l.sum_ns as f64 / 1e9, count: h.total(), buckets }
+    ConstHistogram { sum: l.sum_ns as f64 / 1e9, count: total, buckets }
 }
 
 /// The whole bus in the OpenMetrics text format.
 pub fn encode(s: &Status) -> String {
-    let collector = Snapshot(s.clone());
+    // A requester's reply queues come and go with its connections: as
+    // series they would grow without bound.
+    let mut s = s.clone();
+    s.subsystems.retain(|x| !x.name.starts_with("_reply."));
+    let collector = Snapshot(s);
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(collector));
     let mut out = String::new();

@@ -185,6 +185,7 @@ pub struct Server {
     moved_to: Option<u32>,
     /// The Prometheus endpoint's link to this loop (see [`crate::metrics`]).
     metrics: Option<(crate::metrics::MetricsLink, std::net::SocketAddr)>,
+
     /// The stop was asked for with a `shutdown` request: the bus ends
     /// (STOPPED) even with a resume grace.
     shutdown_requested: bool,
@@ -810,6 +811,9 @@ impl Server {
         let welcomed = self.conns[&id].welcomed;
         match req {
             Request::Hello { layout_version, resume, name } => {
+                if welcomed {
+                    return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
+                }
                 if let Some(n) = name {
                     let clean: String =
                         n.chars().filter(|c| !c.is_control()).take(64).collect::<String>().trim().to_owned();
@@ -819,9 +823,6 @@ impl Server {
                 }
                 let c = &self.conns[&id];
                 tracing::info!(client = id, pid = c.pid, uid = c.uid, name = %c.name, resume = resume.is_some(), "hello");
-                if welcomed {
-                    return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
-                }
                 if layout_version != LAYOUT_VERSION {
                     return err(
                         ErrorKind::VersionMismatch,
@@ -973,11 +974,26 @@ impl Server {
     fn answer_scrapes(&mut self) {
         let Some((m, _)) = &self.metrics else { return };
         let mut buf = [0u8; 64];
-        while matches!(nix::unistd::read(&m.wake, &mut buf), Ok(n) if n > 0) {}
+        loop {
+            match nix::unistd::read(&m.wake, &mut buf) {
+                Ok(n) if n > 0 => continue,
+                // Every writer is gone: the metrics thread died. Stop
+                // polling a pipe that would stay readable.
+                Ok(_) => {
+                    tracing::error!("the metrics endpoint stopped; the bus goes on without it");
+                    self.metrics = None;
+                    return;
+                }
+                Err(_) => break,
+            }
+        }
         let waiting: Vec<_> = m.waiting.try_iter().collect();
         if waiting.is_empty() {
             return;
         }
+        // The scrapes waiting now share one status (a pass over every
+        // slot); at most `metrics::MAX_SCRAPES` wait at once, as many as a
+        // client asking `status` in a loop costs.
         let status = self.status();
         for w in waiting {
             let _ = w.send(status.clone());

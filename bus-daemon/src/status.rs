@@ -92,9 +92,10 @@ pub fn build(
             // Each message is pushed or dropped once per group that
             // existed when it was sent: the group that saw the most has
             // seen every message.
-            total.sent = total.sent.max(c.sent + c.dropped);
-            total.delivered += c.delivered;
-            total.redelivered += c.redelivered;
+            // Words from the segment: any value, so saturating.
+            total.sent = total.sent.max(c.sent.saturating_add(c.dropped));
+            total.delivered = total.delivered.saturating_add(c.delivered);
+            total.redelivered = total.redelivered.saturating_add(c.redelivered);
             total.stalls = total.stalls.max(c.stalls);
             depth += ring.len();
             subscribers += v.subscribers;

@@ -53,7 +53,16 @@ fn a_scrape_agrees_with_the_traffic() {
     assert_eq!(value(&text, "shmbus_messages_sent_total{subsystem=\"m\"}"), 1000.0);
     assert_eq!(value(&text, "shmbus_messages_delivered_total{subsystem=\"m\"}"), 1000.0);
     assert_eq!(value(&text, "shmbus_bytes_sent_total{subsystem=\"m\"}"), 100_000.0);
-    assert!(value(&text, "shmbus_send_failures_total{subsystem=\"m\",kind=\"no_subscriber\"}") >= 1.0, "{text}");
+    assert_eq!(value(&text, "shmbus_send_failures_total{subsystem=\"m\",kind=\"no_subscriber\"}"), 1.0, "{text}");
+    // The histogram's buckets only grow with `le`, up to +Inf.
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("shmbus_latency_seconds_bucket{") && l.contains("subsystem=\"m\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.len() > 10 && buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    // Reply queues are no series of their own.
+    assert!(!text.contains("_reply."), "{text}");
     // One message in 64 is timed: 1000 received, 15 timed.
     assert_eq!(value(&text, "shmbus_latency_seconds_count{subsystem=\"m\"}"), 15.0);
     assert_eq!(value(&text, "shmbus_latency_seconds_bucket{le=\"+Inf\",subsystem=\"m\"}"), 15.0);

@@ -240,7 +240,7 @@ fn a_segment_left_longer_ago_than_the_grace_is_not_waited_for() {
     std::thread::sleep(Duration::from_millis(3500));
     let t = Instant::now();
     let (_second, ready) = daemon_ready(&socket, &args(&flags));
-    assert!(t.elapsed() < Duration::from_secs(1), "waited {:?} for nobody", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2), "waited {:?} for nobody", t.elapsed());
     assert!(!ready.contains("resuming"), "{ready}");
     let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
     assert!(bus.status().is_ok());
