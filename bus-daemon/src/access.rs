@@ -25,14 +25,34 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+/// A principal as written: a string (`"alice"`, `"1001"`, `"@ops"`,
+/// `"*"`) or a bare number (a uid).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Written {
+    /// A uid written as a number.
+    Uid(u32),
+    /// Anything else.
+    Text(String),
+}
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Written::Uid(u) => write!(f, "{u}"),
+            Written::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 /// The `[access]` section as written.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AccessFile {
     /// Who may connect.
-    pub allow: Option<Vec<String>>,
+    pub allow: Option<Vec<Written>>,
     /// Who may run admin commands.
-    pub admin: Option<Vec<String>>,
+    pub admin: Option<Vec<Written>>,
     /// Per-subsystem rules.
     #[serde(default)]
     pub subsystem: BTreeMap<String, SubsystemFile>,
@@ -43,9 +63,9 @@ pub struct AccessFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SubsystemFile {
     /// Who may publish (absent: every allowed client).
-    pub publish: Option<Vec<String>>,
+    pub publish: Option<Vec<Written>>,
     /// Who may subscribe (absent: every allowed client).
-    pub subscribe: Option<Vec<String>>,
+    pub subscribe: Option<Vec<Written>>,
 }
 
 /// One resolved principal.
@@ -100,10 +120,11 @@ pub struct SubsystemRules {
 
 impl Rule {
     /// Resolves the principals written in `field`.
-    pub fn resolve(field: &str, written: &[String]) -> Result<Rule, String> {
+    pub fn resolve(field: &str, written: &[Written]) -> Result<Rule, String> {
         let mut principals = Vec::with_capacity(written.len());
         for w in written {
-            principals.push((principal(w).map_err(|e| format!("{field}: {e}"))?, w.clone()));
+            let text = w.to_string();
+            principals.push((principal(&text).map_err(|e| format!("{field}: {e}"))?, text));
         }
         Ok(Rule { field: field.to_owned(), principals })
     }
@@ -270,7 +291,7 @@ mod tests {
 
     #[test]
     fn principals_resolve_and_admit_by_uid_group_or_anyone() {
-        let p = file("allow = [\"root\", \"1001\", \"@5\"]\n[subsystem.s]\npublish = [\"*\"]\nsubscribe = [\"@0\"]")
+        let p = file("allow = [\"root\", 1001, \"@5\"]\n[subsystem.s]\npublish = [\"*\"]\nsubscribe = [\"@0\"]")
             .resolve()
             .unwrap();
         let root = Peer { uid: 0, gids: vec![0] };
