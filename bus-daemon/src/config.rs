@@ -57,7 +57,8 @@ pub struct FileConfig {
     /// Permissions of the socket file, octal.
     pub socket_mode: Option<String>,
     /// How long clients wait for a new daemon after this one died:
-    /// `"5s"`, `"500ms"`, `"0"`.
+    /// `"5s"`, `"500ms"`, or a number of seconds.
+    #[serde(default, deserialize_with = "text_or_number")]
     pub resume_grace: Option<String>,
     /// Where to serve Prometheus metrics, e.g. `"127.0.0.1:9464"`.
     pub metrics: Option<String>,
@@ -147,6 +148,20 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A setting written as a string or as a bare number (kept as text).
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    Ok(Some(match Either::deserialize(d)? {
+        Either::Number(n) => n.to_string(),
+        Either::Text(t) => t,
+    }))
 }
 
 /// The longest `resume-grace`.
@@ -318,5 +333,7 @@ mod tests {
         assert_eq!(c.resume_grace, std::time::Duration::from_millis(1500));
         assert_eq!(parse_duration("2m"), Some(std::time::Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Some(std::time::Duration::from_secs(3)));
+        let f: FileConfig = toml::from_str("resume-grace = 5").unwrap();
+        assert_eq!(f.resolve().unwrap().resume_grace, std::time::Duration::from_secs(5));
     }
 }
