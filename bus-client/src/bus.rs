@@ -33,7 +33,9 @@ pub(crate) struct Inner {
     pub(crate) serial: u32,
     bus: String,
     /// The control connection (see [`crate::link`]); the watcher thread
-    /// holds it too.
+    /// holds it too. (`client`, `serial` and `gone` above and below are
+    /// copies of the link's, kept here so that the hot path reads them
+    /// without a second pointer.)
     pub(crate) link: Arc<crate::link::Link>,
     ports: Mutex<u32>,
     pub(crate) send_timeout: Duration,

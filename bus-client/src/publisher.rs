@@ -561,8 +561,8 @@ impl Publisher {
             self.routes.clear();
             self.routes_version = v;
         }
-        let (found, entry) = match self.routes.iter().find(|r| r.name == subsystem) {
-            Some(r) => (r.to, r.entry),
+        let found = match self.routes.iter().find(|r| r.name == subsystem) {
+            Some(r) => r.to,
             None => {
                 let view = routing::find(seg, subsystem);
                 if view.as_ref().is_some_and(|v| v.flags & bus_core::layout::ROUTE_RESTRICTED != 0) {
@@ -573,11 +573,10 @@ impl Publisher {
                 let entry = view.map(|v| v.queue);
                 let to = view.and_then(|v| v.fanout()).filter(|f| f.mask != 0);
                 self.routes.push(CachedRoute { name: subsystem.to_owned(), to, entry });
-                (to, entry)
+                to
             }
         };
         // `fanout` checked every group's queue against the params.
-        let _ = entry;
         found.ok_or_else(|| SendError::NoSubscriber { subsystem: subsystem.to_owned() })
     }
 
@@ -669,7 +668,12 @@ impl Publisher {
     /// against the routing table, so that no push goes into an entry that
     /// changed hands.
     fn push(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
-        let len = self.bus.inner.seg.slot(slot).header().body_len.load(Ordering::Relaxed) as u64;
+        // Read while the slot is still ours, and only when counted.
+        let len = if self.bus.inner.statistics {
+            self.bus.inner.seg.slot(slot).header().body_len.load(Ordering::Relaxed) as u64
+        } else {
+            0
+        };
         let pushed = self.push_one(slot, route, subsystem_len);
         match &pushed {
             Pushed::Back(e) => self.count_error(Some(route.to.subsystem), e),
