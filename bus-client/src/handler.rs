@@ -16,6 +16,9 @@ pub(crate) mod kind {
     pub const HANDLER: u64 = 2;
     /// The handler panicked.
     pub const PANIC: u64 = 3;
+    /// The handler is on another host that cannot be reached (a bridge's
+    /// reply).
+    pub const UNREACHABLE: u64 = 4;
 }
 
 /// An error a handler returns; a requester receives its text.
@@ -77,6 +80,15 @@ pub(crate) fn is_reply_queue_of(name: &str, serial: u64) -> bool {
         && parts.next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s & 0xff_ffff == serial & 0xff_ffff)
         && parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         && parts.next().is_none()
+}
+
+/// Whether queue `queue` is a reply queue of client `serial` with its
+/// requester still subscribed. A requester that died has no subscription
+/// on its reply queue any more: its reply is dropped instead of left
+/// there. A forged or stale `reply_to` (no reply queue of the request's own
+/// client) gets nothing pushed either.
+pub(crate) fn reply_queue_open(seg: &bus_core::Segment, queue: u32, serial: u64) -> bool {
+    matches!(bus_core::routing::read(seg, queue), Some(v) if v.subscribers > 0 && is_reply_queue_of(v.name(), serial))
 }
 
 /// The message being handled and what a handler can do with it.
@@ -200,13 +212,9 @@ impl<'a, 'p> Context<'a, 'p> {
         self.replied = true;
         // A requester that died has no subscription on its reply queue
         // any more: drop the reply instead of leaving it there.
-        let seg = &self.publisher.bus().inner.seg;
         let sender_serial = self.msg.id() >> 40;
-        match bus_core::routing::read(seg, queue) {
-            Some(v) if v.subscribers > 0 && is_reply_queue_of(v.name(), sender_serial) => {}
-            // No reply queue of the request's own client (a forged or stale
-            // `reply_to`), or a requester that died: nothing is pushed.
-            _ => return Ok(()),
+        if !reply_queue_open(&self.publisher.bus().inner.seg, queue, sender_serial) {
+            return Ok(());
         }
         let (corr, trace, path) = (self.msg.correlation_id(), self.msg.trace_id(), self.msg.path());
         let loan = self.publisher.loan_direct(queue, sender_serial, path)?;

@@ -977,6 +977,11 @@ impl<'a> Loan<'a> {
         self
     }
 
+    /// The slot's header (atomics; this loan owns the slot).
+    pub(crate) fn header(&self) -> &bus_core::layout::SlotHeader {
+        self.publisher.bus.inner.seg.slot(self.slot).header()
+    }
+
     /// Sets the trace id (default: the message's own id, starting a trace).
     pub fn trace_id(self, id: u64) -> Self {
         self.publisher.bus.inner.seg.slot(self.slot).header().trace_id.store(id, Ordering::Relaxed);

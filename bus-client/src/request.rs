@@ -43,6 +43,11 @@ pub enum ReplyError {
     /// The handler panicked (the service caught it and goes on).
     #[error("the handler panicked: {0}")]
     Panicked(String),
+    /// The handler is on another host, and the bridge between cannot reach
+    /// it (no host exports the subsystem now, or the link was lost while
+    /// the request was out).
+    #[error("the service is on another host that cannot be reached: {0}; check the bridges (shmbus-bridge) on both hosts and the link between them")]
+    Unreachable(String),
     /// A [`crate::Pipeline`] already has its whole window of requests in
     /// flight.
     #[error("{window} requests are already in flight: take replies with Pipeline::next or Pipeline::wait before submitting more")]
@@ -89,7 +94,7 @@ pub struct Requester {
     /// A port of its own for releasing replies: the reply subscriber's is
     /// held by the polling thread for up to a time-slice.
     release_port: Mutex<u32>,
-    queue: u32,
+    pub(crate) queue: u32,
     next: AtomicU64,
 }
 
@@ -155,7 +160,7 @@ impl Requester {
         })
     }
 
-    fn exchange(
+    pub(crate) fn exchange(
         &self,
         _path: &str,
         timeout: Duration,
@@ -384,6 +389,7 @@ impl<'r> Response<'r> {
         Err(match h.fingerprint.load(Ordering::Relaxed) {
             kind::NO_ROUTE => ReplyError::NoRoute { path: self.slot.path().unwrap_or("").to_owned(), message: text },
             kind::PANIC => ReplyError::Panicked(text),
+            kind::UNREACHABLE => ReplyError::Unreachable(text),
             _ => ReplyError::Handler(text),
         })
     }
@@ -412,6 +418,12 @@ impl<'r> Response<'r> {
     /// The reply's trace id (the request's).
     pub fn trace_id(&self) -> u64 {
         self.slot.header().trace_id.load(Ordering::Relaxed)
+    }
+
+    /// The reply's fingerprint, marker and trace id, to forward it as it is
+    /// (see [`crate::Envelope`]).
+    pub fn envelope(&self) -> crate::Envelope {
+        crate::Envelope::of(self.slot.header())
     }
 
     /// The reply's message id.

@@ -629,6 +629,11 @@ impl Message<'_> {
         slot
     }
 
+    /// The slot's header (atomics).
+    pub(crate) fn header(&self) -> &SlotHeader {
+        self.slot.header()
+    }
+
     /// The reply queue of a request, if it is one.
     pub(crate) fn reply_queue(&self) -> Option<u32> {
         self.slot.header().reply_to.load(Ordering::Relaxed).checked_sub(1)

@@ -541,6 +541,10 @@ pub const FLAG_RAW: u16 = 2;
 /// The message is an error reply: the body is its text, and `fingerprint`
 /// holds the kind (see `bus_client::ReplyError`).
 pub const FLAG_ERROR: u16 = 4;
+/// The message came from another host through a bridge (`shmbus-bridge`),
+/// which never sends such a message on again (so two bridges importing
+/// and exporting one subsystem do not loop it).
+pub const FLAG_REMOTE: u16 = 8;
 
 const _: () = assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
 const _: () = assert!(offset_of!(SlotHeader, queue) == 8);

@@ -34,6 +34,11 @@
 //!   came for 300 ms.
 //! - `cpreq path=P done_file=F`: requests in a loop until F exists; any
 //!   error is fine (its service may be the one killed), a hang is not.
+//! - `req path=P [seq=K] [timeout_ms=T]`: one request with body
+//!   `Seq { 0, K }`; prints `ok PUBLISHER SEQ TRACE` from its typed reply
+//!   (`ok raw LEN TRACE` from a raw one), or `err VARIANT: TEXT in MS ms`.
+//! - `traces subsystem=S count=N`: prints `trace PATH TRACE REMOTE` for N
+//!   messages.
 //! - `fork subsystem=S`: holds a received message, forks; the
 //!   child tries each kind of call (each must fail with the fork error) and
 //!   drops everything; the parent then checks that its own bus still works.
@@ -206,6 +211,47 @@ fn main() -> ExitCode {
             writeln!(out, "serving").unwrap();
             out.flush().unwrap();
             service.join();
+        }
+        "req" => {
+            // One typed request (`Seq { 0, seq }`); prints `ok PUBLISHER
+            // SEQ TRACE` from the reply, or `err VARIANT: TEXT` and the
+            // milliseconds it took.
+            let path = get("path").expect("path=");
+            let timeout = Duration::from_millis(num("timeout_ms", 10_000));
+            let requester = bus.requester().expect("requester");
+            let started = Instant::now();
+            match requester.request(&path, &Seq { publisher: 0, seq: num("seq", 0) }, timeout) {
+                Ok(r) => match r.body::<Seq>() {
+                    Ok(s) => {
+                        writeln!(out, "ok {} {} {}", s.publisher.to_native(), s.seq.to_native(), r.trace_id()).unwrap()
+                    }
+                    Err(_) => {
+                        writeln!(out, "ok raw {} {}", r.body_bytes().map_or(0, |b| b.len()), r.trace_id()).unwrap()
+                    }
+                },
+                Err(e) => {
+                    let variant = format!("{e:?}");
+                    let variant = variant.split(['(', ' ', '{']).next().unwrap_or("");
+                    writeln!(out, "err {variant}: {e} in {} ms", started.elapsed().as_millis()).unwrap();
+                }
+            };
+        }
+        "traces" => {
+            // Prints `trace PATH TRACE_ID REMOTE` for each of count=N
+            // messages of subsystem=S.
+            let sub = subscribe(&bus, &get);
+            writeln!(out, "subscribed").unwrap();
+            out.flush().unwrap();
+            for _ in 0..num("count", 1) {
+                match sub.recv_timeout(Duration::from_millis(num("timeout_ms", 30_000))) {
+                    Ok(m) => writeln!(out, "trace {} {} {}", m.path(), m.trace_id(), m.is_remote() as u8).unwrap(),
+                    Err(e) => {
+                        eprintln!("peer traces: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+                out.flush().unwrap();
+            }
         }
         "busy" => {
             let subsystem = get("subsystem").expect("subsystem=");

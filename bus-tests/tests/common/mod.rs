@@ -124,6 +124,20 @@ impl Proc {
         self.next_line(prefix, timeout).is_ok()
     }
 
+    /// Waits for stdout lines starting with each of `prefixes`, in any
+    /// order (one deadline for all).
+    pub fn wait_lines(&mut self, prefixes: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut left: Vec<&str> = prefixes.to_vec();
+        while !left.is_empty() {
+            let got = self.lines.lock().unwrap().recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            match got {
+                Ok(l) => left.retain(|p| !l.starts_with(p)),
+                Err(_) => panic!("no lines starting with {left:?} within {timeout:?}"),
+            }
+        }
+    }
+
     /// Waits for a stdout line starting with `prefix` (deadline).
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
         match self.next_line(prefix, timeout) {

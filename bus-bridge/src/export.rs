@@ -1,0 +1,170 @@
+//! Exported subsystems: what other hosts send to them is delivered here.
+//! A Zenoh subscriber hands each message to the local bus from Zenoh's own
+//! receive thread (one copy, into the slot); a queryable hands requests to
+//! a pool of workers, which make the local request and send the reply back.
+
+use crate::counters::{bump, worth_logging, Counters};
+use crate::wire::{self, Meta};
+use crate::{BridgeError, Shared};
+use bus_client::{Bus, Publisher};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use zenoh::query::Query;
+use zenoh::sample::Locality;
+use zenoh::Wait;
+
+/// Requests waiting for a worker, per worker.
+const BACKLOG_PER_WORKER: usize = 16;
+
+/// The running export side; dropping it undeclares everything.
+pub struct Export {
+    _subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
+    _queryables: Vec<zenoh::query::Queryable<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Export {
+    /// Waits for the request workers (after the stop flag was set).
+    pub fn join(self) {
+        let Export { _subscribers, _queryables, workers } = self;
+        drop((_subscribers, _queryables)); // no new queries
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Declares a subscriber and a queryable per exported subsystem.
+pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Export, BridgeError> {
+    let cfg = &shared.config;
+    let (tx, rx) = sync_channel::<Query>(cfg.request_workers * BACKLOG_PER_WORKER);
+    let mut export = Export { _subscribers: Vec::new(), _queryables: Vec::new(), workers: Vec::new() };
+    if cfg.export.is_empty() {
+        return Ok(export);
+    }
+    for subsystem in &cfg.export {
+        let keys = wire::subsystem_keys(&cfg.prefix, subsystem);
+        let publisher = Mutex::new(bus.publisher().create()?);
+        let s = shared.clone();
+        let sub = shared
+            .session
+            .declare_subscriber(&keys)
+            .allowed_origin(Locality::Remote)
+            .callback(move |sample| deliver(&s, &publisher, sample))
+            .wait()
+            .map_err(|e| BridgeError::Zenoh(format!("subscribing to {keys}: {e}")))?;
+        export._subscribers.push(sub);
+        let (tx, s) = (tx.clone(), shared.clone());
+        let q = shared
+            .session
+            .declare_queryable(&keys)
+            .allowed_origin(Locality::Remote)
+            .callback(move |query| enqueue(&s, &tx, query))
+            .wait()
+            .map_err(|e| BridgeError::Zenoh(format!("declaring the queryable {keys}: {e}")))?;
+        export._queryables.push(q);
+    }
+    let rx = Arc::new(Mutex::new(rx));
+    let requester = Arc::new(bus.requester()?);
+    for i in 0..cfg.request_workers {
+        let (rx, s, r) = (rx.clone(), shared.clone(), requester.clone());
+        let w = std::thread::Builder::new()
+            .name(format!("export-req-{i}"))
+            .spawn(move || serve(&s, &rx, &r))
+            .map_err(|e| BridgeError::Io(format!("starting a request worker: {e}")))?;
+        export.workers.push(w);
+    }
+    Ok(export)
+}
+
+/// A message from another host: onto the local bus, or dropped and counted
+/// if the bus does not take it within `local-timeout` (so that Zenoh's
+/// receive path never stalls long enough for the far side to close the
+/// link: see `Config::local_timeout`).
+fn deliver(shared: &Shared, publisher: &Mutex<Publisher>, sample: zenoh::sample::Sample) {
+    let c: &Counters = &shared.counters;
+    let Some(path) = wire::path_of(&shared.config.prefix, sample.key_expr().as_str()) else {
+        bump(&c.unbridgeable);
+        return;
+    };
+    let meta = wire::decode(sample.attachment().map(|a| a.to_bytes()).as_deref());
+    let body = sample.payload().to_bytes();
+    let mut p = publisher.lock().unwrap_or_else(|p| p.into_inner());
+    let sent = p
+        .loan(&path)
+        .and_then(|l| l.write_bytes(&body))
+        .and_then(|l| l.envelope(&meta.envelope).send().map_err(|f| f.error));
+    match sent {
+        Ok(_) => {
+            bump(&c.received);
+        }
+        Err(e) => {
+            let n = bump(&c.dropped_local);
+            if worth_logging(n) {
+                tracing::warn!("a message from another host to {path} was dropped ({n} so far): {e}");
+            }
+        }
+    }
+}
+
+fn enqueue(shared: &Shared, tx: &SyncSender<Query>, query: Query) {
+    match tx.try_send(query) {
+        Ok(()) => {}
+        Err(TrySendError::Full(query) | TrySendError::Disconnected(query)) => {
+            let n = bump(&shared.counters.requests_refused);
+            if worth_logging(n) {
+                tracing::warn!("a request from another host was refused: every request worker is busy ({n} so far)");
+            }
+            let e = bus_client::ReplyError::Unreachable(format!(
+                "the bridge of the serving host is overloaded: its {} request workers are busy; retry, or raise request-workers there",
+                shared.config.request_workers
+            ));
+            answer(&query, Err(&e));
+        }
+    }
+}
+
+fn serve(shared: &Shared, rx: &Mutex<Receiver<Query>>, requester: &bus_client::Requester) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let got = rx.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(Duration::from_millis(200));
+        let query = match got {
+            Ok(q) => q,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let Some(path) = wire::path_of(&shared.config.prefix, query.key_expr().as_str()) else {
+            bump(&shared.counters.unbridgeable);
+            continue; // not a path: the far side's timeout answers it
+        };
+        let meta = wire::decode(query.attachment().map(|a| a.to_bytes()).as_deref());
+        let body = query.payload().map(|p| p.to_bytes()).unwrap_or_default();
+        let timeout = shared.config.request_timeout;
+        match requester.request_enveloped(&path, &body, &meta.envelope, timeout) {
+            Ok(response) => {
+                let meta = Meta { envelope: response.envelope(), id: response.id(), error: None };
+                answer(&query, Ok((&meta, response.body_bytes().unwrap_or_default())));
+            }
+            Err(e) => answer(&query, Err(&e)),
+        }
+        bump(&shared.counters.requests_served);
+    }
+}
+
+/// Replies to a query: a body with its envelope, or an error the far
+/// requester receives as the same `ReplyError` variant.
+fn answer(query: &Query, reply: Result<(&Meta, &[u8]), &bus_client::ReplyError>) {
+    let (meta, body) = match reply {
+        Ok((m, b)) => (*m, zenoh::bytes::ZBytes::from(b)),
+        Err(e) => {
+            let (kind, text) = wire::error_of(e);
+            (Meta { error: Some(kind), ..Meta::default() }, zenoh::bytes::ZBytes::from(text))
+        }
+    };
+    let sent = query.reply(query.key_expr().clone(), body).attachment(wire::encode(&meta)).express(true).wait(); // (priority and congestion control: the query's, RPC_PRIORITY and Block)
+    if let Err(e) = sent {
+        tracing::warn!("a reply to another host was lost: {e}");
+    }
+}

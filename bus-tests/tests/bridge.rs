@@ -1,0 +1,276 @@
+//! Two buses bridged over Zenoh on one machine: two daemons (two sockets)
+//! stand for two hosts, each with a bridge, linked by TCP on 127.0.0.1.
+//! Host A serves `users` (a router with a parameter route) and reads
+//! `sensors`; host B reads `alerts`. Every program on either side is an
+//! ordinary client that does not know there is another host.
+
+mod common;
+use common::*;
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub const BRIDGE: &str = env!("CARGO_BIN_EXE_bridge");
+
+fn daemon(socket: &Path) -> Proc {
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(socket).args(["--slots", "256"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut d = Proc::new(cmd.spawn().expect("start the daemon"));
+    d.wait_line("shmbusd: ready", Duration::from_secs(20));
+    d
+}
+
+fn peer(socket: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(PEER);
+    cmd.args(args).env("SHMBUS_SOCKET", socket).env_remove("SHMBUS_BUS").stdout(Stdio::piped()).stderr(Stdio::piped());
+    Proc::new(cmd.spawn().expect("start a peer"))
+}
+
+/// A peer run to its end (within 30 s): its stdout.
+fn run_peer(socket: &Path, args: &[&str]) -> String {
+    let (st, out, err) = peer(socket, args).wait(Duration::from_secs(30));
+    assert!(st.success(), "peer {args:?} failed: {err}");
+    out
+}
+
+fn status(socket: &Path) -> serde_json::Value {
+    let (st, out, err) = run_to_end(Command::new(CLI).args(["status", "--json"]).env("SHMBUS_SOCKET", socket));
+    assert!(st.success(), "status failed: {err}");
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+/// Every slot of the bus comes back free or cached (within 10 s).
+fn assert_slots_back(socket: &Path) {
+    let back = || {
+        let s = status(socket);
+        let n = |k: &str| s["slots"][k].as_u64().unwrap();
+        n("free") + n("cached") == n("total") && n("corrupt") == 0
+    };
+    assert!(eventually(Duration::from_secs(10), back).is_some(), "slots leaked: {}", status(socket)["slots"]);
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Host A's or B's bridge, started; `linked` names the subsystems whose
+/// far exporter it must see before this returns.
+fn bridge(socket: &Path, args: &[&str], linked: &[&str]) -> Proc {
+    let mut cmd = Command::new(BRIDGE);
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["--no-scouting", "--request-timeout", "8s", "--stats-interval", "200ms"])
+        .args(args)
+        .env("RUST_LOG", "info,zenoh=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut b = Proc::new(cmd.spawn().expect("start a bridge"));
+    let mut want = vec!["shmbus-bridge: ready".to_owned()];
+    want.extend(linked.iter().map(|s| format!("shmbus-bridge: linked {s}")));
+    b.wait_lines(&want.iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(20));
+    b
+}
+
+struct Hosts {
+    _dir: TempDir,
+    a: PathBuf,
+    b: PathBuf,
+    port: u16,
+    _daemons: (Proc, Proc),
+}
+
+impl Hosts {
+    fn new(tag: &str) -> Hosts {
+        let dir = TempDir::new(tag);
+        let (a, b) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
+        let daemons = (daemon(&a), daemon(&b));
+        Hosts { _dir: dir, a, b, port: free_port(), _daemons: daemons }
+    }
+
+    fn listen(&self) -> String {
+        format!("tcp/127.0.0.1:{}", self.port)
+    }
+
+    /// A's bridge: exports users and sensors, imports alerts.
+    fn bridge_a(&self, linked: &[&str]) -> Proc {
+        let l = self.listen();
+        bridge(&self.a, &["--listen", &l, "--export", "users", "sensors", "--import", "alerts"], linked)
+    }
+
+    /// B's bridge: imports users and sensors, exports alerts.
+    fn bridge_b(&self, extra: &[&str], linked: &[&str]) -> Proc {
+        let l = self.listen();
+        let mut args = vec!["--connect", &l, "--import", "users", "sensors", "--export", "alerts"];
+        args.extend_from_slice(extra);
+        bridge(&self.b, &args, linked)
+    }
+}
+
+fn summary_of(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.lines().last().expect("a summary line")).expect("JSON summary")
+}
+
+#[test]
+fn messages_both_ways_and_requests_with_their_trace() {
+    let h = Hosts::new("bridge-both-ways");
+    let mut ba = h.bridge_a(&[]);
+    let bb = h.bridge_b(&[], &["users", "sensors"]);
+    ba.wait_line("shmbus-bridge: linked alerts", Duration::from_secs(20));
+
+    // B → A: typed messages in order, none flagged redelivered.
+    let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=2000", "timeout_ms=30000"]);
+    sensors.wait_line("subscribed", Duration::from_secs(10));
+    run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=2000"]);
+    let (st, out, err) = sensors.wait(Duration::from_secs(30));
+    assert!(st.success(), "A's subscriber: {err}");
+    let s = summary_of(&out);
+    assert_eq!(
+        (s["received"].as_u64(), s["out_of_order"].as_u64(), s["redelivered"].as_u64()),
+        (Some(2000), Some(0), Some(0))
+    );
+
+    // A → B.
+    let mut alerts = peer(&h.b, &["sub", "subsystem=alerts", "count=300", "timeout_ms=30000"]);
+    alerts.wait_line("subscribed", Duration::from_secs(10));
+    run_peer(&h.a, &["pub", "path=alerts://disk/full", "publisher=2", "count=300"]);
+    let (st, out, err) = alerts.wait(Duration::from_secs(30));
+    assert!(st.success(), "B's subscriber: {err}");
+    assert_eq!(summary_of(&out)["received"].as_u64(), Some(300));
+
+    // B's requests to A's router: the parameter route, typed both ways.
+    let mut service = peer(&h.a, &["serve", "subsystem=users", "workers=2"]);
+    service.wait_line("serving", Duration::from_secs(10));
+    let out = run_peer(&h.b, &["req", "path=users://users/42", "seq=7"]);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(&f[..3], ["ok", "42", "8"], "{out}");
+    // The handler's errors arrive as the same variants.
+    assert!(run_peer(&h.b, &["req", "path=users://fail"]).starts_with("err Handler: the handler failed: nope"));
+    assert!(run_peer(&h.b, &["req", "path=users://no/such/route"]).starts_with("err NoRoute"));
+    // A route Zenoh cannot carry is refused at once, with the reason.
+    let out = run_peer(&h.b, &["req", "path=users://a//b"]);
+    assert!(out.starts_with("err Unreachable") && out.contains("empty chunk"), "{out}");
+
+    // The trace id crosses: B's request → A's handler, which sends on with
+    // it (to `traced` on A) → the reply back on B.
+    let mut traced = peer(&h.a, &["traces", "subsystem=traced", "count=1"]);
+    traced.wait_line("subscribed", Duration::from_secs(10));
+    let out = run_peer(&h.b, &["req", "path=users://forward/x"]);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(&f[..3], ["ok", "raw", "9"], "{out}"); // "forwarded"
+    let (st, tout, _) = traced.wait(Duration::from_secs(10));
+    assert!(st.success());
+    let seen: Vec<&str> =
+        tout.lines().find(|l| l.starts_with("trace ")).expect("a traced message").split(' ').collect();
+    assert_eq!(seen[1], "traced://from-handler");
+    assert_eq!(seen[2], f[3], "the trace id on A differs from the one B's reply carries");
+    assert_ne!(f[3], "0");
+
+    drop(service);
+    for p in [&h.a, &h.b] {
+        assert_slots_back(p);
+    }
+    ba.signal(Signal::SIGTERM);
+    bb.signal(Signal::SIGTERM);
+    let (st, out, err) = ba.wait(Duration::from_secs(20));
+    assert!(st.success(), "A's bridge did not stop cleanly: {err}");
+    assert!(out.contains(" received=2000 "), "{out}");
+    let (st, out, err) = bb.wait(Duration::from_secs(20));
+    assert!(st.success(), "B's bridge did not stop cleanly: {err}");
+    assert!(out.contains(" sent=2000 ") && out.contains(" received=300 "), "{out}");
+}
+
+#[test]
+fn a_cut_link_fails_requests_at_once_and_heals_by_itself() {
+    let h = Hosts::new("bridge-faults");
+    let ba = h.bridge_a(&[]);
+    let mut bb = h.bridge_b(&[], &["users", "sensors"]);
+    let mut service = peer(&h.a, &["serve", "subsystem=users", "workers=2"]);
+    service.wait_line("serving", Duration::from_secs(10));
+    assert!(run_peer(&h.b, &["req", "path=users://users/1"]).starts_with("ok 1 1 "));
+
+    // A requester on B waits for a slow handler on A; A's bridge is killed
+    // meanwhile: the requester gets a typed error at once, well inside
+    // its own 20 s.
+    let waiting = peer(&h.b, &["req", "path=users://slow/3000", "timeout_ms=20000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    ba.signal(Signal::SIGKILL);
+    drop(ba);
+    let (st, out, err) = waiting.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    let ms: u64 = out.trim().rsplit(' ').nth(1).and_then(|m| m.parse().ok()).expect("a time");
+    assert!(out.starts_with("err Unreachable"), "{out}");
+    assert!(ms < 5000, "the link loss took {ms} ms to reach the requester: {out}");
+    bb.wait_line("shmbus-bridge: unlinked users", Duration::from_secs(20));
+
+    // While no host exports `users`, a request fails at once; a one-way
+    // message is dropped and counted (the default policy).
+    let out = run_peer(&h.b, &["req", "path=users://users/2"]);
+    assert!(out.starts_with("err Unreachable") && out.contains("no host exports users"), "{out}");
+    run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=5"]);
+
+    // A's bridge held slots when it was killed: A's daemon took them back.
+    assert_slots_back(&h.a);
+
+    // A new bridge on A: B's links again by itself.
+    let ba = h.bridge_a(&[]);
+    bb.wait_lines(&["shmbus-bridge: linked users", "shmbus-bridge: linked sensors"], Duration::from_secs(30));
+    assert!(run_peer(&h.b, &["req", "path=users://users/3"]).starts_with("ok 3 1 "));
+
+    // B's bridge killed (its cached slots and its reply publisher's with
+    // it): B's daemon takes every slot back, and a new bridge on B
+    // carries on.
+    let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=100", "timeout_ms=30000"]);
+    sensors.wait_line("subscribed", Duration::from_secs(10));
+    bb.signal(Signal::SIGKILL);
+    let (_, out, _) = bb.wait(Duration::from_secs(10));
+    assert!(!out.contains("shmbus-bridge: stopped"));
+    assert_slots_back(&h.b);
+    let bb = h.bridge_b(&["--on-link-loss", "block"], &["users", "sensors"]);
+    run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=100"]);
+    let (st, out, err) = sensors.wait(Duration::from_secs(30));
+    assert!(st.success(), "A's subscriber: {err}");
+    assert_eq!(summary_of(&out)["received"].as_u64(), Some(100));
+    drop(service);
+
+    // With `--on-link-loss block`, messages sent while A's bridge is gone
+    // wait on B, and reach A once a bridge there is back: none is lost.
+    ba.signal(Signal::SIGTERM);
+    let (st, _, err) = ba.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    let mut bb = bb;
+    bb.wait_line("shmbus-bridge: unlinked sensors", Duration::from_secs(20));
+    run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=50"]);
+    let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=50", "timeout_ms=30000"]);
+    sensors.wait_line("subscribed", Duration::from_secs(10));
+    let ba = h.bridge_a(&[]);
+    let (st, out, err) = sensors.wait(Duration::from_secs(30));
+    assert!(st.success(), "A's subscriber after the link came back: {err}");
+    let s = summary_of(&out);
+    assert_eq!((s["received"].as_u64(), s["out_of_order"].as_u64()), (Some(50), Some(0)));
+
+    for b in [ba, bb] {
+        b.signal(Signal::SIGTERM);
+        let (st, _, err) = b.wait(Duration::from_secs(20));
+        assert!(st.success(), "{err}");
+    }
+    for p in [&h.a, &h.b] {
+        assert_slots_back(p);
+    }
+}
+
+#[test]
+fn dropped_messages_are_counted() {
+    let h = Hosts::new("bridge-drops");
+    let bb = h.bridge_b(&[], &[]); // no host A: nothing is linked
+    run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=40"]);
+    let out = run_peer(&h.b, &["req", "path=users://users/1"]);
+    assert!(out.starts_with("err Unreachable"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    bb.signal(Signal::SIGTERM);
+    let (st, out, err) = bb.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    assert!(out.contains(" dropped_no_link=40 ") && out.contains(" unreachable=1 "), "{out}");
+    assert_slots_back(&h.b);
+}
