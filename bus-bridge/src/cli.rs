@@ -67,6 +67,9 @@ struct Args {
     /// Requests from other hosts handled at once [default: 8].
     #[arg(long)]
     request_workers: Option<usize>,
+    /// A link silent this long is taken for lost [default: 3s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
     /// How often the counters are logged when they change; 0s: never
     /// [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -82,7 +85,7 @@ impl Args {
         macro_rules! over {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { c.$f = v.into(); })* };
         }
-        over!(name, mode, prefix, on_link_loss, request_timeout, local_timeout, request_workers, stats_interval);
+        over!(name, mode, prefix, on_link_loss, request_timeout, local_timeout, request_workers, lease, stats_interval);
         if self.bus.is_some() {
             c.bus = self.bus;
         }

@@ -68,13 +68,18 @@ pub struct Config {
     pub local_timeout: Duration,
     /// Requests from other hosts handled at once.
     pub request_workers: usize,
+    /// Zenoh's lease: a link that stays silent this long is taken for
+    /// lost (a cut cable or a frozen host; a closed connection is seen at
+    /// once).
+    pub lease: Duration,
     /// How often the counters are logged (when they changed; 0: never).
     pub stats_interval: Duration,
 }
 
 /// Zenoh closes a link whose `Block` message waited this long for room
 /// (its `wait_before_close`, 5 s by default): the exporting side must hand
-/// messages to the local bus faster than that, or drop them.
+/// messages to the local bus faster than that, or drop them. A message
+/// may wait `local-timeout` twice (for a slot, then for queue room).
 const ZENOH_WAIT_BEFORE_CLOSE: Duration = Duration::from_secs(5);
 
 impl Default for Config {
@@ -95,6 +100,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             local_timeout: Duration::from_secs(1),
             request_workers: 8,
+            lease: Duration::from_secs(3),
             stats_interval: Duration::from_secs(10),
         }
     }
@@ -151,6 +157,8 @@ pub struct FileConfig {
     local_timeout: Option<Duration>,
     request_workers: Option<usize>,
     #[serde(default, with = "humantime_opt")]
+    lease: Option<Duration>,
+    #[serde(default, with = "humantime_opt")]
     stats_interval: Option<Duration>,
 }
 
@@ -190,6 +198,7 @@ impl FileConfig {
             request_timeout: self.request_timeout.unwrap_or(d.request_timeout),
             local_timeout: self.local_timeout.unwrap_or(d.local_timeout),
             request_workers: self.request_workers.unwrap_or(d.request_workers),
+            lease: self.lease.unwrap_or(d.lease),
             stats_interval: self.stats_interval.unwrap_or(d.stats_interval),
         }
     }
@@ -217,6 +226,16 @@ impl Config {
                 }
             }
         }
+        if self.import_group.is_none() {
+            if let Some(s) = self.import.iter().find(|s| self.export.contains(s)) {
+                return Err(invalid(
+                    "import-group",
+                    format!(
+                        "{s:?} is both exported and imported: give the bridge a group of its own on it (import-group), so that it never takes messages from other hosts away from this host's receivers"
+                    ),
+                ));
+            }
+        }
         if let Some(g) = &self.import_group {
             bus_core::path::validate_subsystem(g)
                 .map_err(|e| invalid("import-group", format!("{g:?} is not a group name: {e}")))?;
@@ -241,13 +260,17 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err(invalid("request-timeout", "must be more than 0"));
         }
-        if self.local_timeout.is_zero() || self.local_timeout >= ZENOH_WAIT_BEFORE_CLOSE {
+        if self.local_timeout.is_zero() || self.local_timeout * 2 >= ZENOH_WAIT_BEFORE_CLOSE {
             return Err(invalid(
                 "local-timeout",
                 format!(
-                    "must be more than 0 and under {ZENOH_WAIT_BEFORE_CLOSE:?}: Zenoh closes a link whose blocking sender waits that long"
+                    "must be more than 0 and under {:?}: a message may wait twice that (for a slot, then for room), and Zenoh closes a link whose blocking sender waits {ZENOH_WAIT_BEFORE_CLOSE:?}",
+                    ZENOH_WAIT_BEFORE_CLOSE / 2
                 ),
             ));
+        }
+        if self.lease < Duration::from_millis(500) {
+            return Err(invalid("lease", "must be at least 500ms (Zenoh sends 4 keep-alives per lease)"));
         }
         if self.request_workers == 0 || self.request_workers > 1024 {
             return Err(invalid("request-workers", "must be 1 to 1024"));
@@ -306,7 +329,9 @@ mod tests {
         assert_eq!(field("import = [\"a\", \"a\"]"), "import");
         assert_eq!(field("export = [\"a\"]\nprefix = \"x/*\""), "prefix");
         assert_eq!(field("export = [\"a\"]\nlisten = [\"udp/1.2.3.4:5\"]"), "listen");
-        assert_eq!(field("export = [\"a\"]\nlocal-timeout = \"5s\""), "local-timeout");
+        assert_eq!(field("export = [\"a\"]\nlocal-timeout = \"3s\""), "local-timeout");
+        assert_eq!(field("export = [\"a\"]\nimport = [\"a\"]"), "import-group");
+        assert!(parse("export = [\"a\"]\nimport = [\"a\"]\nimport-group = \"bridge\"").is_ok());
         assert_eq!(field("export = [\"a\"]\nrequest-workers = 0"), "request-workers");
         assert!(matches!(parse("exports = [\"a\"]"), Err(ConfigError::Parse { .. })));
         assert!(matches!(parse("export = [\"a\"]\nrequest-timeout = \"soon\""), Err(ConfigError::Parse { .. })));

@@ -45,6 +45,11 @@ counters! {
     /// Local one-way messages dropped because no host exported their
     /// subsystem (`on-link-loss = "drop"`).
     dropped_no_link,
+    /// Local one-way messages that waited for an exporter to be linked
+    /// (`on-link-loss = "block"`) before they were sent.
+    waited_for_link,
+    /// Local one-way messages Zenoh refused to send (an error from `put`).
+    send_failed,
     /// Local requests forwarded to other hosts.
     requests_sent,
     /// Local requests answered `Unreachable`: no host exported the

@@ -8,7 +8,7 @@ use crate::counters::{bump, worth_logging};
 use crate::wire::{self, Meta};
 use crate::{BridgeError, Shared};
 use bus_client::{Bus, Message, Publisher, RecvError, ReplyError, ReplyHandle, Subscriber};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,6 +26,10 @@ const MAX_ROUTE_PUBLISHERS: usize = 1024;
 /// How often a blocked subsystem (`on-link-loss = "block"`) looks again.
 const BLOCKED_POLL: Duration = Duration::from_millis(20);
 
+/// Most one-way messages a blocked subsystem holds while it goes on
+/// answering requests; beyond, they wait in the local queue.
+const MAX_BACKLOG: usize = 256;
+
 /// The running import side.
 pub struct Import {
     threads: Vec<JoinHandle<()>>,
@@ -41,11 +45,46 @@ impl Import {
 }
 
 /// Whether some other host exports a subsystem, kept current by Zenoh's
-/// matching listeners.
+/// matching listeners: a remote subscriber (for messages) and a remote
+/// queryable (for requests) of its keys.
 struct Link {
-    subscribers: Arc<AtomicBool>,
-    queryables: Arc<AtomicBool>,
+    state: Arc<LinkState>,
     _listeners: (zenoh::matching::MatchingListener<()>, zenoh::matching::MatchingListener<()>),
+}
+
+struct LinkState {
+    subsystem: String,
+    subscribers: AtomicBool,
+    queryables: AtomicBool,
+    /// What was last reported: linked (both up) or unlinked (both down).
+    shown: Mutex<Option<bool>>,
+}
+
+impl LinkState {
+    /// Reports `linked S` once both sides of an exporter are seen, and
+    /// `unlinked S` once neither is (not in between, so that after
+    /// `unlinked` a request fails fast, and after `linked` both work).
+    fn report(&self) {
+        let (s, q) = (self.subscribers.load(Ordering::Relaxed), self.queryables.load(Ordering::Relaxed));
+        let now = match (s, q) {
+            (true, true) => true,
+            (false, false) => false,
+            _ => return,
+        };
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        if *shown == Some(now) {
+            return;
+        }
+        *shown = Some(now);
+        let name = &self.subsystem;
+        if now {
+            crate::event(&format!("linked {name}"));
+            tracing::info!("{name}: a host that exports it is linked");
+        } else {
+            crate::event(&format!("unlinked {name}"));
+            tracing::warn!("{name}: no host that exports it is linked now");
+        }
+    }
 }
 
 /// Subscribes to every imported subsystem and starts its thread.
@@ -55,8 +94,10 @@ pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Import, BridgeError> {
     if cfg.import.is_empty() {
         return Ok(import);
     }
-    let replier = Arc::new(Mutex::new(bus.publisher().create()?));
     for subsystem in &cfg.import {
+        // Each subsystem's replies go through its own publisher: Zenoh's
+        // callbacks for one never wait behind another's.
+        let replier = Arc::new(Mutex::new(bus.publisher().create()?));
         let mut b = bus.subscription(subsystem);
         if let Some(g) = &cfg.import_group {
             b = b.group(g);
@@ -84,7 +125,7 @@ pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Import, BridgeError> {
             publishers,
             _querier: querier,
             link,
-            replier: replier.clone(),
+            replier,
         };
         let t = std::thread::Builder::new()
             .name(format!("import-{subsystem}"))
@@ -109,25 +150,40 @@ fn watch(
     publisher: &zenoh::pubsub::Publisher<'static>,
     querier: &zenoh::query::Querier<'static>,
 ) -> zenoh::Result<Link> {
-    let subscribers = Arc::new(AtomicBool::new(publisher.matching_status().wait()?.matching()));
-    let queryables = Arc::new(AtomicBool::new(querier.matching_status().wait()?.matching()));
-    let (s, name) = (subscribers.clone(), subsystem.to_owned());
+    let state = Arc::new(LinkState {
+        subsystem: subsystem.to_owned(),
+        subscribers: AtomicBool::new(false),
+        queryables: AtomicBool::new(false),
+        shown: Mutex::new(None),
+    });
+    // Listeners first, then the state now: no change falls in between.
+    let st = state.clone();
     let l1 = publisher
         .matching_listener()
         .callback(move |m| {
-            s.store(m.matching(), Ordering::Relaxed);
-            if m.matching() {
-                crate::event(&format!("linked {name}"));
-                tracing::info!("{name}: a host that exports it is linked");
-            } else {
-                crate::event(&format!("unlinked {name}"));
-                tracing::warn!("{name}: no host that exports it is linked now");
-            }
+            st.subscribers.store(m.matching(), Ordering::Relaxed);
+            st.report();
         })
         .wait()?;
-    let q = queryables.clone();
-    let l2 = querier.matching_listener().callback(move |m| q.store(m.matching(), Ordering::Relaxed)).wait()?;
-    Ok(Link { subscribers, queryables, _listeners: (l1, l2) })
+    let st = state.clone();
+    let l2 = querier
+        .matching_listener()
+        .callback(move |m| {
+            st.queryables.store(m.matching(), Ordering::Relaxed);
+            st.report();
+        })
+        .wait()?;
+    state.subscribers.store(publisher.matching_status().wait()?.matching(), Ordering::Relaxed);
+    state.queryables.store(querier.matching_status().wait()?.matching(), Ordering::Relaxed);
+    state.report();
+    Ok(Link { state, _listeners: (l1, l2) })
+}
+
+/// A one-way message held until an exporter is linked.
+struct Waiting<'m> {
+    msg: Message<'m>,
+    key: String,
+    meta: Meta,
 }
 
 struct Importer {
@@ -141,14 +197,35 @@ struct Importer {
 
 impl Importer {
     fn run(mut self, sub: &Subscriber) {
+        // One-way messages that wait for an exporter (`on-link-loss =
+        // "block"`), in order, still held: not released until sent.
+        let mut backlog: VecDeque<Waiting<'_>> = VecDeque::new();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            match sub.recv_timeout(Duration::from_millis(200)) {
-                Ok(msg) => self.forward(msg),
+            if !backlog.is_empty() && self.link.state.subscribers.load(Ordering::Relaxed) {
+                while let Some(w) = backlog.pop_front() {
+                    if let Ok(body) = w.msg.body_bytes() {
+                        self.put(w.key, body, &w.meta);
+                    }
+                }
+            }
+            if backlog.len() >= MAX_BACKLOG {
+                // Full: the rest stay in the local queue (whose publishers
+                // meet its backpressure).
+                std::thread::sleep(BLOCKED_POLL);
+                continue;
+            }
+            let wait = if backlog.is_empty() { Duration::from_millis(200) } else { BLOCKED_POLL };
+            match sub.recv_timeout(wait) {
+                Ok(msg) => {
+                    if let Some(w) = self.forward(msg, !backlog.is_empty()) {
+                        bump(&self.shared.counters.waited_for_link);
+                        backlog.push_back(w);
+                    }
+                }
                 Err(RecvError::Timeout(_)) => {}
                 Err(RecvError::BusGone) => {
-                    tracing::error!("the local bus is gone (its daemon stopped)");
                     self.shared.fail("the local bus is gone (its daemon stopped): restart shmbusd, then the bridge");
-                    return;
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!("{}: {e}", self.subsystem);
@@ -156,13 +233,24 @@ impl Importer {
                 }
             }
         }
+        // Stopping with messages unsent: they stay held, and the daemon
+        // puts them back into the queue (flagged redelivered) when this
+        // process exits.
+        for w in backlog {
+            std::mem::forget(w.msg);
+        }
     }
 
-    fn forward(&mut self, msg: Message<'_>) {
+    /// Sends `msg` on, or hands it back to wait for the link (one-way, in
+    /// block mode, with no exporter or with others waiting already).
+    fn forward<'m>(&mut self, msg: Message<'m>, others_wait: bool) -> Option<Waiting<'m>> {
         let c = &self.shared.counters;
         if msg.is_remote() {
+            // It came from another host, and is not sent on again. (With
+            // an import group of its own, the subsystem's local receivers
+            // in the other groups have it, and answer it if a request.)
             bump(&c.skipped_remote);
-            return;
+            return None;
         }
         let reply_to = msg.reply_handle();
         let key = match wire::key_of(&self.shared.config.prefix, &self.subsystem, msg.route()) {
@@ -175,36 +263,34 @@ impl Importer {
                 if let Some(to) = reply_to {
                     self.reply_error(&to, ReplyError::Unreachable(why));
                 }
-                return;
+                return None;
             }
         };
-        let Ok(body) = msg.body_bytes() else { return };
         let meta = Meta { envelope: msg.envelope(), id: msg.id(), error: None };
-        match reply_to {
-            Some(to) => self.request(key, body, &meta, to),
-            None => {
-                if !self.link.subscribers.load(Ordering::Relaxed) {
-                    match self.shared.config.on_link_loss {
-                        LinkLoss::Drop => {
-                            bump(&c.dropped_no_link);
-                            return;
-                        }
-                        LinkLoss::Block => {
-                            while !self.link.subscribers.load(Ordering::Relaxed) {
-                                if self.shared.stop.load(Ordering::Relaxed) {
-                                    // Still held, not sent: the daemon gives
-                                    // it back to the queue when we exit.
-                                    std::mem::forget(msg);
-                                    return;
-                                }
-                                std::thread::sleep(BLOCKED_POLL);
-                            }
-                        }
-                    }
+        let body = match msg.body_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                if let Some(to) = reply_to {
+                    self.reply_error(&to, ReplyError::Unreachable(format!("the request's body is unreadable: {e}")));
                 }
-                self.put(key, body, &meta);
+                return None;
             }
+        };
+        if let Some(to) = reply_to {
+            self.request(key, body, &meta, to);
+            return None;
         }
+        let linked = self.link.state.subscribers.load(Ordering::Relaxed);
+        match self.shared.config.on_link_loss {
+            LinkLoss::Block if others_wait || !linked => return Some(Waiting { msg, key, meta }),
+            LinkLoss::Drop if !linked => {
+                bump(&c.dropped_no_link);
+                return None;
+            }
+            _ => {}
+        }
+        self.put(key, body, &meta);
+        None
     }
 
     fn put(&mut self, key: String, body: &[u8], meta: &Meta) {
@@ -237,7 +323,7 @@ impl Importer {
                 bump(&self.shared.counters.sent);
             }
             Err(e) => {
-                let n = bump(&self.shared.counters.dropped_no_link);
+                let n = bump(&self.shared.counters.send_failed);
                 if worth_logging(n) {
                     tracing::warn!("{}: a message was not sent to another host ({n} so far): {e}", self.subsystem);
                 }
@@ -247,7 +333,7 @@ impl Importer {
 
     fn request(&self, key: String, body: &[u8], meta: &Meta, to: ReplyHandle) {
         let c = &self.shared.counters;
-        if !self.link.queryables.load(Ordering::Relaxed) {
+        if !self.link.state.queryables.load(Ordering::Relaxed) {
             bump(&c.unreachable);
             let why =
                 format!("no host exports {} now (the link is down, or no bridge there exports it)", self.subsystem);
@@ -324,7 +410,12 @@ impl PendingReply {
             }
         };
         if let Err(e) = sent {
-            tracing::warn!("a reply to {} was lost: {e}", to.path());
+            // The reply could not be written here (a body larger than this
+            // bus's slots, say): the requester learns why at once.
+            let why = format!("the reply from the far host could not be delivered here: {e}");
+            if let Err(e) = p.reply_error(&to, &ReplyError::Unreachable(why)) {
+                tracing::warn!("a reply to {} was lost: {e}", to.path());
+            }
         }
     }
 }

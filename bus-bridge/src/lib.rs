@@ -98,6 +98,7 @@ pub fn zenoh_config(cfg: &Config) -> Result<zenoh::Config, BridgeError> {
     if !cfg.connect.is_empty() {
         set("connect/endpoints", serde_json::json!(cfg.connect))?;
     }
+    set("transport/link/tx/lease", serde_json::json!(cfg.lease.as_millis() as u64))?;
     if !cfg.scouting {
         set("scouting/multicast/enabled", serde_json::json!(false))?;
     }

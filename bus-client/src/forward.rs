@@ -10,7 +10,7 @@ use crate::publisher::{Loan, Publisher};
 use crate::request::{Requester, Response};
 use crate::subscriber::Message;
 use crate::{ReplyError, SendError};
-use bus_core::layout::{SlotHeader, FLAG_RAW, FLAG_REMOTE};
+use bus_core::layout::{SlotHeader, FLAG_RAW, FLAG_REDELIVERED, FLAG_REMOTE};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -26,8 +26,8 @@ pub struct Envelope {
     /// The trace id (0: the copy starts a trace of its own).
     pub trace_id: u64,
     /// The message was redelivered (after a receiver died with it), so it
-    /// may have been handled once already. A copy sent with this set is
-    /// redelivered for every group that receives it.
+    /// may have been handled once already. A copy sent with this set reads
+    /// as redelivered in every group that receives it.
     pub redelivered: bool,
     /// The message came from another host ([`Message::is_remote`]).
     pub remote: bool,
@@ -40,7 +40,7 @@ impl Envelope {
             fingerprint: h.fingerprint.load(Ordering::Relaxed),
             raw: flags & FLAG_RAW != 0,
             trace_id: h.trace_id.load(Ordering::Relaxed),
-            redelivered: h.redelivered.load(Ordering::Relaxed) != 0,
+            redelivered: h.redelivered.load(Ordering::Relaxed) != 0 || flags & FLAG_REDELIVERED != 0,
             remote: flags & FLAG_REMOTE != 0,
         }
     }
@@ -53,6 +53,10 @@ impl Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyHandle {
     queue: u32,
+    /// The reply queue's exact name when the request was received: a
+    /// queue recycled for another requester since (a new name) gets
+    /// nothing.
+    queue_name: String,
     serial: u64,
     correlation: u64,
     trace_id: u64,
@@ -60,6 +64,12 @@ pub struct ReplyHandle {
 }
 
 impl ReplyHandle {
+    /// Whether the requester still waits on the same reply queue.
+    fn open(&self, seg: &bus_core::Segment) -> bool {
+        reply_queue_open(seg, self.queue, self.serial)
+            && bus_core::routing::read(seg, self.queue).is_some_and(|v| v.name() == self.queue_name)
+    }
+
     /// The request's path.
     pub fn path(&self) -> &str {
         &self.path
@@ -88,8 +98,10 @@ impl Message<'_> {
     /// through it later with [`Publisher::reply`].
     pub fn reply_handle(&self) -> Option<ReplyHandle> {
         let h = self.header();
+        let queue = self.reply_queue()?;
         Some(ReplyHandle {
-            queue: self.reply_queue()?,
+            queue,
+            queue_name: bus_core::routing::read(self.segment(), queue)?.name().to_owned(),
             serial: h.id.load(Ordering::Relaxed) >> 40,
             correlation: h.correlation_id.load(Ordering::Relaxed),
             trace_id: h.trace_id.load(Ordering::Relaxed),
@@ -108,20 +120,15 @@ impl Loan<'_> {
     pub fn envelope(self, envelope: &Envelope) -> Self {
         let h = self.header();
         h.fingerprint.store(envelope.fingerprint, Ordering::Relaxed);
-        let mut flags = h.flags.load(Ordering::Relaxed) & !(FLAG_RAW | FLAG_REMOTE);
-        if envelope.raw {
-            flags |= FLAG_RAW;
-        }
-        if envelope.remote {
-            flags |= FLAG_REMOTE;
+        let mut flags = h.flags.load(Ordering::Relaxed) & !(FLAG_RAW | FLAG_REMOTE | FLAG_REDELIVERED);
+        for (on, bit) in
+            [(envelope.raw, FLAG_RAW), (envelope.remote, FLAG_REMOTE), (envelope.redelivered, FLAG_REDELIVERED)]
+        {
+            if on {
+                flags |= bit;
+            }
         }
         h.flags.store(flags, Ordering::Relaxed);
-        if envelope.redelivered {
-            // Every group's bit: the copy may be a duplicate wherever it
-            // goes. (Claiming the slot zeroed the word; the daemon only
-            // ever sets bits.)
-            h.redelivered.store(u16::MAX, Ordering::Relaxed);
-        }
         if envelope.trace_id != 0 {
             h.trace_id.store(envelope.trace_id, Ordering::Relaxed);
         }
@@ -134,7 +141,7 @@ impl Publisher {
     /// says (its trace id is the request's, whatever the envelope's). `Ok`
     /// also when the requester is gone: then nothing is sent.
     pub fn reply(&mut self, to: &ReplyHandle, envelope: &Envelope, body: &[u8]) -> Result<(), SendError> {
-        if !reply_queue_open(&self.bus().inner.seg, to.queue, to.serial) {
+        if !to.open(&self.bus().inner.seg) {
             return Ok(());
         }
         let envelope = Envelope { trace_id: to.trace_id, ..*envelope };
@@ -147,7 +154,7 @@ impl Publisher {
     /// `Panicked`, `Unreachable`; any other as `Unreachable`, with its
     /// text). `Ok` also when the requester is gone.
     pub fn reply_error(&mut self, to: &ReplyHandle, error: &ReplyError) -> Result<(), SendError> {
-        if !reply_queue_open(&self.bus().inner.seg, to.queue, to.serial) {
+        if !to.open(&self.bus().inner.seg) {
             return Ok(());
         }
         let (kind, text) = match error {

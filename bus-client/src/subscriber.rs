@@ -601,9 +601,12 @@ impl Message<'_> {
     }
 
     /// Whether it was put back into the queue after a receiver died with it
-    /// (it may have been partly processed already).
+    /// (it may have been partly processed already), here or, for a message
+    /// from another host, on the bus it came from.
     pub fn is_redelivered(&self) -> bool {
-        self.slot.header().redelivered.load(Ordering::Relaxed) & (1 << self.sub.group.slot) != 0
+        let h = self.slot.header();
+        h.redelivered.load(Ordering::Relaxed) & (1 << self.sub.group.slot) != 0
+            || h.flags.load(Ordering::Relaxed) & bus_core::layout::FLAG_REDELIVERED != 0
     }
 
     /// Whether the body is raw bytes (not an rkyv archive).
@@ -632,6 +635,11 @@ impl Message<'_> {
     /// The slot's header (atomics).
     pub(crate) fn header(&self) -> &SlotHeader {
         self.slot.header()
+    }
+
+    /// The segment the message is in.
+    pub(crate) fn segment(&self) -> &bus_core::Segment {
+        &self.sub.bus.inner.seg
     }
 
     /// The reply queue of a request, if it is one.

@@ -545,6 +545,11 @@ pub const FLAG_ERROR: u16 = 4;
 /// which never sends such a message on again (so two bridges importing
 /// and exporting one subsystem do not loop it).
 pub const FLAG_REMOTE: u16 = 8;
+/// The message is a copy of one that was redelivered on the bus it came
+/// from (through a bridge): it may have been handled once already.
+/// Receivers see it as redelivered in every group. (The `redelivered`
+/// word is the daemon's alone: publishing zeroes it.)
+pub const FLAG_REDELIVERED: u16 = 16;
 
 const _: () = assert!(size_of::<SlotHeader>() == SLOT_HEADER_SIZE);
 const _: () = assert!(offset_of!(SlotHeader, queue) == 8);

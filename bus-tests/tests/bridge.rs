@@ -15,16 +15,15 @@ pub const BRIDGE: &str = env!("CARGO_BIN_EXE_bridge");
 
 fn daemon(socket: &Path) -> Proc {
     let mut cmd = Command::new(DAEMON);
-    cmd.arg("--socket").arg(socket).args(["--slots", "256"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // sensors is durable: queued messages outlive a bridge killed on B.
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["--slots", "256", "--durable", "sensors"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut d = Proc::new(cmd.spawn().expect("start the daemon"));
     d.wait_line("shmbusd: ready", Duration::from_secs(20));
     d
-}
-
-fn peer(socket: &Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(PEER);
-    cmd.args(args).env("SHMBUS_SOCKET", socket).env_remove("SHMBUS_BUS").stdout(Stdio::piped()).stderr(Stdio::piped());
-    Proc::new(cmd.spawn().expect("start a peer"))
 }
 
 /// A peer run to its end (within 30 s): its stdout.
@@ -32,22 +31,6 @@ fn run_peer(socket: &Path, args: &[&str]) -> String {
     let (st, out, err) = peer(socket, args).wait(Duration::from_secs(30));
     assert!(st.success(), "peer {args:?} failed: {err}");
     out
-}
-
-fn status(socket: &Path) -> serde_json::Value {
-    let (st, out, err) = run_to_end(Command::new(CLI).args(["status", "--json"]).env("SHMBUS_SOCKET", socket));
-    assert!(st.success(), "status failed: {err}");
-    serde_json::from_str(&out).expect("status --json is JSON")
-}
-
-/// Every slot of the bus comes back free or cached (within 10 s).
-fn assert_slots_back(socket: &Path) {
-    let back = || {
-        let s = status(socket);
-        let n = |k: &str| s["slots"][k].as_u64().unwrap();
-        n("free") + n("cached") == n("total") && n("corrupt") == 0
-    };
-    assert!(eventually(Duration::from_secs(10), back).is_some(), "slots leaked: {}", status(socket)["slots"]);
 }
 
 /// A TCP port free on 127.0.0.1 right now.
@@ -131,6 +114,14 @@ fn messages_both_ways_and_requests_with_their_trace() {
         (Some(2000), Some(0), Some(0))
     );
 
+    // A one-way message keeps its trace id, and reads as from another host.
+    let mut traced = peer(&h.a, &["traces", "subsystem=sensors", "count=1"]);
+    traced.wait_line("subscribed", Duration::from_secs(10));
+    run_peer(&h.b, &["pub", "path=sensors://imu/9", "publisher=3", "count=1", "trace=123456789"]);
+    let (st, tout, _) = traced.wait(Duration::from_secs(10));
+    assert!(st.success());
+    assert!(tout.contains("trace sensors://imu/9 123456789 1"), "{tout}");
+
     // A → B.
     let mut alerts = peer(&h.b, &["sub", "subsystem=alerts", "count=300", "timeout_ms=30000"]);
     alerts.wait_line("subscribed", Duration::from_secs(10));
@@ -165,7 +156,6 @@ fn messages_both_ways_and_requests_with_their_trace() {
         tout.lines().find(|l| l.starts_with("trace ")).expect("a traced message").split(' ').collect();
     assert_eq!(seen[1], "traced://from-handler");
     assert_eq!(seen[2], f[3], "the trace id on A differs from the one B's reply carries");
-    assert_ne!(f[3], "0");
 
     drop(service);
     for p in [&h.a, &h.b] {
@@ -175,10 +165,10 @@ fn messages_both_ways_and_requests_with_their_trace() {
     bb.signal(Signal::SIGTERM);
     let (st, out, err) = ba.wait(Duration::from_secs(20));
     assert!(st.success(), "A's bridge did not stop cleanly: {err}");
-    assert!(out.contains(" received=2000 "), "{out}");
+    assert!(out.contains(" received=2001 "), "{out}");
     let (st, out, err) = bb.wait(Duration::from_secs(20));
     assert!(st.success(), "B's bridge did not stop cleanly: {err}");
-    assert!(out.contains(" sent=2000 ") && out.contains(" received=300 "), "{out}");
+    assert!(out.contains(" sent=2001 ") && out.contains(" received=300 "), "{out}");
 }
 
 #[test]
@@ -196,12 +186,15 @@ fn a_cut_link_fails_requests_at_once_and_heals_by_itself() {
     let waiting = peer(&h.b, &["req", "path=users://slow/3000", "timeout_ms=20000"]);
     std::thread::sleep(Duration::from_millis(500));
     ba.signal(Signal::SIGKILL);
+    let killed = std::time::Instant::now();
     drop(ba);
     let (st, out, err) = waiting.wait(Duration::from_secs(20));
+    let took = killed.elapsed();
     assert!(st.success(), "{err}");
-    let ms: u64 = out.trim().rsplit(' ').nth(1).and_then(|m| m.parse().ok()).expect("a time");
     assert!(out.starts_with("err Unreachable"), "{out}");
-    assert!(ms < 5000, "the link loss took {ms} ms to reach the requester: {out}");
+    // Well before the handler's 3 s: the requester heard of the loss, not
+    // of a late reply.
+    assert!(took < Duration::from_millis(1500), "the link loss took {took:?} to reach the requester: {out}");
     bb.wait_line("shmbus-bridge: unlinked users", Duration::from_secs(20));
 
     // While no host exports `users`, a request fails at once; a one-way
@@ -209,6 +202,7 @@ fn a_cut_link_fails_requests_at_once_and_heals_by_itself() {
     let out = run_peer(&h.b, &["req", "path=users://users/2"]);
     assert!(out.starts_with("err Unreachable") && out.contains("no host exports users"), "{out}");
     run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=5"]);
+    std::thread::sleep(Duration::from_millis(500)); // a stats line with them
 
     // A's bridge held slots when it was killed: A's daemon took them back.
     assert_slots_back(&h.a);
@@ -224,8 +218,9 @@ fn a_cut_link_fails_requests_at_once_and_heals_by_itself() {
     let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=100", "timeout_ms=30000"]);
     sensors.wait_line("subscribed", Duration::from_secs(10));
     bb.signal(Signal::SIGKILL);
-    let (_, out, _) = bb.wait(Duration::from_secs(10));
+    let (_, out, err) = bb.wait(Duration::from_secs(10));
     assert!(!out.contains("shmbus-bridge: stopped"));
+    assert!(err.contains(" dropped_no_link=5 "), "the 5 messages sent while unlinked were not counted: {err}");
     assert_slots_back(&h.b);
     let bb = h.bridge_b(&["--on-link-loss", "block"], &["users", "sensors"]);
     run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=100"]);
@@ -235,20 +230,30 @@ fn a_cut_link_fails_requests_at_once_and_heals_by_itself() {
     drop(service);
 
     // With `--on-link-loss block`, messages sent while A's bridge is gone
-    // wait on B, and reach A once a bridge there is back: none is lost.
+    // wait on B, held by B's bridge. Killed with them, it loses none: B's
+    // daemon puts them back (flagged redelivered), and the next bridge
+    // sends them once A's is back. A's receiver sees them flagged, as on B.
     ba.signal(Signal::SIGTERM);
     let (st, _, err) = ba.wait(Duration::from_secs(20));
     assert!(st.success(), "{err}");
     let mut bb = bb;
     bb.wait_line("shmbus-bridge: unlinked sensors", Duration::from_secs(20));
     run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=50"]);
-    let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=50", "timeout_ms=30000"]);
+    // Requests still fail at once while messages wait.
+    assert!(run_peer(&h.b, &["req", "path=users://users/4"]).starts_with("err Unreachable"));
+    bb.signal(Signal::SIGKILL);
+    bb.wait(Duration::from_secs(10));
+    let bb = h.bridge_b(&["--on-link-loss", "block"], &[]);
+    let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=50", "timeout_ms=30000", "record=1"]);
     sensors.wait_line("subscribed", Duration::from_secs(10));
     let ba = h.bridge_a(&[]);
     let (st, out, err) = sensors.wait(Duration::from_secs(30));
     assert!(st.success(), "A's subscriber after the link came back: {err}");
+    // Every one of the 50 (redelivery does not keep their order).
+    let seqs: std::collections::BTreeSet<u64> = out.lines().filter_map(|l| l.split(" ").nth(1)?.parse().ok()).collect();
+    assert_eq!(seqs, (0..50).collect(), "{out}");
     let s = summary_of(&out);
-    assert_eq!((s["received"].as_u64(), s["out_of_order"].as_u64()), (Some(50), Some(0)));
+    assert!(s["redelivered"].as_u64() > Some(0), "the messages B's killed bridge held are not flagged: {out}");
 
     for b in [ba, bb] {
         b.signal(Signal::SIGTERM);
@@ -267,7 +272,11 @@ fn dropped_messages_are_counted() {
     run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=40"]);
     let out = run_peer(&h.b, &["req", "path=users://users/1"]);
     assert!(out.starts_with("err Unreachable"), "{out}");
-    std::thread::sleep(Duration::from_millis(300));
+    let drained = || {
+        let st = status(&h.b);
+        st["subsystems"].as_array().unwrap().iter().filter(|x| x["name"] == "sensors").all(|x| x["queue_depth"] == 0)
+    };
+    assert!(eventually(Duration::from_secs(10), drained).is_some(), "the bridge did not take the messages");
     bb.signal(Signal::SIGTERM);
     let (st, out, err) = bb.wait(Duration::from_secs(20));
     assert!(st.success(), "{err}");

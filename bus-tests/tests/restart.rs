@@ -26,32 +26,6 @@ fn daemon_ready(socket: &Path, extra: &[&str]) -> (Proc, String) {
     (d, line)
 }
 
-fn peer(socket: &Path, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(PEER);
-    cmd.args(args).env("SHMBUS_SOCKET", socket).env_remove("SHMBUS_BUS").stdout(Stdio::piped()).stderr(Stdio::piped());
-    Proc::new(cmd.spawn().expect("start a peer"))
-}
-
-fn status(socket: &Path) -> serde_json::Value {
-    let (st, out, err) = run_to_end(Command::new(CLI).args(["status", "--json"]).env("SHMBUS_SOCKET", socket));
-    assert!(st.success(), "status failed: {err}");
-    serde_json::from_str(&out).expect("status --json is JSON")
-}
-
-/// Every slot comes back free or cached (within 10 s), and none is corrupt.
-fn assert_slots_back(socket: &Path) {
-    let back = || {
-        let s = status(socket);
-        let n = |k: &str| s["slots"][k].as_u64().unwrap();
-        n("free") + n("cached") == n("total") && n("corrupt") == 0
-    };
-    assert!(
-        eventually(Duration::from_secs(10), back).is_some(),
-        "slots not accounted for: {}",
-        status(socket)["slots"]
-    );
-}
-
 fn grace_flags(grace: &str) -> Vec<String> {
     vec!["--resume-grace".into(), grace.into(), "--slots".into(), "512".into()]
 }

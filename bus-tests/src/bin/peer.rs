@@ -1,6 +1,7 @@
 //! A test client. `peer ROLE key=value…`, bus from `$SHMBUS_SOCKET`.
 //!
-//! - `pub path=P publisher=N count=C`: sends `Seq { N, 0..C }`, prints `sent C`.
+//! - `pub path=P publisher=N count=C [trace=T]`: sends `Seq { N, 0..C }`
+//!   (with trace id T if given), prints `sent C`.
 //! - `sub subsystem=S count=C [timeout_ms=T] [until_idle_ms=I] [record=1]`:
 //!   receives C messages (or until none came for I ms after the first), checks per-publisher order, prints `P S R` lines if record=1
 //!   (R: 1 if flagged redelivered), then one JSON summary line. Exit 1 if C did not arrive in time.
@@ -70,8 +71,13 @@ fn main() -> ExitCode {
             let me = num("publisher", 0) as u32;
             let count = num("count", 1);
             let mut p = bus.publisher().create().expect("publisher");
+            let trace = num("trace", 0);
             for seq in 0..count {
-                if let Err(e) = p.send(&path, &Seq { publisher: me, seq }) {
+                let sent = p.loan(&path).and_then(|l| l.write(&Seq { publisher: me, seq })).and_then(|l| {
+                    let l = if trace != 0 { l.trace_id(trace) } else { l };
+                    l.send().map_err(|f| f.error)
+                });
+                if let Err(e) = sent {
                     eprintln!("peer pub {me}: message {seq}: {e}");
                     return ExitCode::from(1);
                 }

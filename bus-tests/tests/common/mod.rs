@@ -240,3 +240,31 @@ pub fn summary(stdout: &str) -> serde_json::Value {
     let line = stdout.lines().last().unwrap_or_else(|| panic!("no output from peer"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad summary {line:?}: {e}"))
 }
+
+/// A `peer` process on the bus at `socket`.
+pub fn peer(socket: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(PEER);
+    cmd.args(args).env("SHMBUS_SOCKET", socket).env_remove("SHMBUS_BUS").stdout(Stdio::piped()).stderr(Stdio::piped());
+    Proc::new(cmd.spawn().expect("start a peer"))
+}
+
+/// `status --json` of the bus at `socket`.
+pub fn status(socket: &Path) -> serde_json::Value {
+    let (st, out, err) = run_to_end(Command::new(CLI).args(["status", "--json"]).env("SHMBUS_SOCKET", socket));
+    assert!(st.success(), "status failed: {err}");
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+/// Every slot comes back free or cached (within 10 s), and none is corrupt.
+pub fn assert_slots_back(socket: &Path) {
+    let back = || {
+        let s = status(socket);
+        let n = |k: &str| s["slots"][k].as_u64().unwrap();
+        n("free") + n("cached") == n("total") && n("corrupt") == 0
+    };
+    assert!(
+        eventually(Duration::from_secs(10), back).is_some(),
+        "slots not accounted for: {}",
+        status(socket)["slots"]
+    );
+}
