@@ -91,7 +91,8 @@ fn host_b(endpoint: String) -> Result<(), Box<dyn std::error::Error>> {
         requester.request(&format!("users://by-id/{id}"), &UserQuery { verbose: true }, Duration::from_secs(5))
     };
     // The bridge links when host A's is up: until then a request is
-    // refused at once, as `Unreachable`.
+    // refused at once, as `Unreachable`. (And until the bridge has started
+    // here, nobody subscribes to `users` on this bus.)
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match ask(1) {
@@ -99,6 +100,10 @@ fn host_b(endpoint: String) -> Result<(), Box<dyn std::error::Error>> {
             Err(ReplyError::Unreachable(why)) if Instant::now() < deadline => {
                 println!("B: waiting for host A ({why})");
                 std::thread::sleep(Duration::from_secs(1));
+            }
+            // The bridge (started on a thread) has not subscribed yet.
+            Err(ReplyError::Send(bus_client::SendError::NoSubscriber { .. })) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => return Err(e.into()),
         }
