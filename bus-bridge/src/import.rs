@@ -26,6 +26,12 @@ const MAX_ROUTE_PUBLISHERS: usize = 1024;
 /// How often a blocked subsystem (`on-link-loss = "block"`) looks again.
 const BLOCKED_POLL: Duration = Duration::from_millis(20);
 
+/// Polls of an imported subsystem's queue before its thread sleeps: a
+/// tenth of a receiver's default. The bridge shares its CPUs with Zenoh's
+/// own threads, which do the heavier part of each message; polling longer
+/// takes their time (measured on 2 vCPUs: see BENCHMARKS.md).
+const IMPORT_SPINS: u32 = 200;
+
 /// Most one-way messages a blocked subsystem holds while it goes on
 /// answering requests; beyond, they wait in the local queue.
 const MAX_BACKLOG: usize = 256;
@@ -103,6 +109,7 @@ pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Import, BridgeError> {
             b = b.group(g);
         }
         let sub = b.create()?;
+        sub.set_spins(IMPORT_SPINS);
         let base = wire::key_of(&cfg.prefix, subsystem, "").map_err(BridgeError::Zenoh)?;
         let session = &shared.session;
         let zerr = |what: &str, e: zenoh::Error| BridgeError::Zenoh(format!("{what} {base}: {e}"));

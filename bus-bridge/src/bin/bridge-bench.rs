@@ -38,6 +38,13 @@ fn bus(socket: &str) -> Bus {
     Bus::builder().socket(socket).name("bridge-bench").connect().expect("connect to the bus")
 }
 
+/// Polls before a bus client here sleeps (`Subscriber::set_spins`): `SPINS`
+/// from the environment, else 200, the bridge's own. Four busy processes
+/// share the machine's CPUs with Zenoh's threads here.
+fn spins() -> u32 {
+    std::env::var("SPINS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+}
+
 fn p50(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -148,6 +155,7 @@ fn main() -> ExitCode {
         "bus-sink" => {
             let b = bus(&arg(1));
             let sub = b.subscribe("bench").expect("subscribe");
+            sub.set_spins(spins());
             println!("ready");
             let n = num(2);
             sub.recv().expect("first");
@@ -173,6 +181,7 @@ fn main() -> ExitCode {
                 .unwrap();
             let _service = b.serve(router).start().expect("serve");
             let ping = b.subscribe("ping").expect("subscribe");
+            ping.set_spins(spins());
             let mut pong = b.publisher().create().expect("publisher");
             println!("ready");
             loop {
@@ -183,6 +192,7 @@ fn main() -> ExitCode {
         "bus-ping" => {
             let b = bus(&arg(1));
             let pong = b.subscribe("pong").expect("subscribe");
+            pong.set_spins(spins());
             let mut p = b.publisher().create().expect("publisher");
             let body = vec![7u8; num(3)];
             let mut v = Vec::new();
