@@ -2,10 +2,11 @@
 //! them): the same workload over plain Zenoh between two processes, and
 //! over two buses linked by two bridges. `bridge-bench ROLE [ARGS]`:
 //!
-//! - `zenoh-sink ENDPOINT N`: listens, counts N samples on `bench/**`,
-//!   prints `rate MSGS_PER_S`.
+//! - `zenoh-sink ENDPOINT N`: listens, counts N samples on `bench/**`
+//!   (`$KEY/**` with `KEY` set), prints `rate MSGS_PER_S`.
 //! - `zenoh-source ENDPOINT N SIZE`: connects, puts N samples of SIZE bytes
-//!   to `bench/x` as fast as `CongestionControl::Block` lets it.
+//!   to `bench/x` (`$KEY/x`) as fast as `CongestionControl::Block` lets it.
+//!   With `KEY=shmbus/bench`, these two measure one side of a bridge alone.
 //! - `zenoh-echo ENDPOINT`: listens; answers queries on `bench/rpc/**` with
 //!   their payload, and puts every sample of `bench/ping` to `bench/pong`.
 //! - `zenoh-ping ENDPOINT N SIZE` / `zenoh-get ENDPOINT N SIZE`: connects;
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
             let (tx, rx) = mpsc::sync_channel(2);
             let seen = AtomicUsize::new(0);
             let _sub = s
-                .declare_subscriber("bench/**")
+                .declare_subscriber(std::env::var("KEY").map_or("bench/**".into(), |k| format!("{k}/**")))
                 .callback(move |_| {
                     let k = seen.fetch_add(1, Ordering::Relaxed) + 1;
                     if k == 1 || k == n {
@@ -80,7 +81,8 @@ fn main() -> ExitCode {
         }
         "zenoh-source" => {
             let s = session(&arg(1), false);
-            let p = s.declare_publisher("bench/x").congestion_control(CongestionControl::Block).wait().unwrap();
+            let key = std::env::var("KEY").map_or("bench/x".into(), |k| format!("{k}/x"));
+            let p = s.declare_publisher(key).congestion_control(CongestionControl::Block).wait().unwrap();
             while !p.matching_status().wait().unwrap().matching() {
                 std::thread::sleep(Duration::from_millis(10));
             }
