@@ -26,10 +26,11 @@ pub enum LinkLoss {
     /// Drop it and count it (`dropped_no_link`). Local publishers never
     /// slow down because of the link.
     Drop,
-    /// Stop taking messages of that subsystem until an exporter is back:
-    /// they wait in the local queue (not lost, even if the bridge is
-    /// killed), and when it is full, local publishers block or fail with
-    /// their own backpressure. Requests meanwhile wait in the queue too.
+    /// Hold them, in order and unreleased, until an exporter is back (a
+    /// killed bridge's go back to the local queue, flagged redelivered),
+    /// answering requests meanwhile; past 64 held, stop taking messages of
+    /// that subsystem, so that they (and requests behind them) wait in the
+    /// local queue, whose publishers then meet its backpressure.
     Block,
 }
 

@@ -33,8 +33,10 @@ const BLOCKED_POLL: Duration = Duration::from_millis(20);
 const IMPORT_SPINS: u32 = 200;
 
 /// Most one-way messages a blocked subsystem holds while it goes on
-/// answering requests; beyond, they wait in the local queue.
-const MAX_BACKLOG: usize = 256;
+/// answering requests; beyond, they wait in the local queue (and requests
+/// behind them too). Held messages are slots the bridge keeps from the
+/// pool, so few.
+const MAX_BACKLOG: usize = 64;
 
 /// The running import side.
 pub struct Import {
@@ -60,28 +62,53 @@ struct Link {
 
 struct LinkState {
     subsystem: String,
+    /// Read on every message (without the lock).
     subscribers: AtomicBool,
     queryables: AtomicBool,
-    /// What was last reported: linked (both up) or unlinked (both down).
-    shown: Mutex<Option<bool>>,
+    known: Mutex<Known>,
+}
+
+/// What the listeners have said, and what was last reported.
+#[derive(Default)]
+struct Known {
+    subscribers: Option<bool>,
+    queryables: Option<bool>,
+    /// Linked (both up) or unlinked (both down).
+    shown: Option<bool>,
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Subscribers,
+    Queryables,
 }
 
 impl LinkState {
-    /// Reports `linked S` once both sides of an exporter are seen, and
-    /// `unlinked S` once neither is (not in between, so that after
-    /// `unlinked` a request fails fast, and after `linked` both work).
-    fn report(&self) {
-        let (s, q) = (self.subscribers.load(Ordering::Relaxed), self.queryables.load(Ordering::Relaxed));
-        let now = match (s, q) {
-            (true, true) => true,
-            (false, false) => false,
-            _ => return,
+    /// Records what a listener said (`initial`: what was read at start,
+    /// which never overrides a listener's word) and reports `linked S` once
+    /// both sides of an exporter are seen, `unlinked S` once neither is
+    /// (not in between: after `unlinked` a request fails fast, and after
+    /// `linked` both work).
+    fn set(&self, side: Side, up: bool, initial: bool) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let (slot, flag) = match side {
+            Side::Subscribers => (&mut k.subscribers, &self.subscribers),
+            Side::Queryables => (&mut k.queryables, &self.queryables),
         };
-        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
-        if *shown == Some(now) {
+        if initial && slot.is_some() {
             return;
         }
-        *shown = Some(now);
+        *slot = Some(up);
+        flag.store(up, Ordering::Relaxed);
+        let now = match (k.subscribers, k.queryables) {
+            (Some(true), Some(true)) => true,
+            (Some(false), Some(false)) => false,
+            _ => return,
+        };
+        if k.shown == Some(now) {
+            return;
+        }
+        k.shown = Some(now);
         let name = &self.subsystem;
         if now {
             crate::event(&format!("linked {name}"));
@@ -161,28 +188,15 @@ fn watch(
         subsystem: subsystem.to_owned(),
         subscribers: AtomicBool::new(false),
         queryables: AtomicBool::new(false),
-        shown: Mutex::new(None),
+        known: Mutex::new(Known::default()),
     });
     // Listeners first, then the state now: no change falls in between.
     let st = state.clone();
-    let l1 = publisher
-        .matching_listener()
-        .callback(move |m| {
-            st.subscribers.store(m.matching(), Ordering::Relaxed);
-            st.report();
-        })
-        .wait()?;
+    let l1 = publisher.matching_listener().callback(move |m| st.set(Side::Subscribers, m.matching(), false)).wait()?;
     let st = state.clone();
-    let l2 = querier
-        .matching_listener()
-        .callback(move |m| {
-            st.queryables.store(m.matching(), Ordering::Relaxed);
-            st.report();
-        })
-        .wait()?;
-    state.subscribers.store(publisher.matching_status().wait()?.matching(), Ordering::Relaxed);
-    state.queryables.store(querier.matching_status().wait()?.matching(), Ordering::Relaxed);
-    state.report();
+    let l2 = querier.matching_listener().callback(move |m| st.set(Side::Queryables, m.matching(), false)).wait()?;
+    state.set(Side::Subscribers, publisher.matching_status().wait()?.matching(), true);
+    state.set(Side::Queryables, querier.matching_status().wait()?.matching(), true);
     Ok(Link { state, _listeners: (l1, l2) })
 }
 
@@ -208,10 +222,13 @@ impl Importer {
         // "block"`), in order, still held: not released until sent.
         let mut backlog: VecDeque<Waiting<'_>> = VecDeque::new();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            if !backlog.is_empty() && self.link.state.subscribers.load(Ordering::Relaxed) {
-                while let Some(w) = backlog.pop_front() {
-                    if let Ok(body) = w.msg.body_bytes() {
-                        self.put(w.key, body, &w.meta);
+            // Send what waited, while an exporter is linked.
+            while self.link.state.subscribers.load(Ordering::Relaxed) {
+                let Some(w) = backlog.pop_front() else { break };
+                match w.msg.body_bytes() {
+                    Ok(body) => self.put(w.key, body, &w.meta),
+                    Err(_) => {
+                        bump(&self.shared.counters.unbridgeable);
                     }
                 }
             }
@@ -260,6 +277,9 @@ impl Importer {
             return None;
         }
         let reply_to = msg.reply_handle();
+        if msg.is_request() && reply_to.is_none() {
+            return None; // its requester is gone already
+        }
         let key = match wire::key_of(&self.shared.config.prefix, &self.subsystem, msg.route()) {
             Ok(k) => k,
             Err(why) => {
@@ -277,6 +297,7 @@ impl Importer {
         let body = match msg.body_bytes() {
             Ok(b) => b,
             Err(e) => {
+                bump(&c.unbridgeable);
                 if let Some(to) = reply_to {
                     self.reply_error(&to, ReplyError::Unreachable(format!("the request's body is unreadable: {e}")));
                 }

@@ -396,7 +396,8 @@ impl Publisher {
     }
 
     /// Waits until queue `queue` has room, up to `deadline`. Polls first
-    /// only for room for a batch ([`SPACE_BATCH`] entries), then sleeps
+    /// only for room for a batch ([`SPACE_BATCH`] entries, at most a
+    /// quarter of the queue, at least one), then sleeps
     /// until there is room for one: a consumer wakes waiting publishers once
     /// the queue is half empty, and a publisher looks again after each
     /// sleep slice. Polling for a single free entry instead would see each
@@ -407,7 +408,15 @@ impl Publisher {
     /// the publisher sleep.
     fn wait_for_space(&self, queue: u32, deadline: std::time::Instant) -> Result<(), SendError> {
         let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
-        let batch_room = ring.capacity() - SPACE_BATCH.min(ring.capacity() / 4);
+        if std::time::Instant::now() >= deadline {
+            let waited = match self.backpressure {
+                Backpressure::Block(t) => t,
+                _ => Duration::ZERO,
+            };
+            return Err(SendError::Timeout { waited, what: "space in the queue" });
+        }
+        // Room for min(32, a quarter of the queue), and at least one entry.
+        let batch_room = ring.capacity() - SPACE_BATCH.min(ring.capacity() / 4).max(1);
         for _ in 0..crate::bus::DEFAULT_SPINS {
             if ring.len() <= batch_room {
                 return Ok(());

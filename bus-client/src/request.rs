@@ -72,6 +72,10 @@ pub enum ReplyError {
 /// handlers needed. See [`Requester::set_spins`].
 pub const REPLY_SPINS: u32 = 200;
 
+/// Requesters made by this process so far (the high half of their
+/// correlation ids).
+static REQUESTERS: AtomicU64 = AtomicU64::new(1);
+
 struct Waiting {
     /// Correlation ids whose requesters still wait.
     pending: HashSet<u64>,
@@ -121,7 +125,10 @@ impl Bus {
             arrived: Condvar::new(),
             release_port,
             queue,
-            next: AtomicU64::new(1),
+            // Each requester of the process starts its correlation ids in a
+            // range of its own: a late reply meant for an earlier requester
+            // whose reply queue this one reuses never matches.
+            next: AtomicU64::new(REQUESTERS.fetch_add(1, Ordering::Relaxed) << 32 | 1),
         })
     }
 

@@ -85,6 +85,8 @@ fn host_b(endpoint: String) -> Result<(), Box<dyn std::error::Error>> {
     let (_daemon, bus) = start("bridge-b", |c| {
         c.connect = vec![endpoint.clone()];
         c.import = vec!["users".into(), "sensors".into()];
+        // Readings sent before the link is up wait for it, not dropped.
+        c.on_link_loss = bus_bridge::config::LinkLoss::Block;
     })?;
     let requester = bus.requester()?;
     let ask = |id: u64| {
