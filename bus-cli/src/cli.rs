@@ -109,9 +109,12 @@ enum Command {
         /// Round trips per latency run.
         #[arg(long, default_value_t = 20_000)]
         round_trips: u64,
-        /// Only throughput, only latency, or only the request/response
-        /// measurements (not in the default suite).
-        #[arg(long, value_parser = ["throughput", "latency", "requests"])]
+        /// Only throughput, only latency, only the asynchronous (tokio)
+        /// receiver against the blocking one (with the cost of an idle
+        /// receiver of each kind, 10 s each; `--json` then prints
+        /// `{"measurements": [...], "idle": [...]}`), or only the
+        /// request/response measurements (not in the default suite).
+        #[arg(long, value_parser = ["throughput", "latency", "async", "requests"])]
         only: Option<String>,
     },
 }
@@ -290,8 +293,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 round_trips,
                 throughput: only.is_none() || only.as_deref() == Some("throughput"),
                 latency: only.is_none() || only.as_deref() == Some("latency"),
+                asynchronous: only.is_none() || only.as_deref() == Some("async"),
             };
-            bench(&cli.bus, o, json, only.as_deref() == Some("requests"))
+            bench(&cli.bus, o, json, only.as_deref())
         }
     }
 }
@@ -302,8 +306,9 @@ fn bench(
     b: &BusArgs,
     o: crate::bench::suite::Options,
     json: bool,
-    requests: bool,
+    only: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let requests = only == Some("requests");
     let mut err = std::io::stderr();
     let explicit = b.socket.is_some() || b.bus.is_some() || std::env::var_os(bus_client::addr::ENV_SOCKET).is_some();
     let (bus, _daemon) = match connect(b, Duration::from_secs(30)) {
@@ -362,16 +367,31 @@ fn bench(
         return Ok(());
     }
     let ms = crate::bench::suite::run(&bus, &o, &mut err)?;
+    // `--only async` also measures what an idle receiver costs (10 s each).
+    let idle = if only == Some("async") {
+        writeln!(err, "a receiver of each kind waits 10 s on an idle queue…")?;
+        crate::bench::idle::run(&bus, 10)?
+    } else {
+        Vec::new()
+    };
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &ms)?;
+        if idle.is_empty() {
+            serde_json::to_writer_pretty(&mut out, &ms)?;
+        } else {
+            serde_json::to_writer_pretty(&mut out, &serde_json::json!({ "measurements": ms, "idle": idle }))?;
+        }
         writeln!(out)?;
         // The same run's table, for people, on stderr.
         writeln!(err)?;
         crate::bench::suite::print_table(&mut err, &ms, &o)?;
+        crate::bench::idle::print(&mut err, &idle)?;
     } else {
         writeln!(out, "machine: {n} CPUs, {cpu}")?;
         crate::bench::suite::print_table(&mut out, &ms, &o)?;
+        if !idle.is_empty() {
+            crate::bench::idle::print(&mut out, &idle)?;
+        }
     }
     let lost: u64 = ms.iter().map(|m| m.lost).sum();
     if lost > 0 {

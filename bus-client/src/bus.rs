@@ -269,8 +269,9 @@ impl BusBuilder {
         install_fork_counter();
         let io_err = |source| ConnectError::Io { socket: socket.clone(), source };
         let seg_fd = seg.fd().try_clone_to_owned().map_err(io_err)?;
-        register_control_fd(fd.as_raw_fd());
-        let link = Arc::new(crate::link::Link::new(crate::link::LinkParts {
+        let control_raw = fd.as_raw_fd();
+        register_control_fd(control_raw);
+        let link = crate::link::Link::new(crate::link::LinkParts {
             socket: socket.clone(),
             fd,
             buf,
@@ -283,7 +284,15 @@ impl BusBuilder {
             seg_fd,
             name: client_name,
             daemon_state: &seg.header().live.daemon_state,
-        }));
+        });
+        let link = match link {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                // The connection closed with the parts: forget its number.
+                unregister_control_fd(control_raw);
+                return Err(io_err(e));
+            }
+        };
         let gone = link.gone.clone();
         let watching = link.clone();
         let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from).and_then(
@@ -485,7 +494,7 @@ impl Inner {
         // is closed only when `Inner` is dropped.
         let fd = unsafe { BorrowedFd::borrow_raw(self.link.control_raw()) };
         if control::peer_closed(fd) {
-            self.gone.store(true, Ordering::Relaxed);
+            self.link.mark_gone();
             return Err(Unusable::Gone);
         }
         Ok(())

@@ -33,7 +33,12 @@ pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fd: Option<BorrowedFd<'
         }
         None => Vec::new(),
     };
-    socket::sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    // EINTR: see `recv_flags`.
+    while let Err(e) = socket::sendmsg::<UnixAddr>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        if e != nix::errno::Errno::EINTR {
+            return Err(e.into());
+        }
+    }
     Ok(())
 }
 
@@ -66,12 +71,22 @@ fn recv_flags<T: DeserializeOwned>(
     let mut cmsg = nix::cmsg_space!([RawFd; 2]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(buf)];
-        let msg = socket::recvmsg::<UnixAddr>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC | flags,
-        )?;
+        // A socket with a receive timeout is not restarted after an
+        // interruption: a signal, or io_uring task work (an asynchronous
+        // wait's completion, which the kernel delivers to this thread), ends
+        // the call with EINTR. Giving up there would leave the answer
+        // unread, and the next request would read it as its own: retry.
+        let msg = loop {
+            match socket::recvmsg::<UnixAddr>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | flags,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r?,
+            }
+        };
         let mut fds = Vec::new();
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(rs) = c {

@@ -256,6 +256,17 @@ pub enum RecvError {
     /// The message's slot was corrupt; it was released and skipped.
     #[error("received a corrupt message ({0}); it was dropped: check the senders")]
     Corrupt(bus_core::slot_pool::CorruptSlot),
+    /// An asynchronous receive was polled outside a tokio runtime (or one
+    /// built without IO: `enable_io()`/`enable_all()`).
+    #[error("the asynchronous API must run inside a tokio runtime with IO enabled (Builder::enable_all): start one, or use the blocking API")]
+    NoRuntime,
+    /// The kernel refused the asynchronous wait (io_uring with
+    /// `IORING_OP_FUTEX_WAIT`).
+    #[error("waiting asynchronously failed (os error {errno}): the asynchronous API needs Linux 6.7 or later with io_uring allowed (sysctl kernel.io_uring_disabled = 0, and no seccomp filter against io_uring_setup, as some container runtimes install); use the blocking API there")]
+    AsyncWait {
+        /// The errno the kernel returned.
+        errno: i32,
+    },
 }
 
 /// Why a body could not be read as the requested type.

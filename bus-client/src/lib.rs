@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod body;
 mod bus;
 pub mod control;
@@ -36,6 +38,11 @@ mod router;
 mod service;
 mod subscriber;
 
+#[cfg(feature = "tokio")]
+pub use asynchronous::{
+    AsyncHandler, AsyncMessage, AsyncReply, AsyncRouter, AsyncServeBuilder, AsyncService, AsyncSubscriber,
+    HandlerFuture, MessageStream, Recv, Request, ASYNC_SPINS,
+};
 pub use body::{fingerprint, Body};
 pub use bus::{Bus, BusBuilder, DEFAULT_SPINS};
 pub use bus_core::{Path, PathError, PATH_CAPACITY};

@@ -15,7 +15,7 @@
 use crate::control::{self, Received};
 use crate::error::RequestError;
 use crate::protocol::{ErrorKind, Reply, Request, Resume, ResumedSub};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,10 @@ pub(crate) struct Link {
     /// Set once the daemon is gone for good (shared with `Inner`, whose
     /// calls load it).
     pub(crate) gone: Arc<AtomicBool>,
+    /// An eventfd made readable when `gone` is set (see [`Link::mark_gone`]):
+    /// asynchronous waiters poll it, since they never wake on a timer to
+    /// look at `gone`.
+    gone_event: OwnedFd,
     /// Resumptions so far: a request that met a dead connection waits for
     /// this to move.
     resumes: AtomicU64,
@@ -92,8 +96,17 @@ pub(crate) struct LinkParts {
 }
 
 impl Link {
-    pub(crate) fn new(p: LinkParts) -> Link {
-        Link {
+    pub(crate) fn new(p: LinkParts) -> std::io::Result<Link> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new
+        // descriptor that nothing else owns.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `efd` was just created and is owned by nothing else.
+        let gone_event = unsafe { OwnedFd::from_raw_fd(efd) };
+        Ok(Link {
+            gone_event,
             control_raw: AtomicI32::new(p.fd.as_raw_fd()),
             control: Mutex::new((p.fd, p.buf)),
             socket: p.socket,
@@ -110,7 +123,24 @@ impl Link {
             daemon_state: StateWord(p.daemon_state),
             name: p.name,
             publish_rights: Mutex::new(Vec::new()),
-        }
+        })
+    }
+
+    /// Marks the bus gone for good, and makes [`Link::gone_event`]
+    /// readable so that asynchronous waiters wake up and find out.
+    pub(crate) fn mark_gone(&self) {
+        // SYNC: link-gone — SeqCst pairs with the SeqCst load of `gone` an
+        // asynchronous waiter makes after arming its poll of the eventfd:
+        // either it sees the flag, or its poll sees our write.
+        self.gone.store(true, Ordering::SeqCst);
+        let _ = nix::unistd::write(&self.gone_event, &1u64.to_ne_bytes());
+    }
+
+    /// The eventfd that becomes readable once the bus is gone (never read:
+    /// it stays readable).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn gone_event(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.gone_event.as_fd()
     }
 
     /// The control socket's descriptor now.
@@ -265,7 +295,7 @@ impl Link {
                 Err(_) => {
                     // Cannot watch any more: take the bus for gone rather
                     // than leave callers unaware.
-                    self.gone.store(true, Ordering::Relaxed);
+                    self.mark_gone();
                     return;
                 }
                 Ok(_) => {}
@@ -280,9 +310,7 @@ impl Link {
                 continue;
             }
             if self.grace.is_zero() || self.stopped_on_purpose() || !self.resume_within_grace(&stop) {
-                // Relaxed: a flag with no data behind it; callers re-check
-                // it at every call.
-                self.gone.store(true, Ordering::Relaxed);
+                self.mark_gone();
                 return;
             }
         }

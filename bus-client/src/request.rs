@@ -62,6 +62,10 @@ pub enum ReplyError {
     /// The daemon is gone.
     #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
     BusGone,
+    /// Waiting for the reply asynchronously failed (see
+    /// [`RecvError::NoRuntime`] and [`RecvError::AsyncWait`]).
+    #[error("{0}")]
+    Wait(RecvError),
 }
 
 /// Default polls of the reply queue before a waiting requester sleeps:
@@ -90,8 +94,8 @@ struct Waiting {
 /// in flight per calling thread; for many in flight from one thread, use a
 /// [`crate::Pipeline`] (`Bus::pipeline`).
 pub struct Requester {
-    bus: Bus,
-    publisher: Mutex<Publisher>,
+    pub(crate) bus: Bus,
+    pub(crate) publisher: Mutex<Publisher>,
     replies: Mutex<Subscriber>,
     waiting: Mutex<Waiting>,
     arrived: Condvar,
@@ -99,7 +103,10 @@ pub struct Requester {
     /// held by the polling thread for up to a time-slice.
     release_port: Mutex<u32>,
     pub(crate) queue: u32,
-    next: AtomicU64,
+    pub(crate) next: AtomicU64,
+    /// The reply queue of asynchronous requests, set up by the first.
+    #[cfg(feature = "tokio")]
+    pub(crate) replies_async: std::sync::OnceLock<crate::asynchronous::request::AsyncReplies>,
 }
 
 impl Drop for Requester {
@@ -129,6 +136,8 @@ impl Bus {
             // range of its own: a late reply meant for an earlier requester
             // whose reply queue this one reuses never matches.
             next: AtomicU64::new(REQUESTERS.fetch_add(1, Ordering::Relaxed) << 32 | 1),
+            #[cfg(feature = "tokio")]
+            replies_async: std::sync::OnceLock::new(),
         })
     }
 
@@ -266,7 +275,7 @@ impl Requester {
         }
     }
 
-    fn release(&self, slot: SlotIndex) {
+    pub(crate) fn release(&self, slot: SlotIndex) {
         if self.bus.inner.forked() {
             return; // the parent holds this slot, not us
         }

@@ -71,16 +71,7 @@ impl Router {
         pattern: &str,
         handler: impl Fn(&mut Context<'_, '_>) -> Result<(), HandlerError> + Send + Sync + 'static,
     ) -> Result<Router, RouteError> {
-        if pattern.chars().any(char::is_control) || pattern.len() > bus_core::PATH_CAPACITY {
-            return Err(RouteError::Invalid {
-                pattern: pattern.to_owned(),
-                reason: "control character or too long".into(),
-            });
-        }
-        self.tree.insert(pattern, self.handlers.len()).map_err(|e| match e {
-            matchit::InsertError::Conflict { with } => RouteError::Overlap { pattern: pattern.to_owned(), with },
-            other => RouteError::Invalid { pattern: pattern.to_owned(), reason: other.to_string() },
-        })?;
+        insert(&mut self.tree, pattern, self.handlers.len())?;
         self.handlers.push((pattern.to_owned(), Box::new(handler)));
         Ok(self)
     }
@@ -100,6 +91,21 @@ impl Router {
         let m = self.tree.at(route).ok()?;
         Some((&self.handlers[*m.value].1, m.params))
     }
+}
+
+/// Adds `pattern` to `tree` as handler `index`, or says why it cannot be
+/// (the rules of [`Router::route`], shared by the asynchronous router).
+pub(crate) fn insert(tree: &mut matchit::Router<usize>, pattern: &str, index: usize) -> Result<(), RouteError> {
+    if pattern.chars().any(char::is_control) || pattern.len() > bus_core::PATH_CAPACITY {
+        return Err(RouteError::Invalid {
+            pattern: pattern.to_owned(),
+            reason: "control character or too long".into(),
+        });
+    }
+    tree.insert(pattern, index).map_err(|e| match e {
+        matchit::InsertError::Conflict { with } => RouteError::Overlap { pattern: pattern.to_owned(), with },
+        other => RouteError::Invalid { pattern: pattern.to_owned(), reason: other.to_string() },
+    })
 }
 
 impl fmt::Debug for Router {

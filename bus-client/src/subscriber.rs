@@ -257,7 +257,36 @@ impl Subscriber {
         }
     }
 
-    fn wrap(&self, slot: SlotIndex) -> Result<Message<'_>, RecvError> {
+    /// One attempt to take a message without waiting: its slot, still to
+    /// be wrapped (what the asynchronous receive polls with).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_take(&self) -> Result<Option<SlotIndex>, RecvError> {
+        self.bus.inner.usable()?;
+        self.may_take()?;
+        Ok(self.port().dequeue(&self.group))
+    }
+
+    /// The doorbell a receiver of this group sleeps on, recorded in this
+    /// subscription's port.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn sleeper(&self) -> bus_core::doorbell::Sleeper<'_> {
+        self.port().sleeper(Some(self.group.queue), false).expect("queue in range")
+    }
+
+    /// Its group's slot in the subsystem (the bit of `redelivered`, and
+    /// the holder words, of its messages).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn group_slot(&self) -> u32 {
+        self.group.slot
+    }
+
+    /// The bus.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub(crate) fn wrap(&self, slot: SlotIndex) -> Result<Message<'_>, RecvError> {
         let s = self.bus.inner.seg.slot(slot);
         // Only the length is checked here (it is on the header's line); the
         // path itself, at the end of the slot, is read when asked for.

@@ -215,10 +215,29 @@ impl Doorbell {
             }
             false
         };
-        // Taken: the next ringer may wake another sleeper.
+        self.woken();
+        timed_out
+    }
+
+    /// What a sleeper does when its wait on the word ended (woken, timed
+    /// out, or never slept because the word had moved): marks the wake-up
+    /// taken, so the next ringer may wake another sleeper. [`Doorbell::wait`]
+    /// calls it; a sleeper that waits by other means (an asynchronous futex
+    /// wait through io_uring) calls it when its wait completes.
+    #[inline]
+    pub fn woken(&self) {
         // SYNC: doorbell-pending — pairs with the swap in `wake_once`.
         self.pending.swap(0, Ordering::SeqCst);
-        timed_out
+    }
+
+    /// The futex word itself, for a sleeper that waits on it by other means
+    /// than [`Doorbell::wait`] (an io_uring `FUTEX_WAIT`, shared: no
+    /// `FUTEX2_PRIVATE`). It must follow the same protocol: wait only on the
+    /// value [`Doorbell::announce`] returned, then call [`Doorbell::woken`]
+    /// and retire.
+    #[cfg(not(loom))]
+    pub fn futex_word(&self) -> &AtomicU32 {
+        &self.word
     }
 
     /// Withdraws an [`Doorbell::announce`] without sleeping (the re-check
@@ -300,6 +319,11 @@ impl<'a> Sleeper<'a> {
         self.record.store(self.id | OUT, Ordering::Relaxed);
         self.bell.retire();
         self.record.store(0, Ordering::Relaxed);
+    }
+
+    /// The doorbell slept on.
+    pub fn bell(&self) -> &'a Doorbell {
+        self.bell
     }
 
     /// [`Doorbell::sleep`], recorded.

@@ -76,6 +76,25 @@ pub enum Wait {
     Busy,
     /// Sleeps in the kernel (futex, blocking read) until woken.
     Sleep,
+    /// A tokio task on a current-thread runtime, parked on an io_uring
+    /// futex wait until woken (shmbus only: `AsyncSubscriber`).
+    Async,
+}
+
+impl Wait {
+    /// `busy`, `sleep` or `async`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wait::Busy => "busy",
+            Wait::Sleep => "sleep",
+            Wait::Async => "async",
+        }
+    }
+}
+
+/// A current-thread tokio runtime for the asynchronous sides.
+pub fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
 /// Monotonic clock in nanoseconds, comparable across processes.
@@ -264,6 +283,7 @@ impl Stream {
         let (cpu, batch) = (main.cpu, main.batch.unwrap_or(1));
         let main_spins = main.spins.map(|n| format!(" spins={n}")).unwrap_or_default();
         let main_spins = main.poll_us.map(|n| format!(" poll_us={n}")).unwrap_or(main_spins);
+        let main_spins = if main.asynchronous { format!("{main_spins} async=1") } else { main_spins };
         let size = size.max(8);
         let batch = if t == Transport::Shmbus { batch.max(1) } else { 1 };
         let touch_s = if touch == Touch::Full { "full" } else { "header" };
@@ -400,6 +420,8 @@ pub struct OtherGroup {
     pub batch: Option<usize>,
     /// Never sleep on the doorbell: look every this many µs instead.
     pub poll_us: Option<u64>,
+    /// Receive as a tokio task (`AsyncSubscriber`, one message per call).
+    pub asynchronous: bool,
 }
 
 /// A receiver's `ack RECEIVED LOST T_LAST` line as a [`Round`] begun at `t0`.
@@ -445,6 +467,22 @@ pub enum PingPong {
         /// The child.
         peer: Peer,
     },
+    /// Over shmbus, both sides receiving as tokio tasks (current-thread
+    /// runtimes), parked until woken.
+    ShmbusAsync {
+        /// To the child.
+        publisher: Box<Publisher>,
+        /// Its path.
+        path: String,
+        /// From the child (boxed, as the publisher).
+        sub: Box<bus_client::AsyncSubscriber>,
+        /// Our runtime.
+        rt: Box<tokio::runtime::Runtime>,
+        /// Body size.
+        size: usize,
+        /// The child.
+        peer: Peer,
+    },
     /// Over a socketpair, or two pipes.
     Kernel {
         /// To the child.
@@ -478,7 +516,7 @@ impl PingPong {
     ) -> std::io::Result<PingPong> {
         let size = size.max(8);
         let cpu_s = cpu.map(|c| format!(" cpu={c}")).unwrap_or_default();
-        let wait_s = if wait == Wait::Busy { "busy" } else { "sleep" };
+        let wait_s = wait.name();
         match t {
             Transport::Shmbus => {
                 let bus = bus.ok_or_else(|| std::io::Error::other("shmbus needs a bus"))?;
@@ -492,6 +530,18 @@ impl PingPong {
                     format!("echo transport=shmbus size={size} wait={wait_s} subsystem={ping} reply={pong}{cpu_s}");
                 let peer = Peer::spawn(&spec, &[], Some(bus.socket_path()))?;
                 let publisher = bus.publisher().create().map_err(std::io::Error::other)?;
+                if wait == Wait::Async {
+                    let mut sub = sub.into_async();
+                    sub.set_spins(0);
+                    return Ok(PingPong::ShmbusAsync {
+                        publisher: Box::new(publisher),
+                        path: format!("{ping}://x"),
+                        sub: Box::new(sub),
+                        rt: Box::new(async_runtime()?),
+                        size,
+                        peer,
+                    });
+                }
                 Ok(PingPong::Shmbus {
                     publisher: Box::new(publisher),
                     path: format!("{ping}://x"),
@@ -542,12 +592,26 @@ impl PingPong {
                                 continue;
                             }
                         },
-                        Wait::Sleep => sub.recv_timeout(Duration::from_secs(10)).map_err(std::io::Error::other)?,
+                        // (`Async` has a variant of its own.)
+                        Wait::Sleep | Wait::Async => {
+                            sub.recv_timeout(Duration::from_secs(10)).map_err(std::io::Error::other)?
+                        }
                     };
                     if check(m.body_bytes().map_err(std::io::Error::other)?, Touch::Header) == Some(seq) {
                         break;
                     }
                 }
+            }
+            PingPong::ShmbusAsync { publisher, path, sub, rt, size, .. } => {
+                send_seq(publisher, path, seq, *size)?;
+                rt.block_on(async {
+                    loop {
+                        let m = sub.recv().await.map_err(std::io::Error::other)?;
+                        if check(m.body_bytes().map_err(std::io::Error::other)?, Touch::Header) == Some(seq) {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                    }
+                })?;
             }
             PingPong::Kernel { tx, rx, size, buf, .. } => {
                 fill(&mut buf[..*size], seq, Touch::Header);
@@ -578,7 +642,8 @@ impl PingPong {
     /// Stops the child.
     pub fn close(self) -> std::io::Result<()> {
         match self {
-            PingPong::Shmbus { mut publisher, path, size, peer, .. } => {
+            PingPong::Shmbus { mut publisher, path, size, peer, .. }
+            | PingPong::ShmbusAsync { mut publisher, path, size, peer, .. } => {
                 send_seq(&mut publisher, &path, STOP, size)?;
                 peer.finish()
             }

@@ -1,13 +1,14 @@
 //! Cross-process measurements, shared by `shmbus bench` and the criterion
 //! benches in `benches/`: the cache-line [`probe`], the transports
 //! ([`link`]: shmbus, Unix socket, pipe, bare futex), the child side of each
-//! ([`peer`]), and the default [`suite`].
+//! ([`peer`]), the default [`suite`], and the [`idle`] cost of a receiver.
 //!
 //! Every measurement runs its two sides in separate processes: the child is
 //! this same executable started again with [`PEER_ENV`] set, so any binary
 //! that wants to measure calls [`peer_main_if_requested`] first thing in
 //! `main`.
 
+pub mod idle;
 pub mod link;
 pub mod peer;
 pub mod probe;

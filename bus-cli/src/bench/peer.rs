@@ -2,13 +2,16 @@
 //! `$SHMBUS_BENCH_PEER` holding `ROLE key=value…`.
 //!
 //! - `recv transport=T size=B touch=header|full [subsystem=S] [fd=N]`:
-//!   receives a stream; on FLUSH prints `ack RECEIVED LOST T_LAST_NS` and
+//!   receives a stream (`async=1`: as a tokio task); on FLUSH prints `ack RECEIVED LOST T_LAST_NS` and
 //!   starts a new round; exits on STOP.
-//! - `echo transport=T size=B [wait=busy|sleep] [subsystem=S reply=R] [fd=N | fds=R,W]`:
+//! - `echo transport=T size=B [wait=busy|sleep|async] [subsystem=S reply=R] [fd=N | fds=R,W]`:
 //!   sends every message straight back; exits on STOP.
 //! - `send subsystem=S size=B id=I (duration_ms=D | count=N)`: publishes
 //!   for D ms or N messages (the 4 → 1 measurement), then a STOP, and
 //!   prints `sent N`.
+//!
+//! - `idle subsystem=S seconds=N [async=1]`: waits N s on a queue nobody
+//!   sends to, then prints `idle CPU_US CONTEXT_SWITCHES` (this process).
 //!
 //! Every role takes `cpu=C` to pin itself and prints `ready` once set up.
 
@@ -76,6 +79,22 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             writeln!(out, "ready")?;
             out.flush()?;
             let mut tally = Tally::default();
+            if kv(spec, "async") == Some("1") {
+                // As the loop at the end, as a tokio task.
+                let spins = kv(spec, "spins").and_then(|n| n.parse().ok()).unwrap_or(RECEIVER_SPINS);
+                let mut sub = sub.into_async();
+                sub.set_spins(spins);
+                return super::link::async_runtime()?.block_on(async {
+                    loop {
+                        let m = sub.recv().await.map_err(std::io::Error::other)?;
+                        let seq = check(m.body_bytes().map_err(std::io::Error::other)?, touch);
+                        drop(m);
+                        if tally.see(seq, &mut out)? {
+                            return Ok(());
+                        }
+                    }
+                });
+            }
             let batch: usize = kv(spec, "batch").and_then(|b| b.parse().ok()).unwrap_or(1);
             if let Some(poll) = kv(spec, "poll_us").and_then(|p| p.parse::<u64>().ok()) {
                 // Never asleep on the doorbell (publishers never pay a
@@ -139,7 +158,7 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
         ("echo", Some(Transport::Shmbus)) => {
             let bus = bus()?;
             let sub = bus.subscribe(kv(spec, "subsystem").unwrap_or("ping")).map_err(std::io::Error::other)?;
-            let busy = kv(spec, "wait") != Some("sleep");
+            let busy = kv(spec, "wait").is_none_or(|w| w == "busy");
             if !busy {
                 sub.set_spins(0);
             }
@@ -147,6 +166,21 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             let reply = format!("{}://x", kv(spec, "reply").unwrap_or("pong"));
             writeln!(out, "ready")?;
             out.flush()?;
+            if kv(spec, "wait") == Some("async") {
+                let mut sub = sub.into_async();
+                sub.set_spins(0);
+                return super::link::async_runtime()?.block_on(async {
+                    loop {
+                        let m = sub.recv().await.map_err(std::io::Error::other)?;
+                        let seq = check(m.body_bytes().map_err(std::io::Error::other)?, Touch::Header).unwrap_or(0);
+                        drop(m);
+                        if seq == STOP {
+                            return Ok(());
+                        }
+                        send_seq(&mut p, &reply, seq, size)?;
+                    }
+                });
+            }
             loop {
                 let m = if busy {
                     match sub.try_recv().map_err(std::io::Error::other)? {
@@ -242,6 +276,31 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             body[8..16].copy_from_slice(&id.to_le_bytes());
             loan.commit(size).map_err(std::io::Error::other)?.send().map_err(|e| std::io::Error::other(e.error))?;
             writeln!(out, "sent {n}")?;
+            Ok(())
+        }
+        ("idle", _) => {
+            // Subscribes, then waits for `seconds` on a queue nobody sends
+            // to; prints what the wait cost this process: `idle CPU_US
+            // CONTEXT_SWITCHES`.
+            let bus = bus()?;
+            let sub = bus.subscribe(kv(spec, "subsystem").unwrap_or("bench-idle")).map_err(std::io::Error::other)?;
+            let secs: u64 = kv(spec, "seconds").and_then(|s| s.parse().ok()).unwrap_or(10);
+            let asynchronous = kv(spec, "async") == Some("1");
+            let rt = super::link::async_runtime()?;
+            writeln!(out, "ready")?;
+            out.flush()?;
+            let before = super::idle::usage();
+            let got = if asynchronous {
+                let mut sub = sub.into_async();
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(secs), sub.recv()).await.is_ok() })
+            } else {
+                sub.recv_timeout(Duration::from_secs(secs)).is_ok()
+            };
+            let after = super::idle::usage();
+            if got {
+                return Err(std::io::Error::other("a message arrived on the idle queue"));
+            }
+            writeln!(out, "idle {} {}", after.0 - before.0, after.1 - before.1)?;
             Ok(())
         }
         ("serve", _) => {

@@ -28,6 +28,9 @@ pub struct Options {
     pub throughput: bool,
     /// Run the latency measurements.
     pub latency: bool,
+    /// Run the asynchronous receiver's measurements (tokio), with the
+    /// blocking ones they are compared with.
+    pub asynchronous: bool,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             round_trips: 20_000,
             throughput: true,
             latency: true,
+            asynchronous: true,
         }
     }
 }
@@ -161,6 +165,10 @@ enum Spec {
         size: usize,
         wait: Wait,
     },
+    /// 1 → 1, the receiver a tokio task (one message per call).
+    AsyncTput {
+        size: usize,
+    },
 }
 
 impl Spec {
@@ -174,7 +182,8 @@ impl Spec {
             Spec::FanOut { size, groups } => format!("throughput-1to{groups}groups/shmbus/{size}"),
             Spec::Tap { size, stopped: false } => format!("throughput-with-tap/shmbus/{size}"),
             Spec::Tap { size, stopped: true } => format!("throughput-with-stopped-tap/shmbus/{size}"),
-            Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait_name(wait)),
+            Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait.name()),
+            Spec::AsyncTput { size } => format!("throughput-async/shmbus/{size}/header"),
         }
     }
 }
@@ -184,14 +193,6 @@ fn touch_name(t: Touch) -> &'static str {
         "full"
     } else {
         "header"
-    }
-}
-
-fn wait_name(w: Wait) -> &'static str {
-    if w == Wait::Busy {
-        "busy"
-    } else {
-        "sleep"
     }
 }
 
@@ -224,6 +225,21 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
             v.push(Spec::Lat { t: Transport::Pipe, size, wait: Wait::Sleep });
         }
         v.push(Spec::Lat { t: Transport::Futex, size: 8, wait: Wait::Sleep });
+    }
+    if o.asynchronous {
+        // The asynchronous receiver at the smallest size, and what it is
+        // compared with, if the other measurements do not have it.
+        if let Some(&size) = sizes.iter().min() {
+            if !o.throughput {
+                v.push(Spec::Tput { t: Transport::Shmbus, size, touch: Touch::Header, batch: 1 });
+            }
+            v.push(Spec::AsyncTput { size });
+            if !o.latency {
+                v.push(Spec::Lat { t: Transport::Shmbus, size, wait: Wait::Sleep });
+                v.push(Spec::Lat { t: Transport::Futex, size: 8, wait: Wait::Sleep });
+            }
+            v.push(Spec::Lat { t: Transport::Shmbus, size, wait: Wait::Async });
+        }
     }
     v
 }
@@ -309,6 +325,14 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
             s.close()?;
             Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
         }
+        Spec::AsyncTput { size } => {
+            let main = OtherGroup { cpu: child_cpu, batch: Some(1), asynchronous: true, ..Default::default() };
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, main, &[])?;
+            s.round(2_000)?;
+            let r = s.round_for(o.duration)?;
+            s.close()?;
+            Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
+        }
         Spec::Lat { t, size, wait } => {
             let mut pp = PingPong::open(t, Some(bus), size, wait, child_cpu)?;
             let n = if wait == Wait::Busy { o.round_trips } else { (o.round_trips / 4).max(100) };
@@ -342,6 +366,7 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
 fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
     let (kind, transport, body_bytes, touch, wait, publishers) = match spec {
         Spec::Tput { t, size, touch, .. } => ("throughput", t.name(), size, Some(touch), None, 1),
+        Spec::AsyncTput { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 1),
         Spec::FanIn { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 4),
         Spec::FanOut { size, .. } | Spec::Tap { size, .. } => {
             ("throughput", "shmbus", size, Some(Touch::Header), None, 1)
@@ -405,6 +430,7 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         };
         let label = match (m.transport, m.publishers, m.touch) {
             ("shmbus", 4, _) => "shmbus, 4 publishers -> 1".to_string(),
+            _ if m.name.starts_with("throughput-async") => "shmbus, async receiver (tokio)".into(),
             _ if m.name.starts_with("throughput-1to4groups") => "shmbus, 1 -> 4 groups (each gets all)".into(),
             _ if m.name.starts_with("throughput-with-tap") => "shmbus, 1 -> 1 with a tap draining".into(),
             _ if m.name.starts_with("throughput-with-stopped-tap") => "shmbus, 1 -> 1 with a stopped tap".into(),
@@ -427,6 +453,17 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
             vs_pipe.map(|r| format!("{r:.1}x")).unwrap_or_default(),
             m.lost
         )?;
+    }
+    // The asynchronous receiver against the blocking one, same rounds.
+    for m in ms.iter().filter(|m| m.name.starts_with("throughput-async/")) {
+        let blocking = find(format!("throughput/shmbus/{}/header", m.body_bytes));
+        if let Some(r) = blocking.and_then(|b| paired_ratio(m, b, rate)) {
+            writeln!(
+                out,
+                "  async receiver vs blocking receiver ({} B): {r:.2}x (median of paired rounds)",
+                m.body_bytes
+            )?;
+        }
     }
     // Groups against the plain 1 -> 1 path of the same rounds.
     if let Some(one) = find("throughput/shmbus/64/header".into()) {
@@ -451,13 +488,14 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         let p = m.latency.unwrap_or(Percentiles { p50_ns: 0, p99_ns: 0, p999_ns: 0 });
         let label = match (m.transport, m.wait) {
             ("shmbus", Some(Wait::Busy)) => "shmbus, busy-polling receiver",
+            ("shmbus", Some(Wait::Async)) => "shmbus, async receivers (tokio)",
             ("shmbus", _) => "shmbus, receiver sleeps (futex wake)",
             ("uds", _) => "uds, blocking read",
             ("pipe", _) => "pipe, blocking read",
             _ => "bare shared futex hand-off",
         };
         let vs = match (m.transport, m.wait, futex) {
-            ("shmbus", Some(Wait::Sleep), Some(f)) => {
+            ("shmbus", Some(Wait::Sleep | Wait::Async), Some(f)) => {
                 paired_ratio(m, f, |s| s.latency.map(|p| p.p50_ns as f64)).map(|r| format!("{r:.2}x"))
             }
             _ => None,
@@ -473,6 +511,17 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
             m.handoff_ns,
             vs.unwrap_or_default()
         )?;
+    }
+    for m in ms.iter().filter(|m| m.kind == "latency" && m.wait == Some(Wait::Async)) {
+        let blocking = find(format!("latency/shmbus/{}/sleep", m.body_bytes));
+        let p50 = |s: &Sample| s.latency.map(|p| p.p50_ns as f64);
+        if let Some(r) = blocking.and_then(|b| paired_ratio(m, b, p50)) {
+            writeln!(
+                out,
+                "  async wake-up vs blocking futex wake-up ({} B), p50: {r:.2}x (median of paired rounds)",
+                m.body_bytes
+            )?;
+        }
     }
     Ok(())
 }

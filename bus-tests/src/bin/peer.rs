@@ -35,6 +35,10 @@
 //!   came for 300 ms.
 //! - `cpreq path=P done_file=F`: requests in a loop until F exists; any
 //!   error is fine (its service may be the one killed), a hang is not.
+//! - `aserve subsystem=S`: serves S with an `AsyncRouter` on a tokio
+//!   runtime (routes `users/{id}`, `echo/{*rest}`, `slow/{ms}` (answers
+//!   `slept`, or `slept, redelivered`), `fail`, `panic`, `silent`), prints
+//!   `serving`.
 //! - `req path=P [seq=K] [timeout_ms=T]`: one request with body
 //!   `Seq { 0, K }`; prints `ok PUBLISHER SEQ TRACE` from its typed reply
 //!   (`ok raw LEN TRACE` from a raw one), or `err VARIANT: TEXT in MS ms`.
@@ -217,6 +221,45 @@ fn main() -> ExitCode {
             writeln!(out, "serving").unwrap();
             out.flush().unwrap();
             service.join();
+        }
+        "aserve" => {
+            // The asynchronous service (tokio): the routes of `serve` that
+            // it needs, each handler an `async` block.
+            use bus_client::{AsyncRouter, HandlerError};
+            let subsystem = get("subsystem").expect("subsystem=");
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let router = AsyncRouter::new(&subsystem)
+                .expect("valid subsystem")
+                .route("users/{id}", |mut req| async move {
+                    let id: u32 = req.param("id").unwrap_or("").parse().map_err(|_| "id must be a number")?;
+                    let asked = req.body::<Seq>()?.seq.to_native();
+                    tokio::task::yield_now().await;
+                    Ok(req.reply(&Seq { publisher: id, seq: asked + 1 })?)
+                })
+                .unwrap()
+                .route("echo/{*rest}", |mut req| async move {
+                    let body = req.body_bytes()?.to_vec();
+                    Ok(req.reply_bytes(&body)?)
+                })
+                .unwrap()
+                .route("slow/{ms}", |mut req| async move {
+                    let ms: u64 = req.param("ms").unwrap_or("0").parse().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let answer: &[u8] = if req.is_redelivered() { b"slept, redelivered" } else { b"slept" };
+                    Ok(req.reply_bytes(answer)?)
+                })
+                .unwrap()
+                .route("fail", |_req| async move { Err(HandlerError::new("nope")) })
+                .unwrap()
+                .route("panic", |_req| async move { panic!("boom") })
+                .unwrap()
+                .route("silent", |_req| async move { Ok(()) })
+                .unwrap();
+            let _guard = rt.enter();
+            let service = bus.serve_async(router).start().expect("serve");
+            writeln!(out, "serving").unwrap();
+            out.flush().unwrap();
+            rt.block_on(service.join());
         }
         "req" => {
             // One typed request (`Seq { 0, seq }`); prints `ok PUBLISHER

@@ -1,0 +1,324 @@
+//! [`AsyncSubscriber`]: a subscriber whose receive is a future.
+
+use super::waiter::FutexWaiter;
+use crate::error::RecvError;
+use crate::subscriber::{Message, Subscriber};
+use bus_core::SlotIndex;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Polls of the queue before a receive parks its task (a few hundred
+/// nanoseconds: a message that is about to arrive is taken without a
+/// wake-up, and the runtime's thread is not held for longer).
+pub const ASYNC_SPINS: u32 = 200;
+
+/// A [`Subscriber`] for tokio tasks: [`AsyncSubscriber::recv`] is a future,
+/// and [`AsyncSubscriber::stream`] a `Stream`.
+///
+/// While nothing arrives, the task is parked and nothing runs: no thread of
+/// ours and no timer (the wait is an io_uring futex wait on the queue's
+/// doorbell, which the runtime's reactor watches; see `docs/design.md`).
+/// Publishers are unchanged: they make no system call while this receiver
+/// is awake.
+///
+/// Made with [`Subscriber::into_async`]; the first receive that has to wait
+/// must run inside a tokio runtime with IO enabled, and needs Linux 6.7 or
+/// later (else [`RecvError::NoRuntime`] or [`RecvError::AsyncWait`]).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = bus_client::Bus::connect()?;
+/// let mut sub = bus.subscribe("sensors")?.into_async();
+/// loop {
+///     tokio::select! {
+///         msg = sub.recv() => println!("{}", msg?.path()),
+///         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => println!("quiet"),
+///     }
+/// }
+/// # }
+/// ```
+pub struct AsyncSubscriber {
+    // Field order: the waiter (and its io_uring wait on a word of the
+    // segment) goes before the subscriber and its bus.
+    waiter: Option<FutexWaiter>,
+    sub: Subscriber,
+    spins: u32,
+}
+
+impl Subscriber {
+    /// This subscription, received from asynchronously. Creating it makes
+    /// no system call; the io_uring instance is set up by the first
+    /// receive that waits.
+    pub fn into_async(self) -> AsyncSubscriber {
+        AsyncSubscriber { waiter: None, sub: self, spins: ASYNC_SPINS }
+    }
+}
+
+impl std::fmt::Debug for AsyncSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncSubscriber").field("sub", &self.sub).field("waiter", &self.waiter).finish()
+    }
+}
+
+impl AsyncSubscriber {
+    /// The next message, as soon as one is queued.
+    ///
+    /// Cancel safe: a message is taken off the queue only in the poll that
+    /// returns it, so dropping the future (a `tokio::select!` whose other
+    /// branch won, a timeout) loses nothing; the message stays queued for
+    /// the next receive. Dropping a parked future withdraws its wait.
+    ///
+    /// The message borrows the subscriber mutably: take the next one after
+    /// dropping it. It is `Send`, so a task may hold it across an `.await`.
+    pub fn recv(&mut self) -> Recv<'_> {
+        Recv { sub: Some(self) }
+    }
+
+    /// The next message if one is queued, without waiting (no system call).
+    pub fn try_recv(&mut self) -> Result<Option<AsyncMessage<'_>>, RecvError> {
+        match self.sub.try_take()? {
+            Some(i) => self.sub.wrap(i).map(|msg| Some(AsyncMessage { msg })),
+            None => Ok(None),
+        }
+    }
+
+    /// A `Stream` of what `f` makes of each message (a message lives only
+    /// while `f` reads it, since it holds its slot): for example
+    /// `sub.stream(|m| m.body_bytes().map(<[u8]>::to_vec))`. After
+    /// [`RecvError::BusGone`] or [`RecvError::Forked`] the stream ends;
+    /// other errors are yielded and it goes on.
+    pub fn stream<T, F>(self, f: F) -> MessageStream<F>
+    where
+        F: FnMut(&Message<'_>) -> T,
+    {
+        MessageStream { sub: self, f, done: false }
+    }
+
+    /// The subscription (its subsystem, group, and blocking calls).
+    pub fn subscriber(&self) -> &Subscriber {
+        &self.sub
+    }
+
+    /// How many times a receive polls the queue before it parks (default
+    /// [`ASYNC_SPINS`]). 0 parks at once.
+    pub fn set_spins(&mut self, spins: u32) {
+        self.spins = spins;
+    }
+
+    /// Takes a message's slot, or parks the task on the queue's doorbell.
+    fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Result<SlotIndex, RecvError>> {
+        loop {
+            match self.sub.try_take() {
+                Ok(None) => {}
+                done => {
+                    self.disarm();
+                    return Poll::Ready(done.map(|i| i.expect("Some: matched above")));
+                }
+            }
+            let armed = self.waiter.as_ref().is_some_and(FutexWaiter::armed);
+            if !armed {
+                if let Some(got) = self.spin() {
+                    return Poll::Ready(got);
+                }
+                if let Err(e) = self.arm() {
+                    return Poll::Ready(e);
+                }
+            }
+            let waiter = self.waiter.as_mut().expect("armed above");
+            match waiter.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    self.disarm();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => {
+                    let reaped = waiter.reap();
+                    let done = reaped.as_ref().map_or(true, |r| r.wait_done);
+                    if done {
+                        // The wait is over: as after a blocking sleep.
+                        let sleeper = self.sub.sleeper();
+                        sleeper.bell().woken();
+                        sleeper.retire();
+                    }
+                    if let Err(e) = reaped {
+                        self.disarm();
+                        return Poll::Ready(Err(e));
+                    }
+                    // Look again (and `try_take` reports a bus found gone).
+                }
+            }
+        }
+    }
+
+    /// Polls the queue `spins` times.
+    fn spin(&self) -> Option<Result<SlotIndex, RecvError>> {
+        for _ in 0..self.spins {
+            std::hint::spin_loop();
+            match self.sub.try_take() {
+                Ok(None) => {}
+                got => return Some(got.map(|i| i.expect("Some: matched above"))),
+            }
+        }
+        None
+    }
+
+    /// Announces this task as a sleeper and starts the io_uring wait, or
+    /// finds a message on the re-check (`Err(Ready(..))` either way when
+    /// there is nothing to wait for).
+    fn arm(&mut self) -> Result<(), Result<SlotIndex, RecvError>> {
+        if self.waiter.is_none() {
+            let gone = self.sub.bus().inner.link.gone_event();
+            self.waiter = Some(FutexWaiter::new(gone).map_err(Err)?);
+        }
+        let waiter = self.waiter.as_mut().expect("made above");
+        let sleeper = self.sub.sleeper();
+        let seen = sleeper.announce();
+        bus_core::crash_point!(DoorbellAnnounced);
+        // The re-check of the doorbell protocol (a SeqCst load in the
+        // dequeue, after the SeqCst announce).
+        match self.sub.try_take() {
+            Ok(None) => {}
+            got => {
+                sleeper.retire();
+                return Err(got.map(|i| i.expect("Some: matched above")));
+            }
+        }
+        if let Err(e) = waiter.arm(sleeper.bell().futex_word(), seen) {
+            sleeper.retire();
+            return Err(Err(e));
+        }
+        Ok(())
+    }
+
+    /// Withdraws a wait in flight (see `FutexWaiter::disarm`).
+    fn disarm(&mut self) {
+        if let Some(w) = self.waiter.as_mut().filter(|w| w.armed()) {
+            w.disarm(&self.sub.sleeper());
+        }
+    }
+}
+
+impl Drop for AsyncSubscriber {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// The future of [`AsyncSubscriber::recv`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct Recv<'a> {
+    sub: Option<&'a mut AsyncSubscriber>,
+}
+
+impl<'a> Future for Recv<'a> {
+    type Output = Result<AsyncMessage<'a>, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let sub = this.sub.as_mut().expect("Recv polled after it completed");
+        match sub.poll_take(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(got) => {
+                let sub: &'a mut AsyncSubscriber = this.sub.take().expect("checked above");
+                Poll::Ready(got.and_then(|i| sub.sub.wrap(i)).map(|msg| AsyncMessage { msg }))
+            }
+        }
+    }
+}
+
+impl Drop for Recv<'_> {
+    fn drop(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            sub.disarm();
+        }
+    }
+}
+
+/// A message received by an [`AsyncSubscriber`]: a [`Message`] (through
+/// `Deref`) that may cross threads with its task.
+pub struct AsyncMessage<'a> {
+    msg: Message<'a>,
+}
+
+// SAFETY: a `Message` is not `Send` because it refers to its `Subscriber`,
+// whose port records one thread at a time may write (releasing the slot on
+// drop writes them). This message was made from `&'a mut AsyncSubscriber`
+// and keeps that exclusive borrow for its whole life: no other code can
+// reach the subscriber meanwhile, so whichever thread holds the message is
+// the only one using the subscriber, as `Send` of the subscriber itself
+// allows.
+unsafe impl Send for AsyncMessage<'_> {}
+
+impl<'a> AsyncMessage<'a> {
+    /// The message itself.
+    pub(crate) fn into_inner(self) -> Message<'a> {
+        self.msg
+    }
+}
+
+impl<'a> std::ops::Deref for AsyncMessage<'a> {
+    type Target = Message<'a>;
+
+    fn deref(&self) -> &Message<'a> {
+        &self.msg
+    }
+}
+
+impl std::fmt::Debug for AsyncMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.msg.fmt(f)
+    }
+}
+
+/// The `Stream` of [`AsyncSubscriber::stream`].
+pub struct MessageStream<F> {
+    sub: AsyncSubscriber,
+    f: F,
+    done: bool,
+}
+
+impl<F> std::fmt::Debug for MessageStream<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageStream").field("sub", &self.sub).field("done", &self.done).finish()
+    }
+}
+
+impl<F> MessageStream<F> {
+    /// The subscriber back (a parked wait, if any, is withdrawn first).
+    pub fn into_inner(self) -> AsyncSubscriber {
+        self.sub
+    }
+}
+
+impl<T, F> futures_core::Stream for MessageStream<F>
+where
+    F: FnMut(&Message<'_>) -> T + Unpin,
+{
+    type Item = Result<T, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.sub.poll_take(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                this.done = matches!(e, RecvError::BusGone | RecvError::Forked);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Ok(i)) => Poll::Ready(Some(this.sub.sub.wrap(i).map(|m| (this.f)(&m)))),
+        }
+    }
+}
+
+impl<T, F> futures_core::FusedStream for MessageStream<F>
+where
+    F: FnMut(&Message<'_>) -> T + Unpin,
+{
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
