@@ -368,7 +368,7 @@ fn bench(
     }
     let ms = crate::bench::suite::run(&bus, &o, &mut err)?;
     // `--only async` also measures what an idle receiver costs (10 s each).
-    let idle = if only == Some("async") {
+    let idle = if only == Some("async") && bus_client::async_supported().is_ok() {
         writeln!(err, "a receiver of each kind waits 10 s on an idle queue…")?;
         crate::bench::idle::run(&bus, 10)?
     } else {

@@ -40,8 +40,8 @@ mod subscriber;
 
 #[cfg(feature = "tokio")]
 pub use asynchronous::{
-    AsyncHandler, AsyncMessage, AsyncReply, AsyncRouter, AsyncServeBuilder, AsyncService, AsyncSubscriber,
-    HandlerFuture, MessageStream, Recv, Request, ASYNC_SPINS,
+    async_supported, AsyncHandler, AsyncMessage, AsyncReply, AsyncRouter, AsyncServeBuilder, AsyncService,
+    AsyncSubscriber, HandlerFuture, MessageStream, Recv, Request, ASYNC_SPINS,
 };
 pub use body::{fingerprint, Body};
 pub use bus::{Bus, BusBuilder, DEFAULT_SPINS};

@@ -129,9 +129,11 @@ impl Link {
     /// Marks the bus gone for good, and makes [`Link::gone_event`]
     /// readable so that asynchronous waiters wake up and find out.
     pub(crate) fn mark_gone(&self) {
-        // SYNC: link-gone — SeqCst pairs with the SeqCst load of `gone` an
-        // asynchronous waiter makes after arming its poll of the eventfd:
-        // either it sees the flag, or its poll sees our write.
+        // SYNC: link-gone — pairs with the load of `gone` in
+        // `Inner::usable` by an asynchronous waiter that the eventfd woke:
+        // the flag is stored before the write, and the wake-up (a system
+        // call on each side) orders the two. Its poll, armed once per ring,
+        // checks readiness when submitted, so no write is missed.
         self.gone.store(true, Ordering::SeqCst);
         let _ = nix::unistd::write(&self.gone_event, &1u64.to_ne_bytes());
     }

@@ -223,6 +223,20 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
         }
     }
     seg.free_ring().notify_items();
+    // A dead client may have left a queue's bell with `pending` set (woken,
+    // and killed before it took the wake-up, so later ringers skip the
+    // wake call), or an item pushed without the ring that follows (killed
+    // between the two). A blocked thread re-checks each liveness slice; an
+    // asynchronous waiter parks without a timer and would wait for the next
+    // message. So every sleeper of every queue is woken once: each re-checks
+    // and sleeps again (taking the wake-up clears `pending`).
+    for q in 0..seg.params().max_subsystems {
+        if let Some(ring) = seg.queue(q) {
+            if ring.header().items.has_waiters() {
+                ring.header().items.ring_all();
+            }
+        }
+    }
     counters.slots_reclaimed.fetch_add(report.freed + report.corrupt, Ordering::Relaxed);
     counters.messages_redelivered.fetch_add(report.redelivered, Ordering::Relaxed);
     counters.intents_repaired.fetch_add(report.intents_repaired, Ordering::Relaxed);

@@ -226,7 +226,7 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
         }
         v.push(Spec::Lat { t: Transport::Futex, size: 8, wait: Wait::Sleep });
     }
-    if o.asynchronous {
+    if o.asynchronous && bus_client::async_supported().is_ok() {
         // The asynchronous receiver at the smallest size, and what it is
         // compared with, if the other measurements do not have it.
         if let Some(&size) = sizes.iter().min() {
@@ -248,6 +248,9 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
 pub fn run(bus: &Bus, o: &Options, progress: &mut dyn Write) -> std::io::Result<Vec<Measurement>> {
     let max_body = bus.body_capacity(48);
     let specs = specs(o, max_body);
+    if let (true, Err(e)) = (o.asynchronous, bus_client::async_supported()) {
+        writeln!(progress, "note: the asynchronous receiver is not measured here: {e}")?;
+    }
     if o.sizes.iter().any(|&s| s > max_body) {
         writeln!(progress, "note: bodies over {max_body} bytes skipped (the bus's slots are too small for them)")?;
     }

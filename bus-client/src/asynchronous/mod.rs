@@ -14,3 +14,4 @@ pub(crate) mod waiter;
 pub use request::AsyncReply;
 pub use service::{AsyncHandler, AsyncRouter, AsyncServeBuilder, AsyncService, HandlerFuture, Request};
 pub use subscriber::{AsyncMessage, AsyncSubscriber, MessageStream, Recv, ASYNC_SPINS};
+pub use waiter::async_supported;

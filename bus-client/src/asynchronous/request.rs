@@ -10,7 +10,7 @@
 //! wait, it wakes one of them, which registers itself in turn: the wait
 //! never stays without a task to wake.
 
-use super::waiter::FutexWaiter;
+use super::waiter::Park;
 use crate::body::Body;
 use crate::error::{RecvError, SendError};
 use crate::request::{Owner, ReplyError, Requester, Response};
@@ -31,7 +31,7 @@ pub(crate) struct AsyncReplies {
 
 struct State {
     // Field order: the waiter before the subscription.
-    waiter: Option<FutexWaiter>,
+    park: Park,
     sub: Subscriber,
     /// Requests in flight: the task to wake, and the reply once read.
     pending: HashMap<u64, Entry>,
@@ -49,12 +49,23 @@ impl StateView<'_> {
     /// for their tasks (woken), late ones released.
     fn drain(&mut self, corr: u64, requester: &Requester) -> Result<Option<SlotIndex>, RecvError> {
         let mut mine = None;
-        while let Some(i) = self.sub.try_take()? {
+        loop {
+            let i = match self.sub.try_take() {
+                Ok(Some(i)) => i,
+                Ok(None) => break,
+                // Ours, if read already, is returned; the error shows at
+                // the next turn.
+                Err(_) if mine.is_some() => break,
+                Err(e) => return Err(e),
+            };
             // A corrupt reply was released by `wrap`; skip it.
             let Ok(m) = self.sub.wrap(i) else { continue };
             let c = m.correlation_id();
             let slot = m.into_slot();
             match self.pending.get_mut(&c) {
+                // A second reply to ours (a redelivered request answered
+                // twice): released.
+                _ if c == corr && mine.is_some() => requester.release(slot),
                 _ if c == corr => mine = Some(slot),
                 Some(e) if e.reply.is_none() => {
                     e.reply = Some(slot);
@@ -68,6 +79,14 @@ impl StateView<'_> {
             }
         }
         Ok(mine)
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // A request future forgotten (`mem::forget`) while parked leaves
+        // the wait armed: withdrawn with the requester.
+        self.park.disarm(&self.sub);
     }
 }
 
@@ -85,7 +104,10 @@ impl AsyncReplies {
             crate::RequestError::Forked => ReplyError::Send(SendError::Forked),
             e => ReplyError::Send(SendError::Serialize { detail: e.to_string() }),
         })?;
-        Ok(AsyncReplies { queue: sub.queue(), state: Mutex::new(State { waiter: None, sub, pending: HashMap::new() }) })
+        Ok(AsyncReplies {
+            queue: sub.queue(),
+            state: Mutex::new(State { park: Park::default(), sub, pending: HashMap::new() }),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -109,9 +131,7 @@ impl State {
     /// Withdraws the wait when nobody waits any more.
     fn disarm_if_idle(&mut self) {
         if self.pending.is_empty() {
-            if let Some(w) = self.waiter.as_mut().filter(|w| w.armed()) {
-                w.disarm(&self.sub.sleeper());
-            }
+            self.park.disarm(&self.sub);
         }
     }
 
@@ -131,6 +151,11 @@ impl State {
         cx: &mut Context<'_>,
     ) -> Poll<Result<SlotIndex, RecvError>> {
         loop {
+            // A completed wait first (no system call), so that a reply that
+            // woke us is taken without cancelling the wait it ended.
+            if let Err(e) = self.park.reap(&self.sub) {
+                return self.finish(corr, Err(e));
+            }
             if let Some(slot) = self.pending.get_mut(&corr).and_then(|e| e.reply.take()) {
                 return self.finish(corr, Ok(slot));
             }
@@ -141,50 +166,19 @@ impl State {
             if let Some(e) = self.pending.get_mut(&corr) {
                 e.waker = Some(cx.waker().clone());
             }
-            if !self.waiter.as_ref().is_some_and(FutexWaiter::armed) {
-                if self.waiter.is_none() {
-                    match FutexWaiter::new(requester.bus.inner.link.gone_event()) {
-                        Ok(w) => self.waiter = Some(w),
-                        Err(e) => return self.finish(corr, Err(e)),
-                    }
-                }
-                let sub = &self.sub;
-                let sleeper = sub.sleeper();
-                let seen = sleeper.announce();
-                // The protocol's re-check: the drain's last, empty dequeue
-                // (a SeqCst load after the SeqCst announce).
-                let rechecked = {
-                    let mut state = StateView { sub, pending: &mut self.pending };
-                    state.drain(corr, requester)
-                };
-                match rechecked {
+            self.park.refresh(&self.sub);
+            if !self.park.armed() {
+                // The protocol's re-check is the drain's last, empty dequeue.
+                let mut view = StateView { sub: &self.sub, pending: &mut self.pending };
+                match self.park.arm(&self.sub, || view.drain(corr, requester).transpose()) {
                     Ok(None) => {}
-                    got => {
-                        sleeper.retire();
-                        return self.finish(corr, got.map(|s| s.expect("Some: matched above")));
-                    }
-                }
-                let waiter = self.waiter.as_mut().expect("made above");
-                if let Err(e) = waiter.arm(sleeper.bell().futex_word(), seen) {
-                    sleeper.retire();
-                    return self.finish(corr, Err(e));
+                    Ok(Some(got)) => return self.finish(corr, got),
+                    Err(e) => return self.finish(corr, Err(e)),
                 }
             }
-            let waiter = self.waiter.as_mut().expect("armed above");
-            match waiter.poll_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return self.finish(corr, Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let reaped = waiter.reap();
-                    if reaped.as_ref().map_or(true, |r| r.wait_done) {
-                        let sleeper = self.sub.sleeper();
-                        sleeper.bell().woken();
-                        sleeper.retire();
-                    }
-                    if let Err(e) = reaped {
-                        return self.finish(corr, Err(e));
-                    }
-                }
+            // Then look again (the loop reaps the completion).
+            if let Err(e) = std::task::ready!(self.park.poll_ready(&self.sub, cx)) {
+                return self.finish(corr, Err(e));
             }
         }
     }
@@ -201,9 +195,9 @@ impl Requester {
     /// is released. The first asynchronous request of a requester sets up
     /// its asynchronous reply queue (one round trip to the daemon).
     ///
-    /// Sending does not wait: a full queue, or no free slot, fails the
-    /// request at once ([`SendError::QueueFull`] / [`SendError::NoFreeSlot`]
-    /// in [`ReplyError::Send`]) rather than block the runtime's thread.
+    /// Sending does not wait: with no free slot, or no room in the queue,
+    /// the request fails at once (`ReplyError::Send(SendError::Timeout {
+    /// .. })`, zero wait) rather than block the runtime's thread.
     pub fn request_async<T: Body>(&self, path: &str, body: &T, timeout: Duration) -> AsyncReply<'_> {
         self.submit_async(timeout, |p, queue, corr| {
             p.loan(path)?.write(body)?.request(queue, corr).send().map_err(|f| f.error)

@@ -6,7 +6,11 @@
 //! handlers in flight. A handler gets the message as a [`Request`]: owned,
 //! `Send + 'static`, still zero-copy (it holds the message's slot and reads
 //! the body in place). Its replies and sends go through the service's
-//! publisher (shared, under a lock held only while a reply is written).
+//! publisher (shared, under a lock held while a reply or a send is
+//! written and pushed). Like any publisher's, a reply or send waits for a
+//! free slot or for room in a full queue (up to the bus's send timeout),
+//! on the runtime's thread: size the pool and the queues so that this is
+//! rare.
 //! Like the blocking service: a request whose handler returns without a
 //! reply gets an empty one, a handler error or panic becomes an error reply,
 //! and a route that matches nothing a "no route" reply.
@@ -126,6 +130,9 @@ impl AsyncServeBuilder {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(RequestError::Io(std::io::Error::other(RecvError::NoRuntime)));
         };
+        // Where the receiving task could never wait, say so now rather
+        // than have it end at its first wait.
+        super::waiter::async_supported().map_err(|e| RequestError::Io(std::io::Error::other(e)))?;
         let mut sub = self.bus.subscription(self.router.subsystem());
         if let Some(g) = &self.group {
             sub = sub.group(g);
@@ -194,10 +201,16 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
         let reply = Arc::new(ReplyTo::of(&msg));
         let request =
             Request { shared: shared.clone(), slot: msg.into_inner().into_slot(), params, reply: reply.clone() };
-        let future = (shared.router.handlers[handler].1)(request);
+        // The handler's call itself may panic too (before it returns its
+        // future): caught like a panic while it runs.
+        let made =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (shared.router.handlers[handler].1)(request)));
         let shared = shared.clone();
         tokio::spawn(async move {
-            let outcome = CatchUnwind(future).await;
+            let outcome = match made {
+                Ok(future) => CatchUnwind(future).await,
+                Err(panic) => Err(panic_text(&*panic)),
+            };
             let _ = match outcome {
                 Ok(Ok(())) => {
                     shared.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -230,13 +243,18 @@ impl Future for CatchUnwind {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
-            Err(panic) => Poll::Ready(Err(panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".into()))),
+            Err(panic) => Poll::Ready(Err(panic_text(&*panic))),
         }
     }
+}
+
+/// A panic's message, as an error reply carries it.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "handler panicked".into())
 }
 
 /// Where a request's reply goes, copied out of its header when it was
@@ -277,16 +295,18 @@ impl ReplyTo {
         write: impl for<'l> FnOnce(crate::LoanUninit<'l>) -> Result<crate::Loan<'l>, SendError>,
     ) -> Result<(), SendError> {
         let Some(queue) = self.queue else { return Ok(()) };
-        if self.replied.swap(true, Ordering::Relaxed) {
-            return Ok(());
-        }
-        if !reply_queue_open(&shared.bus.inner.seg, queue, self.serial) {
-            return Ok(());
-        }
+        // Under the publisher's lock, so that a handler's reply and the
+        // service's fallback after it never both go. Marked replied only
+        // once sent: a reply that failed leaves room for the error reply.
         let mut p = shared.publisher.lock().unwrap_or_else(|p| p.into_inner());
+        if self.replied.load(Ordering::Relaxed) || !reply_queue_open(&shared.bus.inner.seg, queue, self.serial) {
+            return Ok(());
+        }
         let loan = p.loan_direct(queue, self.serial, &self.path)?;
         let sent = write(loan)?.reply(self.correlation, error).trace_id(self.trace).send();
-        sent.map(|_| ()).map_err(|f| f.error)
+        let sent = sent.map(|_| ()).map_err(|f| f.error);
+        self.replied.store(sent.is_ok(), Ordering::Relaxed);
+        sent
     }
 
     /// A raw-byte reply (cut to what a slot holds, for error texts).
@@ -439,7 +459,9 @@ impl AsyncService {
         &self.shared.stats
     }
 
-    /// Stops taking requests.
+    /// Stops taking requests: the receiving task is aborted (at its next
+    /// `.await`, so a request it took just before is still handled);
+    /// handlers already running finish.
     pub fn stop(mut self) {
         if let Some(t) = self.task.take() {
             t.abort();

@@ -1,6 +1,6 @@
 //! [`AsyncSubscriber`]: a subscriber whose receive is a future.
 
-use super::waiter::FutexWaiter;
+use super::waiter::Park;
 use crate::error::RecvError;
 use crate::subscriber::{Message, Subscriber};
 use bus_core::SlotIndex;
@@ -8,9 +8,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Polls of the queue before a receive parks its task (a few hundred
-/// nanoseconds: a message that is about to arrive is taken without a
-/// wake-up, and the runtime's thread is not held for longer).
+/// Polls of the queue before a receive parks its task (a few
+/// microseconds at most: a message that is about to arrive is taken
+/// without a wake-up, and the runtime's thread is not held for longer).
 pub const ASYNC_SPINS: u32 = 200;
 
 /// A [`Subscriber`] for tokio tasks: [`AsyncSubscriber::recv`] is a future,
@@ -24,7 +24,10 @@ pub const ASYNC_SPINS: u32 = 200;
 ///
 /// Made with [`Subscriber::into_async`]; the first receive that has to wait
 /// must run inside a tokio runtime with IO enabled, and needs Linux 6.7 or
-/// later (else [`RecvError::NoRuntime`] or [`RecvError::AsyncWait`]).
+/// later (else [`RecvError::NoRuntime`] or [`RecvError::AsyncWait`];
+/// [`crate::async_supported`] tells beforehand). It waits through the
+/// reactor of the runtime it is polled on; polled on another runtime
+/// later, it sets up its wait again there.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,7 +44,7 @@ pub const ASYNC_SPINS: u32 = 200;
 pub struct AsyncSubscriber {
     // Field order: the waiter (and its io_uring wait on a word of the
     // segment) goes before the subscriber and its bus.
-    waiter: Option<FutexWaiter>,
+    park: Park,
     sub: Subscriber,
     spins: u32,
 }
@@ -51,13 +54,13 @@ impl Subscriber {
     /// no system call; the io_uring instance is set up by the first
     /// receive that waits.
     pub fn into_async(self) -> AsyncSubscriber {
-        AsyncSubscriber { waiter: None, sub: self, spins: ASYNC_SPINS }
+        AsyncSubscriber { park: Park::default(), sub: self, spins: ASYNC_SPINS }
     }
 }
 
 impl std::fmt::Debug for AsyncSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncSubscriber").field("sub", &self.sub).field("waiter", &self.waiter).finish()
+        f.debug_struct("AsyncSubscriber").field("sub", &self.sub).field("park", &self.park).finish()
     }
 }
 
@@ -86,8 +89,9 @@ impl AsyncSubscriber {
     /// A `Stream` of what `f` makes of each message (a message lives only
     /// while `f` reads it, since it holds its slot): for example
     /// `sub.stream(|m| m.body_bytes().map(<[u8]>::to_vec))`. After
-    /// [`RecvError::BusGone`] or [`RecvError::Forked`] the stream ends;
-    /// other errors are yielded and it goes on.
+    /// [`RecvError::BusGone`], [`RecvError::Forked`],
+    /// [`RecvError::NoRuntime`] or [`RecvError::AsyncWait`] the stream
+    /// ends; other errors are yielded and it goes on.
     pub fn stream<T, F>(self, f: F) -> MessageStream<F>
     where
         F: FnMut(&Message<'_>) -> T,
@@ -108,46 +112,40 @@ impl AsyncSubscriber {
 
     /// Takes a message's slot, or parks the task on the queue's doorbell.
     fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<Result<SlotIndex, RecvError>> {
+        let some = |got: Result<Option<SlotIndex>, RecvError>| got.map(|i| i.expect("Some: matched"));
         loop {
+            // A completed wait is taken first (the completion queue is read
+            // in memory: no system call). Woken by a message, the task then
+            // finds its wait over and takes the message without cancelling
+            // anything: the cancel would cost system calls on the path of
+            // every wake-up.
+            self.park.reap(&self.sub)?;
             match self.sub.try_take() {
                 Ok(None) => {}
                 done => {
-                    self.disarm();
-                    return Poll::Ready(done.map(|i| i.expect("Some: matched above")));
+                    self.park.disarm(&self.sub);
+                    return Poll::Ready(some(done));
                 }
             }
-            let armed = self.waiter.as_ref().is_some_and(FutexWaiter::armed);
-            if !armed {
+            self.park.refresh(&self.sub);
+            if !self.park.armed() {
                 if let Some(got) = self.spin() {
                     return Poll::Ready(got);
                 }
-                if let Err(e) = self.arm() {
-                    return Poll::Ready(e);
+                let sub = &self.sub;
+                let rechecked = self.park.arm(sub, || match sub.try_take() {
+                    Ok(None) => None,
+                    got => Some(some(got)),
+                });
+                match rechecked {
+                    Ok(None) => {}
+                    Ok(Some(got)) => return Poll::Ready(got),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
-            let waiter = self.waiter.as_mut().expect("armed above");
-            match waiter.poll_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => {
-                    self.disarm();
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(Ok(())) => {
-                    let reaped = waiter.reap();
-                    let done = reaped.as_ref().map_or(true, |r| r.wait_done);
-                    if done {
-                        // The wait is over: as after a blocking sleep.
-                        let sleeper = self.sub.sleeper();
-                        sleeper.bell().woken();
-                        sleeper.retire();
-                    }
-                    if let Err(e) = reaped {
-                        self.disarm();
-                        return Poll::Ready(Err(e));
-                    }
-                    // Look again (and `try_take` reports a bus found gone).
-                }
-            }
+            // Then look again: the loop reaps the completion, and
+            // `try_take` reports a bus found gone.
+            std::task::ready!(self.park.poll_ready(&self.sub, cx))?;
         }
     }
 
@@ -163,39 +161,9 @@ impl AsyncSubscriber {
         None
     }
 
-    /// Announces this task as a sleeper and starts the io_uring wait, or
-    /// finds a message on the re-check (`Err(Ready(..))` either way when
-    /// there is nothing to wait for).
-    fn arm(&mut self) -> Result<(), Result<SlotIndex, RecvError>> {
-        if self.waiter.is_none() {
-            let gone = self.sub.bus().inner.link.gone_event();
-            self.waiter = Some(FutexWaiter::new(gone).map_err(Err)?);
-        }
-        let waiter = self.waiter.as_mut().expect("made above");
-        let sleeper = self.sub.sleeper();
-        let seen = sleeper.announce();
-        bus_core::crash_point!(DoorbellAnnounced);
-        // The re-check of the doorbell protocol (a SeqCst load in the
-        // dequeue, after the SeqCst announce).
-        match self.sub.try_take() {
-            Ok(None) => {}
-            got => {
-                sleeper.retire();
-                return Err(got.map(|i| i.expect("Some: matched above")));
-            }
-        }
-        if let Err(e) = waiter.arm(sleeper.bell().futex_word(), seen) {
-            sleeper.retire();
-            return Err(Err(e));
-        }
-        Ok(())
-    }
-
-    /// Withdraws a wait in flight (see `FutexWaiter::disarm`).
+    /// Withdraws a wait in flight.
     fn disarm(&mut self) {
-        if let Some(w) = self.waiter.as_mut().filter(|w| w.armed()) {
-            w.disarm(&self.sub.sleeper());
-        }
+        self.park.disarm(&self.sub);
     }
 }
 
@@ -287,7 +255,8 @@ impl<F> std::fmt::Debug for MessageStream<F> {
 
 impl<F> MessageStream<F> {
     /// The subscriber back (a parked wait, if any, is withdrawn first).
-    pub fn into_inner(self) -> AsyncSubscriber {
+    pub fn into_inner(mut self) -> AsyncSubscriber {
+        self.sub.disarm();
         self.sub
     }
 }
@@ -306,7 +275,11 @@ where
         match this.sub.poll_take(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => {
-                this.done = matches!(e, RecvError::BusGone | RecvError::Forked);
+                // Nothing would change at the next poll: the end.
+                this.done = matches!(
+                    e,
+                    RecvError::BusGone | RecvError::Forked | RecvError::NoRuntime | RecvError::AsyncWait { .. }
+                );
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Ok(i)) => Poll::Ready(Some(this.sub.sub.wrap(i).map(|m| (this.f)(&m)))),

@@ -51,6 +51,25 @@ impl AsRawFd for RingFd {
     }
 }
 
+/// A fresh ring, if this kernel has io_uring, allows it, and has its futex
+/// wait.
+fn ring() -> Result<IoUring, RecvError> {
+    let ring = IoUring::new(8).map_err(|e| RecvError::AsyncWait { errno: errno(&e) })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| RecvError::AsyncWait { errno: errno(&e) })?;
+    if !probe.is_supported(opcode::FutexWait::CODE) {
+        return Err(RecvError::AsyncWait { errno: libc::ENOSYS });
+    }
+    Ok(ring)
+}
+
+/// Whether the asynchronous API can wait on this machine (Linux 6.7 or
+/// later, io_uring allowed): `Ok`, or the error its first wait would
+/// return. Needs no runtime; sets up and closes an io_uring instance.
+pub fn async_supported() -> Result<(), RecvError> {
+    ring().map(drop)
+}
+
 /// What reaping the completion queue found.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Reaped {
@@ -72,6 +91,11 @@ pub(crate) struct FutexWaiter {
     /// `user_data` of the wait in flight, if any (its completion not reaped).
     in_flight: Option<u64>,
     next: u64,
+    /// The runtime whose reactor watches the ring (a task polled on another
+    /// runtime needs a waiter of its own: see [`FutexWaiter::usable_here`]).
+    runtime: tokio::runtime::Id,
+    /// The gone eventfd, to poll again should that poll end otherwise.
+    gone: RawFd,
 }
 
 impl std::fmt::Debug for FutexWaiter {
@@ -89,24 +113,45 @@ impl FutexWaiter {
     /// `gone`. Fails outside a runtime, or where io_uring or its futex wait
     /// is not available.
     pub(crate) fn new(gone: BorrowedFd<'_>) -> Result<FutexWaiter, RecvError> {
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(RecvError::NoRuntime);
-        }
-        let ring = IoUring::new(8).map_err(|e| RecvError::AsyncWait { errno: errno(&e) })?;
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe).map_err(|e| RecvError::AsyncWait { errno: errno(&e) })?;
-        if !probe.is_supported(opcode::FutexWait::CODE) {
-            return Err(RecvError::AsyncWait { errno: libc::ENOSYS });
-        }
-        // SAFETY: the descriptor is the ring's, which stays open for as
-        // long as the `AsyncFd` lives: both are fields of the waiter, and
-        // `ready` is declared (so dropped) first.
-        let ready = unsafe { AsyncFd::register_with_interest(RingFd(ring.as_raw_fd()), tokio::io::Interest::READABLE) }
-            .map_err(|e| RecvError::AsyncWait { errno: errno(&e.into_parts().1) })?;
-        let mut w = FutexWaiter { ready, ring, in_flight: None, next: FIRST_WAIT };
-        let poll = opcode::PollAdd::new(types::Fd(gone.as_raw_fd()), libc::POLLIN as u32).build().user_data(GONE);
-        w.push(&poll)?;
+        };
+        let ring = ring()?;
+        // A runtime built without IO makes tokio panic here: that is a
+        // runtime without IO, as `NoRuntime` says.
+        let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the descriptor is the ring's, which stays open for as
+            // long as the `AsyncFd` lives: both are fields of the waiter, and
+            // `ready` is declared (so dropped) first.
+            unsafe { AsyncFd::register_with_interest(RingFd(ring.as_raw_fd()), tokio::io::Interest::READABLE) }
+        }));
+        let ready = match registered {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(RecvError::AsyncWait { errno: errno(&e.into_parts().1) }),
+            Err(_) => return Err(RecvError::NoRuntime),
+        };
+        let mut w = FutexWaiter {
+            ready,
+            ring,
+            in_flight: None,
+            next: FIRST_WAIT,
+            runtime: runtime.id(),
+            gone: gone.as_raw_fd(),
+        };
+        w.poll_gone()?;
         Ok(w)
+    }
+
+    /// Whether this waiter may be polled by the current task: it must be on
+    /// the runtime whose reactor watches the ring (another runtime's may
+    /// not be driven at all any more).
+    pub(crate) fn usable_here(&self) -> bool {
+        tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == self.runtime)
+    }
+
+    fn poll_gone(&mut self) -> Result<(), RecvError> {
+        let poll = opcode::PollAdd::new(types::Fd(self.gone), libc::POLLIN as u32).build().user_data(GONE);
+        self.push(&poll)
     }
 
     /// Whether a wait is in flight.
@@ -161,9 +206,13 @@ impl FutexWaiter {
     pub(crate) fn reap(&mut self) -> Result<Reaped, RecvError> {
         let mut r = Reaped::default();
         let mut failed = None;
+        let mut rearm_gone = false;
         for cqe in self.ring.completion() {
             match cqe.user_data() {
-                GONE => r.gone = true,
+                // Readable: the bus is gone. Ended otherwise (cancelled
+                // with the thread that submitted it): polled again below.
+                GONE if cqe.result() >= 0 => r.gone = true,
+                GONE => rearm_gone = true,
                 CANCEL => {}
                 ud if Some(ud) == self.in_flight => {
                     r.wait_done = true;
@@ -181,6 +230,9 @@ impl FutexWaiter {
         }
         if r.wait_done {
             self.in_flight = None;
+        }
+        if rearm_gone {
+            self.poll_gone()?;
         }
         match failed {
             Some(e) => Err(RecvError::AsyncWait { errno: e }),
@@ -215,9 +267,9 @@ impl FutexWaiter {
             }
         }
         // If the cancel could not even be queued, or the wait still has
-        // not completed, forget it: the worst left is one wake-up that
-        // lands here instead of on another sleeper, which wakes at its
-        // next slice.
+        // not completed, forget it: the wait may then take one wake-up
+        // meant for another sleeper of the bell. The owner drops a waiter
+        // whose operations failed (closing the ring ends the wait).
         self.in_flight = None;
         sleeper.bell().woken();
         sleeper.retire();
@@ -239,5 +291,109 @@ impl Drop for FutexWaiter {
                 let _ = self.ring.submit_and_wait(1);
             }
         }
+    }
+}
+
+/// The wait of one subscription's task(s): a [`FutexWaiter`], made on first
+/// need, and what its owner does with it, as the doorbell protocol wants,
+/// on the bell of `sub`'s group (recorded in `sub`'s port).
+#[derive(Debug, Default)]
+pub(crate) struct Park(Option<FutexWaiter>);
+
+impl Park {
+    /// Whether a wait is in flight.
+    pub(crate) fn armed(&self) -> bool {
+        self.0.as_ref().is_some_and(FutexWaiter::armed)
+    }
+
+    /// The waiter, made on first need (registered with the current
+    /// runtime). One made on another runtime is replaced: this runtime
+    /// does not watch it.
+    pub(crate) fn waiter(&mut self, sub: &crate::Subscriber) -> Result<&mut FutexWaiter, RecvError> {
+        self.refresh(sub);
+        if self.0.is_none() {
+            self.0 = Some(FutexWaiter::new(sub.bus().inner.link.gone_event())?);
+        }
+        Ok(self.0.as_mut().expect("made above"))
+    }
+
+    /// Closes a waiter made on another runtime than the current one (even
+    /// with a wait in flight: this runtime would never see it end).
+    pub(crate) fn refresh(&mut self, sub: &crate::Subscriber) {
+        if self.0.as_ref().is_some_and(|w| !w.usable_here()) {
+            self.close(sub);
+        }
+    }
+
+    /// Announces, re-checks with `recheck` (whose `Some` ends it: the
+    /// announcement is taken back) and starts the wait.
+    pub(crate) fn arm<T>(
+        &mut self,
+        sub: &crate::Subscriber,
+        recheck: impl FnOnce() -> Option<T>,
+    ) -> Result<Option<T>, RecvError> {
+        self.waiter(sub)?;
+        let sleeper = sub.sleeper();
+        let seen = sleeper.announce();
+        bus_core::crash_point!(DoorbellAnnounced);
+        // The re-check of the doorbell protocol (a SeqCst load after the
+        // SeqCst announce).
+        if let Some(v) = recheck() {
+            sleeper.retire();
+            return Ok(Some(v));
+        }
+        let armed = self.0.as_mut().expect("made above").arm(sleeper.bell().futex_word(), seen);
+        if let Err(e) = armed {
+            sleeper.retire();
+            self.close(sub);
+            return Err(e);
+        }
+        Ok(None)
+    }
+
+    /// Ready once the wait may have ended (see [`FutexWaiter::poll_ready`]).
+    pub(crate) fn poll_ready(&mut self, sub: &crate::Subscriber, cx: &mut Context<'_>) -> Poll<Result<(), RecvError>> {
+        let Some(w) = self.0.as_ref() else { return Poll::Ready(Ok(())) };
+        let r = w.poll_ready(cx);
+        if let Poll::Ready(Err(_)) = r {
+            self.close(sub);
+        }
+        r
+    }
+
+    /// Takes the completions there are; if the wait is among them, ends it
+    /// as a blocking sleep ends (`woken`, retire). A waiter that failed is
+    /// closed (closing its ring ends whatever it still had queued).
+    pub(crate) fn reap(&mut self, sub: &crate::Subscriber) -> Result<(), RecvError> {
+        let Some(waiter) = self.0.as_mut().filter(|w| w.armed()) else { return Ok(()) };
+        let reaped = waiter.reap();
+        if reaped.as_ref().map_or(true, |r| r.wait_done) {
+            let sleeper = sub.sleeper();
+            sleeper.bell().woken();
+            sleeper.retire();
+        }
+        if reaped.is_err() {
+            self.close(sub);
+        }
+        reaped.map(|_| ())
+    }
+
+    /// Withdraws a wait in flight (see [`FutexWaiter::disarm`]). In a
+    /// forked child the ring and the announcement are the parent's: left
+    /// alone.
+    pub(crate) fn disarm(&mut self, sub: &crate::Subscriber) {
+        if sub.bus().inner.forked() {
+            std::mem::forget(self.0.take());
+            return;
+        }
+        if let Some(w) = self.0.as_mut().filter(|w| w.armed()) {
+            w.disarm(&sub.sleeper());
+        }
+    }
+
+    /// Withdraws the wait and closes the ring.
+    pub(crate) fn close(&mut self, sub: &crate::Subscriber) {
+        self.disarm(sub);
+        self.0 = None;
     }
 }
