@@ -288,7 +288,16 @@ pub(crate) unsafe fn bytes_arg<'a>(body: *const std::ffi::c_void, len: usize) ->
     if body.is_null() {
         return Err(Error::invalid(format!("body is NULL but len is {len}")));
     }
-    // SAFETY: not NULL, `len` readable bytes by the caller's contract.
+    // No object is that large (a negative length cast to `size_t`, say):
+    // refused before a slice of it is made.
+    if len > isize::MAX as usize {
+        return Err(Error::new(
+            SHMBUS_ETOOBIG,
+            format!("a body of {len} bytes: no slot holds it (a negative length?)"),
+        ));
+    }
+    // SAFETY: not NULL, `len` readable bytes by the caller's contract
+    // (and within `isize::MAX`, checked above).
     Ok(unsafe { std::slice::from_raw_parts(body as *const u8, len) })
 }
 

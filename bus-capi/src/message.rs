@@ -9,7 +9,6 @@
 
 use crate::error::{call_or, handle, put, Error, SHMBUS_EINVAL};
 use bus_client::{Message, Requester, Response, Subscriber};
-use std::cell::OnceCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::mem::ManuallyDrop;
 use std::rc::Rc;
@@ -32,7 +31,9 @@ pub struct shmbus_message {
     body_len: usize,
     /// The path as a C string: copied on first ask for a received message,
     /// the request's path for a reply.
-    path: OnceCell<CString>,
+    /// Made by the first `shmbus_message_path` (once, even if two threads
+    /// ask at the same time).
+    path: std::sync::OnceLock<CString>,
 }
 
 /// The guard and its owner, dropped in that order (see `Drop`).
@@ -96,7 +97,7 @@ impl shmbus_message {
         };
         // On error `held` is dropped here, in its own order.
         let (body, body_len) = body.map(|b| (b.as_ptr(), b.len()))?;
-        let path = OnceCell::new();
+        let path = std::sync::OnceLock::new();
         if let Some(p) = reply_to {
             let _ = path.set(c_string(p));
         }

@@ -27,6 +27,8 @@ const LOANED: u8 = 2;
 /// A loan is outstanding and `shmbus_publisher_free` was called: the loan
 /// frees the publisher when it ends.
 const LOANED_FREED: u8 = 3;
+/// Being freed by `shmbus_publisher_free` (no call can take it).
+const FREED: u8 = 4;
 
 /// Sends messages (`shmbus_publisher_new`).
 ///
@@ -125,8 +127,11 @@ pub struct shmbus_loan {
 impl Drop for shmbus_loan {
     fn drop(&mut self) {
         // First the loan (it returns its slot through the publisher, if
-        // still unsent), then the publisher is free again.
-        drop(self.loan.take());
+        // still unsent), then the publisher is free again, even if giving
+        // the slot back panicked (the slot is then lost, the publisher
+        // not).
+        let loan = self.loan.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(loan)));
         let handle = self.publisher.as_ptr();
         // SAFETY: the publisher handle lives while its state is `LOANED*`,
         // which this loan keeps; only shared access (the atomic) is made.
@@ -212,8 +217,21 @@ pub unsafe extern "C" fn shmbus_publisher_free(publisher: *mut shmbus_publisher)
         if state.compare_exchange(LOANED, LOANED_FREED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             return Ok(()); // the loan frees it
         }
-        // SAFETY: no loan is out (and by the contract no call is running):
-        // nothing else references it.
+        // SYNC: publisher-handoff (Acquire pairs with the Release store in
+        // `InCall::drop`: the last call's use happens before the free).
+        if state.compare_exchange(IDLE, FREED, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            // Another thread is inside a call on it (against the rules):
+            // freeing it under that call would be a use after free.
+            // Leaked instead, and said.
+            return Err(Error::new(
+                SHMBUS_EBUSY,
+                "shmbus_publisher_free while another thread was in a call on the publisher: it was not freed (leaked); \
+                 free a publisher only once no thread uses it",
+            ));
+        }
+        // SAFETY: no loan is out and no call is running (the state went
+        // from IDLE to FREED, which no call can take): nothing else
+        // references it.
         unsafe { shmbus_publisher::destroy(publisher) };
         Ok(())
     })
