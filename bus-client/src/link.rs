@@ -52,6 +52,10 @@ pub(crate) struct Link {
     /// Resumptions so far: a request that met a dead connection waits for
     /// this to move.
     resumes: AtomicU64,
+    /// Requests on the current connection whose answers did not come in
+    /// time: the daemon still sends them, in order, before the answer to
+    /// the next request. Changed only under the `control` lock.
+    unanswered: AtomicU32,
     /// The subscriptions this client holds (subsystem, queue), named in a
     /// resumption.
     subs: Mutex<Vec<ResumedSub>>,
@@ -118,6 +122,7 @@ impl Link {
             timeout: p.timeout,
             gone: Arc::new(AtomicBool::new(false)),
             resumes: AtomicU64::new(0),
+            unanswered: AtomicU32::new(0),
             subs: Mutex::new(Vec::new()),
             seg_fd: p.seg_fd,
             daemon_state: StateWord(p.daemon_state),
@@ -187,8 +192,34 @@ impl Link {
             }
             _ => RequestError::Io(e),
         };
+        let late = |e: std::io::Error| {
+            RequestError::Io(std::io::Error::new(
+                e.kind(),
+                "the daemon did not answer in time (it is stopped or overloaded); its answer, when it comes, is skipped",
+            ))
+        };
+        // The answers to earlier requests that timed out come first: read
+        // and dropped, or the next request would take one of them for its
+        // own (a subscription to one subsystem given the queue of another).
+        while self.unanswered.load(Ordering::Relaxed) > 0 {
+            match control::recv::<Reply>(fd.as_fd(), buf) {
+                Ok(Received::Packet(..)) => {
+                    self.unanswered.fetch_sub(1, Ordering::Relaxed);
+                }
+                Ok(Received::Closed) => return Err(RequestError::BusGone),
+                Err(e) if is_timeout(&e) => return Err(late(e)),
+                Err(e) => return Err(gone(e)),
+            }
+        }
         control::send(fd.as_fd(), req, None).map_err(gone)?;
-        match control::recv::<Reply>(fd.as_fd(), buf).map_err(gone)? {
+        let answer = match control::recv::<Reply>(fd.as_fd(), buf) {
+            Err(e) if is_timeout(&e) => {
+                self.unanswered.fetch_add(1, Ordering::Relaxed);
+                return Err(late(e));
+            }
+            other => other.map_err(gone)?,
+        };
+        match answer {
             Received::Packet(r, _) => {
                 if let (Request::Subscribe { subsystem, .. }, Reply::Subscribed { queue, .. }) = (req, &r) {
                     let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
@@ -272,6 +303,8 @@ impl Link {
         crate::bus::register_control_fd(fd.as_raw_fd());
         self.control_raw.store(fd.as_raw_fd(), Ordering::Relaxed);
         guard.0 = fd;
+        // A new connection owes us nothing.
+        self.unanswered.store(0, Ordering::Relaxed);
         drop(guard);
         self.publish_rights.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // SYNC: link-resume — Release pairs with `wait_resumed`'s Acquire.
@@ -343,4 +376,9 @@ impl Link {
         }
         false
     }
+}
+
+/// Whether a control socket call ended on its receive timeout.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }

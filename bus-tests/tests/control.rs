@@ -69,3 +69,31 @@ fn garbage_and_floods_on_the_control_socket_hang_nothing() {
     assert!(st.success(), "{err}");
     assert!(took < Duration::from_secs(1), "the daemon took {took:?} to stop under a flood");
 }
+
+#[test]
+fn an_answer_that_came_too_late_is_skipped_not_taken_by_the_next_request() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus_client::Bus::builder()
+        .socket(bus.socket())
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .expect("connect");
+    // The daemon is stopped: the subscription's answer does not come in
+    // time, and the call fails.
+    bus.daemon.signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    let late = c.subscribe("late");
+    bus.daemon.signal(Signal::SIGCONT);
+    let e = late.expect_err("no answer while the daemon was stopped");
+    assert!(e.to_string().contains("did not answer in time"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the timeout took {:?}", started.elapsed());
+    // Running again, the daemon sends that answer now. The next request
+    // must get its own: a subscription to `fresh` that receives `fresh`.
+    std::thread::sleep(Duration::from_millis(100));
+    let fresh = c.subscribe("fresh").expect("subscribe after the daemon is back");
+    let mut p = c.publisher().create().unwrap();
+    p.send_bytes("fresh://x", b"for fresh").unwrap();
+    let m = fresh.recv_timeout(Duration::from_secs(5)).expect("the message sent to fresh");
+    assert_eq!(m.path(), "fresh://x");
+    assert_eq!(m.body_bytes().unwrap(), b"for fresh");
+}
