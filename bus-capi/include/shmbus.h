@@ -431,7 +431,8 @@ int shmbus_recv(shmbus_subscriber *sub, int64_t timeout_ms, shmbus_message **msg
 /**
  * Sends `len` bytes at `body` to `path` as a request, and waits up to
  * `timeout_ms` (-1: as long as it takes) for the handler's reply. The
- * body may be NULL when `len` is 0.
+ * body may be NULL when `len` is 0. With 0 the request is still sent
+ * (and handled), but its reply is not waited for: `SHMBUS_ETIMEDOUT`.
  *
  * On success returns 0 and sets `*reply` to the reply, read in place
  * (`shmbus_message_body`; its path is the request's `path`) until
@@ -510,7 +511,9 @@ int shmbus_message_is_redelivered(const shmbus_message *msg);
 /**
  * Frees a message and releases its slot (the body pointer and path are
  * invalid afterwards). NULL is allowed. A received message must not be
- * freed while another thread uses its subscriber.
+ * freed while another thread uses its subscriber. Freeing the last
+ * message of a subscriber already freed ends the subscription (a round
+ * trip to the daemon).
  *
  * # Safety
  * `msg` is NULL or a live message handle, not freed before.

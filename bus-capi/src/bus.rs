@@ -1,7 +1,7 @@
 //! `shmbus_bus`: a connection to a daemon, and the requester that
 //! `shmbus_request` shares, made on first use.
 
-use crate::error::{call_ptr, str_arg, Error};
+use crate::error::{call_ptr, Error};
 use bus_client::{Bus, Requester};
 use std::ffi::c_char;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,8 +57,11 @@ pub unsafe extern "C" fn shmbus_connect(socket: *const c_char) -> *mut shmbus_bu
         let builder = if socket.is_null() {
             builder
         } else {
+            // Any bytes make a path (not only UTF-8).
+            use std::os::unix::ffi::OsStrExt;
             // SAFETY: not NULL, NUL-terminated by the caller's contract.
-            builder.socket(unsafe { str_arg(socket, "socket") }?)
+            let bytes = unsafe { std::ffi::CStr::from_ptr(socket) }.to_bytes();
+            builder.socket(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)))
         };
         let bus = builder.connect()?;
         Ok(Box::new(shmbus_bus { bus, requester: OnceLock::new(), making: Mutex::new(()) }))

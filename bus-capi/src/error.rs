@@ -107,6 +107,15 @@ impl From<RequestError> for Error {
             RequestError::PermissionDenied { .. } => SHMBUS_EPERM,
             RequestError::InvalidName(_) | RequestError::InvalidWindow { .. } => SHMBUS_EINVAL,
             RequestError::TooManyPorts(_) => SHMBUS_EQUOTA,
+            RequestError::Daemon { kind, .. } => {
+                use bus_client::protocol::ErrorKind as K;
+                match kind {
+                    K::Invalid | K::GroupMismatch => SHMBUS_EINVAL,
+                    K::TooManySubsystems | K::TooManyGroups | K::TooManyClients => SHMBUS_EQUOTA,
+                    K::PermissionDenied => SHMBUS_EPERM,
+                    _ => SHMBUS_EIO,
+                }
+            }
             _ => SHMBUS_EIO,
         };
         Error::new(code, e.to_string())
@@ -375,6 +384,25 @@ pub extern "C" fn shmbus_strerror(code: c_int) -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemons_refusals_keep_their_meaning_in_c() {
+        use bus_client::protocol::ErrorKind as K;
+        let code = |kind| Error::from(RequestError::Daemon { kind, message: "x".into() }).code;
+        assert_eq!(code(K::Invalid), SHMBUS_EINVAL);
+        assert_eq!(code(K::TooManySubsystems), SHMBUS_EQUOTA);
+        assert_eq!(code(K::TooManyGroups), SHMBUS_EQUOTA);
+        assert_eq!(code(K::PermissionDenied), SHMBUS_EPERM);
+        assert_eq!(code(K::Sequence), SHMBUS_EIO);
+    }
+
+    #[test]
+    fn a_length_no_object_can_have_is_too_big_before_any_slice_is_made() {
+        let byte = 0u8;
+        // SAFETY: the length is refused before the pointer is read.
+        let e = unsafe { bytes_arg(&byte as *const u8 as *const std::ffi::c_void, usize::MAX) }.unwrap_err();
+        assert_eq!(e.code, SHMBUS_ETOOBIG);
+    }
 
     fn last() -> (c_int, String) {
         // SAFETY: shmbus_last_error never returns NULL, and its string

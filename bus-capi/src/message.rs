@@ -208,7 +208,9 @@ pub unsafe extern "C" fn shmbus_message_is_redelivered(msg: *const shmbus_messag
 
 /// Frees a message and releases its slot (the body pointer and path are
 /// invalid afterwards). NULL is allowed. A received message must not be
-/// freed while another thread uses its subscriber.
+/// freed while another thread uses its subscriber. Freeing the last
+/// message of a subscriber already freed ends the subscription (a round
+/// trip to the daemon).
 ///
 /// # Safety
 /// `msg` is NULL or a live message handle, not freed before.

@@ -20,7 +20,8 @@ const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Sends `len` bytes at `body` to `path` as a request, and waits up to
 /// `timeout_ms` (-1: as long as it takes) for the handler's reply. The
-/// body may be NULL when `len` is 0.
+/// body may be NULL when `len` is 0. With 0 the request is still sent
+/// (and handled), but its reply is not waited for: `SHMBUS_ETIMEDOUT`.
 ///
 /// On success returns 0 and sets `*reply` to the reply, read in place
 /// (`shmbus_message_body`; its path is the request's `path`) until
