@@ -54,8 +54,8 @@ pub(crate) struct Link {
     resumes: AtomicU64,
     /// Requests on the current connection whose answers did not come in
     /// time: the daemon still sends them, in order, before the answer to
-    /// the next request. Changed only under the `control` lock.
-    unanswered: AtomicU32,
+    /// the next request. Locked only under the `control` lock.
+    unanswered: Mutex<std::collections::VecDeque<Request>>,
     /// The subscriptions this client holds (subsystem, queue), named in a
     /// resumption.
     subs: Mutex<Vec<ResumedSub>>,
@@ -122,7 +122,7 @@ impl Link {
             timeout: p.timeout,
             gone: Arc::new(AtomicBool::new(false)),
             resumes: AtomicU64::new(0),
-            unanswered: AtomicU32::new(0),
+            unanswered: Mutex::new(std::collections::VecDeque::new()),
             subs: Mutex::new(Vec::new()),
             seg_fd: p.seg_fd,
             daemon_state: StateWord(p.daemon_state),
@@ -192,33 +192,46 @@ impl Link {
             }
             _ => RequestError::Io(e),
         };
-        let late = |e: std::io::Error| {
+        let late = |e: std::io::Error, what: &str| {
             RequestError::Io(std::io::Error::new(
                 e.kind(),
-                "the daemon did not answer in time (it is stopped or overloaded); its answer, when it comes, is skipped",
+                format!("the daemon did not answer {what} in time: it is stopped or overloaded; try again later"),
             ))
         };
         // The answers to earlier requests that timed out come first: read
         // and dropped, or the next request would take one of them for its
         // own (a subscription to one subsystem given the queue of another).
-        while self.unanswered.load(Ordering::Relaxed) > 0 {
+        // A subscription granted that late is ended at once: its caller
+        // was told it failed.
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(earlier) = unanswered.front().cloned() {
             match control::recv::<Reply>(fd.as_fd(), buf) {
-                Ok(Received::Packet(..)) => {
-                    self.unanswered.fetch_sub(1, Ordering::Relaxed);
+                Ok(Received::Packet(r, _)) => {
+                    unanswered.pop_front();
+                    if let (Request::Subscribe { subsystem, .. }, Reply::Subscribed { queue, .. }) = (&earlier, &r) {
+                        let undo = Request::Unsubscribe { subsystem: subsystem.clone(), queue: Some(*queue) };
+                        control::send(fd.as_fd(), &undo, None).map_err(gone)?;
+                        unanswered.push_back(undo);
+                    }
                 }
                 Ok(Received::Closed) => return Err(RequestError::BusGone),
-                Err(e) if is_timeout(&e) => return Err(late(e)),
+                Err(e) if is_timeout(&e) => return Err(late(e, "an earlier request")),
+                // Read, but not an answer we can parse: it was that one.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    unanswered.pop_front();
+                }
                 Err(e) => return Err(gone(e)),
             }
         }
         control::send(fd.as_fd(), req, None).map_err(gone)?;
         let answer = match control::recv::<Reply>(fd.as_fd(), buf) {
             Err(e) if is_timeout(&e) => {
-                self.unanswered.fetch_add(1, Ordering::Relaxed);
-                return Err(late(e));
+                unanswered.push_back(req.clone());
+                return Err(late(e, "this request"));
             }
             other => other.map_err(gone)?,
         };
+        drop(unanswered);
         match answer {
             Received::Packet(r, _) => {
                 if let (Request::Subscribe { subsystem, .. }, Reply::Subscribed { queue, .. }) = (req, &r) {
@@ -304,7 +317,7 @@ impl Link {
         self.control_raw.store(fd.as_raw_fd(), Ordering::Relaxed);
         guard.0 = fd;
         // A new connection owes us nothing.
-        self.unanswered.store(0, Ordering::Relaxed);
+        self.unanswered.lock().unwrap_or_else(|p| p.into_inner()).clear();
         drop(guard);
         self.publish_rights.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // SYNC: link-resume — Release pairs with `wait_resumed`'s Acquire.

@@ -88,6 +88,7 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     let mut report = Report::default();
     let counters = &seg.header().counters;
     let mut free_ring = FreeRing::new(seg);
+    let mut woken_dead = Vec::new();
 
     for port in 0..crate::layout::PORTS_PER_CLIENT as u32 {
         let Some(rec) = seg.port_intent(client, port) else { break };
@@ -96,10 +97,16 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
         // A port that died asleep: withdraw its announcement, so that
         // ringers stop paying a wake call for it.
         if let Some((ring, space)) = crate::doorbell::counted_on(rec.bell.swap(0, Ordering::Relaxed)) {
+            let queue = ring.checked_sub(1).filter(|_| ring != RING_FREE);
             let ring = if ring == RING_FREE { Some(seg.free_ring()) } else { seg.queue(ring - 1) };
             match ring {
                 Some(r) if space => r.header().space.withdraw_dead(),
-                Some(r) => r.header().items.withdraw_dead(),
+                Some(r) => {
+                    r.header().items.withdraw_dead();
+                    // It may have been woken and died before taking the
+                    // wake-up (see the end of this function).
+                    woken_dead.push(queue);
+                }
                 None => report.corrupt_words += 1,
             }
         }
@@ -224,16 +231,18 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
     }
     seg.free_ring().notify_items();
     // A dead client may have left a queue's bell with `pending` set (woken,
-    // and killed before it took the wake-up, so later ringers skip the
-    // wake call), or an item pushed without the ring that follows (killed
-    // between the two). A blocked thread re-checks each liveness slice; an
-    // asynchronous waiter parks without a timer and would wait for the next
-    // message. So every sleeper of every queue is woken once: each re-checks
-    // and sleeps again (taking the wake-up clears `pending`).
+    // and killed before it took the wake-up: its record still says
+    // counted, so its queue is in `woken_dead`), or an item pushed without
+    // the ring that follows (killed between the two: the queue is not
+    // empty). A blocked thread re-checks each liveness slice; an
+    // asynchronous waiter parks without a timer and would wait for the
+    // next message. So the sleepers of those queues are woken once: each
+    // re-checks and sleeps again (taking the wake-up clears `pending`).
     for q in 0..seg.params().max_subsystems {
         if let Some(ring) = seg.queue(q) {
-            if ring.header().items.has_waiters() {
-                ring.header().items.ring_all();
+            let bell = &ring.header().items;
+            if bell.has_waiters() && (woken_dead.contains(&Some(q)) || !ring.is_empty()) {
+                bell.ring_all();
             }
         }
     }

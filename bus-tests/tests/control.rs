@@ -85,7 +85,7 @@ fn an_answer_that_came_too_late_is_skipped_not_taken_by_the_next_request() {
     let late = c.subscribe("late");
     bus.daemon.signal(Signal::SIGCONT);
     let e = late.expect_err("no answer while the daemon was stopped");
-    assert!(e.to_string().contains("did not answer in time"), "{e}");
+    assert!(e.to_string().contains("did not answer this request in time"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5), "the timeout took {:?}", started.elapsed());
     // Running again, the daemon sends that answer now. The next request
     // must get its own: a subscription to `fresh` that receives `fresh`.
@@ -96,4 +96,16 @@ fn an_answer_that_came_too_late_is_skipped_not_taken_by_the_next_request() {
     let m = fresh.recv_timeout(Duration::from_secs(5)).expect("the message sent to fresh");
     assert_eq!(m.path(), "fresh://x");
     assert_eq!(m.body_bytes().unwrap(), b"for fresh");
+    drop(m);
+    // The subscription the daemon granted late was ended: its caller was
+    // told it failed, so nothing may hold `late`'s queue.
+    let _ = c.status(); // one more request: the undo's answer is read
+    let status = bus.status();
+    let late_subscribers = status["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "late")
+        .map_or(0, |s| s["subscribers"].as_u64().unwrap());
+    assert_eq!(late_subscribers, 0, "{status}");
 }

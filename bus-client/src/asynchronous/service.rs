@@ -130,9 +130,11 @@ impl AsyncServeBuilder {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(RequestError::Io(std::io::Error::other(RecvError::NoRuntime)));
         };
-        // Where the receiving task could never wait, say so now rather
-        // than have it end at its first wait.
-        super::waiter::async_supported().map_err(|e| RequestError::Io(std::io::Error::other(e)))?;
+        // Where the receiving task could never wait (no io_uring, or a
+        // runtime without IO), say so now rather than have it end at its
+        // first wait.
+        super::waiter::FutexWaiter::new(self.bus.inner.link.gone_event())
+            .map_err(|e| RequestError::Io(std::io::Error::other(e)))?;
         let mut sub = self.bus.subscription(self.router.subsystem());
         if let Some(g) = &self.group {
             sub = sub.group(g);
@@ -182,8 +184,10 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
         let msg = match sub.recv().await {
             Ok(m) => m,
             Err(RecvError::Corrupt(_)) => continue,
-            // The handlers in flight hold this client's quota: they end soon.
-            Err(RecvError::QuotaExceeded { .. }) => {
+            // The handlers in flight hold this client's quota: they end
+            // soon. A wait the kernel refused now (out of memory, say) is
+            // tried again.
+            Err(RecvError::QuotaExceeded { .. }) | Err(RecvError::AsyncWait { .. }) => {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }

@@ -365,9 +365,18 @@ impl Park {
     /// as a blocking sleep ends (`woken`, retire). A waiter that failed is
     /// closed (closing its ring ends whatever it still had queued).
     pub(crate) fn reap(&mut self, sub: &crate::Subscriber) -> Result<(), RecvError> {
+        // In a forked child the ring's memory is the parent's: reaping
+        // there would take the parent's completions.
+        if sub.bus().inner.forked() {
+            std::mem::forget(self.0.take());
+            return Err(RecvError::Forked);
+        }
         let Some(waiter) = self.0.as_mut().filter(|w| w.armed()) else { return Ok(()) };
         let reaped = waiter.reap();
-        if reaped.as_ref().map_or(true, |r| r.wait_done) {
+        // Over only if its completion was taken (an error may come from
+        // something else with the wait still in flight: then `close`
+        // below withdraws it, and retires once).
+        if !waiter.armed() {
             let sleeper = sub.sleeper();
             sleeper.bell().woken();
             sleeper.retire();
