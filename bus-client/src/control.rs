@@ -8,7 +8,7 @@ use nix::sys::socket::{
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// Connects to the daemon's socket at `path`.
@@ -76,6 +76,12 @@ fn recv_flags<T: DeserializeOwned>(
         // wait's completion, which the kernel delivers to this thread), ends
         // the call with EINTR. Giving up there would leave the answer
         // unread, and the next request would read it as its own: retry.
+        // But each retry would start the socket's timeout afresh, so that
+        // interruptions coming faster than it would make the call wait
+        // forever: the retries wait (in `poll`) only for what is left of
+        // the timeout counted from the first try.
+        let start = std::time::Instant::now();
+        let mut deadline = None;
         let msg = loop {
             match socket::recvmsg::<UnixAddr>(
                 sock.as_raw_fd(),
@@ -83,7 +89,15 @@ fn recv_flags<T: DeserializeOwned>(
                 Some(&mut cmsg),
                 MsgFlags::MSG_CMSG_CLOEXEC | flags,
             ) {
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EINTR) => {
+                    let d = *deadline.get_or_insert_with(|| receive_timeout(sock).map(|t| start + t));
+                    if !wait_readable(sock, d, None) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::WouldBlock,
+                            "timed out (interrupted by signals meanwhile)",
+                        ));
+                    }
+                }
                 r => break r?,
             }
         };
@@ -105,14 +119,128 @@ fn recv_flags<T: DeserializeOwned>(
     Ok(Received::Packet(value, fds.into_iter().next()))
 }
 
+/// The socket's receive timeout (`SO_RCVTIMEO`), `None` if it has none.
+fn receive_timeout(sock: BorrowedFd<'_>) -> Option<std::time::Duration> {
+    let tv = socket::getsockopt(&sock, socket::sockopt::ReceiveTimeout).ok()?;
+    let t = std::time::Duration::from_secs(tv.tv_sec().max(0) as u64)
+        + std::time::Duration::from_micros(tv.tv_usec().max(0) as u64);
+    (!t.is_zero()).then_some(t)
+}
+
+/// Waits until `sock` is readable (an answer, or the hang-up that a
+/// receive then reports); `false` once `deadline` (`None`: never) has
+/// passed first, or `stop` became readable first. Interruptions only loop.
+pub(crate) fn wait_readable(
+    sock: BorrowedFd<'_>,
+    deadline: Option<std::time::Instant>,
+    stop: Option<BorrowedFd<'_>>,
+) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                PollTimeout::from(left.as_millis().clamp(1, u16::MAX as u128) as u16)
+            }
+        };
+        let mut fds = vec![PollFd::new(sock, PollFlags::POLLIN)];
+        fds.extend(stop.map(|s| PollFd::new(s, PollFlags::POLLIN)));
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            // Let the receive itself report what is wrong.
+            Err(_) => return true,
+            Ok(_) => {}
+        }
+        if fds.get(1).is_some_and(|f| f.revents().is_some_and(|r| !r.is_empty())) {
+            return false;
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return true;
+        }
+    }
+}
+
 /// Whether the peer has closed the connection, without consuming anything
-/// and without blocking.
+/// and without blocking: a hang-up (or an error) polled for, so that an
+/// answer still queued on the socket from before does not make a closed
+/// connection look open.
 pub fn peer_closed(sock: BorrowedFd<'_>) -> bool {
-    let mut b = [0u8; 1];
-    match socket::recv(sock.as_fd().as_raw_fd(), &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => false,
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)),
+        Err(nix::errno::Errno::EINTR) => false,
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    extern "C" fn nothing(_: libc::c_int) {}
+
+    /// Signals every 20 ms at a receive with a 300 ms timeout, which no
+    /// answer ends: it must still end on its timeout, not restart it at
+    /// every interruption.
+    #[test]
+    fn a_receive_interrupted_faster_than_its_timeout_still_times_out() {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        // No SA_RESTART: each signal ends the blocked call with EINTR.
+        let act = SigAction::new(SigHandler::Handler(nothing), SaFlags::empty(), SigSet::empty());
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        unsafe { sigaction(Signal::SIGUSR2, &act) }.unwrap();
+        let (a, _b) =
+            socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let tv = nix::sys::time::TimeVal::new(0, 300_000);
+        socket::setsockopt(&a, socket::sockopt::ReceiveTimeout, &tv).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = done.clone();
+        let receiver = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            let t = Instant::now();
+            let r = recv::<serde_json::Value>(a.as_fd(), &mut Vec::new());
+            d.store(true, Ordering::Relaxed);
+            (r.map(|_| ()), t.elapsed())
+        });
+        let thread = rx.recv().unwrap();
+        let t = Instant::now();
+        while !done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(5) {
+            // SAFETY: the thread is not joined until after this loop, so its
+            // handle stays valid even once it has returned.
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(done.load(Ordering::Relaxed), "the receive never timed out: it restarted at every signal");
+        let (r, took) = receiver.join().unwrap();
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    /// A connection whose peer left, with a packet still queued on it, is
+    /// closed all the same.
+    #[test]
+    fn a_closed_peer_is_seen_past_a_queued_packet() {
+        let (a, b) =
+            socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        assert!(!peer_closed(a.as_fd()));
+        send(b.as_fd(), &serde_json::json!({"late": true}), None).unwrap();
+        assert!(!peer_closed(a.as_fd()));
+        drop(b);
+        assert!(peer_closed(a.as_fd()));
+        // The packet is still there to read.
+        assert!(matches!(recv::<serde_json::Value>(a.as_fd(), &mut Vec::new()), Ok(Received::Packet(..))));
     }
 }

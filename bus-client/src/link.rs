@@ -274,7 +274,14 @@ impl Link {
     /// Tries to resume with a daemon on the socket, once. `Ok(true)`:
     /// resumed; `Ok(false)`: nobody to resume with yet; `Err`: a daemon
     /// refused us (the bus is gone for us).
-    fn try_resume(&self) -> Result<bool, String> {
+    ///
+    /// Once the hello is sent, the answer is waited for until `deadline`
+    /// (the end of the grace), not just the control timeout: a daemon that
+    /// read the hello has given this connection our identity, and hanging
+    /// up on it would read as our death, so that a slow (stopped,
+    /// overloaded) daemon would reclaim a live client, freeing the slots it
+    /// still uses. Only `stop` (the bus dropped) ends the wait earlier.
+    fn try_resume(&self, deadline: Instant, stop: BorrowedFd<'_>) -> Result<bool, String> {
         let fd = match control::connect(&self.socket) {
             Ok(fd) => fd,
             Err(_) => return Ok(false),
@@ -300,6 +307,9 @@ impl Link {
             }),
         };
         if control::send(fd.as_fd(), &hello, Some(self.seg_fd.as_fd())).is_err() {
+            return Ok(false);
+        }
+        if !control::wait_readable(fd.as_fd(), Some(deadline), Some(stop)) {
             return Ok(false);
         }
         let mut buf = Vec::new();
@@ -370,7 +380,7 @@ impl Link {
     fn resume_within_grace(&self, stop: &OwnedFd) -> bool {
         let deadline = Instant::now() + self.grace;
         while Instant::now() < deadline {
-            match self.try_resume() {
+            match self.try_resume(deadline, stop.as_fd()) {
                 Ok(true) => return true,
                 Ok(false) => {}
                 // Refused (another bus instance, or our entry was

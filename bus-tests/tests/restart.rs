@@ -311,3 +311,75 @@ fn systemds_fd_store_hands_the_segment_to_the_next_daemon() {
     assert!(eventually(Duration::from_secs(5), || bus.status().is_ok_and(|s| s.clients == 1)).is_some());
     drop((sub, p, bus));
 }
+
+/// A daemon that reads a resumption's hello but answers it late (stopped,
+/// overloaded) must not see the client hang up meanwhile: it has given
+/// that connection the client's identity, and a hang-up would read as the
+/// client's death, so that a live client would be reclaimed and the slots
+/// it still uses freed under it. The client waits for the answer until its
+/// grace ends, however short its control timeout. Here the "daemon" that
+/// takes the hello is the test itself, which answers nothing for three
+/// control timeouts, then goes away; the real next daemon then takes the
+/// client back, which carries on with what was queued.
+#[test]
+fn a_client_waits_for_the_answer_to_its_resumption_past_its_control_timeout() {
+    use bus_client::control::{self, Received};
+    use bus_client::protocol::Request;
+    use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsFd;
+
+    let dir = TempDir::new("restart-slow");
+    let socket_path = dir.0.join("bus.sock");
+    let flags = grace_flags("20s");
+    let first = daemon(&socket_path, &args(&flags));
+    let bus =
+        bus_client::Bus::builder().socket(&socket_path).connect_timeout(Duration::from_secs(1)).connect().unwrap();
+    let sub = bus.subscribe("w").unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    p.send_bytes("w://x", b"queued").unwrap();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+
+    // The slow "daemon": a listener on the socket, which takes the hello.
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    socket::bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path).unwrap()).unwrap();
+    socket::listen(&listener, socket::Backlog::new(16).unwrap()).unwrap();
+    let accept = |within: Duration| -> Option<OwnedFd> {
+        let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = within.as_millis() as u16;
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).ok()? == 0 {
+            return None;
+        }
+        let raw = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok()?;
+        // SAFETY: accept4 returned a new descriptor that we now own.
+        Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+    };
+    let conn = accept(Duration::from_secs(10)).expect("the client comes back to resume");
+    let mut buf = Vec::new();
+    match control::recv::<Request>(conn.as_fd(), &mut buf).expect("its hello") {
+        Received::Packet(Request::Hello { resume: Some(r), .. }, Some(_segment)) => {
+            assert_eq!(r.subscriptions.len(), 1, "{:?}", r.subscriptions)
+        }
+        _ => panic!("expected a resumption's hello with the segment"),
+    }
+    // Three of its control timeouts: it must still be waiting on this
+    // connection, not hung up, and not trying another.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut byte = [0u8; 1];
+    match socket::recv(conn.as_raw_fd(), &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Err(nix::errno::Errno::EAGAIN) => {}
+        other => panic!("the client hung up on a daemon that had its hello, or sent more: {other:?}"),
+    }
+    assert!(accept(Duration::ZERO).is_none(), "the client gave up on the first daemon and tried again");
+
+    // This "daemon" goes away; the real next one takes the client back.
+    drop(conn);
+    drop(listener);
+    let _ = std::fs::remove_file(&socket_path);
+    let second = daemon(&socket_path, &args(&flags));
+    assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap().body_bytes().unwrap(), b"queued");
+    p.send_bytes("w://x", b"after").unwrap();
+    assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"after");
+    assert_eq!(bus.status().unwrap().daemon_pid, second.pid() as u32);
+}
