@@ -189,9 +189,7 @@ impl Subscriber {
 
     /// The next message if one is queued. Makes no system call.
     pub fn try_recv(&self) -> Result<Option<Message<'_>>, RecvError> {
-        self.bus.inner.usable()?;
-        self.may_take()?;
-        match self.port().dequeue(&self.group) {
+        match self.try_take()? {
             Some(i) => self.wrap(i).map(Some),
             None => Ok(None),
         }
@@ -258,8 +256,9 @@ impl Subscriber {
     }
 
     /// One attempt to take a message without waiting: its slot, still to
-    /// be wrapped (what the asynchronous receive polls with).
-    #[cfg(feature = "tokio")]
+    /// be wrapped ([`Subscriber::try_recv`], and what the asynchronous
+    /// receive polls with).
+    #[inline]
     pub(crate) fn try_take(&self) -> Result<Option<SlotIndex>, RecvError> {
         self.bus.inner.usable()?;
         self.may_take()?;
