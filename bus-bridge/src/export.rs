@@ -2,11 +2,14 @@
 //! A Zenoh subscriber hands each message to the local bus from Zenoh's own
 //! receive thread (one copy, into the slot); a queryable hands requests to
 //! a pool of workers, which make the local request and send the reply back.
+//! Each key seen is declared once (see [`declare_keys`]), so that Zenoh
+//! routes its samples from a cached route.
 
 use crate::counters::{bump, worth_logging, Counters};
 use crate::wire::{self, Meta};
 use crate::{BridgeError, Shared};
 use bus_client::{Bus, Publisher};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,44 @@ use std::time::Duration;
 use zenoh::query::Query;
 use zenoh::sample::Locality;
 use zenoh::Wait;
+
+/// Keys whose paths an exported subsystem keeps (and whose key
+/// expressions it declares), at most.
+const MAX_KEYS: usize = 256;
+
+/// What the subscriber of one exported subsystem delivers with.
+struct Delivery {
+    publisher: Publisher,
+    /// Key → bus path, for the keys seen.
+    paths: HashMap<String, String>,
+    /// Keys first seen, to [`declare_keys`].
+    declare: std::sync::mpsc::Sender<String>,
+}
+
+/// Declares each key expression it is sent (once), and keeps the
+/// declarations until the bridge stops. Zenoh keeps a cached route only
+/// for a key it has a resource for, and the subscription is a wildcard:
+/// without a declaration, every sample of a key is matched against every
+/// subscription again.
+fn declare_keys(shared: &Shared, keys: std::sync::mpsc::Receiver<String>) {
+    let mut declared: HashMap<String, zenoh::key_expr::KeyExpr<'static>> = HashMap::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let key = match keys.recv_timeout(Duration::from_millis(200)) {
+            Ok(k) => k,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if declared.contains_key(&key) || declared.len() >= MAX_KEYS {
+            continue;
+        }
+        match shared.session.declare_keyexpr(key.clone()).wait() {
+            Ok(k) => {
+                declared.insert(key, k);
+            }
+            Err(e) => tracing::debug!("declaring {key}: {e}"),
+        }
+    }
+}
 
 /// Requests waiting for a worker, per worker.
 const BACKLOG_PER_WORKER: usize = 16;
@@ -45,9 +86,20 @@ pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Export, BridgeError> {
     if cfg.export.is_empty() {
         return Ok(export);
     }
+    let (declare, keys_seen) = std::sync::mpsc::channel::<String>();
+    let s = shared.clone();
+    let declarer = std::thread::Builder::new()
+        .name("export-keys".into())
+        .spawn(move || declare_keys(&s, keys_seen))
+        .map_err(|e| BridgeError::Io(format!("starting the key declarer: {e}")))?;
+    export.workers.push(declarer);
     for subsystem in &cfg.export {
         let keys = wire::subsystem_keys(&cfg.prefix, subsystem);
-        let publisher = Mutex::new(bus.publisher().create()?);
+        let publisher = Mutex::new(Delivery {
+            publisher: bus.publisher().create()?,
+            paths: HashMap::new(),
+            declare: declare.clone(),
+        });
         let s = shared.clone();
         let sub = shared
             .session
@@ -84,17 +136,31 @@ pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Export, BridgeError> {
 /// if the bus does not take it within `local-timeout` (so that Zenoh's
 /// receive path never stalls long enough for the far side to close the
 /// link: see `Config::local_timeout`).
-fn deliver(shared: &Shared, publisher: &Mutex<Publisher>, sample: zenoh::sample::Sample) {
+fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::Sample) {
     let c: &Counters = &shared.counters;
-    let Some(path) = wire::path_of(&shared.config.prefix, sample.key_expr().as_str()) else {
-        bump(&c.unbridgeable);
-        return;
+    let mut d = delivery.lock().unwrap_or_else(|p| p.into_inner());
+    let Delivery { publisher: p, paths, declare } = &mut *d;
+    let key = sample.key_expr().as_str();
+    let path = match paths.get(key) {
+        Some(path) => path.as_str(),
+        None => {
+            let Some(path) = wire::path_of(&shared.config.prefix, key) else {
+                bump(&c.unbridgeable);
+                return;
+            };
+            if paths.len() >= MAX_KEYS {
+                paths.clear();
+            }
+            // Declared out of this callback: Zenoh calls it with its
+            // routing tables locked.
+            let _ = declare.send(key.to_owned());
+            paths.entry(key.to_owned()).or_insert(path).as_str()
+        }
     };
     let meta = wire::decode(sample.attachment().map(|a| a.to_bytes()).as_deref());
     let body = sample.payload().to_bytes();
-    let mut p = publisher.lock().unwrap_or_else(|p| p.into_inner());
     let sent = p
-        .loan(&path)
+        .loan(path)
         .and_then(|l| l.write_bytes(&body))
         .and_then(|l| l.envelope(&meta.envelope).send().map_err(|f| f.error));
     match sent {
