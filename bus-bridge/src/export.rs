@@ -151,8 +151,8 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
             if paths.len() >= MAX_KEYS {
                 paths.clear();
             }
-            // Declared out of this callback: Zenoh calls it with its
-            // routing tables locked.
+            // Declared by another thread: a declaration may block, and
+            // this is Zenoh's receive thread.
             let _ = declare.send(key.to_owned());
             paths.entry(key.to_owned()).or_insert(path).as_str()
         }
