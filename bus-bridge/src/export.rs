@@ -141,6 +141,7 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
     let mut d = delivery.lock().unwrap_or_else(|p| p.into_inner());
     let Delivery { publisher: p, paths, declare } = &mut *d;
     let key = sample.key_expr().as_str();
+    let uncached;
     let path = match paths.get(key) {
         Some(path) => path.as_str(),
         None => {
@@ -148,13 +149,17 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
                 bump(&c.unbridgeable);
                 return;
             };
-            if paths.len() >= MAX_KEYS {
-                paths.clear();
+            if paths.len() < MAX_KEYS {
+                // Declared by another thread: a declaration may block, and
+                // this is Zenoh's receive thread.
+                let _ = declare.send(key.to_owned());
+                paths.entry(key.to_owned()).or_insert(path).as_str()
+            } else {
+                // Past the cap, neither cached nor declared (so that keys in
+                // rotation cost no more than before).
+                uncached = path;
+                uncached.as_str()
             }
-            // Declared by another thread: a declaration may block, and
-            // this is Zenoh's receive thread.
-            let _ = declare.send(key.to_owned());
-            paths.entry(key.to_owned()).or_insert(path).as_str()
         }
     };
     let meta = wire::decode(sample.attachment().map(|a| a.to_bytes()).as_deref());
