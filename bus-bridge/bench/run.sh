@@ -27,7 +27,8 @@ start "$dir/ba" "$bin/shmbus-bridge" --socket "$dir/a.sock" --no-scouting --list
   --export bench ping rpc --import pong --stats-interval 0s
 start "$dir/bb" "$bin/shmbus-bridge" --socket "$dir/b.sock" --no-scouting --connect "tcp/127.0.0.1:$bp" \
   --import bench ping rpc --export pong --stats-interval 0s
-wait_for "$dir/bb" "linked rpc"; wait_for "$dir/ba" "linked pong"
+for s in bench ping rpc; do wait_for "$dir/bb" "^shmbus-bridge: linked $s$"; done
+wait_for "$dir/ba" "^shmbus-bridge: linked pong$"
 start "$dir/ze" "$bin/bridge-bench" zenoh-echo "tcp/127.0.0.1:$ep"; wait_for "$dir/ze" ready
 start "$dir/be" "$bin/bridge-bench" bus-echo "$dir/a.sock"; wait_for "$dir/be" ready
 

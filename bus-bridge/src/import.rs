@@ -73,8 +73,9 @@ struct LinkState {
 struct Known {
     subscribers: Option<bool>,
     queryables: Option<bool>,
-    /// Linked (both up) or unlinked (both down).
-    shown: Option<bool>,
+    /// What was last reported: linked (both up), or unlinked (both down,
+    /// as at start, where nothing is reported).
+    shown: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -87,8 +88,8 @@ impl LinkState {
     /// Records what a listener said (`initial`: what was read at start,
     /// which never overrides a listener's word) and reports `linked S` once
     /// both sides of an exporter are seen, `unlinked S` once neither is
-    /// (not in between: after `unlinked` a request fails fast, and after
-    /// `linked` both work).
+    /// after a link (not in between: after `unlinked` a request fails fast,
+    /// and after `linked` both work).
     fn set(&self, side: Side, up: bool, initial: bool) {
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let (slot, flag) = match side {
@@ -105,10 +106,12 @@ impl LinkState {
             (Some(false), Some(false)) => false,
             _ => return,
         };
-        if k.shown == Some(now) {
+        // Unlinked at start is no change to report: `unlinked S` says a
+        // link was lost, and only one that was up can be.
+        if k.shown == now {
             return;
         }
-        k.shown = Some(now);
+        k.shown = now;
         let name = &self.subsystem;
         if now {
             crate::event(&format!("linked {name}"));
@@ -210,9 +213,11 @@ struct Waiting<'m> {
 struct Importer {
     shared: Arc<Shared>,
     subsystem: String,
+    /// Before the publisher and querier it listens to: fields drop in
+    /// order, and a listener undeclared after its publisher logs an error.
+    link: Link,
     publishers: HashMap<String, zenoh::pubsub::Publisher<'static>>,
     _querier: zenoh::query::Querier<'static>,
-    link: Link,
     replier: Arc<Mutex<Publisher>>,
 }
 

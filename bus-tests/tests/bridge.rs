@@ -284,3 +284,29 @@ fn dropped_messages_are_counted() {
     assert!(out.contains(" dropped_no_link=40 ") && out.contains(" unreachable=1 "), "{out}");
     assert_slots_back(&h.b);
 }
+
+/// A bridge started before the host that exports its subsystems prints
+/// nothing about them until the link comes up (`unlinked S` is for a link
+/// lost, and a script that waits for "linked S" in the output must not
+/// find it inside "unlinked S"); what is sent right after `linked S`
+/// arrives, and a clean stop logs no error.
+#[test]
+fn a_bridge_started_first_announces_only_the_link_coming_up() {
+    let h = Hosts::new("bridge-first");
+    let mut bb = h.bridge_b(&[], &[]);
+    let mut sensors = peer(&h.a, &["sub", "subsystem=sensors", "count=200", "timeout_ms=30000"]);
+    sensors.wait_line("subscribed", Duration::from_secs(10));
+    let ba = h.bridge_a(&[]);
+    bb.wait_line("shmbus-bridge: linked sensors", Duration::from_secs(20));
+    run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=200"]);
+    let (st, out, err) = sensors.wait(Duration::from_secs(30));
+    assert!(st.success(), "A's subscriber: {err}");
+    assert_eq!(summary_of(&out)["received"].as_u64(), Some(200));
+    bb.signal(Signal::SIGTERM);
+    let (st, out, err) = bb.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    assert!(!out.contains("unlinked"), "B's bridge reported a link lost that it never had:\n{out}");
+    assert!(out.contains(" sent=200 ") && out.contains(" dropped_no_link=0 "), "{out}");
+    assert!(!err.contains("ERROR"), "B's bridge logged errors on a clean stop:\n{err}");
+    drop(ba);
+}
