@@ -183,7 +183,7 @@ fn control_socket_only(
     use bus_client::protocol::{Reply, Request};
     use std::os::fd::AsFd;
     let socket = bus_client::addr::find_socket(b.socket.as_deref(), b.bus.as_deref());
-    let fd = control::connect(&socket)?;
+    let fd = control::connect(&socket, std::time::Instant::now() + Duration::from_secs(5))?;
     let tv = nix::sys::time::TimeVal::new(5, 0);
     nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
     let mut buf = Vec::new();

@@ -11,11 +11,31 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-/// Connects to the daemon's socket at `path`.
-pub fn connect(path: &Path) -> nix::Result<OwnedFd> {
-    let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
-    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    Ok(fd)
+/// How often a connection to a full listen queue is tried again.
+const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Connects to the daemon's socket at `path`, trying until `deadline` while
+/// its listen queue is full (a daemon stopped or too busy to accept): then
+/// `EAGAIN`. A deadline already past makes one try. A blocking `connect`
+/// would wait for room in that queue with no limit.
+pub fn connect(path: &Path, deadline: std::time::Instant) -> nix::Result<OwnedFd> {
+    let addr = UnixAddr::new(path)?;
+    loop {
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, flags, None)?;
+        // A Unix socket connects at once or fails: never `EINPROGRESS`.
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {
+                nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))?;
+                return Ok(fd);
+            }
+            Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(CONNECT_RETRY.min(deadline.saturating_duration_since(std::time::Instant::now())));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Sends one packet holding `msg` as JSON, with `fd` attached if given.

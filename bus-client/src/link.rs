@@ -282,7 +282,8 @@ impl Link {
     /// overloaded) daemon would reclaim a live client, freeing the slots it
     /// still uses. Only `stop` (the bus dropped) ends the wait earlier.
     fn try_resume(&self, deadline: Instant, stop: BorrowedFd<'_>) -> Result<bool, String> {
-        let fd = match control::connect(&self.socket) {
+        // One try: a full listen queue is tried again with the rest.
+        let fd = match control::connect(&self.socket, Instant::now()) {
             Ok(fd) => fd,
             Err(_) => return Ok(false),
         };

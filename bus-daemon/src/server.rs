@@ -1226,8 +1226,11 @@ fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
         check_runtime_dir(dir)?;
     }
     if path.exists() {
-        match control::connect(path) {
-            Ok(_) => return Err(DaemonError::AlreadyRunning { socket: path.to_owned() }),
+        // A full listen queue (EAGAIN) is a live daemon too, or a stopped one.
+        match control::connect(path, std::time::Instant::now() + std::time::Duration::from_secs(1)) {
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => {
+                return Err(DaemonError::AlreadyRunning { socket: path.to_owned() })
+            }
             Err(nix::errno::Errno::ECONNREFUSED) => {
                 tracing::warn!(socket = %path.display(), "removing a stale socket left by a daemon that died");
                 std::fs::remove_file(path)

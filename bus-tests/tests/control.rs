@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 fn garbage_and_floods_on_the_control_socket_hang_nothing() {
     let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
     // Stray bytes: the daemon drops that connection and serves the others.
-    let fd = control::connect(bus.socket()).unwrap();
+    let fd = control::connect(bus.socket(), std::time::Instant::now() + Duration::from_secs(5)).unwrap();
     nix::sys::socket::send(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         b"\x00\xffnot json at all",
@@ -32,7 +32,9 @@ fn garbage_and_floods_on_the_control_socket_hang_nothing() {
         .map(|i| {
             let (socket, stop) = (bus.socket().to_owned(), stop.clone());
             std::thread::spawn(move || {
-                let Ok(fd) = control::connect(&socket) else { return };
+                let Ok(fd) = control::connect(&socket, std::time::Instant::now() + Duration::from_secs(5)) else {
+                    return;
+                };
                 let _ = control::send(
                     fd.as_fd(),
                     &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None },

@@ -383,3 +383,60 @@ fn a_client_waits_for_the_answer_to_its_resumption_past_its_control_timeout() {
     assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"after");
     assert_eq!(bus.status().unwrap().daemon_pid, second.pid() as u32);
 }
+
+/// A socket whose listener accepts nothing (a daemon stopped, or wedged,
+/// with its listen queue full) costs a client at most its timeouts: a
+/// resuming client gives up when its grace ends, its bus can be dropped,
+/// and a new connection fails with `Timeout` in its connect timeout,
+/// instead of blocking in `connect` until the queue has room.
+#[test]
+fn a_listener_that_accepts_nothing_costs_a_client_only_its_timeouts() {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+    let dir = TempDir::new("restart-full");
+    let socket_path = dir.0.join("bus.sock");
+    let first = daemon(&socket_path, &args(&grace_flags("2s")));
+    let bus =
+        bus_client::Bus::builder().socket(&socket_path).connect_timeout(Duration::from_secs(1)).connect().unwrap();
+    let _sub = bus.subscribe("w").unwrap();
+
+    // The next "daemon" listens and never accepts; its queue is filled.
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    socket::bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path).unwrap()).unwrap();
+    socket::listen(&listener, socket::Backlog::new(1).unwrap()).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+        let s = socket::socket(AddressFamily::Unix, SockType::SeqPacket, flags, None).unwrap();
+        match socket::connect(s.as_raw_fd(), &UnixAddr::new(&socket_path).unwrap()) {
+            Ok(()) => queued.push(s),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("filling the listen queue: {e}"),
+        }
+        assert!(queued.len() < 64, "the listen queue never filled");
+    }
+
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let gone = eventually(Duration::from_secs(15), || !bus.is_alive());
+    assert!(gone.is_some(), "the client was still waiting on a daemon that accepts nothing, past its 2 s grace");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(bus);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("dropping the bus blocked");
+
+    let started = Instant::now();
+    let err = bus_client::Bus::builder()
+        .socket(&socket_path)
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .map(drop)
+        .expect_err("connected to a listener that accepts nothing");
+    assert!(matches!(err, bus_client::ConnectError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "connecting took {:?}", started.elapsed());
+    drop(queued);
+}

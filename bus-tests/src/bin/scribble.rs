@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 
     // Connect as a client does: hello, then the welcome carries the memfd.
     let socket = bus_client::addr::socket_path(None, None);
-    let conn = match control::connect(&socket) {
+    let conn = match control::connect(&socket, std::time::Instant::now() + Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("scribble: connecting to {}: {e}", socket.display());
