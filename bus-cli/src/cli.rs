@@ -315,7 +315,11 @@ fn bench(
         Ok(bus) => (bus, None),
         Err(e) if explicit => return Err(e),
         Err(_) => {
-            let largest = o.sizes.iter().copied().max().unwrap_or(64);
+            // The request measurements send 64-byte bodies whatever
+            // `--sizes` says: slots sized for 4 KiB would put each
+            // message's header and path lines a page apart (and the
+            // one-way latency they are compared with uses 64-byte slots).
+            let largest = if requests { 64 } else { o.sizes.iter().copied().max().unwrap_or(64) };
             let slot_size = ((64 + 64 + largest).div_ceil(64) * 64) as u32;
             let socket = bus_client::addr::runtime_dir().join(format!("bench-{}.sock", std::process::id()));
             let cfg = bus_daemon::config::FileConfig {

@@ -532,13 +532,15 @@ impl Inner {
         *used &= !(1 << port);
     }
 
-    /// Blocks until `attempt` yields a value, `timeout` passes (`Ok(None)`)
-    /// or the daemon is gone (`Err(())`). Spins first, then sleeps on `bell`
-    /// in slices of at most [`LIVENESS_SLICE`].
+    /// Blocks until `attempt` yields a value, the deadline passes
+    /// (`Ok(None)`) or the daemon is gone (`Err(())`). Spins first, then
+    /// sleeps on `bell` in slices of at most [`LIVENESS_SLICE`]. The
+    /// deadline (`None`: none) is asked for only once spinning found
+    /// nothing.
     pub(crate) fn wait_on<T>(
         &self,
         bell: &Sleeper<'_>,
-        timeout: Option<Duration>,
+        deadline: impl FnOnce() -> Option<Instant>,
         spins: u32,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Result<Option<T>, Unusable> {
@@ -551,7 +553,7 @@ impl Inner {
             }
             std::hint::spin_loop();
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = deadline();
         loop {
             self.alive()?;
             let slice = match deadline {

@@ -213,7 +213,7 @@ impl<'a, 'p> Context<'a, 'p> {
         // A requester that died has no subscription on its reply queue
         // any more: drop the reply instead of leaving it there.
         let sender_serial = self.msg.id() >> 40;
-        if !reply_queue_open(&self.publisher.bus().inner.seg, queue, sender_serial) {
+        if !self.publisher.reply_queue_open(queue, sender_serial) {
             return Ok(());
         }
         let (corr, trace, path) = (self.msg.correlation_id(), self.msg.trace_id(), self.msg.path());

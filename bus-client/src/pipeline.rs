@@ -232,7 +232,7 @@ impl Pipeline {
             }
             // Replies already queued count as in time, however late the
             // caller comes for them: take them before judging deadlines.
-            if self.take_replies(Duration::ZERO).is_ok() && !self.arrived.is_empty() {
+            if self.take_replies(None).is_ok() && !self.arrived.is_empty() {
                 continue;
             }
             let now = Instant::now();
@@ -240,7 +240,7 @@ impl Pipeline {
                 return Some((pending, Err(e)));
             }
             let first = self.earliest_deadline().unwrap_or(now);
-            if let Err(gone) = self.take_replies(first.saturating_duration_since(now)) {
+            if let Err(gone) = self.take_replies((first > now).then_some(first)) {
                 let index = self.slab.iter().position(|e| matches!(e.state, State::Waiting { .. }))?;
                 let pending = self.free_entry(index);
                 return Some((pending, Err(gone)));
@@ -256,6 +256,9 @@ impl Pipeline {
             Some(e) if pending.queue == self.queue && e.gen == pending.gen() && !matches!(e.state, State::Free) => {}
             _ => return Err(ReplyError::NotInFlight),
         }
+        // The clock is read only after a wait came back empty: a reply
+        // that comes while the receive still polls costs no clock call.
+        let mut waited = false;
         loop {
             match self.slab[index].state {
                 State::Arrived(_) => {
@@ -265,10 +268,9 @@ impl Pipeline {
                     return self.complete(index).1;
                 }
                 State::Waiting { deadline, timeout } => {
-                    let now = Instant::now();
-                    if now >= deadline {
+                    if std::mem::replace(&mut waited, true) && Instant::now() >= deadline {
                         // Queued in time, taken late: still in time.
-                        if let Err(gone) = self.take_replies(Duration::ZERO) {
+                        if let Err(gone) = self.take_replies(None) {
                             self.free_entry(index);
                             return Err(gone);
                         }
@@ -278,7 +280,7 @@ impl Pipeline {
                         self.free_entry(index);
                         return Err(ReplyError::Timeout(timeout));
                     }
-                    if let Err(gone) = self.take_replies(deadline - now) {
+                    if let Err(gone) = self.take_replies(Some(deadline)) {
                         self.free_entry(index);
                         return Err(gone);
                     }
@@ -288,18 +290,18 @@ impl Pipeline {
         }
     }
 
-    /// Receives what replies are queued, waiting up to `within` (at most
-    /// [`EXPIRY_CHECK`]; zero: not at all) for the first. Each goes to its
-    /// entry; one for no entry in flight (late, or forged) is released.
-    fn take_replies(&mut self, within: Duration) -> Result<(), ReplyError> {
+    /// Receives what replies are queued, waiting for the first until
+    /// `until` (at most [`EXPIRY_CHECK`] from when its polling found
+    /// nothing; `None`: not at all). Each goes to its entry; one for no
+    /// entry in flight (late, or forged) is released.
+    fn take_replies(&mut self, until: Option<Instant>) -> Result<(), ReplyError> {
         if self.bus.inner.forked() {
             return Err(ReplyError::Send(SendError::Forked));
         }
         let got = loop {
-            let got = if within.is_zero() {
-                self.replies.try_recv().and_then(|m| m.ok_or(RecvError::Timeout(Duration::ZERO)))
-            } else {
-                self.replies.recv_timeout(within.min(EXPIRY_CHECK))
+            let got = match until {
+                None => self.replies.try_recv().and_then(|m| m.ok_or(RecvError::Timeout(Duration::ZERO))),
+                Some(d) => self.replies.recv_by(|| Some(d.min(Instant::now() + EXPIRY_CHECK))),
             };
             // A corrupt message was released: the replies behind it count.
             if !matches!(got, Err(RecvError::Corrupt(_))) {

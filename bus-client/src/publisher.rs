@@ -112,6 +112,7 @@ impl PublisherBuilder {
                 subsystem_len: 0,
                 version: u64::MAX,
             },
+            open_reply: None,
         })
     }
 }
@@ -150,6 +151,9 @@ pub struct Publisher {
     /// full chunk), reported by the next `flush_deferred`.
     deferred_dropped: usize,
     last: LastPath,
+    /// The last reply queue found open, `(routes version, queue, serial)`:
+    /// replying to it again costs one load while the table is unchanged.
+    open_reply: Option<(u64, u32, u64)>,
 }
 
 /// The last path sent and its resolution, valid while the routing table's
@@ -426,7 +430,7 @@ impl Publisher {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let port = self.port();
         let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
-        match self.bus.inner.wait_on(&bell, Some(left), 0, || (ring.len() < ring.capacity()).then_some(())) {
+        match self.bus.inner.wait_on(&bell, || Some(deadline), 0, || (ring.len() < ring.capacity()).then_some(())) {
             Ok(Some(())) if std::time::Instant::now() < deadline => Ok(()),
             Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
             Err(u) => Err(u.into()),
@@ -519,6 +523,21 @@ impl Publisher {
     /// Claims a slot for a message pushed straight to queue `queue` (a
     /// reply), without routing. `path` must come from a received message
     /// (already valid).
+    /// [`crate::handler::reply_queue_open`], remembered for the last
+    /// queue found open until the routing table changes (every write to an
+    /// entry, a requester's unsubscription too, bumps its version).
+    pub(crate) fn reply_queue_open(&mut self, queue: u32, serial: u64) -> bool {
+        let seg = &self.bus.inner.seg;
+        // Read before the entry: a change made meanwhile bumps it after.
+        let version = routing::version(seg);
+        if self.open_reply == Some((version, queue, serial)) {
+            return true;
+        }
+        let open = crate::handler::reply_queue_open(seg, queue, serial);
+        self.open_reply = open.then_some((version, queue, serial));
+        open
+    }
+
     pub(crate) fn loan_direct(&mut self, queue: u32, serial: u64, path: &str) -> Result<LoanUninit<'_>, SendError> {
         if self.bus.inner.seg.queue(queue).is_none() || path.len() > bus_core::PATH_CAPACITY {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
@@ -628,7 +647,12 @@ impl Publisher {
             Backpressure::Block(t) => {
                 let bell = port.sleeper(None, false).expect("the free ring exists");
                 let cache = &mut self.cache;
-                match self.bus.inner.wait_on(&bell, Some(t), crate::bus::DEFAULT_SPINS, || refill(cache, &port)) {
+                match self.bus.inner.wait_on(
+                    &bell,
+                    || crate::subscriber::after(Some(t)),
+                    crate::bus::DEFAULT_SPINS,
+                    || refill(cache, &port),
+                ) {
                     Ok(Some(i)) => Ok(i),
                     Ok(None) => Err(SendError::Timeout { waited: t, what: "a free slot" }),
                     Err(u) => Err(u.into()),

@@ -10,7 +10,7 @@ use bus_core::SlotIndex;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 impl Bus {
     /// Subscribes to `subsystem`'s default group: from now on, messages sent
@@ -132,6 +132,15 @@ impl SubscriptionBuilder {
     }
 }
 
+/// The deadline `timeout` from now (`None`: no deadline; one beyond what
+/// the clock can hold: a century).
+pub(crate) fn after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| {
+        let now = Instant::now();
+        now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
+    })
+}
+
 /// Receives the messages of one subsystem, as a member of one of its groups.
 /// One thread at a time (`Send`, not `Sync`); several subscribers (threads
 /// or processes) of one group share its queue.
@@ -210,10 +219,15 @@ impl Subscriber {
         self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
-        let r = self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || {
-            let n = self.take_batch(out, max);
-            (n > 0).then_some(n)
-        });
+        let r = self.bus.inner.wait_on(
+            &bell,
+            || after(timeout),
+            self.spins.get(),
+            || {
+                let n = self.take_batch(out, max);
+                (n > 0).then_some(n)
+            },
+        );
         match r {
             Ok(Some(n)) => Ok(n),
             Ok(None) => Err(RecvError::Timeout(timeout.unwrap_or_default())),
@@ -244,11 +258,18 @@ impl Subscriber {
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<Message<'_>, RecvError> {
+        self.recv_by(|| after(timeout))
+    }
+
+    /// Waits for the next message until the deadline that `deadline` gives
+    /// (asked for only if none is queued: a receiver that keeps up reads
+    /// no clock); `Timeout(0)` after it.
+    pub(crate) fn recv_by(&self, deadline: impl FnOnce() -> Option<Instant>) -> Result<Message<'_>, RecvError> {
         self.bus.inner.usable()?;
         self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
-        match self.bus.inner.wait_on(&bell, timeout, self.spins.get(), || port.dequeue(&self.group)) {
+        match self.bus.inner.wait_on(&bell, deadline, self.spins.get(), || port.dequeue(&self.group)) {
             Ok(Some(i)) => self.wrap(i),
             Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
             Err(u) => Err(u.into()),
