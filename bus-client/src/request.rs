@@ -14,7 +14,6 @@ use crate::publisher::Publisher;
 use crate::subscriber::{HeldSlot, Subscriber};
 use bus_core::layout::FLAG_ERROR;
 use bus_core::SlotIndex;
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -80,11 +79,14 @@ pub const REPLY_SPINS: u32 = 200;
 /// correlation ids).
 static REQUESTERS: AtomicU64 = AtomicU64::new(1);
 
+/// Who waits for which reply. Lists, not hash tables: they hold one entry
+/// per thread waiting on this requester, which is few, and a scan of a
+/// few words costs less than hashing.
 struct Waiting {
     /// Correlation ids whose requesters still wait.
-    pending: HashSet<u64>,
+    pending: Vec<u64>,
     /// Replies that arrived for another waiting thread.
-    arrived: HashMap<u64, SlotIndex>,
+    arrived: Vec<(u64, SlotIndex)>,
     /// Whether a thread is currently reading the reply queue.
     polling: bool,
 }
@@ -128,7 +130,7 @@ impl Bus {
             bus: self.clone(),
             publisher: Mutex::new(self.publisher().create()?),
             replies: Mutex::new(replies),
-            waiting: Mutex::new(Waiting { pending: HashSet::new(), arrived: HashMap::new(), polling: false }),
+            waiting: Mutex::new(Waiting { pending: Vec::new(), arrived: Vec::new(), polling: false }),
             arrived: Condvar::new(),
             release_port,
             queue,
@@ -184,17 +186,24 @@ impl Requester {
     ) -> Result<Response<'_>, ReplyError> {
         let corr = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
-        self.lock_waiting().pending.insert(corr);
+        self.lock_waiting().pending.push(corr);
         let sent = {
-            let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
             // The request's timeout covers the send too: waiting for a free
-            // slot or for queue space never outlasts it.
-            let left = deadline.saturating_duration_since(Instant::now());
+            // slot or for queue space never outlasts it. (The clock again
+            // only if another thread's send held the publisher.)
+            let (mut publisher, left) = match self.publisher.try_lock() {
+                Ok(p) => (p, timeout),
+                Err(std::sync::TryLockError::Poisoned(p)) => (p.into_inner(), timeout),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    let p = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+                    (p, deadline.saturating_duration_since(Instant::now()))
+                }
+            };
             publisher.set_block_timeout(left.min(self.bus.inner.send_timeout));
             send(&mut publisher, corr)
         };
         if let Err(e) = sent {
-            self.lock_waiting().pending.remove(&corr);
+            self.lock_waiting().forget(corr);
             return Err(match e {
                 SendError::BusGone => ReplyError::BusGone,
                 // The request's own time ran out while waiting to send.
@@ -211,47 +220,68 @@ impl Requester {
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
+impl Waiting {
+    /// `corr` no longer waits.
+    fn forget(&mut self, corr: u64) {
+        if let Some(i) = self.pending.iter().position(|&c| c == corr) {
+            self.pending.swap_remove(i);
+        }
+    }
+
+    /// The reply to `corr`, if another thread took it off the queue.
+    fn take_arrived(&mut self, corr: u64) -> Option<SlotIndex> {
+        let i = self.arrived.iter().position(|&(c, _)| c == corr)?;
+        Some(self.arrived.swap_remove(i).1)
+    }
+}
+
+impl Requester {
     /// Waits for the reply to `corr`. One waiting thread at a time reads the
     /// reply queue and hands other threads' replies over through `arrived`.
     fn wait_for(&self, corr: u64, deadline: Instant, timeout: Duration) -> Result<SlotIndex, ReplyError> {
         let mut w = self.lock_waiting();
+        // The clock is read only once a wait came back empty (or to sleep
+        // while another thread polls): a reply that comes while the first
+        // poll spins costs no clock call.
+        let mut waited = false;
         loop {
-            if let Some(slot) = w.arrived.remove(&corr) {
-                w.pending.remove(&corr);
+            if let Some(slot) = w.take_arrived(corr) {
+                w.forget(corr);
                 return Ok(slot);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                w.pending.remove(&corr);
+            if std::mem::replace(&mut waited, true) && Instant::now() >= deadline {
+                w.forget(corr);
                 return Err(ReplyError::Timeout(timeout));
             }
             if w.polling {
+                let left = deadline.saturating_duration_since(Instant::now());
                 w = self
                     .arrived
-                    .wait_timeout(w, (deadline - now).min(Duration::from_millis(10)))
+                    .wait_timeout(w, left.min(Duration::from_millis(10)))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
                 continue;
             }
             w.polling = true;
             drop(w);
-            let got = self.poll_reply(deadline - now);
+            let got = self.poll_reply(deadline);
             w = self.lock_waiting();
             w.polling = false;
             match got {
                 Ok(Some((slot, c))) if c == corr => {
-                    w.pending.remove(&corr);
+                    w.forget(corr);
                     self.arrived.notify_all();
                     return Ok(slot);
                 }
                 Ok(Some((slot, c))) if w.pending.contains(&c) => {
-                    w.arrived.insert(c, slot);
+                    w.arrived.push((c, slot));
                 }
                 Ok(Some((slot, _))) => self.release(slot), // a late reply: nobody waits for it
                 Ok(None) => {}
                 Err(()) => {
-                    w.pending.remove(&corr);
+                    w.forget(corr);
                     self.arrived.notify_all();
                     return Err(ReplyError::BusGone);
                 }
@@ -260,11 +290,12 @@ impl Requester {
         }
     }
 
-    /// Takes one reply from the queue (waiting up to `within`): its slot and
+    /// Takes one reply from the queue (waiting until `deadline`, at most
+    /// 100 ms from when its polling found nothing): its slot and
     /// correlation id.
-    fn poll_reply(&self, within: Duration) -> Result<Option<(SlotIndex, u64)>, ()> {
+    fn poll_reply(&self, deadline: Instant) -> Result<Option<(SlotIndex, u64)>, ()> {
         let sub = self.replies.lock().unwrap_or_else(|p| p.into_inner());
-        let got = sub.recv_timeout(within.min(Duration::from_millis(100)));
+        let got = sub.recv_by(|| Some(deadline.min(Instant::now() + Duration::from_millis(100))));
         match got {
             Ok(m) => {
                 let c = m.correlation_id();
