@@ -193,7 +193,7 @@ impl BusBuilder {
     pub fn connect(self) -> Result<Bus, ConnectError> {
         let socket = crate::addr::find_socket(self.socket.as_deref(), self.bus.as_deref());
         let timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
-        let fd = control::connect(&socket, Instant::now() + timeout).map_err(|e| match e {
+        let fd = control::connect(&socket, crate::subscriber::deadline_in(timeout)).map_err(|e| match e {
             nix::errno::Errno::EAGAIN => ConnectError::Timeout { socket: socket.clone(), waited: timeout },
             nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED => {
                 ConnectError::NoDaemon { socket: socket.clone() }

@@ -336,7 +336,7 @@ impl Publisher {
         let n = self.batch.len();
         let mut pushed = 0;
         let deadline = match self.backpressure {
-            Backpressure::Block(t) => Some(std::time::Instant::now() + t),
+            Backpressure::Block(t) => Some(crate::subscriber::deadline_in(t)),
             Backpressure::FailFast => None,
         };
         loop {
@@ -520,12 +520,10 @@ impl Publisher {
         Ok(LoanUninit { publisher: self, slot, route, path_len: path.len(), subsystem_len })
     }
 
-    /// Claims a slot for a message pushed straight to queue `queue` (a
-    /// reply), without routing. `path` must come from a received message
-    /// (already valid).
-    /// [`crate::handler::reply_queue_open`], remembered for the last
-    /// queue found open until the routing table changes (every write to an
-    /// entry, a requester's unsubscription too, bumps its version).
+    /// Whether [`crate::handler::reply_queue_open`] holds, remembered for
+    /// the last queue found open until the routing table changes (every
+    /// write to an entry, a requester's unsubscription too, bumps its
+    /// version).
     pub(crate) fn reply_queue_open(&mut self, queue: u32, serial: u64) -> bool {
         let seg = &self.bus.inner.seg;
         // Read before the entry: a change made meanwhile bumps it after.
@@ -538,6 +536,9 @@ impl Publisher {
         open
     }
 
+    /// Claims a slot for a message pushed straight to queue `queue` (a
+    /// reply), without routing. `path` must come from a received message
+    /// (already valid).
     pub(crate) fn loan_direct(&mut self, queue: u32, serial: u64, path: &str) -> Result<LoanUninit<'_>, SendError> {
         if self.bus.inner.seg.queue(queue).is_none() || path.len() > bus_core::PATH_CAPACITY {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
@@ -787,7 +788,9 @@ impl Publisher {
         let deadline = std::cell::OnceCell::new();
         let wait = |me: &Self, queue: u32| match me.backpressure {
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
-            Backpressure::Block(t) => me.wait_for_space(queue, *deadline.get_or_init(|| std::time::Instant::now() + t)),
+            Backpressure::Block(t) => {
+                me.wait_for_space(queue, *deadline.get_or_init(|| crate::subscriber::deadline_in(t)))
+            }
         };
         loop {
             match self.revalidate(slot, route, subsystem_len) {

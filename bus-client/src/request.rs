@@ -185,7 +185,7 @@ impl Requester {
         send: impl FnOnce(&mut Publisher, u64) -> Result<u64, SendError>,
     ) -> Result<Response<'_>, ReplyError> {
         let corr = self.next.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::subscriber::deadline_in(timeout);
         self.lock_waiting().pending.push(corr);
         let sent = {
             // The request's timeout covers the send too: waiting for a free
@@ -203,7 +203,14 @@ impl Requester {
             send(&mut publisher, corr)
         };
         if let Err(e) = sent {
-            self.lock_waiting().forget(corr);
+            let mut w = self.lock_waiting();
+            w.forget(corr);
+            // Sent to some groups only (`PartlyDelivered`): a reply may have
+            // come already, taken off the queue by another waiting thread.
+            if let Some(slot) = w.take_arrived(corr) {
+                self.release(slot);
+            }
+            drop(w);
             return Err(match e {
                 SendError::BusGone => ReplyError::BusGone,
                 // The request's own time ran out while waiting to send.
@@ -245,7 +252,9 @@ impl Requester {
         // The clock is read only once a wait came back empty (or to sleep
         // while another thread polls): a reply that comes while the first
         // poll spins costs no clock call.
-        let mut waited = false;
+        // (A zero timeout is out at once, as a caller asking for no wait
+        // expects.)
+        let mut waited = timeout.is_zero();
         loop {
             if let Some(slot) = w.take_arrived(corr) {
                 w.forget(corr);

@@ -132,13 +132,16 @@ impl SubscriptionBuilder {
     }
 }
 
-/// The deadline `timeout` from now (`None`: no deadline; one beyond what
-/// the clock can hold: a century).
+/// The deadline `timeout` from now (`None`: no deadline).
 pub(crate) fn after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| {
-        let now = Instant::now();
-        now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
-    })
+    timeout.map(deadline_in)
+}
+
+/// The instant `t` from now; for a `t` beyond what the clock can hold
+/// (`Duration::MAX`, say), a century from now.
+pub(crate) fn deadline_in(t: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// Receives the messages of one subsystem, as a member of one of its groups.
