@@ -310,3 +310,42 @@ fn a_bridge_started_first_announces_only_the_link_coming_up() {
     assert!(!err.contains("ERROR"), "B's bridge logged errors on a clean stop:\n{err}");
     drop(ba);
 }
+
+/// More distinct routes than the exporting bridge caches and declares
+/// (256), each sent twice: every message arrives on the far host with its
+/// own path, whether its key was cached, declared, or past the cap.
+#[test]
+fn every_route_keeps_its_path_past_the_exporters_key_cache() {
+    const ROUTES: u32 = 300;
+    let h = Hosts::new("bridge-keys");
+    let _ba = h.bridge_a(&[]);
+    let _bb = h.bridge_b(&[], &["sensors"]);
+    let a = bus_client::Bus::builder().socket(&h.a).connect().expect("a client on A");
+    let sub = a.subscribe("sensors").expect("subscribe on A");
+    // Read while B sends: A's 256 slots hold fewer than are sent.
+    let reader = std::thread::spawn(move || -> Result<std::collections::BTreeMap<u32, u32>, String> {
+        let mut seen = std::collections::BTreeMap::new();
+        for n in 0..2 * ROUTES {
+            let msg = sub.recv_timeout(Duration::from_secs(20)).map_err(|e| format!("after {n} messages: {e}"))?;
+            let body = String::from_utf8(msg.body_bytes().unwrap().to_vec()).unwrap();
+            let i = body.split(' ').nth(1).unwrap().to_owned();
+            if msg.path() != format!("sensors://key/{i}") {
+                return Err(format!("body {body:?} came with path {}", msg.path()));
+            }
+            *seen.entry(i.parse::<u32>().unwrap()).or_insert(0) += 1;
+        }
+        drop(a);
+        Ok(seen)
+    });
+    let b = bus_client::Bus::builder().socket(&h.b).connect().expect("a client on B");
+    let mut p = b.publisher().create().expect("publisher on B");
+    for round in 0..2 {
+        for i in 0..ROUTES {
+            p.send_bytes(&format!("sensors://key/{i}"), format!("{round} {i}").as_bytes()).expect("send on B");
+        }
+    }
+    // The reader's own timeouts bound this join.
+    let seen = reader.join().expect("the reader panicked").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen.len() as u32, ROUTES);
+    assert!(seen.values().all(|&k| k == 2), "{seen:?}");
+}
