@@ -1,41 +1,52 @@
 #!/usr/bin/env bash
-# Interleaves iceoryx2 and shmbus one-way latency (busy-polling receiver,
-# 8 B / 64 B / 4 KiB) round by round, and prints the p50 ratios per size.
-#   peers/latency.sh [ROUNDS]      (from the repository root, after
+# One-way latency (busy-polling receiver, 8 B / 64 B / 4 KiB), iceoryx2
+# against shmbus, alternated quickly so that each pair is measured within
+# about a second (these VMs switch between cache-line hand-off states from
+# one second to the next):
+#   peers/latency.sh [ROUNDS (20)]   (from the repository root, after
 #   cargo build --release -p bus-daemon -p bus-cli and the peers build in peers/README.md)
+# Each round runs shmbus at 8 B, iceoryx2 (all three sizes), shmbus at 64 B,
+# then at 4 KiB, each shmbus run on a daemon sized for its own body. A
+# round's iceoryx2 figures count only when the shmbus runs just before and
+# after it measured a near hand-off (probe < NEAR ns, default 150), as
+# shmbus's own figures do; ratios are medians of per-round ratios.
 set -euo pipefail
-rounds=${1:-3}
+rounds=${1:-20}
 ice=./target/peers/release/iceoryx2-bench
 shm=./target/release/shmbus
 out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 for r in $(seq "$rounds"); do
-  echo "round $r" >&2
+  "$shm" bench --only latency --sizes 8 --reps 1 --json 2>/dev/null > "$out/shm8-$r.json"
   "$ice" --latency --rounds 1 --no-probe 2>/dev/null | grep '^latency' | sed "s/round=1/round=$r/" >> "$out/ice"
-  # shmbus bench measures latency at the smallest and largest size given.
-  "$shm" bench --only latency --sizes 8,4096 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
   "$shm" bench --only latency --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm64-$r.json"
+  "$shm" bench --only latency --sizes 4096 --reps 1 --json 2>/dev/null > "$out/shm4096-$r.json"
 done
-python3 - "$out" "$rounds" <<'PY'
+python3 - "$out" "$rounds" "${NEAR:-150}" <<'PY'
 import json, sys, statistics as st
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, near = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 ice = {}
 for line in open(f"{out}/ice"):
     kv = dict(x.split("=") for x in line.split()[1:])
-    ice.setdefault(int(kv["size"]), {})[int(kv["round"])] = (float(kv["p50_ns"]), float(kv["p99_ns"]), kv["handoff_ns"])
-shm = {}
+    ice.setdefault(int(kv["size"]), {})[int(kv["round"])] = float(kv["p50_ns"])
+shm, probe = {}, {}
 for r in range(1, rounds + 1):
-    for m in json.load(open(f"{out}/shm{r}.json")) + json.load(open(f"{out}/shm64-{r}.json")):
-        if m["name"].startswith("latency/shmbus/") and m["name"].endswith("/busy"):
-            size = int(m["name"].split("/")[2])
-            shm.setdefault(size, {})[r] = (m["p50_ns"], m["p99_ns"], m["handoff_ns"])
-print("shmbus probe by round:", sorted({r: round(v[2]) for d in shm.values() for r, v in d.items()}.items()))
-print("iceoryx2-bench probe by round:", sorted({r: v[2] for d in ice.values() for r, v in d.items()}.items()))
-print(f"{'one-way latency, busy-polling receiver':40} {'size':>6} {'p50 median':>11} {'p99 median':>11}")
-for size in sorted(ice):
-    for name, d in (("iceoryx2 0.10", ice[size]), ("shmbus", shm.get(size, {}))):
-        if d:
-            print(f"{name:40} {size:>6} {st.median(v[0] for v in d.values()):>8.0f} ns {st.median(v[1] for v in d.values()):>8.0f} ns")
-    common = sorted(set(ice[size]) & set(shm.get(size, {})))
-    if common:
-        print(f"{'  shmbus / iceoryx2 p50, paired rounds':40} {size:>6} {st.median(shm[size][r][0] / ice[size][r][0] for r in common):>10.2f}x")
+    for size in (8, 64, 4096):
+        for m in json.load(open(f"{out}/shm{size}-{r}.json")):
+            if m["name"] == f"latency/shmbus/{size}/busy":
+                shm.setdefault(size, {})[r] = m["p50_ns"]
+                probe[(r, size)] = m["handoff_ns"]
+for r in range(1, rounds + 1):
+    cells = "  ".join(f"{s} B: iceoryx2 {ice[s].get(r, float('nan')):.0f} shmbus {shm[s].get(r, float('nan')):.0f} (probe {probe.get((r, s), float('nan')):.0f})" for s in (8, 64, 4096))
+    print(f"round {r:2}  {cells}")
+ok_ice = [r for r in range(1, rounds + 1) if probe.get((r, 8), 1e9) < near and probe.get((r, 64), 1e9) < near]
+print(f"\nnear rounds (probe < {near:.0f} ns before and after iceoryx2's run): {len(ok_ice)} of {rounds}")
+print(f"{'one-way p50, busy-polling receiver':40} {'size':>5} {'iceoryx2':>9} {'shmbus':>9} {'shmbus/iceoryx2':>16}")
+for s in (8, 64, 4096):
+    rs = [r for r in ok_ice if probe.get((r, s), 1e9) < near and r in ice[s] and r in shm[s]]
+    if not rs:
+        print(f"{'':40} {s:5}  no near round")
+        continue
+    ratio = st.median(shm[s][r] / ice[s][r] for r in rs)
+    print(f"{'':40} {s:5} {st.median(ice[s][r] for r in rs):7.0f}ns {st.median(shm[s][r] for r in rs):7.0f}ns {ratio:15.2f}x  ({len(rs)} rounds, range {min(shm[s][r] / ice[s][r] for r in rs):.2f}-{max(shm[s][r] / ice[s][r] for r in rs):.2f})")
 PY
