@@ -365,7 +365,11 @@ fn bench(
                 };
                 let hand =
                     if m.handoff_ns > 0.0 { format!("  (hand-off {:.0} ns)", m.handoff_ns) } else { String::new() };
-                writeln!(out, "{:<40} {v}{hand}", m.name)?;
+                let vs = match (m.ratio_to_oneway, m.oneway_p50_ns) {
+                    (Some(r), Some(w)) => format!("  {r:.2}x one-way ({w} ns, just before)"),
+                    _ => String::new(),
+                };
+                writeln!(out, "{:<40} {v}{hand}{vs}", m.name)?;
             }
         }
         return Ok(());

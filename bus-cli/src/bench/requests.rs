@@ -7,7 +7,7 @@
 //! per message). The service runs on the second CPU, the requesters on the
 //! first.
 
-use super::link::Peer;
+use super::link::{Peer, Transport, Wait};
 use super::suite::Percentiles;
 use bus_client::{Bus, Router};
 use std::time::{Duration, Instant};
@@ -33,11 +33,28 @@ pub struct RequestMeasurement {
     pub bytes: Option<u64>,
     /// Cache-line hand-off before the run.
     pub handoff_ns: f64,
+    /// Busy round trips: the one-way busy latency p50 (64 B) measured
+    /// right before them (the VM's state changes from minute to minute: a
+    /// ratio to a one-way figure from another run says little).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oneway_p50_ns: Option<u64>,
+    /// Busy round trips: their p50 over `oneway_p50_ns`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_oneway: Option<f64>,
 }
 
 impl RequestMeasurement {
     fn new(name: impl Into<String>, handoff_ns: f64) -> Self {
-        RequestMeasurement { name: name.into(), latency: None, per_sec: None, ns_per_op: None, bytes: None, handoff_ns }
+        RequestMeasurement {
+            name: name.into(),
+            latency: None,
+            per_sec: None,
+            ns_per_op: None,
+            bytes: None,
+            handoff_ns,
+            oneway_p50_ns: None,
+            ratio_to_oneway: None,
+        }
     }
 }
 
@@ -84,6 +101,11 @@ pub fn run(
     ];
     for (name, spins, pipelined) in cases {
         let handoff = super::probe::handoff_ns(o.cpus, 20_000);
+        // The busy cases' yardstick, measured just before them.
+        let oneway = match spins {
+            Some(_) => Some(super::suite::one_way(bus, Transport::Shmbus, 64, Wait::Busy, child_cpu, o.round_trips)?),
+            None => None,
+        };
         let peer = serve_peer(bus, &subsystem, 1, child_cpu, spins, 1)?;
         let requester = bus.requester().map_err(std::io::Error::other)?;
         let mut pipeline = bus.pipeline(1).map_err(std::io::Error::other)?;
@@ -119,8 +141,19 @@ pub fn run(
         drop(requester);
         drop(peer);
         let p = Percentiles::of(&h);
-        let rt = RequestMeasurement { latency: Some(p), per_sec: Some(rate), ..RequestMeasurement::new(name, handoff) };
-        writeln!(progress, "{}: p50 {} ns, p99 {} ns, {rate:.0} requests/s", rt.name, p.p50_ns, p.p99_ns)?;
+        let ratio = oneway.map(|w| p.p50_ns as f64 / w.p50_ns.max(1) as f64);
+        let rt = RequestMeasurement {
+            latency: Some(p),
+            per_sec: Some(rate),
+            oneway_p50_ns: oneway.map(|w| w.p50_ns),
+            ratio_to_oneway: ratio,
+            ..RequestMeasurement::new(name, handoff)
+        };
+        let vs = match (oneway, ratio) {
+            (Some(w), Some(r)) => format!(" ({r:.2}x the one-way p50 of {} ns just before)", w.p50_ns),
+            _ => String::new(),
+        };
+        writeln!(progress, "{}: p50 {} ns, p99 {} ns, {rate:.0} requests/s{vs}", rt.name, p.p50_ns, p.p99_ns)?;
         out.push(rt);
     }
 

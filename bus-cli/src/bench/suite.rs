@@ -337,20 +337,33 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
             Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
         }
         Spec::Lat { t, size, wait } => {
-            let mut pp = PingPong::open(t, Some(bus), size, wait, child_cpu)?;
             let n = if wait == Wait::Busy { o.round_trips } else { (o.round_trips / 4).max(100) };
-            for seq in 0..(n / 10).max(10) {
-                pp.round_trip(seq)?;
-            }
-            let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-            for seq in 0..n {
-                let rtt = pp.round_trip(seq + 1_000_000)?;
-                let _ = h.record((rtt / 2).max(1));
-            }
-            pp.close()?;
-            Ok(Sample { latency: Some(Percentiles::of(&h)), ..blank })
+            Ok(Sample { latency: Some(one_way(bus, t, size, wait, child_cpu, n)?), ..blank })
         }
     }
+}
+
+/// One-way latency over `t`: `n` ping-pong round trips (after a tenth as
+/// many to warm up) with an echoing child on `child_cpu`, each halved.
+pub(crate) fn one_way(
+    bus: &Bus,
+    t: Transport,
+    size: usize,
+    wait: Wait,
+    child_cpu: Option<usize>,
+    n: u64,
+) -> std::io::Result<Percentiles> {
+    let mut pp = PingPong::open(t, Some(bus), size, wait, child_cpu)?;
+    for seq in 0..(n / 10).max(10) {
+        pp.round_trip(seq)?;
+    }
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    for seq in 0..n {
+        let rtt = pp.round_trip(seq + 1_000_000)?;
+        let _ = h.record((rtt / 2).max(1));
+    }
+    pp.close()?;
+    Ok(Percentiles::of(&h))
 }
 
 /// 4 publisher processes → this process as subscriber, for `o.duration`.
