@@ -89,6 +89,10 @@ struct Waiting {
     arrived: Vec<(u64, SlotIndex)>,
     /// Whether a thread is currently reading the reply queue.
     polling: bool,
+    /// Threads asleep on `Requester::arrived` (waiting for the poller):
+    /// with none, a reply wakes nobody, and makes no system call (a
+    /// condvar's notify is a futex wake whether or not anyone waits).
+    sleepers: u32,
 }
 
 /// Sends requests and receives their replies. `Send + Sync`: share one
@@ -130,7 +134,7 @@ impl Bus {
             bus: self.clone(),
             publisher: Mutex::new(self.publisher().create()?),
             replies: Mutex::new(replies),
-            waiting: Mutex::new(Waiting { pending: Vec::new(), arrived: Vec::new(), polling: false }),
+            waiting: Mutex::new(Waiting { pending: Vec::new(), arrived: Vec::new(), polling: false, sleepers: 0 }),
             arrived: Condvar::new(),
             release_port,
             queue,
@@ -266,11 +270,13 @@ impl Requester {
             }
             if w.polling {
                 let left = deadline.saturating_duration_since(Instant::now());
+                w.sleepers += 1;
                 w = self
                     .arrived
                     .wait_timeout(w, left.min(Duration::from_millis(10)))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                w.sleepers -= 1;
                 continue;
             }
             w.polling = true;
@@ -281,7 +287,7 @@ impl Requester {
             match got {
                 Ok(Some((slot, c))) if c == corr => {
                     w.forget(corr);
-                    self.arrived.notify_all();
+                    self.wake_sleepers(&w);
                     return Ok(slot);
                 }
                 Ok(Some((slot, c))) if w.pending.contains(&c) => {
@@ -291,10 +297,18 @@ impl Requester {
                 Ok(None) => {}
                 Err(()) => {
                     w.forget(corr);
-                    self.arrived.notify_all();
+                    self.wake_sleepers(&w);
                     return Err(ReplyError::BusGone);
                 }
             }
+            self.wake_sleepers(&w);
+        }
+    }
+
+    /// After a poll (under the waiting lock, which sleepers count under):
+    /// lets the threads asleep for the poller look again, if there are any.
+    fn wake_sleepers(&self, w: &Waiting) {
+        if w.sleepers > 0 {
             self.arrived.notify_all();
         }
     }
