@@ -10,6 +10,7 @@
 set -euo pipefail
 rounds=${1:-5}; size=${SIZE:-64}; n=${N:-200000}; lat=${LAT:-10000}
 # PROFILE=fastrel builds with thin LTO (minutes less; for trying changes).
+# COALESCE=N passes --coalesce N to both bridges (1: a sample per message).
 profile=${PROFILE:-release}
 cargo build --profile "$profile" -j2 -q -p bus-daemon -p bus-bridge --features bus-bridge/bench
 bin=./target/$profile
@@ -24,9 +25,9 @@ zp=$(port); bp=$(port); ep=$(port)
 start "$dir/da" "$bin/shmbusd" --socket "$dir/a.sock"; wait_for "$dir/da" "shmbusd: ready"
 start "$dir/db" "$bin/shmbusd" --socket "$dir/b.sock"; wait_for "$dir/db" "shmbusd: ready"
 start "$dir/ba" "$bin/shmbus-bridge" --socket "$dir/a.sock" --no-scouting --listen "tcp/127.0.0.1:$bp" \
-  --export bench ping rpc --import pong --stats-interval 0s
+  --export bench ping rpc --import pong --stats-interval 0s --coalesce "${COALESCE:-32}"
 start "$dir/bb" "$bin/shmbus-bridge" --socket "$dir/b.sock" --no-scouting --connect "tcp/127.0.0.1:$bp" \
-  --import bench ping rpc --export pong --stats-interval 0s
+  --import bench ping rpc --export pong --stats-interval 0s --coalesce "${COALESCE:-32}"
 for s in bench ping rpc; do wait_for "$dir/bb" "^shmbus-bridge: linked $s$"; done
 wait_for "$dir/ba" "^shmbus-bridge: linked pong$"
 start "$dir/ze" "$bin/bridge-bench" zenoh-echo "tcp/127.0.0.1:$ep"; wait_for "$dir/ze" ready

@@ -74,6 +74,11 @@ struct Args {
     /// [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     stats_interval: Option<Duration>,
+    /// Most one-way messages to one key sent as one Zenoh sample, when
+    /// that many are queued already (none waits for the others); 1: one
+    /// sample each, readable by plain Zenoh subscribers [default: 32].
+    #[arg(long)]
+    coalesce: Option<usize>,
 }
 
 impl Args {
@@ -85,7 +90,18 @@ impl Args {
         macro_rules! over {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { c.$f = v.into(); })* };
         }
-        over!(name, mode, prefix, on_link_loss, request_timeout, local_timeout, request_workers, lease, stats_interval);
+        over!(
+            name,
+            mode,
+            prefix,
+            on_link_loss,
+            request_timeout,
+            local_timeout,
+            request_workers,
+            lease,
+            stats_interval,
+            coalesce
+        );
         if self.bus.is_some() {
             c.bus = self.bus;
         }

@@ -75,7 +75,14 @@ pub struct Config {
     pub lease: Duration,
     /// How often the counters are logged (when they changed; 0: never).
     pub stats_interval: Duration,
+    /// Most one-way messages to one key that go out as one Zenoh sample
+    /// (1: each its own). Only messages already queued are joined: a
+    /// message is never held back to wait for others.
+    pub coalesce: usize,
 }
+
+/// Most messages per coalesced sample (`coalesce`).
+pub const MAX_COALESCE: usize = 1024;
 
 /// Zenoh closes a link whose `Block` message waited this long for room
 /// (its `wait_before_close`, 5 s by default): the exporting side must hand
@@ -103,6 +110,7 @@ impl Default for Config {
             request_workers: 8,
             lease: Duration::from_secs(3),
             stats_interval: Duration::from_secs(10),
+            coalesce: 32,
         }
     }
 }
@@ -161,6 +169,7 @@ pub struct FileConfig {
     lease: Option<Duration>,
     #[serde(default, with = "humantime_opt")]
     stats_interval: Option<Duration>,
+    coalesce: Option<usize>,
 }
 
 mod humantime_opt {
@@ -201,6 +210,7 @@ impl FileConfig {
             request_workers: self.request_workers.unwrap_or(d.request_workers),
             lease: self.lease.unwrap_or(d.lease),
             stats_interval: self.stats_interval.unwrap_or(d.stats_interval),
+            coalesce: self.coalesce.unwrap_or(d.coalesce),
         }
     }
 }
@@ -276,6 +286,9 @@ impl Config {
         if self.request_workers == 0 || self.request_workers > 1024 {
             return Err(invalid("request-workers", "must be 1 to 1024"));
         }
+        if self.coalesce == 0 || self.coalesce > MAX_COALESCE {
+            return Err(invalid("coalesce", format!("must be 1 (no coalescing) to {MAX_COALESCE}")));
+        }
         Ok(())
     }
 }
@@ -307,6 +320,7 @@ mod tests {
             local-timeout = "250ms"
             request-workers = 4
             stats-interval = "0s"
+            coalesce = 8
             prefix = "site1/shmbus"
             "#,
         )
@@ -317,6 +331,7 @@ mod tests {
         assert_eq!(c.local_timeout, Duration::from_millis(250));
         assert_eq!(c.prefix, "site1/shmbus");
         assert!(c.stats_interval.is_zero());
+        assert_eq!(c.coalesce, 8);
     }
 
     #[test]
@@ -334,6 +349,8 @@ mod tests {
         assert_eq!(field("export = [\"a\"]\nimport = [\"a\"]"), "import-group");
         assert!(parse("export = [\"a\"]\nimport = [\"a\"]\nimport-group = \"bridge\"").is_ok());
         assert_eq!(field("export = [\"a\"]\nrequest-workers = 0"), "request-workers");
+        assert_eq!(field("export = [\"a\"]\ncoalesce = 0"), "coalesce");
+        assert_eq!(field("export = [\"a\"]\ncoalesce = 100000"), "coalesce");
         assert!(matches!(parse("exports = [\"a\"]"), Err(ConfigError::Parse { .. })));
         assert!(matches!(parse("export = [\"a\"]\nrequest-timeout = \"soon\""), Err(ConfigError::Parse { .. })));
     }

@@ -42,6 +42,8 @@ macro_rules! counters {
 counters! {
     /// Local one-way messages sent to other hosts.
     sent,
+    /// Zenoh samples that carried several of them (`coalesce`).
+    batches_sent,
     /// Local one-way messages dropped because no host exported their
     /// subsystem (`on-link-loss = "drop"`).
     dropped_no_link,
@@ -72,9 +74,14 @@ counters! {
     skipped_remote,
 }
 
-/// Adds one.
+/// Adds one; returns the new count.
 pub fn bump(c: &AtomicU64) -> u64 {
-    c.fetch_add(1, Ordering::Relaxed) + 1
+    add(c, 1)
+}
+
+/// Adds `n`; returns the new count.
+pub fn add(c: &AtomicU64, n: u64) -> u64 {
+    c.fetch_add(n, Ordering::Relaxed) + n
 }
 
 /// Whether a warning about the `n`th occurrence of something should be

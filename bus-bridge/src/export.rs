@@ -162,21 +162,50 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
             }
         }
     };
-    let meta = wire::decode(sample.attachment().map(|a| a.to_bytes()).as_deref());
-    let body = sample.payload().to_bytes();
+    let attachment = sample.attachment().map(|a| a.to_bytes());
+    let payload = sample.payload().to_bytes();
+    let Some(count) = wire::batch_count(attachment.as_deref()) else {
+        hand_over(c, p, path, &wire::decode(attachment.as_deref()), &payload);
+        return;
+    };
+    // A batch: once one of its messages is not taken, the rest are
+    // dropped without a try, so that one sample never waits for the local
+    // bus longer than one message may.
+    let mut taken = true;
+    for frame in wire::frames(&payload, count) {
+        match frame {
+            Ok((meta, body)) if taken => taken = hand_over(c, p, path, &meta, body),
+            Ok(_) => {
+                bump(&c.dropped_local);
+            }
+            Err(why) => {
+                let n = bump(&c.unbridgeable);
+                if worth_logging(n) {
+                    tracing::warn!("a batch from another host to {path} is malformed ({n} so far): {why}");
+                }
+            }
+        }
+    }
+}
+
+/// Sends one message from another host to the local bus; `false` (counted
+/// and logged) if the bus did not take it.
+fn hand_over(c: &Counters, p: &mut Publisher, path: &str, meta: &Meta, body: &[u8]) -> bool {
     let sent = p
         .loan(path)
-        .and_then(|l| l.write_bytes(&body))
+        .and_then(|l| l.write_bytes(body))
         .and_then(|l| l.envelope(&meta.envelope).send().map_err(|f| f.error));
     match sent {
         Ok(_) => {
             bump(&c.received);
+            true
         }
         Err(e) => {
             let n = bump(&c.dropped_local);
             if worth_logging(n) {
                 tracing::warn!("a message from another host to {path} was dropped ({n} so far): {e}");
             }
+            false
         }
     }
 }

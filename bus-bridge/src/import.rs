@@ -1,10 +1,11 @@
 //! Imported subsystems: what local processes send to them goes to the host
 //! that exports them. One thread per subsystem takes its messages off the
-//! local queue: a one-way message becomes a Zenoh put, a request a Zenoh
-//! get whose reply (or failure) comes back as the local reply.
+//! local queue: a one-way message becomes a Zenoh put (a run of them to one
+//! key, queued already, one put: see [`Importer::forward_all`]), a request
+//! a Zenoh get whose reply (or failure) comes back as the local reply.
 
 use crate::config::LinkLoss;
-use crate::counters::{bump, worth_logging};
+use crate::counters::{add, bump, worth_logging};
 use crate::wire::{self, Meta};
 use crate::{BridgeError, Shared};
 use bus_client::{Bus, Message, Publisher, RecvError, ReplyError, ReplyHandle, Subscriber};
@@ -163,6 +164,7 @@ pub fn start(bus: &Bus, shared: &Arc<Shared>) -> Result<Import, BridgeError> {
             _querier: querier,
             link,
             replier,
+            run: Run::default(),
         };
         let t = std::thread::Builder::new()
             .name(format!("import-{subsystem}"))
@@ -219,6 +221,26 @@ struct Importer {
     publishers: HashMap<String, zenoh::pubsub::Publisher<'static>>,
     _querier: zenoh::query::Querier<'static>,
     replier: Arc<Mutex<Publisher>>,
+    /// One-way messages to one key, joined into one sample.
+    run: Run,
+}
+
+/// Most body bytes of a coalesced sample: a run is sent when the next
+/// message would take it past this.
+const MAX_COALESCED_BYTES: usize = 64 * 1024;
+
+/// One-way messages to one key, copied out of their slots, to go out as
+/// one sample ([`Importer::forward_all`]).
+#[derive(Default)]
+struct Run {
+    /// The route of the last run and its key, kept between runs: a
+    /// stream to one route computes its key once.
+    route: String,
+    key: Option<String>,
+    /// Their frames (see `crate::wire`).
+    payload: Vec<u8>,
+    /// How many.
+    n: u32,
 }
 
 impl Importer {
@@ -226,12 +248,18 @@ impl Importer {
         // One-way messages that wait for an exporter (`on-link-loss =
         // "block"`), in order, still held: not released until sent.
         let mut backlog: VecDeque<Waiting<'_>> = VecDeque::new();
+        // Messages taken together (the first, and what was queued behind it).
+        let mut taken: Vec<Message<'_>> = Vec::with_capacity(self.shared.config.coalesce);
+        // Those of them copied into the run, released once it is sent.
+        let mut held: Vec<Message<'_>> = Vec::with_capacity(self.shared.config.coalesce);
         while !self.shared.stop.load(Ordering::Relaxed) {
             // Send what waited, while an exporter is linked.
             while self.link.state.subscribers.load(Ordering::Relaxed) {
                 let Some(w) = backlog.pop_front() else { break };
                 match w.msg.body_bytes() {
-                    Ok(body) => self.put(w.key, body, &w.meta),
+                    Ok(body) => {
+                        self.put(&w.key, ZBytes::from(body), wire::encode(&w.meta), 1);
+                    }
                     Err(_) => {
                         bump(&self.shared.counters.unbridgeable);
                     }
@@ -246,10 +274,15 @@ impl Importer {
             let wait = if backlog.is_empty() { Duration::from_millis(200) } else { BLOCKED_POLL };
             match sub.recv_timeout(wait) {
                 Ok(msg) => {
-                    if let Some(w) = self.forward(msg, !backlog.is_empty()) {
-                        bump(&self.shared.counters.waited_for_link);
-                        backlog.push_back(w);
+                    taken.push(msg);
+                    let more = self.shared.config.coalesce - 1;
+                    if more > 0 && backlog.is_empty() {
+                        // What is queued already goes with it; nothing is
+                        // waited for. (An error here shows at the next
+                        // receive.)
+                        let _ = sub.try_recv_batch(&mut taken, more);
                     }
+                    self.forward_all(&mut taken, &mut held, &mut backlog);
                 }
                 Err(RecvError::Timeout(_)) => {}
                 Err(RecvError::BusGone) => {
@@ -268,6 +301,92 @@ impl Importer {
         for w in backlog {
             std::mem::forget(w.msg);
         }
+    }
+
+    /// Sends `msgs` on, in order, as [`Importer::forward`] does, except
+    /// that one-way messages to one key in a row, while an exporter is
+    /// linked and nothing waits for the link, go out as one sample (up to
+    /// `coalesce` of them; see `crate::wire` for the format). Each is
+    /// copied out of its slot as it joins its run, and kept in `held`
+    /// until the run is sent, so that a bridge killed meanwhile leaves it
+    /// to be redelivered.
+    fn forward_all<'m>(
+        &mut self,
+        msgs: &mut Vec<Message<'m>>,
+        held: &mut Vec<Message<'m>>,
+        backlog: &mut VecDeque<Waiting<'m>>,
+    ) {
+        let mut run = std::mem::take(&mut self.run);
+        let coalesce = self.shared.config.coalesce;
+        for msg in msgs.drain(..) {
+            let body = match msg.body_bytes() {
+                Ok(b)
+                    if coalesce > 1
+                        && backlog.is_empty()
+                        && !msg.is_remote()
+                        && !msg.is_request()
+                        && self.link.state.subscribers.load(Ordering::Relaxed) =>
+                {
+                    b
+                }
+                _ => {
+                    self.flush(&mut run);
+                    held.clear();
+                    if let Some(w) = self.forward(msg, !backlog.is_empty()) {
+                        bump(&self.shared.counters.waited_for_link);
+                        backlog.push_back(w);
+                    }
+                    continue;
+                }
+            };
+            let full = run.n as usize >= coalesce
+                || run.payload.len() + wire::FRAME_OVERHEAD + body.len() > MAX_COALESCED_BYTES;
+            if run.n > 0 && (full || run.route != msg.route()) {
+                self.flush(&mut run);
+                held.clear();
+            }
+            if run.key.is_none() || run.route != msg.route() {
+                run.route.clear();
+                run.route.push_str(msg.route());
+                run.key = wire::key_of(&self.shared.config.prefix, &self.subsystem, msg.route()).ok();
+            }
+            if run.key.is_none() {
+                // A route Zenoh cannot carry: counted and logged there.
+                self.forward(msg, false);
+                continue;
+            }
+            let meta = Meta { envelope: msg.envelope(), id: msg.id(), error: None };
+            wire::push_frame(&mut run.payload, &meta, body);
+            run.n += 1;
+            held.push(msg);
+        }
+        self.flush(&mut run);
+        held.clear();
+        self.run = run;
+    }
+
+    /// Sends the run's messages: one as a sample of its own, more as a
+    /// batch.
+    fn flush(&mut self, run: &mut Run) {
+        let Some(key) = run.key.as_deref() else { return };
+        match run.n {
+            0 => return,
+            1 => {
+                let (att, frame) = run.payload.split_at(wire::LEN);
+                let att: [u8; wire::LEN] = att.try_into().expect("a frame starts with its attachment");
+                let body = ZBytes::from(&frame[wire::FRAME_OVERHEAD - wire::LEN..]);
+                self.put(key, body, att, 1);
+                run.payload.clear();
+            }
+            n => {
+                let capacity = run.payload.capacity();
+                let payload = std::mem::replace(&mut run.payload, Vec::with_capacity(capacity));
+                if self.put(key, ZBytes::from(payload), wire::encode_batch(n), n as u64) {
+                    bump(&self.shared.counters.batches_sent);
+                }
+            }
+        }
+        run.n = 0;
     }
 
     /// Sends `msg` on, or hands it back to wait for the link (one-way, in
@@ -322,20 +441,20 @@ impl Importer {
             }
             _ => {}
         }
-        self.put(key, body, &meta);
+        self.put(&key, ZBytes::from(body), wire::encode(&meta), 1);
         None
     }
 
-    fn put(&mut self, key: String, body: &[u8], meta: &Meta) {
-        let payload = ZBytes::from(body); // the one copy: slot → Zenoh's buffer
-        let attachment = wire::encode(meta);
-        let sent = match self.publishers.get(&key) {
+    /// Puts one sample carrying `n` messages (`payload` is a body copied
+    /// out of its slot, or a batch of them); `true` if Zenoh took it.
+    fn put(&mut self, key: &str, payload: ZBytes, attachment: [u8; wire::LEN], n: u64) -> bool {
+        let sent = match self.publishers.get(key) {
             Some(p) => p.put(payload).attachment(attachment).wait(),
             None if self.publishers.len() < MAX_ROUTE_PUBLISHERS => {
-                match declare_publisher(&self.shared.session, key.clone()) {
+                match declare_publisher(&self.shared.session, key.to_owned()) {
                     Ok(p) => {
                         let r = p.put(payload).attachment(attachment).wait();
-                        self.publishers.insert(key, p);
+                        self.publishers.insert(key.to_owned(), p);
                         r
                     }
                     Err(e) => Err(e),
@@ -344,7 +463,7 @@ impl Importer {
             None => self
                 .shared
                 .session
-                .put(key, payload)
+                .put(key.to_owned(), payload)
                 .attachment(attachment)
                 .allowed_destination(Locality::Remote)
                 .congestion_control(CongestionControl::Block)
@@ -353,13 +472,15 @@ impl Importer {
         };
         match sent {
             Ok(()) => {
-                bump(&self.shared.counters.sent);
+                add(&self.shared.counters.sent, n);
+                true
             }
             Err(e) => {
-                let n = bump(&self.shared.counters.send_failed);
-                if worth_logging(n) {
-                    tracing::warn!("{}: a message was not sent to another host ({n} so far): {e}", self.subsystem);
+                let total = add(&self.shared.counters.send_failed, n);
+                if (total + 1 - n..=total).any(worth_logging) {
+                    tracing::warn!("{}: messages were not sent to another host ({total} so far): {e}", self.subsystem);
                 }
+                false
             }
         }
     }

@@ -13,6 +13,16 @@
 //!
 //! A sample or query without a valid attachment (a plain Zenoh program
 //! putting to `shmbus/...`) is taken as a raw body that starts a trace.
+//!
+//! A sample may carry several one-way messages to one key (see
+//! `coalesce` in the bridge's settings): its attachment then has the
+//! `batch` bit (8) in byte 1 and the number of messages in bytes 4..8
+//! (u32 LE), every other byte zero; its payload is that many frames, each
+//! a message's own 32-byte attachment as above, its body length (u32 LE)
+//! and its body. A sample of one message is never a batch, so a plain
+//! Zenoh subscriber reads single messages as they are, and only a burst
+//! coalesced by a bridge needs this format to read. Bridges that talk to
+//! each other must both know it (every release since it was added).
 
 use bus_client::{Envelope, ReplyError};
 use zenoh::key_expr::keyexpr;
@@ -25,6 +35,10 @@ pub const LEN: usize = 32;
 const RAW: u8 = 1;
 const REDELIVERED: u8 = 2;
 const ERROR: u8 = 4;
+const BATCH: u8 = 8;
+
+/// Bytes of a frame in a batch besides the body: attachment and length.
+pub const FRAME_OVERHEAD: usize = LEN + 4;
 
 /// Kinds of error reply, as the requester's [`ReplyError`] variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +80,69 @@ pub fn encode(meta: &Meta) -> [u8; LEN] {
     b[16..24].copy_from_slice(&e.trace_id.to_le_bytes());
     b[24..32].copy_from_slice(&meta.id.to_le_bytes());
     b
+}
+
+/// The attachment of a batch of `count` messages.
+pub fn encode_batch(count: u32) -> [u8; LEN] {
+    let mut b = [0u8; LEN];
+    b[0] = VERSION;
+    b[1] = BATCH;
+    b[4..8].copy_from_slice(&count.to_le_bytes());
+    b
+}
+
+/// The number of messages a sample carries if its attachment says it is
+/// a batch (see the module's table).
+pub fn batch_count(att: Option<&[u8]>) -> Option<u32> {
+    let b = att?;
+    (b.len() == LEN && b[0] == VERSION && b[1] & BATCH != 0)
+        .then(|| u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")))
+}
+
+/// Appends one message's frame to a batch's payload.
+pub fn push_frame(payload: &mut Vec<u8>, meta: &Meta, body: &[u8]) {
+    payload.extend_from_slice(&encode(meta));
+    payload.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    payload.extend_from_slice(body);
+}
+
+/// The messages of a batch's payload, in order: each its envelope and
+/// body, or, once the payload stops making sense (a frame cut short, or
+/// frames fewer or more than `count`), one error saying what is wrong,
+/// and nothing after it.
+pub fn frames(payload: &[u8], count: u32) -> impl Iterator<Item = Result<(Meta, &[u8]), &'static str>> + '_ {
+    let mut rest = payload;
+    let mut left = count;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        if left == 0 {
+            if rest.is_empty() {
+                return None;
+            }
+            failed = true;
+            return Some(Err("bytes after the last frame of a batch"));
+        }
+        let frame = (|| {
+            let att = rest.get(..LEN)?;
+            let len = u32::from_le_bytes(rest.get(LEN..FRAME_OVERHEAD)?.try_into().ok()?) as usize;
+            let body = rest.get(FRAME_OVERHEAD..FRAME_OVERHEAD.checked_add(len)?)?;
+            Some((att, body))
+        })();
+        match frame {
+            Some((att, body)) => {
+                rest = &rest[FRAME_OVERHEAD + body.len()..];
+                left -= 1;
+                Some(Ok((decode(Some(att)), body)))
+            }
+            None => {
+                failed = true;
+                Some(Err("a batch's frame is cut short"))
+            }
+        }
+    })
 }
 
 /// Decodes an attachment; `None` (absent, another length or version) reads
@@ -172,6 +249,41 @@ mod tests {
         assert_eq!(decode(Some(&encode(&m))), m);
         let e = Meta { error: Some(ErrorKind::Panicked), ..m };
         assert_eq!(decode(Some(&encode(&e))).error, Some(ErrorKind::Panicked));
+    }
+
+    #[test]
+    fn a_batch_reads_back_frame_by_frame_and_a_bad_one_ends_in_one_error() {
+        let meta = |i: u64| Meta {
+            envelope: Envelope { fingerprint: i, raw: i % 2 == 0, trace_id: 100 + i, redelivered: false, remote: true },
+            id: i,
+            error: None,
+        };
+        let bodies: [&[u8]; 3] = [b"first", b"", b"third body"];
+        let mut payload = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            push_frame(&mut payload, &meta(i as u64), b);
+        }
+        assert_eq!(batch_count(Some(&encode_batch(3))), Some(3));
+        assert_eq!(batch_count(Some(&encode(&meta(1)))), None, "a single message is not a batch");
+        assert_eq!(batch_count(None), None);
+        let got: Vec<_> = frames(&payload, 3).collect::<Result<_, _>>().unwrap();
+        assert_eq!(got.len(), 3);
+        for (i, (m, b)) in got.iter().enumerate() {
+            assert_eq!((*m, *b), (meta(i as u64), bodies[i]));
+        }
+        // Cut anywhere: the whole frames before the cut, then one error.
+        for cut in 0..payload.len() {
+            let r: Vec<_> = frames(&payload[..cut], 3).collect();
+            let (last, whole) = r.split_last().unwrap();
+            assert!(whole.iter().all(Result::is_ok) && last.is_err(), "cut at {cut}");
+        }
+        // A count that disagrees with the frames.
+        assert!(frames(&payload, 2).last().unwrap().is_err());
+        assert!(frames(&payload, 4).last().unwrap().is_err());
+        // A length that points past the end (or overflows) is not followed.
+        let mut bad = payload.clone();
+        bad[LEN..FRAME_OVERHEAD].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(frames(&bad, 3).next().unwrap().is_err());
     }
 
     #[test]

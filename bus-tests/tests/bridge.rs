@@ -349,3 +349,55 @@ fn every_route_keeps_its_path_past_the_exporters_key_cache() {
     assert_eq!(seen.len() as u32, ROUTES);
     assert!(seen.values().all(|&k| k == 2), "{seen:?}");
 }
+
+/// A burst sent faster than Zenoh takes single samples goes out coalesced
+/// (several messages per sample, `batches_sent` counts them), in runs cut
+/// wherever the route changes: on the far host every message arrives once,
+/// with its own path, body and trace id, in order per route.
+#[test]
+fn a_coalesced_burst_keeps_every_messages_path_trace_and_order() {
+    const N: u64 = 5000;
+    let h = Hosts::new("bridge-coalesce");
+    let _ba = h.bridge_a(&[]);
+    let bb = h.bridge_b(&[], &["sensors"]);
+    // Runs of 7 on three routes in turn, and every 50th message alone on a
+    // fourth: runs of one, and runs cut short by a route change.
+    let route = |i: u64| if i % 50 == 49 { "odd".to_owned() } else { format!("imu/{}", (i / 7) % 3) };
+    let a = bus_client::Bus::builder().socket(&h.a).connect().expect("a client on A");
+    let sub = a.subscribe("sensors").expect("subscribe on A");
+    let reader = std::thread::spawn(move || -> Result<(), String> {
+        let mut seen = vec![false; N as usize];
+        let mut last: std::collections::HashMap<String, u64> = Default::default();
+        for n in 0..N {
+            let msg = sub.recv_timeout(Duration::from_secs(20)).map_err(|e| format!("after {n} messages: {e}"))?;
+            let i = u64::from_le_bytes(msg.body_bytes().unwrap().try_into().map_err(|_| "a body of 8 bytes")?);
+            if i >= N || std::mem::replace(&mut seen[i as usize], true) {
+                return Err(format!("message {i} again, or out of range"));
+            }
+            if msg.path() != format!("sensors://{}", route(i)) || msg.trace_id() != i + 1 {
+                return Err(format!("message {i} came as {} with trace {}", msg.path(), msg.trace_id()));
+            }
+            if last.insert(msg.path().to_owned(), i).is_some_and(|before| before > i) {
+                return Err(format!("message {i} on {} came after a later one", msg.path()));
+            }
+        }
+        drop(a);
+        Ok(())
+    });
+    let b = bus_client::Bus::builder().socket(&h.b).connect().expect("a client on B");
+    let mut p = b.publisher().create().expect("publisher on B");
+    for i in 0..N {
+        let loan = p.loan(&format!("sensors://{}", route(i))).expect("a loan on B");
+        loan.write_bytes(&i.to_le_bytes()).unwrap().trace_id(i + 1).send().expect("send on B");
+    }
+    // The reader's own timeouts bound this join.
+    reader.join().expect("the reader panicked").unwrap_or_else(|e| panic!("{e}"));
+    bb.signal(Signal::SIGTERM);
+    let (st, out, err) = bb.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    let counter =
+        |name: &str| out.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok());
+    assert_eq!(counter("sent"), Some(N), "{out}");
+    assert!(counter("batches_sent").is_some_and(|b| b > 0), "nothing was coalesced:\n{out}");
+    assert_slots_back(&h.b);
+}
