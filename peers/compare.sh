@@ -15,6 +15,7 @@ for r in $(seq "$rounds"); do
   echo "round $r" >&2
   "$ice" --rounds 1 2>/dev/null | grep -v '^#' | grep round= | sed "s/round=1/round=$r/;s/^/ice-spin /" >> "$out/ice"
   "$ice" --rounds 1 --only 1toN --sub-idle yield 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-yield /" >> "$out/ice"
+  "$ice" --rounds 1 --only 1toN --sub-idle sleep:50 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-sleep /" >> "$out/ice"
   "$shm" bench --only throughput --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
   if [ -n "${FLOOR:-}" ]; then
     for v in A C; do "$FLOOR" "$v" 2>/dev/null | grep RESULT | sed "s/^/$r $v /" >> "$out/floor"; done
@@ -40,16 +41,18 @@ rows = [
     ("iceoryx2 1->4, per subscriber (busy-poll)", ice.get(("ice-spin", "1to4"), {})),
     ("iceoryx2 1->4, per subscriber (poll, yield when empty)", ice.get(("ice-yield", "1to4"), {})),
     ("shmbus 1->1 (header)", shmbus := shm.get("throughput/shmbus/64/header", {})),
+    ("iceoryx2 1->4, per subscriber (poll, sleep 50 us when empty)", ice.get(("ice-sleep", "1to4"), {})),
     ("shmbus 1->4 groups, per receiver (poll, yield when empty)", shm.get("throughput-1to4groups/shmbus/64", {})),
+    ("shmbus 1->4 groups, per receiver (poll, sleep 50 us when empty)", shm.get("throughput-1to4groups-sleep50us/shmbus/64", {})),
     ("shmbus 1->1 with a tap draining", shm.get("throughput-with-tap/shmbus/64", {})),
     ("shmbus 1->1 with a stopped tap", shm.get("throughput-with-stopped-tap/shmbus/64", {})),
 ]
-print(f"{'':58} {'median':>10} {'min-max':>19} {'hand-off':>9}")
+print(f"{'':66} {'median':>10} {'min-max':>19} {'hand-off':>9}")
 for name, d in rows:
     if not d: continue
     v = [d[r][0] for r in sorted(d)]
     h = [d[r][1] for r in sorted(d)]
-    print(f"{name:58} {st.median(v)/1e6:8.2f} M {min(v)/1e6:8.2f}-{max(v)/1e6:<8.2f} {st.median(h):7.0f} ns")
+    print(f"{name:66} {st.median(v)/1e6:8.2f} M {min(v)/1e6:8.2f}-{max(v)/1e6:<8.2f} {st.median(h):7.0f} ns")
 def ratio(a, b):
     common = sorted(set(a) & set(b))
     return st.median([a[r][0] / b[r][0] for r in common]) if common else float("nan")
@@ -57,6 +60,8 @@ g = shm.get("throughput-1to4groups/shmbus/64", {})
 print()
 print(f"shmbus 1->4 groups / iceoryx2 1->4 busy-poll, per subscriber, paired rounds: {ratio(g, ice.get(('ice-spin','1to4'),{})):.2f}x")
 print(f"shmbus 1->4 groups / iceoryx2 1->4 yielding, per subscriber, paired rounds: {ratio(g, ice.get(('ice-yield','1to4'),{})):.2f}x")
+gs = shm.get("throughput-1to4groups-sleep50us/shmbus/64", {})
+print(f"shmbus 1->4 groups / iceoryx2 1->4 sleeping 50 us, per subscriber, paired rounds: {ratio(gs, ice.get(('ice-sleep','1to4'),{})):.2f}x")
 print(f"shmbus 1->1 / iceoryx2 1->1, paired rounds: {ratio(shmbus, ice.get(('ice-spin','1to1'),{})):.2f}x")
 import os
 if os.path.exists(f"{out}/floor"):

@@ -111,7 +111,10 @@ fn subscriber_main() -> Result<(), Box<dyn std::error::Error>> {
     let warmup_ns = env_u64(WARMUP_ENV);
     let duration_ns = env_u64(DURATION_ENV);
     let buffer = env_u64(BUFFER_ENV) as usize;
-    let yield_when_empty = std::env::var(IDLE_ENV).as_deref() == Ok("yield");
+    let idle = std::env::var(IDLE_ENV).unwrap_or_default();
+    let yield_when_empty = idle == "yield";
+    // `sleep:US`: sleep US microseconds after an empty receive().
+    let sleep_when_empty = idle.strip_prefix("sleep:").and_then(|u| u.parse::<u64>().ok()).map(Duration::from_micros);
 
     let node = NodeBuilder::new().create::<ipc::Service>()?;
     let service = node.service_builder(&service_name.as_str().try_into()?).publish_subscribe::<Msg>().open()?;
@@ -151,6 +154,8 @@ fn subscriber_main() -> Result<(), Box<dyn std::error::Error>> {
             }
             expected = m.seq + 1;
             received += 1;
+        } else if let Some(d) = sleep_when_empty {
+            std::thread::sleep(d);
         } else if yield_when_empty {
             std::thread::yield_now();
         } else {
@@ -203,8 +208,9 @@ struct Opts {
     run_1to1: bool,
     run_1ton: bool,
     probe: bool,
-    /// Subscribers call sched_yield() after an empty receive() instead of spinning.
-    sub_yield: bool,
+    /// What subscribers do after an empty receive(): "spin", "yield"
+    /// (sched_yield), or "sleep:US" (sleep US microseconds).
+    sub_idle: String,
     /// Ping-pong latency at 8 B, 64 B and 4 KiB instead of throughput.
     latency: bool,
     /// Timed round trips per latency run.
@@ -214,7 +220,7 @@ struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: iceoryx2-bench [--rounds R (5)] [--subs N (4)] [--duration-ms D (1000)] \
-         [--warmup-ms W (200)] [--buffer B (1024)] [--only 1to1|1toN] [--no-probe] [--sub-idle spin|yield (spin)] \
+         [--warmup-ms W (200)] [--buffer B (1024)] [--only 1to1|1toN] [--no-probe] [--sub-idle spin|yield|sleep:US (spin)] \
          [--latency [--round-trips N (20000)]]"
     );
     std::process::exit(2)
@@ -230,7 +236,7 @@ fn parse_opts() -> Opts {
         run_1to1: true,
         run_1ton: true,
         probe: true,
-        sub_yield: false,
+        sub_idle: "spin".into(),
         latency: false,
         round_trips: 20_000,
     };
@@ -252,8 +258,8 @@ fn parse_opts() -> Opts {
             "--latency" => o.latency = true,
             "--round-trips" => o.round_trips = val("--round-trips").max(10) as usize,
             "--sub-idle" => match args.next().as_deref() {
-                Some("spin") => o.sub_yield = false,
-                Some("yield") => o.sub_yield = true,
+                Some(v @ ("spin" | "yield")) => o.sub_idle = v.into(),
+                Some(v) if v.strip_prefix("sleep:").is_some_and(|u| u.parse::<u64>().is_ok()) => o.sub_idle = v.into(),
                 _ => usage(),
             },
             "--only" => match args.next().as_deref() {
@@ -360,7 +366,7 @@ fn run_round(
             .env(WARMUP_ENV, o.warmup_ns.to_string())
             .env(DURATION_ENV, o.duration_ns.to_string())
             .env(BUFFER_ENV, o.buffer.to_string())
-            .env(IDLE_ENV, if o.sub_yield { "yield" } else { "spin" })
+            .env(IDLE_ENV, &o.sub_idle)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -538,8 +544,12 @@ fn main() {
     let n = o.subs;
     println!(
         "# iceoryx2 {ICEORYX2_VERSION} pub/sub, ipc::Service, payload 64 B (loan_uninit + write_payload + send; \
-         subscriber copies the whole payload), subscribers busy-poll receive() ({} when empty)",
-        if o.sub_yield { "sched_yield" } else { "spin" }
+         subscriber copies the whole payload), subscribers poll receive() ({} when empty)",
+        match o.sub_idle.as_str() {
+            "yield" => "sched_yield".to_owned(),
+            "spin" => "spin".to_owned(),
+            s => format!("{} us sleep", s.trim_start_matches("sleep:")),
+        }
     );
     println!(
         "# enable_safe_overflow=false backpressure=RetryUntilDelivered subscriber_buffer={} history=0 \

@@ -16,7 +16,9 @@
 //!
 //! A further argument `nostats` turns the statistics off (the daemon's
 //! `statistics = false`), to count what they cost; `batch` sends with
-//! `send_batch_with` and receives with `try_recv_batch`, 32 at a time.
+//! `send_batch_with` and receives with `try_recv_batch`, 32 at a time;
+//! `groups=K` subscribes K groups (fan-out: every message goes to each,
+//! and each receives it), so that the count is per message sent.
 //! Sending and receiving run in two functions kept out of line, so that
 //! `callgrind_annotate --inclusive=yes` shows each side's share
 //! (`shmbus_instr::send_side`, `shmbus_instr::receive_side`).
@@ -51,7 +53,14 @@ fn main() {
         .send_timeout(Duration::from_secs(5))
         .connect()
         .expect("connect");
-    let sub = bus.subscribe("instr").expect("subscribe");
+    let groups: usize =
+        std::env::args().skip(2).find_map(|a| a.strip_prefix("groups=").and_then(|k| k.parse().ok())).unwrap_or(1);
+    let subs: Vec<bus_client::Subscriber> = (0..groups)
+        .map(|k| {
+            if k == 0 { bus.subscribe("instr") } else { bus.subscribe_group("instr", &format!("g{k}")) }
+                .expect("subscribe")
+        })
+        .collect();
     let mut publisher = bus.publisher().create().expect("publisher");
     let batch = if std::env::args().skip(2).any(|a| a == "batch") { 32 } else { 1 };
     let mut held = Vec::with_capacity(batch);
@@ -61,12 +70,14 @@ fn main() {
         let k = (n - sent).min(batch as u64) as usize;
         send_side(&mut publisher, k);
         sent += k as u64;
-        bytes += receive_side(&sub, &mut held, batch);
+        for sub in &subs {
+            bytes += receive_side(sub, &mut held, batch);
+        }
     }
-    assert_eq!(bytes, n * 64, "every message came back");
+    assert_eq!(bytes, n * 64 * groups as u64, "every message came back to every group");
     drop(held);
     drop(publisher);
-    drop(sub);
+    drop(subs);
     drop(bus);
     daemon.stop().expect("stop the daemon");
     let _ = std::fs::remove_dir_all(&dir);

@@ -264,23 +264,26 @@ impl Stream {
         batch: usize,
     ) -> std::io::Result<Stream> {
         let main = OtherGroup { cpu, batch: Some(batch), ..Default::default() };
-        Self::open_groups(t, bus, size, touch, main, &[])
+        Self::open_groups(t, bus, size, touch, batch, main, &[])
     }
 
     /// [`Stream::open`] with the receiver set up as `main` says (in the
     /// default group), and one more receiving child per entry of `others`
     /// (shmbus only), each in a group of its own (see [`OtherGroup`]):
-    /// every message goes to every group. The sender uses batches of
-    /// `main.batch`.
+    /// every message goes to every group. The sender sends `send_batch`
+    /// messages per call; receivers whose `batch` is unset take as many.
     pub fn open_groups(
         t: Transport,
         bus: Option<&Bus>,
         size: usize,
         touch: Touch,
+        send_batch: usize,
         main: OtherGroup,
         others: &[OtherGroup],
     ) -> std::io::Result<Stream> {
-        let (cpu, batch) = (main.cpu, main.batch.unwrap_or(1));
+        let cpu = main.cpu;
+        let receive_batch = main.batch.unwrap_or(send_batch);
+        let batch = send_batch;
         let main_spins = main.spins.map(|n| format!(" spins={n}")).unwrap_or_default();
         let main_spins = main.poll_us.map(|n| format!(" poll_us={n}")).unwrap_or(main_spins);
         let main_spins = if main.asynchronous { format!("{main_spins} async=1") } else { main_spins };
@@ -294,7 +297,7 @@ impl Stream {
                 let bus = bus.ok_or_else(|| std::io::Error::other("shmbus needs a bus"))?;
                 let subsystem = fresh_subsystem("tput");
                 let spec = format!(
-                    "recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem} batch={batch}{cpu_s}{main_spins}"
+                    "recv transport=shmbus size={size} touch={touch_s} subsystem={subsystem} batch={receive_batch}{cpu_s}{main_spins}"
                 );
                 let peer = Peer::spawn(&spec, &[], Some(bus.socket_path()))?;
                 for (i, o) in others.iter().enumerate() {

@@ -135,6 +135,10 @@ impl Percentiles {
 /// Messages per call in the batched throughput runs.
 pub const BATCH: usize = 32;
 
+/// How long a fan-out receiver sleeps when its queue is empty, in the
+/// fan-out run whose receivers sleep rather than yield.
+pub const FANOUT_SLEEP_US: u64 = 50;
+
 #[derive(Debug, Clone, Copy)]
 enum Spec {
     Tput {
@@ -146,11 +150,15 @@ enum Spec {
     FanIn {
         size: usize,
     },
-    /// One publisher, `groups` groups of one receiver each: the rate at
-    /// which every receiver gets every message.
+    /// One publisher sending one message per call, `groups` groups of one
+    /// receiver each: the rate at which every receiver gets every message.
+    /// A receiver takes what is queued, up to [`BATCH`] per call; when its
+    /// queue is empty it yields the CPU (`idle_us` 0) or sleeps `idle_us`
+    /// microseconds.
     FanOut {
         size: usize,
         groups: usize,
+        idle_us: u64,
     },
     /// 1 → 1 with a tap attached (a lossy group whose receiver sleeps
     /// while its queue is empty and drains it in batches, or, `stopped`,
@@ -179,7 +187,10 @@ impl Spec {
                 format!("throughput-batch{batch}/{}/{size}/{}", t.name(), touch_name(touch))
             }
             Spec::FanIn { size } => format!("throughput-4to1/shmbus/{size}"),
-            Spec::FanOut { size, groups } => format!("throughput-1to{groups}groups/shmbus/{size}"),
+            Spec::FanOut { size, groups, idle_us: 0 } => format!("throughput-1to{groups}groups/shmbus/{size}"),
+            Spec::FanOut { size, groups, idle_us } => {
+                format!("throughput-1to{groups}groups-sleep{idle_us}us/shmbus/{size}")
+            }
             Spec::Tap { size, stopped: false } => format!("throughput-with-tap/shmbus/{size}"),
             Spec::Tap { size, stopped: true } => format!("throughput-with-stopped-tap/shmbus/{size}"),
             Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait.name()),
@@ -209,7 +220,8 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
         }
         if max_body >= 64 {
             v.push(Spec::FanIn { size: 64 });
-            v.push(Spec::FanOut { size: 64, groups: 4 });
+            v.push(Spec::FanOut { size: 64, groups: 4, idle_us: 0 });
+            v.push(Spec::FanOut { size: 64, groups: 4, idle_us: FANOUT_SLEEP_US });
             v.push(Spec::Tap { size: 64, stopped: false });
             v.push(Spec::Tap { size: 64, stopped: true });
         }
@@ -297,17 +309,18 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
         Spec::FanIn { size } => {
             fan_in(bus, o, size).map(|(rate, lost)| Sample { msgs_per_sec: Some(rate), lost, ..blank })
         }
-        Spec::FanOut { size, groups } => {
+        Spec::FanOut { size, groups, idle_us } => {
             // Four receivers and a publisher share two CPUs: busy-polling
-            // receivers would take turns by time slice, so they poll,
-            // yielding the CPU when their queue is empty, and take what is
-            // there in batches (iceoryx2's figures in BENCHMARKS.md use the
-            // same receive loop); they are not pinned, so that the
-            // scheduler spreads them.
-            let receiver = OtherGroup { poll_us: Some(0), batch: Some(BATCH), ..Default::default() };
+            // receivers would take turns by time slice, so each takes what
+            // is there (up to a batch per call) and, when its queue is
+            // empty, yields the CPU or sleeps a little (iceoryx2's figures
+            // in BENCHMARKS.md use the same receive loops, one sample per
+            // call: it has no batch receive). They are not pinned, so that
+            // the scheduler spreads them. The publisher sends one message
+            // per call.
+            let receiver = OtherGroup { poll_us: Some(idle_us), batch: Some(BATCH), ..Default::default() };
             let others = vec![receiver; groups - 1];
-            let main = OtherGroup { batch: Some(1), ..receiver };
-            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, main, &others)?;
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, 1, receiver, &others)?;
             s.round(2_000)?;
             let r = s.round_for(o.duration)?;
             s.close()?;
@@ -319,7 +332,7 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
             // doorbell (so publishers never pay a wake-up for it).
             let tap = OtherGroup { tap: true, cpu: None, batch: Some(256), poll_us: Some(1000), ..Default::default() };
             let main = OtherGroup { cpu: child_cpu, batch: Some(1), ..Default::default() };
-            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, main, &[tap])?;
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, 1, main, &[tap])?;
             if stopped {
                 s.freeze_taps();
             }
@@ -330,7 +343,7 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
         }
         Spec::AsyncTput { size } => {
             let main = OtherGroup { cpu: child_cpu, batch: Some(1), asynchronous: true, ..Default::default() };
-            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, main, &[])?;
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, 1, main, &[])?;
             s.round(2_000)?;
             let r = s.round_for(o.duration)?;
             s.close()?;
@@ -447,6 +460,9 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         let label = match (m.transport, m.publishers, m.touch) {
             ("shmbus", 4, _) => "shmbus, 4 publishers -> 1".to_string(),
             _ if m.name.starts_with("throughput-async") => "shmbus, async receiver (tokio)".into(),
+            _ if m.name.starts_with("throughput-1to4groups-sleep") => {
+                format!("shmbus, 1 -> 4 groups, {FANOUT_SLEEP_US} us sleeps")
+            }
             _ if m.name.starts_with("throughput-1to4groups") => "shmbus, 1 -> 4 groups (each gets all)".into(),
             _ if m.name.starts_with("throughput-with-tap") => "shmbus, 1 -> 1 with a tap draining".into(),
             _ if m.name.starts_with("throughput-with-stopped-tap") => "shmbus, 1 -> 1 with a stopped tap".into(),
@@ -487,6 +503,10 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
             ("throughput-with-tap/shmbus/64", "1 -> 1 with a tap draining, vs 1 -> 1 alone"),
             ("throughput-with-stopped-tap/shmbus/64", "1 -> 1 with a stopped tap, vs 1 -> 1 alone"),
             ("throughput-1to4groups/shmbus/64", "1 -> 4 groups per receiver, vs 1 -> 1"),
+            (
+                &format!("throughput-1to4groups-sleep{FANOUT_SLEEP_US}us/shmbus/64"),
+                "1 -> 4 groups per receiver (sleeping), vs 1 -> 1",
+            ),
         ] {
             if let Some(r) = find(name.into()).and_then(|m| paired_ratio(m, one, rate)) {
                 writeln!(out, "  {what}: {r:.2}x (median of paired rounds)")?;
