@@ -193,7 +193,7 @@ impl BusBuilder {
     pub fn connect(self) -> Result<Bus, ConnectError> {
         let socket = crate::addr::find_socket(self.socket.as_deref(), self.bus.as_deref());
         let timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
-        let fd = control::connect(&socket, crate::subscriber::deadline_in(timeout)).map_err(|e| match e {
+        let fd = control::connect(&socket, crate::bus::deadline_in(timeout)).map_err(|e| match e {
             nix::errno::Errno::EAGAIN => ConnectError::Timeout { socket: socket.clone(), waited: timeout },
             nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED => {
                 ConnectError::NoDaemon { socket: socket.clone() }
@@ -594,4 +594,16 @@ impl Drop for Inner {
         let _ = handle.join();
         unregister_control_fd(self.link.control_raw());
     }
+}
+
+/// The deadline `timeout` from now (`None`: no deadline).
+pub(crate) fn after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(deadline_in)
+}
+
+/// The instant `t` from now; for a `t` beyond what the clock can hold
+/// (`Duration::MAX`, say), a century from now.
+pub(crate) fn deadline_in(t: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
 }

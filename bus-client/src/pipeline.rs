@@ -191,8 +191,7 @@ impl Pipeline {
             return Err(ReplyError::WindowFull { window: self.window() });
         };
         let pending = Pending::new(index, self.slab[index as usize].gen, self.queue);
-        let now = Instant::now();
-        let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        let deadline = crate::bus::deadline_in(timeout);
         // The request's timeout covers the send too.
         self.publisher.set_block_timeout(timeout.min(self.bus.inner.send_timeout));
         match send(&mut self.publisher, pending.id) {

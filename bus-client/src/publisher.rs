@@ -336,7 +336,7 @@ impl Publisher {
         let n = self.batch.len();
         let mut pushed = 0;
         let deadline = match self.backpressure {
-            Backpressure::Block(t) => Some(crate::subscriber::deadline_in(t)),
+            Backpressure::Block(t) => Some(crate::bus::deadline_in(t)),
             Backpressure::FailFast => None,
         };
         loop {
@@ -650,7 +650,7 @@ impl Publisher {
                 let cache = &mut self.cache;
                 match self.bus.inner.wait_on(
                     &bell,
-                    || crate::subscriber::after(Some(t)),
+                    || crate::bus::after(Some(t)),
                     crate::bus::DEFAULT_SPINS,
                     || refill(cache, &port),
                 ) {
@@ -788,9 +788,7 @@ impl Publisher {
         let deadline = std::cell::OnceCell::new();
         let wait = |me: &Self, queue: u32| match me.backpressure {
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
-            Backpressure::Block(t) => {
-                me.wait_for_space(queue, *deadline.get_or_init(|| crate::subscriber::deadline_in(t)))
-            }
+            Backpressure::Block(t) => me.wait_for_space(queue, *deadline.get_or_init(|| crate::bus::deadline_in(t))),
         };
         loop {
             match self.revalidate(slot, route, subsystem_len) {

@@ -189,7 +189,7 @@ impl Requester {
         send: impl FnOnce(&mut Publisher, u64) -> Result<u64, SendError>,
     ) -> Result<Response<'_>, ReplyError> {
         let corr = self.next.fetch_add(1, Ordering::Relaxed);
-        let deadline = crate::subscriber::deadline_in(timeout);
+        let deadline = crate::bus::deadline_in(timeout);
         self.lock_waiting().pending.push(corr);
         let sent = {
             // The request's timeout covers the send too: waiting for a free

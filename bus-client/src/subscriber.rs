@@ -1,7 +1,7 @@
 //! Receiving: [`Subscriber`] and the [`Message`] guard that borrows a slot.
 
 use crate::body::{fingerprint, Body};
-use crate::bus::{unexpected, Bus};
+use crate::bus::{after, unexpected, Bus};
 use crate::error::{BodyError, RecvError, RequestError};
 use crate::protocol::{Reply, Request};
 use bus_core::layout::SlotHeader;
@@ -130,18 +130,6 @@ impl SubscriptionBuilder {
             _not_sync: PhantomData,
         })
     }
-}
-
-/// The deadline `timeout` from now (`None`: no deadline).
-pub(crate) fn after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(deadline_in)
-}
-
-/// The instant `t` from now; for a `t` beyond what the clock can hold
-/// (`Duration::MAX`, say), a century from now.
-pub(crate) fn deadline_in(t: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(t).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// Receives the messages of one subsystem, as a member of one of its groups.
