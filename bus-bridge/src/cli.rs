@@ -75,8 +75,10 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration)]
     stats_interval: Option<Duration>,
     /// Most one-way messages to one key sent as one Zenoh sample, when
-    /// that many are queued already (none waits for the others); 1: one
-    /// sample each, readable by plain Zenoh subscribers [default: 32].
+    /// that many are queued already (none waits for the others). A plain
+    /// Zenoh subscriber of the bridge's keys then gets batches of frames
+    /// under bursts; 1: a sample per message, for such readers
+    /// [default: 32].
     #[arg(long)]
     coalesce: Option<usize>,
 }

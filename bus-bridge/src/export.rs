@@ -5,8 +5,8 @@
 //! Each key seen is declared once (see [`declare_keys`]), so that Zenoh
 //! routes its samples from a cached route.
 
-use crate::counters::{bump, worth_logging, Counters};
-use crate::wire::{self, Meta};
+use crate::counters::{add, bump, worth_logging, Counters};
+use crate::wire::{self, Kind, Meta};
 use crate::{BridgeError, Shared};
 use bus_client::{Bus, Publisher};
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zenoh::query::Query;
 use zenoh::sample::Locality;
 use zenoh::Wait;
@@ -164,27 +164,51 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
     };
     let attachment = sample.attachment().map(|a| a.to_bytes());
     let payload = sample.payload().to_bytes();
-    let Some(count) = wire::batch_count(attachment.as_deref()) else {
-        hand_over(c, p, path, &wire::decode(attachment.as_deref()), &payload);
-        return;
-    };
-    // A batch: once one of its messages is not taken, the rest are
-    // dropped without a try, so that one sample never waits for the local
-    // bus longer than one message may.
-    let mut taken = true;
-    for frame in wire::frames(&payload, count) {
-        match frame {
-            Ok((meta, body)) if taken => taken = hand_over(c, p, path, &meta, body),
-            Ok(_) => {
-                bump(&c.dropped_local);
-            }
-            Err(why) => {
-                let n = bump(&c.unbridgeable);
-                if worth_logging(n) {
-                    tracing::warn!("a batch from another host to {path} is malformed ({n} so far): {why}");
-                }
-            }
+    let count = match wire::kind(attachment.as_deref()) {
+        Kind::Single => {
+            hand_over(c, p, path, &wire::decode(attachment.as_deref()), &payload);
+            return;
         }
+        Kind::Batch(n) => n,
+        Kind::BadBatch => return malformed(c, path, "its attachment cannot be right"),
+    };
+    // The whole batch is checked before any of it is delivered.
+    if let Some(Err(why)) = wire::frames(&payload, count).find(Result::is_err) {
+        return malformed(c, path, why);
+    }
+    // One sample waits for the local bus no longer than one message may
+    // (`local-timeout` for a slot, then as long for room): each send gets
+    // what is left of one `local-timeout` from the start, and once one is
+    // not taken, or none is left, the rest are dropped without a try.
+    let local_timeout = shared.config.local_timeout;
+    let deadline = Instant::now() + local_timeout;
+    let mut taken = true;
+    let mut dropped = 0u64;
+    for (meta, body) in wire::frames(&payload, count).flatten() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if taken && !left.is_zero() {
+            p.set_send_timeout(left);
+            taken = hand_over(c, p, path, &meta, body);
+        } else {
+            dropped += 1;
+        }
+    }
+    p.set_send_timeout(local_timeout);
+    if dropped > 0 {
+        let n = add(&c.dropped_local, dropped);
+        if (n + 1 - dropped..=n).any(worth_logging) {
+            tracing::warn!(
+                "{dropped} messages of a batch from another host to {path} were dropped: the local bus did not take them within {local_timeout:?} ({n} so far)"
+            );
+        }
+    }
+}
+
+/// Counts and logs a batch from another host that cannot be read.
+fn malformed(c: &Counters, path: &str, why: &str) {
+    let n = bump(&c.unbridgeable);
+    if worth_logging(n) {
+        tracing::warn!("a batch from another host to {path} was dropped whole ({n} so far): {why}");
     }
 }
 

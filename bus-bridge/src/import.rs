@@ -225,22 +225,23 @@ struct Importer {
     run: Run,
 }
 
-/// Most body bytes of a coalesced sample: a run is sent when the next
-/// message would take it past this.
-const MAX_COALESCED_BYTES: usize = 64 * 1024;
+/// Most bytes of a coalesced sample's frames: a run is sent when the next
+/// message would take it past this. Under Zenoh's 64 KiB transport batch,
+/// with room for the key and attachment, so that a sample is not cut into
+/// fragments.
+const MAX_COALESCED_BYTES: usize = 60 * 1024;
 
-/// One-way messages to one key, copied out of their slots, to go out as
-/// one sample ([`Importer::forward_all`]).
+/// The run of one-way messages to one key being gathered
+/// ([`Importer::forward_all`]); the messages themselves wait, held, in the
+/// caller's `held`.
 #[derive(Default)]
 struct Run {
     /// The route of the last run and its key, kept between runs: a
     /// stream to one route computes its key once.
     route: String,
     key: Option<String>,
-    /// Their frames (see `crate::wire`).
-    payload: Vec<u8>,
-    /// How many.
-    n: u32,
+    /// Bytes their frames take (see `crate::wire`).
+    bytes: usize,
 }
 
 impl Importer {
@@ -275,7 +276,12 @@ impl Importer {
             match sub.recv_timeout(wait) {
                 Ok(msg) => {
                     taken.push(msg);
-                    let more = self.shared.config.coalesce - 1;
+                    let mut more = self.shared.config.coalesce - 1;
+                    if self.shared.config.on_link_loss == LinkLoss::Block {
+                        // Should the link go while they are sent, the rest
+                        // join the backlog: not past its bound.
+                        more = more.min(MAX_BACKLOG - 1);
+                    }
                     if more > 0 && backlog.is_empty() {
                         // What is queued already goes with it; nothing is
                         // waited for. (An error here shows at the next
@@ -319,7 +325,7 @@ impl Importer {
         let mut run = std::mem::take(&mut self.run);
         let coalesce = self.shared.config.coalesce;
         for msg in msgs.drain(..) {
-            let body = match msg.body_bytes() {
+            let len = match msg.body_bytes() {
                 Ok(b)
                     if coalesce > 1
                         && backlog.is_empty()
@@ -327,11 +333,10 @@ impl Importer {
                         && !msg.is_request()
                         && self.link.state.subscribers.load(Ordering::Relaxed) =>
                 {
-                    b
+                    b.len()
                 }
                 _ => {
-                    self.flush(&mut run);
-                    held.clear();
+                    self.flush(&mut run, held);
                     if let Some(w) = self.forward(msg, !backlog.is_empty()) {
                         bump(&self.shared.counters.waited_for_link);
                         backlog.push_back(w);
@@ -339,11 +344,9 @@ impl Importer {
                     continue;
                 }
             };
-            let full = run.n as usize >= coalesce
-                || run.payload.len() + wire::FRAME_OVERHEAD + body.len() > MAX_COALESCED_BYTES;
-            if run.n > 0 && (full || run.route != msg.route()) {
-                self.flush(&mut run);
-                held.clear();
+            let full = held.len() >= coalesce || run.bytes + wire::FRAME_OVERHEAD + len > MAX_COALESCED_BYTES;
+            if !held.is_empty() && (full || run.route != msg.route()) {
+                self.flush(&mut run, held);
             }
             if run.key.is_none() || run.route != msg.route() {
                 run.route.clear();
@@ -355,38 +358,53 @@ impl Importer {
                 self.forward(msg, false);
                 continue;
             }
-            let meta = Meta { envelope: msg.envelope(), id: msg.id(), error: None };
-            wire::push_frame(&mut run.payload, &meta, body);
-            run.n += 1;
+            run.bytes += wire::FRAME_OVERHEAD + len;
             held.push(msg);
         }
-        self.flush(&mut run);
-        held.clear();
+        self.flush(&mut run, held);
         self.run = run;
     }
 
-    /// Sends the run's messages: one as a sample of its own, more as a
-    /// batch.
-    fn flush(&mut self, run: &mut Run) {
+    /// Sends the run's messages, `held`, and releases them: one as a
+    /// sample of its own (its body copied once, from its slot), more as a
+    /// batch (each body copied once, into the batch).
+    fn flush(&mut self, run: &mut Run, held: &mut Vec<Message<'_>>) {
         let Some(key) = run.key.as_deref() else { return };
-        match run.n {
-            0 => return,
-            1 => {
-                let (att, frame) = run.payload.split_at(wire::LEN);
-                let att: [u8; wire::LEN] = att.try_into().expect("a frame starts with its attachment");
-                let body = ZBytes::from(&frame[wire::FRAME_OVERHEAD - wire::LEN..]);
-                self.put(key, body, att, 1);
-                run.payload.clear();
-            }
-            n => {
-                let capacity = run.payload.capacity();
-                let payload = std::mem::replace(&mut run.payload, Vec::with_capacity(capacity));
-                if self.put(key, ZBytes::from(payload), wire::encode_batch(n), n as u64) {
+        let meta = |m: &Message<'_>| Meta { envelope: m.envelope(), id: m.id(), error: None };
+        // Read when it joined the run, and held since; only a process that
+        // overwrites the slot's header can make it unreadable now.
+        let unreadable = || bump(&self.shared.counters.unbridgeable);
+        match held.as_slice() {
+            [] => return,
+            [one] => match one.body_bytes() {
+                Ok(body) => {
+                    self.put(key, ZBytes::from(body), wire::encode(&meta(one)), 1);
+                }
+                Err(_) => {
+                    unreadable();
+                }
+            },
+            all => {
+                let mut payload = Vec::with_capacity(run.bytes);
+                let mut n = 0u32;
+                for m in all {
+                    match m.body_bytes() {
+                        Ok(body) => {
+                            wire::push_frame(&mut payload, &meta(m), body);
+                            n += 1;
+                        }
+                        Err(_) => {
+                            unreadable();
+                        }
+                    }
+                }
+                if n > 0 && self.put(key, ZBytes::from(payload), wire::encode_batch(n), n as u64) {
                     bump(&self.shared.counters.batches_sent);
                 }
             }
         }
-        run.n = 0;
+        held.clear();
+        run.bytes = 0;
     }
 
     /// Sends `msg` on, or hands it back to wait for the link (one-way, in

@@ -15,20 +15,26 @@
 //! putting to `shmbus/...`) is taken as a raw body that starts a trace.
 //!
 //! A sample may carry several one-way messages to one key (see
-//! `coalesce` in the bridge's settings): its attachment then has the
-//! `batch` bit (8) in byte 1 and the number of messages in bytes 4..8
-//! (u32 LE), every other byte zero; its payload is that many frames, each
-//! a message's own 32-byte attachment as above, its body length (u32 LE)
-//! and its body. A sample of one message is never a batch, so a plain
-//! Zenoh subscriber reads single messages as they are, and only a burst
-//! coalesced by a bridge needs this format to read. Bridges that talk to
-//! each other must both know it (every release since it was added).
+//! `coalesce` in the bridge's settings): its attachment is then 32 bytes
+//! of which byte 0 is [`BATCH_VERSION`], byte 1 the `batch` bit (8), bytes
+//! 4..8 the number of messages (u32 LE, 1 to 1024) and every other byte
+//! zero; its payload is that many frames, each a message's own 32-byte
+//! attachment as above, its body length (u32 LE) and its body, and
+//! nothing after the last. A sample of one message is never a batch, so a
+//! plain Zenoh subscriber reads single messages as they are; only a burst
+//! coalesced by a bridge needs this format. A reader that knows only
+//! version 1 takes a batch for a foreign raw body, never for a typed
+//! message.
 
 use bus_client::{Envelope, ReplyError};
 use zenoh::key_expr::keyexpr;
 
 /// Attachment format version.
 pub const VERSION: u8 = 1;
+/// Version byte of a batch's attachment.
+pub const BATCH_VERSION: u8 = 2;
+/// Most messages in a batch that a reader accepts.
+pub const MAX_BATCH: u32 = 1024;
 /// Attachment length.
 pub const LEN: usize = 32;
 
@@ -85,18 +91,36 @@ pub fn encode(meta: &Meta) -> [u8; LEN] {
 /// The attachment of a batch of `count` messages.
 pub fn encode_batch(count: u32) -> [u8; LEN] {
     let mut b = [0u8; LEN];
-    b[0] = VERSION;
+    b[0] = BATCH_VERSION;
     b[1] = BATCH;
     b[4..8].copy_from_slice(&count.to_le_bytes());
     b
 }
 
-/// The number of messages a sample carries if its attachment says it is
-/// a batch (see the module's table).
-pub fn batch_count(att: Option<&[u8]>) -> Option<u32> {
-    let b = att?;
-    (b.len() == LEN && b[0] == VERSION && b[1] & BATCH != 0)
-        .then(|| u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")))
+/// What a sample's attachment says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One message (or a sample from a program that is not a bridge).
+    Single,
+    /// A batch of this many messages (1 to [`MAX_BATCH`]).
+    Batch(u32),
+    /// A batch attachment that cannot be right.
+    BadBatch,
+}
+
+/// Tells a batch from a single message (see the module's text).
+pub fn kind(att: Option<&[u8]>) -> Kind {
+    let Some(b) = att else { return Kind::Single };
+    if b.len() != LEN || b[0] != BATCH_VERSION {
+        return Kind::Single;
+    }
+    let count = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+    let zero = b[2..4].iter().chain(&b[8..]).all(|&x| x == 0);
+    if b[1] == BATCH && zero && (1..=MAX_BATCH).contains(&count) {
+        Kind::Batch(count)
+    } else {
+        Kind::BadBatch
+    }
 }
 
 /// Appends one message's frame to a batch's payload.
@@ -263,9 +287,18 @@ mod tests {
         for (i, b) in bodies.iter().enumerate() {
             push_frame(&mut payload, &meta(i as u64), b);
         }
-        assert_eq!(batch_count(Some(&encode_batch(3))), Some(3));
-        assert_eq!(batch_count(Some(&encode(&meta(1)))), None, "a single message is not a batch");
-        assert_eq!(batch_count(None), None);
+        assert_eq!(kind(Some(&encode_batch(3))), Kind::Batch(3));
+        assert_eq!(kind(Some(&encode(&meta(1)))), Kind::Single, "a single message is not a batch");
+        assert_eq!(kind(None), Kind::Single);
+        assert_eq!(kind(Some(b"short")), Kind::Single);
+        for bad in [0, MAX_BATCH + 1] {
+            assert_eq!(kind(Some(&encode_batch(bad))), Kind::BadBatch, "count {bad}");
+        }
+        let mut stray = encode_batch(3);
+        stray[20] = 1;
+        assert_eq!(kind(Some(&stray)), Kind::BadBatch, "a byte that must be zero");
+        // A reader of version 1 only takes a batch for a foreign raw body.
+        assert!(decode(Some(&encode_batch(3))).envelope.raw);
         let got: Vec<_> = frames(&payload, 3).collect::<Result<_, _>>().unwrap();
         assert_eq!(got.len(), 3);
         for (i, (m, b)) in got.iter().enumerate() {

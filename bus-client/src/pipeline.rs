@@ -193,7 +193,7 @@ impl Pipeline {
         let pending = Pending::new(index, self.slab[index as usize].gen, self.queue);
         let deadline = crate::bus::deadline_in(timeout);
         // The request's timeout covers the send too.
-        self.publisher.set_block_timeout(timeout.min(self.bus.inner.send_timeout));
+        self.publisher.set_send_timeout(timeout.min(self.bus.inner.send_timeout));
         match send(&mut self.publisher, pending.id) {
             Ok(_) => {
                 self.free.pop();

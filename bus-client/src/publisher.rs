@@ -552,8 +552,11 @@ impl Publisher {
         self.loan_to(route, path, subsystem_len)
     }
 
-    /// For a blocking publisher: how long its sends wait from now on.
-    pub(crate) fn set_block_timeout(&mut self, t: Duration) {
+    /// For a publisher that blocks ([`Backpressure::Block`], the default):
+    /// how long its sends and loans wait from now on, for a free slot and
+    /// then for room in a full queue (each). A fail-fast publisher stays
+    /// fail-fast.
+    pub fn set_send_timeout(&mut self, t: Duration) {
         if let Backpressure::Block(_) = self.backpressure {
             self.backpressure = Backpressure::Block(t);
         }

@@ -203,7 +203,7 @@ impl Requester {
                     (p, deadline.saturating_duration_since(Instant::now()))
                 }
             };
-            publisher.set_block_timeout(left.min(self.bus.inner.send_timeout));
+            publisher.set_send_timeout(left.min(self.bus.inner.send_timeout));
             send(&mut publisher, corr)
         };
         if let Err(e) = sent {

@@ -353,7 +353,7 @@ fn every_route_keeps_its_path_past_the_exporters_key_cache() {
 /// A burst sent faster than Zenoh takes single samples goes out coalesced
 /// (several messages per sample, `batches_sent` counts them), in runs cut
 /// wherever the route changes: on the far host every message arrives once,
-/// with its own path, body and trace id, in order per route.
+/// with its own path, body and trace id, in the order sent.
 #[test]
 fn a_coalesced_burst_keeps_every_messages_path_trace_and_order() {
     const N: u64 = 5000;
@@ -366,19 +366,14 @@ fn a_coalesced_burst_keeps_every_messages_path_trace_and_order() {
     let a = bus_client::Bus::builder().socket(&h.a).connect().expect("a client on A");
     let sub = a.subscribe("sensors").expect("subscribe on A");
     let reader = std::thread::spawn(move || -> Result<(), String> {
-        let mut seen = vec![false; N as usize];
-        let mut last: std::collections::HashMap<String, u64> = Default::default();
         for n in 0..N {
             let msg = sub.recv_timeout(Duration::from_secs(20)).map_err(|e| format!("after {n} messages: {e}"))?;
             let i = u64::from_le_bytes(msg.body_bytes().unwrap().try_into().map_err(|_| "a body of 8 bytes")?);
-            if i >= N || std::mem::replace(&mut seen[i as usize], true) {
-                return Err(format!("message {i} again, or out of range"));
+            if i != n {
+                return Err(format!("message {i} came where {n} was due"));
             }
             if msg.path() != format!("sensors://{}", route(i)) || msg.trace_id() != i + 1 {
                 return Err(format!("message {i} came as {} with trace {}", msg.path(), msg.trace_id()));
-            }
-            if last.insert(msg.path().to_owned(), i).is_some_and(|before| before > i) {
-                return Err(format!("message {i} on {} came after a later one", msg.path()));
             }
         }
         drop(a);

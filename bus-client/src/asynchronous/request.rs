@@ -237,9 +237,9 @@ impl Requester {
         replies.lock().pending.insert(corr, Entry::default());
         let sent = {
             let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
-            publisher.set_block_timeout(Duration::ZERO);
+            publisher.set_send_timeout(Duration::ZERO);
             let sent = send(&mut publisher, replies.queue, corr);
-            publisher.set_block_timeout(self.bus.inner.send_timeout);
+            publisher.set_send_timeout(self.bus.inner.send_timeout);
             sent
         };
         if let Err(e) = sent {
