@@ -8,7 +8,7 @@
 use crate::counters::{add, bump, worth_logging, Counters};
 use crate::wire::{self, Kind, Meta};
 use crate::{BridgeError, Shared};
-use bus_client::{Bus, Publisher};
+use bus_client::{Bus, Publisher, SendError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -166,7 +166,7 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
     let payload = sample.payload().to_bytes();
     let count = match wire::kind(attachment.as_deref()) {
         Kind::Single => {
-            hand_over(c, p, path, &wire::decode(attachment.as_deref()), &payload);
+            let _ = hand_over(c, p, path, &wire::decode(attachment.as_deref()), &payload);
             return;
         }
         Kind::Batch(n) => n,
@@ -178,8 +178,9 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
     }
     // One sample waits for the local bus no longer than one message may
     // (`local-timeout` for a slot, then as long for room): each send gets
-    // what is left of one `local-timeout` from the start, and once one is
-    // not taken, or none is left, the rest are dropped without a try.
+    // what is left of one `local-timeout` from the start, and once one
+    // found no room in that time, or none is left, the rest are dropped
+    // without a try.
     let local_timeout = shared.config.local_timeout;
     let deadline = Instant::now() + local_timeout;
     let mut taken = true;
@@ -188,7 +189,9 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
         let left = deadline.saturating_duration_since(Instant::now());
         if taken && !left.is_zero() {
             p.set_send_timeout(left);
-            taken = hand_over(c, p, path, &meta, body);
+            // Another failure (a body too large for this bus's slots, say)
+            // is this message's alone.
+            taken = !hand_over(c, p, path, &meta, body).is_err_and(|e| waited_in_vain(&e));
         } else {
             dropped += 1;
         }
@@ -214,7 +217,7 @@ fn malformed(c: &Counters, path: &str, why: &str) {
 
 /// Sends one message from another host to the local bus; `false` (counted
 /// and logged) if the bus did not take it.
-fn hand_over(c: &Counters, p: &mut Publisher, path: &str, meta: &Meta, body: &[u8]) -> bool {
+fn hand_over(c: &Counters, p: &mut Publisher, path: &str, meta: &Meta, body: &[u8]) -> Result<(), SendError> {
     let sent = p
         .loan(path)
         .and_then(|l| l.write_bytes(body))
@@ -222,16 +225,29 @@ fn hand_over(c: &Counters, p: &mut Publisher, path: &str, meta: &Meta, body: &[u
     match sent {
         Ok(_) => {
             bump(&c.received);
-            true
+            Ok(())
         }
         Err(e) => {
             let n = bump(&c.dropped_local);
             if worth_logging(n) {
                 tracing::warn!("a message from another host to {path} was dropped ({n} so far): {e}");
             }
-            false
+            Err(e)
         }
     }
+}
+
+/// Whether a send failed because the local bus had no room in time (a
+/// slot, or room in a queue): the next would wait as long.
+fn waited_in_vain(e: &SendError) -> bool {
+    matches!(
+        e,
+        SendError::Timeout { .. }
+            | SendError::QueueFull { .. }
+            | SendError::PartlyDelivered { .. }
+            | SendError::PoolExhausted { .. }
+            | SendError::QuotaExceeded { .. }
+    )
 }
 
 fn enqueue(shared: &Shared, tx: &SyncSender<Query>, query: Query) {

@@ -369,7 +369,11 @@ impl Importer {
     /// sample of its own (its body copied once, from its slot), more as a
     /// batch (each body copied once, into the batch).
     fn flush(&mut self, run: &mut Run, held: &mut Vec<Message<'_>>) {
-        let Some(key) = run.key.as_deref() else { return };
+        let Some(key) = run.key.as_deref() else {
+            // A message joins a run only once its key is known.
+            debug_assert!(held.is_empty());
+            return;
+        };
         let meta = |m: &Message<'_>| Meta { envelope: m.envelope(), id: m.id(), error: None };
         // Read when it joined the run, and held since; only a process that
         // overwrites the slot's header can make it unreadable now.

@@ -12,7 +12,9 @@
 //! | 24..32 | message id on the sending bus (u64 LE)                     |
 //!
 //! A sample or query without a valid attachment (a plain Zenoh program
-//! putting to `shmbus/...`) is taken as a raw body that starts a trace.
+//! putting to `shmbus/...`) is taken as a raw body that starts a trace;
+//! one whose 32-byte attachment starts with [`BATCH_VERSION`] is read as a
+//! batch (below), or dropped whole if it is not a valid one.
 //!
 //! A sample may carry several one-way messages to one key (see
 //! `coalesce` in the bridge's settings): its attachment is then 32 bytes
@@ -174,7 +176,7 @@ pub fn frames(payload: &[u8], count: u32) -> impl Iterator<Item = Result<(Meta, 
 pub fn decode(att: Option<&[u8]>) -> Meta {
     let foreign = Meta { envelope: Envelope { raw: true, ..Envelope::default() }, id: 0, error: None };
     let Some(b) = att else { return foreign };
-    if b.len() != LEN || b[0] != VERSION {
+    if b.len() != LEN || b[0] != VERSION || b[1] & BATCH != 0 {
         return foreign;
     }
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -297,8 +299,12 @@ mod tests {
         let mut stray = encode_batch(3);
         stray[20] = 1;
         assert_eq!(kind(Some(&stray)), Kind::BadBatch, "a byte that must be zero");
-        // A reader of version 1 only takes a batch for a foreign raw body.
+        // A reader of version 1 only takes a batch for a foreign raw body,
+        // and so does this one a version-1 attachment with the batch bit.
         assert!(decode(Some(&encode_batch(3))).envelope.raw);
+        let mut v1 = encode(&meta(1));
+        v1[1] |= BATCH;
+        assert!(decode(Some(&v1)).envelope.raw && decode(Some(&v1)).envelope.trace_id == 0);
         let got: Vec<_> = frames(&payload, 3).collect::<Result<_, _>>().unwrap();
         assert_eq!(got.len(), 3);
         for (i, (m, b)) in got.iter().enumerate() {
