@@ -89,3 +89,20 @@ pub fn add(c: &AtomicU64, n: u64) -> u64 {
 pub fn worth_logging(n: u64) -> bool {
     n.is_power_of_two()
 }
+
+/// [`worth_logging`] for `n` occurrences at once that took the count to
+/// `total`: whether any of them is one to log.
+pub fn worth_logging_any(total: u64, n: u64) -> bool {
+    (total + 1 - n.min(total)..=total).any(worth_logging)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_at_once_log_when_they_pass_a_power_of_two() {
+        assert!(worth_logging_any(1, 1) && worth_logging_any(5, 3) && worth_logging_any(32, 32));
+        assert!(!worth_logging_any(7, 2) && !worth_logging_any(12, 3) && !worth_logging_any(9, 0));
+    }
+}

@@ -5,7 +5,7 @@
 //! Each key seen is declared once (see [`declare_keys`]), so that Zenoh
 //! routes its samples from a cached route.
 
-use crate::counters::{add, bump, worth_logging, Counters};
+use crate::counters::{add, bump, worth_logging, worth_logging_any, Counters};
 use crate::wire::{self, Kind, Meta};
 use crate::{BridgeError, Shared};
 use bus_client::{Bus, Publisher, SendError};
@@ -199,7 +199,7 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
     p.set_send_timeout(local_timeout);
     if dropped > 0 {
         let n = add(&c.dropped_local, dropped);
-        if (n + 1 - dropped..=n).any(worth_logging) {
+        if worth_logging_any(n, dropped) {
             tracing::warn!(
                 "{dropped} messages of a batch from another host to {path} were dropped: the local bus did not take them within {local_timeout:?} ({n} so far)"
             );
@@ -215,7 +215,7 @@ fn malformed(c: &Counters, path: &str, why: &str) {
     }
 }
 
-/// Sends one message from another host to the local bus; `false` (counted
+/// Sends one message from another host to the local bus; the error (counted
 /// and logged) if the bus did not take it.
 fn hand_over(c: &Counters, p: &mut Publisher, path: &str, meta: &Meta, body: &[u8]) -> Result<(), SendError> {
     let sent = p

@@ -5,7 +5,7 @@
 //! a Zenoh get whose reply (or failure) comes back as the local reply.
 
 use crate::config::LinkLoss;
-use crate::counters::{add, bump, worth_logging};
+use crate::counters::{add, bump, worth_logging, worth_logging_any};
 use crate::wire::{self, Meta};
 use crate::{BridgeError, Shared};
 use bus_client::{Bus, Message, Publisher, RecvError, ReplyError, ReplyHandle, Subscriber};
@@ -221,7 +221,7 @@ struct Importer {
     publishers: HashMap<String, zenoh::pubsub::Publisher<'static>>,
     _querier: zenoh::query::Querier<'static>,
     replier: Arc<Mutex<Publisher>>,
-    /// One-way messages to one key, joined into one sample.
+    /// The run being gathered (its route and key kept between runs).
     run: Run,
 }
 
@@ -251,7 +251,7 @@ impl Importer {
         let mut backlog: VecDeque<Waiting<'_>> = VecDeque::new();
         // Messages taken together (the first, and what was queued behind it).
         let mut taken: Vec<Message<'_>> = Vec::with_capacity(self.shared.config.coalesce);
-        // Those of them copied into the run, released once it is sent.
+        // Those of them in the run being gathered, released once it is sent.
         let mut held: Vec<Message<'_>> = Vec::with_capacity(self.shared.config.coalesce);
         while !self.shared.stop.load(Ordering::Relaxed) {
             // Send what waited, while an exporter is linked.
@@ -312,10 +312,10 @@ impl Importer {
     /// Sends `msgs` on, in order, as [`Importer::forward`] does, except
     /// that one-way messages to one key in a row, while an exporter is
     /// linked and nothing waits for the link, go out as one sample (up to
-    /// `coalesce` of them; see `crate::wire` for the format). Each is
-    /// copied out of its slot as it joins its run, and kept in `held`
-    /// until the run is sent, so that a bridge killed meanwhile leaves it
-    /// to be redelivered.
+    /// `coalesce` of them; see `crate::wire` for the format). A message of
+    /// a run waits in `held` until the run is sent (its body is copied
+    /// then), so that a bridge killed meanwhile leaves it to be
+    /// redelivered.
     fn forward_all<'m>(
         &mut self,
         msgs: &mut Vec<Message<'m>>,
@@ -499,7 +499,7 @@ impl Importer {
             }
             Err(e) => {
                 let total = add(&self.shared.counters.send_failed, n);
-                if (total + 1 - n..=total).any(worth_logging) {
+                if worth_logging_any(total, n) {
                     tracing::warn!("{}: messages were not sent to another host ({total} so far): {e}", self.subsystem);
                 }
                 false
