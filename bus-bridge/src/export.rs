@@ -166,7 +166,9 @@ fn deliver(shared: &Shared, delivery: &Mutex<Delivery>, sample: zenoh::sample::S
     let payload = sample.payload().to_bytes();
     let count = match wire::kind(attachment.as_deref()) {
         Kind::Single => {
+            hop!("3-export-arrived", path, &payload);
             let _ = hand_over(c, p, path, &wire::decode(attachment.as_deref()), &payload);
+            hop!("4-export-sent", path, &payload);
             return;
         }
         Kind::Batch(n) => n,

@@ -275,6 +275,7 @@ impl Importer {
             let wait = if backlog.is_empty() { Duration::from_millis(200) } else { BLOCKED_POLL };
             match sub.recv_timeout(wait) {
                 Ok(msg) => {
+                    hop!("1-import-taken", &self.subsystem, msg.body_bytes().unwrap_or_default());
                     taken.push(msg);
                     let mut more = self.shared.config.coalesce - 1;
                     if self.shared.config.on_link_loss == LinkLoss::Block {
@@ -383,6 +384,7 @@ impl Importer {
             [one] => match one.body_bytes() {
                 Ok(body) => {
                     self.put(key, ZBytes::from(body), wire::encode(&meta(one)), 1);
+                    hop!("2-import-put", &self.subsystem, body);
                 }
                 Err(_) => {
                     unreadable();

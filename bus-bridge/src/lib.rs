@@ -15,10 +15,25 @@
 //! `Priority::Data`; requests and replies at [`RPC_PRIORITY`], so a flood
 //! of data never queues RPC behind it.
 
+/// Records a hop of a traced benchmark message ([`hops`]); nothing is
+/// compiled without the feature `bench`.
+#[cfg(feature = "bench")]
+macro_rules! hop {
+    ($point:expr, $what:expr, $body:expr) => {
+        $crate::hops::hop($point, $what, $body)
+    };
+}
+#[cfg(not(feature = "bench"))]
+macro_rules! hop {
+    ($point:expr, $what:expr, $body:expr) => {};
+}
+
 pub mod cli;
 pub mod config;
 pub mod counters;
 mod export;
+#[cfg(feature = "bench")]
+pub mod hops;
 mod import;
 pub mod wire;
 

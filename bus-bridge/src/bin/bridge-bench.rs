@@ -15,6 +15,8 @@
 //! - `bus-sink SOCKET N`, `bus-source SOCKET N SIZE`, `bus-echo SOCKET`,
 //!   `bus-ping SOCKET N SIZE`, `bus-req SOCKET N SIZE`: the same on a bus
 //!   (subsystems `bench`, `ping`, `pong`, `rpc`).
+//! - With `HOPTRACE` set, `bus-ping` stamps each ping, and every process
+//!   on its way records how long ago at each hop ([`bus_bridge::hops`]).
 //! - `probe`: the cache-line hand-off between CPUs 0 and 1 right now
 //!   (`shmbus bench`'s probe), printed beside every round.
 
@@ -188,6 +190,7 @@ fn main() -> ExitCode {
             println!("ready");
             loop {
                 let m = ping.recv().expect("ping");
+                bus_bridge::hops::hop("5-echo-received", "ping", m.body_bytes().unwrap_or_default());
                 pong.send_bytes("pong://x", m.body_bytes().unwrap()).expect("pong");
             }
         }
@@ -196,12 +199,15 @@ fn main() -> ExitCode {
             let pong = b.subscribe("pong").expect("subscribe");
             pong.set_spins(spins());
             let mut p = b.publisher().create().expect("publisher");
-            let body = vec![7u8; num(3)];
+            let mut body = vec![7u8; num(3)];
             let mut v = Vec::new();
             for i in 0..WARMUP + num(2) {
                 let t = Instant::now();
+                bus_bridge::hops::stamp(&mut body);
                 p.send_bytes("ping://x", &body).expect("ping");
-                pong.recv_timeout(Duration::from_secs(5)).expect("a pong");
+                let back = pong.recv_timeout(Duration::from_secs(5)).expect("a pong");
+                bus_bridge::hops::hop("6-ping-back", "pong", back.body_bytes().unwrap_or_default());
+                drop(back);
                 if i >= WARMUP {
                     v.push(t.elapsed().as_nanos() as u64 / 2);
                 }
