@@ -42,13 +42,11 @@ fn free_port() -> u16 {
 /// far exporter it must see before this returns.
 fn bridge(socket: &Path, args: &[&str], linked: &[&str]) -> Proc {
     let mut cmd = Command::new(BRIDGE);
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(["--no-scouting", "--request-timeout", "12s", "--local-timeout", "2s", "--stats-interval", "200ms"])
-        .args(args)
-        .env("RUST_LOG", "info,zenoh=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg("--socket").arg(socket).args(["--no-scouting", "--request-timeout", "12s", "--stats-interval", "200ms"]);
+    if !args.contains(&"--local-timeout") {
+        cmd.args(["--local-timeout", "2s"]);
+    }
+    cmd.args(args).env("RUST_LOG", "info,zenoh=warn").stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut b = Proc::new(cmd.spawn().expect("start a bridge"));
     let mut want = vec!["shmbus-bridge: ready".to_owned()];
     want.extend(linked.iter().map(|s| format!("shmbus-bridge: linked {s}")));
@@ -395,4 +393,177 @@ fn a_coalesced_burst_keeps_every_messages_path_trace_and_order() {
     assert_eq!(counter("sent"), Some(N), "{out}");
     assert!(counter("batches_sent").is_some_and(|b| b > 0), "nothing was coalesced:\n{out}");
     assert_slots_back(&h.b);
+}
+
+/// A counter from a bridge's final summary line.
+fn counter(out: &str, name: &str) -> Option<u64> {
+    out.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+}
+
+/// A request sent in the middle of a burst of one-way messages to the same
+/// subsystem cuts the run it falls in: it is answered, and every message
+/// of the burst arrives as well.
+#[test]
+fn a_request_inside_a_burst_is_answered_and_the_burst_arrives_whole() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const N: u64 = 400;
+    let h = Hosts::new("bridge-burst-request");
+    let _ba = h.bridge_a(&[]);
+    let bb = h.bridge_b(&[], &["users"]);
+    let a = bus_client::Bus::builder().socket(&h.a).connect().expect("a client on A");
+    let seen = Arc::new(AtomicU64::new(0));
+    let (s1, s2) = (seen.clone(), seen.clone());
+    let router = bus_client::Router::new("users")
+        .unwrap()
+        .route("log/{i}", move |_| {
+            s1.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap()
+        .route("count", move |ctx| Ok(ctx.reply_bytes(&s2.load(Ordering::Relaxed).to_le_bytes())?))
+        .unwrap();
+    let service = a.serve(router).workers(1).start().expect("serve on A");
+    let b = bus_client::Bus::builder().socket(&h.b).connect().expect("a client on B");
+    let mut p = b.publisher().create().expect("publisher on B");
+    let requester = b.requester().expect("requester on B");
+    let mut answered = None;
+    for i in 0..N {
+        p.send_bytes(&format!("users://log/{i}"), &i.to_le_bytes()).expect("send on B");
+        if i == N / 2 {
+            let reply = requester.request_bytes("users://count", b"", Duration::from_secs(10)).expect("the answer");
+            answered = Some(u64::from_le_bytes(reply.body_bytes().unwrap().try_into().expect("8 bytes")));
+        }
+    }
+    // Requests go at a higher priority than data, so the count may miss
+    // messages sent before it, never exceed them.
+    assert!(answered.is_some_and(|n| n <= N / 2 + 1), "{answered:?}");
+    let all = eventually(Duration::from_secs(20), || seen.load(Ordering::Relaxed) == N);
+    assert!(all.is_some(), "{} of {N} messages arrived", seen.load(Ordering::Relaxed));
+    bb.signal(Signal::SIGTERM);
+    let (st, out, err) = bb.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    assert_eq!((counter(&out, "sent"), counter(&out, "requests_sent")), (Some(N), Some(1)), "{out}");
+    drop(service);
+    drop(p);
+    drop(requester);
+    assert_slots_back(&h.b);
+}
+
+/// The far host's bus has no room for a burst (256 slots, its reader
+/// stopped): each batch's sends share one `local-timeout`, the messages
+/// that found no room are dropped and counted, none is delivered twice or
+/// out of order, no slot is lost, and the link stays up for what follows.
+#[test]
+fn a_batch_meeting_a_full_bus_drops_the_rest_counted_and_leaks_nothing() {
+    const N: u64 = 600;
+    let h = Hosts::new("bridge-full");
+    let l = h.listen();
+    let mut ba = bridge(&h.a, &["--listen", &l, "--export", "users", "sensors", "--local-timeout", "300ms"], &[]);
+    let bb = h.bridge_b(&[], &["sensors"]);
+    let a = bus_client::Bus::builder().socket(&h.a).connect().expect("a client on A");
+    let sub = a.subscribe("sensors").expect("subscribe on A"); // not read yet
+    let b = bus_client::Bus::builder().socket(&h.b).connect().expect("a client on B");
+    let mut p = b.publisher().create().expect("publisher on B");
+    for i in 0..N {
+        p.send_bytes("sensors://imu/0", &i.to_le_bytes()).expect("send on B");
+    }
+    let taken = || {
+        let st = status(&h.b);
+        st["subsystems"].as_array().unwrap().iter().filter(|x| x["name"] == "sensors").all(|x| x["queue_depth"] == 0)
+    };
+    assert!(eventually(Duration::from_secs(60), taken).is_some(), "B's bridge did not take the burst");
+    bb.signal(Signal::SIGTERM);
+    let (st, out, err) = bb.wait(Duration::from_secs(60));
+    assert!(st.success(), "{err}");
+    assert_eq!(counter(&out, "sent"), Some(N), "{out}");
+    // Once A's bridge has delivered or dropped every message (its counters,
+    // logged every 200 ms), read what A took, in order.
+    let done = |l: &str| counter(l, "received").unwrap_or(0) + counter(l, "dropped_local").unwrap_or(0) >= N;
+    assert!(ba.saw_err_line(Duration::from_secs(120), done), "A's bridge did not account for the burst");
+    let mut got = Vec::new();
+    while let Ok(m) = sub.recv_timeout(Duration::from_secs(3)) {
+        got.push(u64::from_le_bytes(m.body_bytes().unwrap().try_into().expect("8 bytes")));
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order or twice: {got:?}");
+    assert!(!got.is_empty() && (got.len() as u64) < N, "{} of {N} delivered", got.len());
+    // The link still carries what comes next.
+    let bb = h.bridge_b(&[], &["sensors"]);
+    p.send_bytes("sensors://imu/0", &N.to_le_bytes()).expect("send on B");
+    let m = sub.recv_timeout(Duration::from_secs(20)).expect("the message after the burst");
+    assert_eq!(m.body_bytes().unwrap(), N.to_le_bytes());
+    drop(m);
+    ba.signal(Signal::SIGTERM);
+    let (st, out, err) = ba.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    let (received, dropped) = (counter(&out, "received"), counter(&out, "dropped_local"));
+    assert_eq!(received, Some(got.len() as u64 + 1), "{out}");
+    assert_eq!(received.unwrap() + dropped.unwrap_or(0), N + 1, "{out}");
+    drop(bb);
+    drop(sub);
+    drop(a);
+    assert_slots_back(&h.a);
+}
+
+/// What a plain Zenoh program (not a bridge) puts to an exported key:
+/// a sample without the bridge's attachment arrives as a raw message, a
+/// well-formed batch as its messages, and a batch whose attachment or
+/// frames cannot be right is dropped whole and counted, delivering none
+/// of it.
+#[test]
+fn a_plain_zenoh_peer_gets_raw_messages_through_and_bad_batches_dropped_whole() {
+    use bus_bridge::wire::{self, Meta};
+    use zenoh::Wait;
+    let h = Hosts::new("bridge-plain-zenoh");
+    let ba = h.bridge_a(&[]);
+    let a = bus_client::Bus::builder().socket(&h.a).connect().expect("a client on A");
+    let sub = a.subscribe("sensors").expect("subscribe on A");
+    let cfg = bus_bridge::config::Config { connect: vec![h.listen()], scouting: false, ..Default::default() };
+    let z = zenoh::open(bus_bridge::zenoh_config(&cfg).expect("a Zenoh config")).wait().expect("a Zenoh session");
+    let zp = z.declare_publisher("shmbus/sensors/imu/0").wait().expect("a Zenoh publisher");
+    let matched = eventually(Duration::from_secs(20), || zp.matching_status().wait().is_ok_and(|m| m.matching()));
+    assert!(matched.is_some(), "A's bridge never subscribed");
+    let frame = |payload: &mut Vec<u8>, trace: u64, body: &[u8]| {
+        let envelope = bus_client::Envelope { raw: true, trace_id: trace, ..Default::default() };
+        wire::push_frame(payload, &Meta { envelope, id: 0, error: None }, body)
+    };
+    // A count that does not match the frames.
+    let mut short = Vec::new();
+    frame(&mut short, 1, b"lost 1");
+    frame(&mut short, 2, b"lost 2");
+    zp.put(short.clone()).attachment(wire::encode_batch(3).to_vec()).wait().unwrap();
+    // A frame longer than what is left of the payload.
+    let mut cut = short.clone();
+    cut.truncate(short.len() - 1);
+    zp.put(cut).attachment(wire::encode_batch(2).to_vec()).wait().unwrap();
+    // A batch attachment with bytes that must be zero set.
+    let mut att = wire::encode_batch(2);
+    att[20] = 1;
+    zp.put(short).attachment(att.to_vec()).wait().unwrap();
+    // A good batch, then a sample with no attachment at all.
+    let mut good = Vec::new();
+    frame(&mut good, 11, b"first");
+    frame(&mut good, 12, b"second");
+    zp.put(good).attachment(wire::encode_batch(2).to_vec()).wait().unwrap();
+    zp.put(b"plain".to_vec()).wait().unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = sub.recv_timeout(Duration::from_secs(20)).expect("a message from the Zenoh peer");
+        assert!(m.is_raw() && m.path() == "sensors://imu/0", "{m:?}");
+        got.push((m.body_bytes().unwrap().to_vec(), m.trace_id()));
+    }
+    let bodies: Vec<&[u8]> = got.iter().map(|(b, _)| b.as_slice()).collect();
+    assert_eq!(bodies, [&b"first"[..], b"second", b"plain"]);
+    // A batch's frames keep their trace ids; the plain sample starts one.
+    assert_eq!((got[0].1, got[1].1), (11, 12));
+    assert!(matches!(sub.recv_timeout(Duration::from_millis(500)), Err(bus_client::RecvError::Timeout(_))));
+    ba.signal(Signal::SIGTERM);
+    let (st, out, err) = ba.wait(Duration::from_secs(20));
+    assert!(st.success(), "{err}");
+    assert_eq!((counter(&out, "received"), counter(&out, "unbridgeable")), (Some(3), Some(3)), "{out}");
+    drop(zp);
+    let _ = z.close().wait();
+    drop(sub);
+    drop(a);
+    assert_slots_back(&h.a);
 }

@@ -2,7 +2,7 @@
 //! socket, peer processes, and waits that always have a deadline.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,35 +40,33 @@ impl Drop for TempDir {
 pub struct Proc {
     child: Option<Child>,
     lines: std::sync::Mutex<mpsc::Receiver<String>>,
+    err_lines: std::sync::Mutex<mpsc::Receiver<String>>,
     out: Option<std::thread::JoinHandle<String>>,
     err: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A thread that sends each line of `from` to `tx` and returns them all.
+fn read_lines(from: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    })
 }
 
 impl Proc {
     pub fn new(mut child: Child) -> Proc {
         let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take();
-        let out = std::thread::spawn(move || {
-            let mut all = String::new();
-            if let Some(o) = stdout {
-                for line in BufReader::new(o).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line.clone());
-                    all.push_str(&line);
-                    all.push('\n');
-                }
-            }
-            all
-        });
-        let stderr = child.stderr.take();
-        let err = std::thread::spawn(move || {
-            let mut all = String::new();
-            if let Some(mut e) = stderr {
-                let _ = e.read_to_string(&mut all);
-            }
-            all
-        });
-        Proc { child: Some(child), lines: std::sync::Mutex::new(lines), out: Some(out), err: Some(err) }
+        let out = child.stdout.take().map(|o| read_lines(o, tx));
+        let (tx, err_lines) = mpsc::channel();
+        let err = child.stderr.take().map(|e| read_lines(e, tx));
+        let (lines, err_lines) = (std::sync::Mutex::new(lines), std::sync::Mutex::new(err_lines));
+        Proc { child: Some(child), lines, err_lines, out, err }
     }
 
     pub fn pid(&self) -> i32 {
@@ -95,8 +93,8 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let out = self.out.take().unwrap().join().unwrap();
-        let err = self.err.take().unwrap().join().unwrap();
+        let out = self.out.take().map(|t| t.join().unwrap()).unwrap_or_default();
+        let err = self.err.take().map(|t| t.join().unwrap()).unwrap_or_default();
         (status, out, err)
     }
 
@@ -117,6 +115,19 @@ impl Proc {
     /// not consumed by a wait for a line (consumes them all).
     pub fn count_lines(&mut self, prefix: &str) -> usize {
         self.lines.lock().unwrap().try_iter().filter(|l| l.starts_with(prefix)).count()
+    }
+
+    /// Whether a stderr line for which `f` holds comes within `timeout`
+    /// (lines before it are consumed).
+    pub fn saw_err_line(&mut self, timeout: Duration, mut f: impl FnMut(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let lines = self.err_lines.lock().unwrap();
+        while let Ok(l) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if f(&l) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether a stdout line starting with `prefix` comes within `timeout`.
