@@ -337,7 +337,7 @@ impl Importer {
                     b.len()
                 }
                 _ => {
-                    self.flush(&mut run, held);
+                    self.flush(&mut run, held, backlog);
                     if let Some(w) = self.forward(msg, !backlog.is_empty()) {
                         bump(&self.shared.counters.waited_for_link);
                         backlog.push_back(w);
@@ -347,7 +347,7 @@ impl Importer {
             };
             let full = held.len() >= coalesce || run.bytes + wire::FRAME_OVERHEAD + len > MAX_COALESCED_BYTES;
             if !held.is_empty() && (full || run.route != msg.route()) {
-                self.flush(&mut run, held);
+                self.flush(&mut run, held, backlog);
             }
             if run.key.is_none() || run.route != msg.route() {
                 run.route.clear();
@@ -362,19 +362,32 @@ impl Importer {
             run.bytes += wire::FRAME_OVERHEAD + len;
             held.push(msg);
         }
-        self.flush(&mut run, held);
+        self.flush(&mut run, held, backlog);
         self.run = run;
     }
 
     /// Sends the run's messages, `held`, and releases them: one as a
     /// sample of its own (its body copied once, from its slot), more as a
-    /// batch (each body copied once, into the batch).
-    fn flush(&mut self, run: &mut Run, held: &mut Vec<Message<'_>>) {
+    /// batch (each body copied once, into the batch). Should the link have
+    /// gone since they joined the run, each takes the link-loss policy
+    /// instead, as [`Importer::forward`] gives it: it waits in `backlog`,
+    /// in order, or is dropped and counted.
+    fn flush<'m>(&mut self, run: &mut Run, held: &mut Vec<Message<'m>>, backlog: &mut VecDeque<Waiting<'m>>) {
         let Some(key) = run.key.as_deref() else {
             // A message joins a run only once its key is known.
             debug_assert!(held.is_empty());
             return;
         };
+        if !held.is_empty() && !self.link.state.subscribers.load(Ordering::Relaxed) {
+            for msg in held.drain(..) {
+                if let Some(w) = self.forward(msg, !backlog.is_empty()) {
+                    bump(&self.shared.counters.waited_for_link);
+                    backlog.push_back(w);
+                }
+            }
+            run.bytes = 0;
+            return;
+        }
         let meta = |m: &Message<'_>| Meta { envelope: m.envelope(), id: m.id(), error: None };
         // Read when it joined the run, and held since; only a process that
         // overwrites the slot's header can make it unreadable now.
