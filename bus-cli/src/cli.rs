@@ -109,12 +109,14 @@ enum Command {
         /// Round trips per latency run.
         #[arg(long, default_value_t = 20_000)]
         round_trips: u64,
-        /// Only throughput, only latency, only the asynchronous (tokio)
+        /// Only throughput, only the fan-out to consumer groups and the
+        /// taps (with the 1 → 1 run they are compared with; part of
+        /// throughput), only latency, only the asynchronous (tokio)
         /// receiver against the blocking one (with the cost of an idle
         /// receiver of each kind, 10 s each; `--json` then prints
         /// `{"measurements": [...], "idle": [...]}`), or only the
         /// request/response measurements (not in the default suite).
-        #[arg(long, value_parser = ["throughput", "latency", "async", "requests"])]
+        #[arg(long, value_parser = ["throughput", "fanout", "latency", "async", "requests"])]
         only: Option<String>,
     },
 }
@@ -292,6 +294,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 cpus: if no_pin { None } else { cpus.map(|c| (c[0], c[1])).or_else(crate::bench::default_cpus) },
                 round_trips,
                 throughput: only.is_none() || only.as_deref() == Some("throughput"),
+                fanout: only.as_deref() == Some("fanout"),
                 latency: only.is_none() || only.as_deref() == Some("latency"),
                 asynchronous: only.is_none() || only.as_deref() == Some("async"),
             };

@@ -421,7 +421,7 @@ impl Publisher {
         }
         // Room for min(32, a quarter of the queue), and at least one entry.
         let batch_room = ring.capacity() - SPACE_BATCH.min(ring.capacity() / 4).max(1);
-        for _ in 0..crate::bus::DEFAULT_SPINS {
+        for _ in 0..SPACE_SPINS {
             if ring.len() <= batch_room {
                 return Ok(());
             }
@@ -1099,6 +1099,14 @@ impl Drop for Loan<'_> {
 /// Free queue entries a publisher blocked on a full queue polls for before
 /// it sleeps (see `Publisher::wait_for_space`).
 const SPACE_BATCH: u64 = 32;
+
+/// Polls of a full queue before its publisher sleeps until a consumer has
+/// emptied half of it (`Publisher::wait_for_space`). Few: each poll reads
+/// the consumers' lines, and a publisher polling while its consumers wait
+/// for a CPU only delays them. The receive default (2 000) here cost 1 → 4
+/// groups a quarter and 4 → 1 a third of their rate on two vCPUs, and
+/// 1 → 1 nothing measurable (BENCHMARKS.md, session 11).
+const SPACE_SPINS: u32 = 32;
 
 /// Wall-clock time in nanoseconds since the Unix epoch (0 before it): one
 /// vDSO call, without `SystemTime`'s conversions (a third of the send

@@ -26,6 +26,9 @@ pub struct Options {
     pub round_trips: u64,
     /// Run the throughput measurements.
     pub throughput: bool,
+    /// Run the fan-out and tap measurements (also part of `throughput`),
+    /// with the 1 → 1 run they are compared with.
+    pub fanout: bool,
     /// Run the latency measurements.
     pub latency: bool,
     /// Run the asynchronous receiver's measurements (tokio), with the
@@ -42,6 +45,7 @@ impl Default for Options {
             cpus: super::default_cpus(),
             round_trips: 20_000,
             throughput: true,
+            fanout: false,
             latency: true,
             asynchronous: true,
         }
@@ -220,11 +224,15 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
         }
         if max_body >= 64 {
             v.push(Spec::FanIn { size: 64 });
-            v.push(Spec::FanOut { size: 64, groups: 4, idle_us: 0 });
-            v.push(Spec::FanOut { size: 64, groups: 4, idle_us: FANOUT_SLEEP_US });
-            v.push(Spec::Tap { size: 64, stopped: false });
-            v.push(Spec::Tap { size: 64, stopped: true });
         }
+    } else if o.fanout && max_body >= 64 {
+        v.push(Spec::Tput { t: Transport::Shmbus, size: 64, touch: Touch::Header, batch: 1 });
+    }
+    if (o.throughput || o.fanout) && max_body >= 64 {
+        v.push(Spec::FanOut { size: 64, groups: 4, idle_us: 0 });
+        v.push(Spec::FanOut { size: 64, groups: 4, idle_us: FANOUT_SLEEP_US });
+        v.push(Spec::Tap { size: 64, stopped: false });
+        v.push(Spec::Tap { size: 64, stopped: true });
     }
     if o.latency {
         let mut lat_sizes: Vec<usize> =
@@ -560,4 +568,41 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(o: &Options) -> Vec<String> {
+        specs(o, 4096).iter().map(Spec::name).collect()
+    }
+
+    #[test]
+    fn fanout_alone_runs_the_groups_and_taps_with_their_one_to_one_baseline() {
+        let o = Options { throughput: false, fanout: true, latency: false, asynchronous: false, ..Default::default() };
+        assert_eq!(
+            names(&o),
+            [
+                "throughput/shmbus/64/header",
+                "throughput-1to4groups/shmbus/64",
+                "throughput-1to4groups-sleep50us/shmbus/64",
+                "throughput-with-tap/shmbus/64",
+                "throughput-with-stopped-tap/shmbus/64",
+            ]
+        );
+    }
+
+    #[test]
+    fn throughput_runs_the_fanout_once_and_no_name_repeats() {
+        for fanout in [false, true] {
+            let o = Options { fanout, ..Default::default() };
+            let mut n = names(&o);
+            assert_eq!(n.iter().filter(|x| x.starts_with("throughput-1to4groups")).count(), 2, "{n:?}");
+            let all = n.len();
+            n.sort();
+            n.dedup();
+            assert_eq!(n.len(), all, "a measurement runs twice");
+        }
+    }
 }
