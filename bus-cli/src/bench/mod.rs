@@ -35,6 +35,17 @@ pub fn pin(cpu: usize) {
     }
 }
 
+/// Lets the calling thread run on every CPU again: a process started by a
+/// pinned thread inherits its pin, so a peer that is not to be pinned
+/// calls this (else every unpinned peer would share the parent's CPU).
+pub fn unpin() {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in 0..nix::sched::CpuSet::count() {
+        let _ = set.set(cpu);
+    }
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
 /// The two CPUs to pin to by default: 0 and 1 when there are at least two.
 pub fn default_cpus() -> Option<(usize, usize)> {
     (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2).then_some((0, 1))

@@ -50,8 +50,9 @@ pub fn run(spec: &str) -> i32 {
 }
 
 fn run_inner(spec: &str) -> std::io::Result<()> {
-    if let Some(c) = kv(spec, "cpu").and_then(|c| c.parse().ok()) {
-        super::pin(c);
+    match kv(spec, "cpu").and_then(|c| c.parse().ok()) {
+        Some(c) => super::pin(c),
+        None => super::unpin(),
     }
     let role = spec.split_whitespace().next().unwrap_or("");
     let size: usize = kv(spec, "size").and_then(|s| s.parse().ok()).unwrap_or(8).max(8);

@@ -315,6 +315,8 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
             Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
         }
         Spec::FanIn { size } => {
+            // Nobody pinned (the next measurement pins this thread again).
+            super::unpin();
             fan_in(bus, o, size).map(|(rate, lost)| Sample { msgs_per_sec: Some(rate), lost, ..blank })
         }
         Spec::FanOut { size, groups, idle_us } => {
@@ -323,9 +325,11 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
             // is there (up to a batch per call) and, when its queue is
             // empty, yields the CPU or sleeps a little (iceoryx2's figures
             // in BENCHMARKS.md use the same receive loops, one sample per
-            // call: it has no batch receive). They are not pinned, so that
-            // the scheduler spreads them. The publisher sends one message
-            // per call.
+            // call: it has no batch receive). Nobody is pinned, the
+            // publisher included (as in iceoryx2's run), so that the
+            // scheduler spreads them; the next measurement pins this thread
+            // again. The publisher sends one message per call.
+            super::unpin();
             let receiver = OtherGroup { poll_us: Some(idle_us), batch: Some(BATCH), ..Default::default() };
             let others = vec![receiver; groups - 1];
             let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, 1, receiver, &others)?;
