@@ -26,10 +26,11 @@
 //!   to 8 and of 70 (more than one chunk), pausing now and then; prints
 //!   `a SEQ` for every message whose send returned `Ok`, then `done`. With
 //!   F, goes on after C messages until F exists.
-//! - `cpsub subsystem=S done_file=F [group=G] [tap=1] [pause_us=U]`: the
-//!   workload's subscriber, in the default group, consumer group G, or a
-//!   tap of its own, sleeping U µs after each receive: receives
-//!   one at a time and in batches, keeps up to 3 messages held, pauses now
+//! - `cpsub subsystem=S done_file=F [group=G] [tap=1] [pause_us=U] [batch=B]`:
+//!   the workload's subscriber, in the default group, consumer group G, or a
+//!   tap of its own, sleeping U µs after each message received: receives
+//!   one at a time and in batches of up to B (8; 1: one at a time only),
+//!   keeps up to 3 messages held, pauses now
 //!   and then; prints `g PUBLISHER SEQ REDELIVERED` for every message when it
 //!   is received (before it is released). Exits once F exists and nothing
 //!   came for 300 ms.
@@ -407,6 +408,7 @@ fn main() -> ExitCode {
         }
         "cpsub" => {
             let pause = Duration::from_micros(num("pause_us", 0));
+            let most = num("batch", 8).max(1) as usize;
             let sub = subscribe(&bus, &get);
             let done_file = std::path::PathBuf::from(get("done_file").expect("done_file="));
             writeln!(out, "subscribed").unwrap();
@@ -428,7 +430,7 @@ fn main() -> ExitCode {
                 drop(m);
             };
             loop {
-                let got = if received & 1 == 0 {
+                let got = if received & 1 == 0 || most == 1 {
                     match sub.recv_timeout(Duration::from_millis(50)) {
                         Ok(m) => {
                             let (p, n) = report(&mut out, &m);
@@ -442,7 +444,7 @@ fn main() -> ExitCode {
                         }
                     }
                 } else {
-                    match sub.recv_batch(&mut batch, 8, Some(Duration::from_millis(50))) {
+                    match sub.recv_batch(&mut batch, most, Some(Duration::from_millis(50))) {
                         Ok(n) => {
                             for m in batch.drain(..) {
                                 let (p, n) = report(&mut out, &m);
