@@ -16,7 +16,8 @@ for r in $(seq "$rounds"); do
   "$ice" --rounds 1 2>/dev/null | grep -v '^#' | grep round= | sed "s/round=1/round=$r/;s/^/ice-spin /" >> "$out/ice"
   "$ice" --rounds 1 --only 1toN --sub-idle yield 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-yield /" >> "$out/ice"
   "$ice" --rounds 1 --only 1toN --sub-idle sleep:50 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-sleep /" >> "$out/ice"
-  "$shm" bench --only fanout --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
+  # With FLOOR, the whole throughput suite (its batches of 32 are compared too).
+  "$shm" bench --only "$([ -n "${FLOOR:-}" ] && echo throughput || echo fanout)" --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
   if [ -n "${FLOOR:-}" ]; then
     for v in A C; do "$FLOOR" "$v" 2>/dev/null | grep RESULT | sed "s/^/$r $v /" >> "$out/floor"; done
   fi

@@ -65,7 +65,7 @@ print(f"throughput  zenoh {st.median(col('zenoh_rate'))/1e3:.0f} k/s  bridged {s
 print(f"one-way p50 zenoh {st.median(col('zenoh_oneway_p50_ns'))/1e3:.1f} us  bridged {st.median(col('bridged_oneway_p50_ns'))/1e3:.1f} us  ratio {pair('bridged_oneway_p50_ns','zenoh_oneway_p50_ns'):.2f}x")
 print(f"request p50 zenoh get {st.median(col('zenoh_get_p50_ns'))/1e3:.1f} us  bridged {st.median(col('bridged_request_p50_ns'))/1e3:.1f} us  ratio {pair('bridged_request_p50_ns','zenoh_get_p50_ns'):.2f}x")
 PY
-[ -z "${HOPS:-}" ] || cat "$dir"/* 2>/dev/null | python3 -c '
+[ -z "${HOPS:-}" ] || cat "$dir"/ba "$dir"/bb "$dir"/be "$dir"/ping.hops | python3 -c '
 import sys, statistics as st
 w = {}
 for l in sys.stdin:

@@ -29,7 +29,8 @@ const WINDOW: usize = 2_000;
 static ON: OnceLock<bool> = OnceLock::new();
 static SEEN: Mutex<Option<HashMap<String, Vec<u64>>>> = Mutex::new(None);
 
-fn on() -> bool {
+/// Whether `HOPTRACE` is set (read once).
+pub fn on() -> bool {
     *ON.get_or_init(|| std::env::var_os("HOPTRACE").is_some())
 }
 

@@ -20,7 +20,9 @@
 #[cfg(feature = "bench")]
 macro_rules! hop {
     ($point:expr, $what:expr, $body:expr) => {
-        $crate::hops::hop($point, $what, $body)
+        if $crate::hops::on() {
+            $crate::hops::hop($point, $what, $body)
+        }
     };
 }
 #[cfg(not(feature = "bench"))]

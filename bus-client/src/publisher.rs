@@ -1103,9 +1103,10 @@ const SPACE_BATCH: u64 = 32;
 /// Polls of a full queue before its publisher sleeps until a consumer has
 /// emptied half of it (`Publisher::wait_for_space`). Few: each poll reads
 /// the consumers' lines, and a publisher polling while its consumers wait
-/// for a CPU only delays them. The receive default (2 000) here cost 1 → 4
-/// groups a quarter and 4 → 1 a third of their rate on two vCPUs, and
-/// 1 → 1 nothing measurable (BENCHMARKS.md, session 11).
+/// for its CPU only delays them. The receive default (2 000) here cost
+/// 1 → 4 groups a quarter and 4 → 1 a third of their rate when all their
+/// processes shared one CPU (1 → 1 nothing measurable); with two CPUs free
+/// to all it was mixed (docs/design.md, BENCHMARKS.md, session 11).
 const SPACE_SPINS: u32 = 32;
 
 /// Wall-clock time in nanoseconds since the Unix epoch (0 before it): one

@@ -172,7 +172,7 @@ impl Peer {
         if let Some(s) = socket {
             cmd.env(bus_client::addr::ENV_SOCKET, s);
         }
-        let spawned = cmd.spawn();
+        let spawned = super::unpinned(|| cmd.spawn());
         for fd in fds {
             fcntl(*fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         }

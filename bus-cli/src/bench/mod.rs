@@ -26,24 +26,45 @@ pub fn peer_main_if_requested() {
     }
 }
 
+/// The CPUs this process was allowed before the first [`pin`] (the user's
+/// own `taskset`, if any).
+static ALLOWED: std::sync::OnceLock<nix::sched::CpuSet> = std::sync::OnceLock::new();
+
+fn current_cpus() -> Option<nix::sched::CpuSet> {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()
+}
+
 /// Pins the calling thread to `cpu` (ignored if that fails, e.g. the CPU
 /// does not exist).
 pub fn pin(cpu: usize) {
+    if let Some(allowed) = current_cpus() {
+        ALLOWED.get_or_init(|| allowed);
+    }
     let mut set = nix::sched::CpuSet::new();
     if set.set(cpu).is_ok() {
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
 }
 
-/// Lets the calling thread run on every CPU again: a process started by a
-/// pinned thread inherits its pin, so a peer that is not to be pinned
-/// calls this (else every unpinned peer would share the parent's CPU).
+/// Lets the calling thread run on every CPU it was allowed before the first
+/// [`pin`] again (nothing if it was never pinned).
 pub fn unpin() {
-    let mut set = nix::sched::CpuSet::new();
-    for cpu in 0..nix::sched::CpuSet::count() {
-        let _ = set.set(cpu);
+    if let Some(allowed) = ALLOWED.get() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), allowed);
     }
-    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+}
+
+/// Runs `f` (which starts a process) unpinned, then pins the calling thread
+/// as it was: a process started by a pinned thread inherits its pin, and a
+/// peer given no CPU must not share its parent's.
+pub fn unpinned<T>(f: impl FnOnce() -> T) -> T {
+    let was = current_cpus();
+    unpin();
+    let r = f();
+    if let Some(was) = was {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &was);
+    }
+    r
 }
 
 /// The two CPUs to pin to by default: 0 and 1 when there are at least two.

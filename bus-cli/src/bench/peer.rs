@@ -50,9 +50,10 @@ pub fn run(spec: &str) -> i32 {
 }
 
 fn run_inner(spec: &str) -> std::io::Result<()> {
-    match kv(spec, "cpu").and_then(|c| c.parse().ok()) {
-        Some(c) => super::pin(c),
-        None => super::unpin(),
+    // A peer given no CPU runs where its parent was allowed to
+    // (`Peer::spawn` starts it unpinned).
+    if let Some(c) = kv(spec, "cpu").and_then(|c| c.parse().ok()) {
+        super::pin(c);
     }
     let role = spec.split_whitespace().next().unwrap_or("");
     let size: usize = kv(spec, "size").and_then(|s| s.parse().ok()).unwrap_or(8).max(8);

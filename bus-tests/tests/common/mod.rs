@@ -48,9 +48,12 @@ pub struct Proc {
 /// A thread that sends each line of `from` to `tx` and returns them all.
 fn read_lines(from: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
+        let (mut all, mut from, mut buf) = (String::new(), BufReader::new(from), Vec::new());
+        // To the end of the stream, whatever it holds: a child must never
+        // block on a full pipe because a line was not UTF-8.
+        while from.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_owned();
+            buf.clear();
             let _ = tx.send(line.clone());
             all.push_str(&line);
             all.push('\n');
