@@ -238,13 +238,16 @@ impl Subscriber {
         let port = self.port();
         let mut n = 0;
         let max = if self.replies { max } else { max.min(self.bus.inner.allowance() as usize) };
+        let start = out.len();
         port.dequeue_many(&self.group, max, |slot| {
-            // A corrupt message was released by `wrap`; skip it.
-            if let Ok(m) = self.wrap(slot) {
+            // A corrupt message was released by `wrap_uncounted`; skip it.
+            if let Ok(m) = self.wrap_uncounted(slot) {
                 out.push(m);
                 n += 1;
             }
         });
+        // Counted once for the batch: one look-up of the port's record.
+        self.count_received(&out[start..]);
         n
     }
 
@@ -298,6 +301,14 @@ impl Subscriber {
     }
 
     pub(crate) fn wrap(&self, slot: SlotIndex) -> Result<Message<'_>, RecvError> {
+        let m = self.wrap_uncounted(slot)?;
+        self.count_received(std::slice::from_ref(&m));
+        Ok(m)
+    }
+
+    /// [`Subscriber::wrap`] without counting the message in the port's
+    /// record (the caller counts what it took).
+    fn wrap_uncounted(&self, slot: SlotIndex) -> Result<Message<'_>, RecvError> {
         let s = self.bus.inner.seg.slot(slot);
         // Only the length is checked here (it is on the header's line); the
         // path itself, at the end of the slot, is read when asked for.
@@ -309,29 +320,32 @@ impl Subscriber {
         // (`into_slot`), and neither leaves a borrow of the token behind.
         let slot = unsafe { HeldSlot::new(s) };
         self.bus.inner.took(1);
-        self.count_received(s);
         Ok(Message { sub: self, slot, split: Cell::new(None) })
     }
 
-    /// Counts a received message in this port's record (one thread writes
-    /// it: a plain load and store), and times one in
-    /// [`bus_core::stats::SAMPLE_EVERY`] from its send timestamp into its
-    /// group's latency histogram.
+    /// Counts received messages in this port's record (one thread writes
+    /// it: a plain load and store), and times each whose count is a
+    /// multiple of [`bus_core::stats::SAMPLE_EVERY`] from its send
+    /// timestamp into its group's latency histogram.
     #[inline]
-    fn count_received(&self, s: bus_core::slot_pool::SlotRef<'_>) {
-        if !self.bus.inner.statistics {
+    fn count_received(&self, msgs: &[Message<'_>]) {
+        if !self.bus.inner.statistics || msgs.is_empty() {
             return;
         }
         let seg = &self.bus.inner.seg;
         let Some(rec) = seg.port_intent(self.bus.inner.client, self.port) else { return };
-        let n = rec.received.load(Ordering::Relaxed).wrapping_add(1);
-        rec.received.store(n, Ordering::Relaxed);
-        if n % bus_core::stats::SAMPLE_EVERY == 0 {
-            let sent = s.header().timestamp_ns.load(Ordering::Relaxed);
+        let before = rec.received.load(Ordering::Relaxed);
+        rec.received.store(before.wrapping_add(msgs.len() as u64), Ordering::Relaxed);
+        // Message j of these is the (before + j + 1)th.
+        let every = bus_core::stats::SAMPLE_EVERY;
+        let mut j = (every - 1 - before % every) as usize;
+        while let Some(m) = msgs.get(j) {
+            let sent = m.header().timestamp_ns.load(Ordering::Relaxed);
             let now = crate::publisher::now_ns();
             if let (Some(st), true) = (seg.entry_stats(self.group.queue), sent != 0 && now >= sent) {
                 st.latency.record(now - sent);
             }
+            j += every as usize;
         }
     }
 

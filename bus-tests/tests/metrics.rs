@@ -119,3 +119,34 @@ fn statistics_off_keeps_the_counts_the_rings_keep_and_nothing_else() {
     assert_eq!(n["bytes"], 0, "{n}");
     assert_eq!(n["latency"]["samples"], 0, "{n}");
 }
+
+/// Messages taken in batches are counted and sampled as singly taken ones:
+/// every one in the receiver's count, and one in 64 timed, whatever the
+/// batch sizes (here 1 to 9, so that samples fall anywhere in a batch).
+#[test]
+fn batches_are_counted_and_timed_like_single_receives() {
+    let bus = TestBus::start(&["--slots", "512"]);
+    let client = bus_client::Bus::builder().socket(bus.socket()).name("batch-counts").connect().unwrap();
+    let sub = client.subscribe("b").unwrap();
+    let mut p = client.publisher().create().unwrap();
+    let mut held = Vec::new();
+    let (mut sent, mut got) = (0u64, 0u64);
+    for k in (1..=9).cycle().take(150) {
+        for _ in 0..k {
+            p.send_bytes("b://x", &sent.to_le_bytes()).unwrap();
+            sent += 1;
+        }
+        let n = sub.recv_batch(&mut held, k, Some(Duration::from_secs(5))).unwrap();
+        got += n as u64;
+        while got < sent {
+            got += sub.recv_batch(&mut held, k, Some(Duration::from_secs(5))).unwrap() as u64;
+        }
+        held.clear();
+    }
+    assert_eq!(got, sent);
+    let s = bus.status();
+    let m = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "b").unwrap().clone();
+    assert_eq!(m["latency"]["samples"], sent / 64, "{m}");
+    let me = s["client_list"].as_array().unwrap().iter().find(|c| c["name"] == "batch-counts").expect("named").clone();
+    assert_eq!(me["received"], sent, "{me}");
+}
