@@ -56,8 +56,9 @@ pub enum Point {
     EnqueueMarked,
     /// A message is pushed onto some of its groups' queues, not all yet.
     PublishPartly,
-    /// A lossy group's full queue made the publisher clear that group's
-    /// bit; if it was the last, the free-ring push is not yet made.
+    /// A publisher cleared a group's bit (a lossy group's queue filled
+    /// after `begin_publish` checked it, a group left, or a send gave up);
+    /// if it was the last, the free-ring push is not yet made.
     LossyDropped,
     /// A receiver locked a slot's holder word for its group; the group's
     /// bit in the ownership word has not moved from queued to held yet.

@@ -438,6 +438,14 @@ fn a_request_inside_a_burst_is_answered_and_the_burst_arrives_whole() {
             .map_or(0, |x| x["queue_depth"].as_u64().unwrap_or(0))
     };
     bb.signal(Signal::SIGSTOP);
+    // Stopped for sure (a signal is delivered on the way back to user
+    // space): then nothing takes from the queue while it fills.
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", bb.pid()))
+            .is_ok_and(|st| st.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')))
+    };
+    assert!(eventually(Duration::from_secs(10), stopped).is_some(), "B's bridge did not stop");
+    let base = depth();
     for i in 0..N / 2 {
         p.send_bytes("users://log", &i.to_le_bytes()).expect("send on B");
     }
@@ -450,7 +458,7 @@ fn a_request_inside_a_burst_is_answered_and_the_burst_arrives_whole() {
             Ok::<_, String>(u64::from_le_bytes(reply.body_bytes().unwrap().try_into().expect("8 bytes")))
         })
     };
-    let queued = eventually(Duration::from_secs(10), || depth() == N / 2 + 1);
+    let queued = eventually(Duration::from_secs(10), || depth() == base + N / 2 + 1);
     for i in N / 2..N {
         p.send_bytes("users://log", &i.to_le_bytes()).expect("send on B");
     }

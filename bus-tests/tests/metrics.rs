@@ -121,32 +121,37 @@ fn statistics_off_keeps_the_counts_the_rings_keep_and_nothing_else() {
 }
 
 /// Messages taken in batches are counted and sampled as singly taken ones:
-/// every one in the receiver's count, and one in 64 timed, whatever the
-/// batch sizes (here 1 to 9, so that samples fall anywhere in a batch).
+/// every one in the receiver's count, and exactly one in 64 timed, whatever
+/// the batch sizes (1 to 9, and one of 130 that holds two samples), and
+/// whether the caller's vector held messages already. 768 messages: a
+/// sample taken one message early or late would give 11 or 13, not 12.
 #[test]
 fn batches_are_counted_and_timed_like_single_receives() {
     let bus = TestBus::start(&["--slots", "512"]);
     let client = bus_client::Bus::builder().socket(bus.socket()).name("batch-counts").connect().unwrap();
     let sub = client.subscribe("b").unwrap();
     let mut p = client.publisher().create().unwrap();
+    let mut sizes = vec![130usize];
+    sizes.extend((1..=9).cycle().take(126));
+    sizes.push(8);
     let mut held = Vec::new();
     let (mut sent, mut got) = (0u64, 0u64);
-    for k in (1..=9).cycle().take(150) {
+    for k in sizes {
         for _ in 0..k {
             p.send_bytes("b://x", &sent.to_le_bytes()).unwrap();
             sent += 1;
         }
-        let n = sub.recv_batch(&mut held, k, Some(Duration::from_secs(5))).unwrap();
-        got += n as u64;
+        // Part of them, then the rest into the same vector.
+        got += sub.recv_batch(&mut held, k / 2 + 1, Some(Duration::from_secs(5))).unwrap() as u64;
         while got < sent {
             got += sub.recv_batch(&mut held, k, Some(Duration::from_secs(5))).unwrap() as u64;
         }
         held.clear();
     }
-    assert_eq!(got, sent);
+    assert_eq!((got, sent), (768, 768));
     let s = bus.status();
     let m = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "b").unwrap().clone();
-    assert_eq!(m["latency"]["samples"], sent / 64, "{m}");
+    assert_eq!(m["latency"]["samples"], 12, "{m}");
     let me = s["client_list"].as_array().unwrap().iter().find(|c| c["name"] == "batch-counts").expect("named").clone();
-    assert_eq!(me["received"], sent, "{me}");
+    assert_eq!(me["received"], 768, "{me}");
 }

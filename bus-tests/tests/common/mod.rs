@@ -52,7 +52,7 @@ fn read_lines(from: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String
         // To the end of the stream, whatever it holds: a child must never
         // block on a full pipe because a line was not UTF-8.
         while from.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-            let line = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_owned();
+            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
             buf.clear();
             let _ = tx.send(line.clone());
             all.push_str(&line);
