@@ -89,6 +89,18 @@ impl Hosts {
     }
 }
 
+/// Entries queued for `subsystem` on the bus at `socket` (0 if it has no
+/// queue), from `shmbus status`.
+fn queue_depth(socket: &Path, subsystem: &str) -> u64 {
+    let st = status(socket);
+    st["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == subsystem)
+        .map_or(0, |x| x["queue_depth"].as_u64().unwrap_or(0))
+}
+
 fn summary_of(out: &str) -> serde_json::Value {
     serde_json::from_str(out.lines().last().expect("a summary line")).expect("JSON summary")
 }
@@ -271,10 +283,7 @@ fn dropped_messages_are_counted() {
     run_peer(&h.b, &["pub", "path=sensors://imu/0", "publisher=1", "count=40"]);
     let out = run_peer(&h.b, &["req", "path=users://users/1"]);
     assert!(out.starts_with("err Unreachable"), "{out}");
-    let drained = || {
-        let st = status(&h.b);
-        st["subsystems"].as_array().unwrap().iter().filter(|x| x["name"] == "sensors").all(|x| x["queue_depth"] == 0)
-    };
+    let drained = || queue_depth(&h.b, "sensors") == 0;
     assert!(eventually(Duration::from_secs(10), drained).is_some(), "the bridge did not take the messages");
     bb.signal(Signal::SIGTERM);
     let (st, out, err) = bb.wait(Duration::from_secs(20));
@@ -428,15 +437,7 @@ fn a_request_inside_a_burst_is_answered_and_the_burst_arrives_whole() {
     let service = a.serve(router).workers(1).start().expect("serve on A");
     let b = bus_client::Bus::builder().socket(&h.b).connect().expect("a client on B");
     let mut p = b.publisher().create().expect("publisher on B");
-    let depth = || {
-        let st = status(&h.b);
-        st["subsystems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == "users")
-            .map_or(0, |x| x["queue_depth"].as_u64().unwrap_or(0))
-    };
+    let depth = || queue_depth(&h.b, "users");
     bb.signal(Signal::SIGSTOP);
     // Stopped for sure (a signal is delivered on the way back to user
     // space): then nothing takes from the queue while it fills.
@@ -500,10 +501,7 @@ fn a_batch_meeting_a_full_bus_drops_the_rest_counted_and_leaks_nothing() {
     for i in 0..N {
         p.send_bytes("sensors://imu/0", &i.to_le_bytes()).expect("send on B");
     }
-    let taken = || {
-        let st = status(&h.b);
-        st["subsystems"].as_array().unwrap().iter().filter(|x| x["name"] == "sensors").all(|x| x["queue_depth"] == 0)
-    };
+    let taken = || queue_depth(&h.b, "sensors") == 0;
     assert!(eventually(Duration::from_secs(60), taken).is_some(), "B's bridge did not take the burst");
     bb.signal(Signal::SIGTERM);
     let (st, out, err) = bb.wait(Duration::from_secs(60));
