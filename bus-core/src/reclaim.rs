@@ -569,14 +569,20 @@ mod tests {
         routing::read(seg, s).unwrap().fanout().unwrap()
     }
 
+    /// Takes a slot and loans it for a message to subsystem `s`.
+    fn loaned(p: &Port<'_>, s: u32) -> SlotIndex {
+        let i = p.take_free().unwrap();
+        p.mark_loaned(i);
+        p.segment().slot(i).header().queue.store(s as u16, Ordering::Relaxed);
+        i
+    }
+
     /// Takes, loans and publishes a slot to subsystem `s`, pushing to
     /// `push_to` of its groups only (as if the publisher died there), with
     /// its intent left set when it pushed to fewer than all.
     fn publish(p: &Port<'_>, s: u32, all: bool) -> SlotIndex {
         let to = fanout(p.segment(), s);
-        let i = p.take_free().unwrap();
-        p.mark_loaned(i);
-        p.segment().slot(i).header().queue.store(s as u16, Ordering::Relaxed);
+        let i = loaned(p, s);
         let mut publishing = p.begin_publish(&to, i);
         if all {
             assert_eq!(publishing.push(), 0);
@@ -640,9 +646,7 @@ mod tests {
         let seg = seg();
         let dead = Port::new(&seg, 1, 0).unwrap();
         let to = fanout(&seg, 1);
-        let i = dead.take_free().unwrap();
-        dead.mark_loaned(i);
-        seg.slot(i).header().queue.store(1, Ordering::Relaxed);
+        let i = loaned(&dead, 1);
         let publishing = dead.begin_publish(&to, i);
         // It pushed to group 0 only; group 0's receiver already has it.
         seg.queue(1).unwrap().push(i.get()).unwrap();
@@ -660,6 +664,35 @@ mod tests {
         assert_eq!(live.dequeue(&g0), None, "group 0 is not sent it again");
         live.release(i, 0);
         assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
+    }
+
+    #[test]
+    fn a_publisher_killed_after_dropping_the_last_copy_has_its_slot_freed_once() {
+        let seg = seg();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let to = fanout(&seg, 1);
+        let i = loaned(&dead, 1);
+        let publishing = dead.begin_publish(&to, i);
+        // Every group's queue was full (taps): it dropped each copy, the
+        // last one too, and died at `lossy-dropped` before its free-ring push.
+        let gen = seg.slot(i).own().gen;
+        let own = &seg.slot(i).header().own;
+        let last: Vec<_> = (0..3).map(|k| crate::ownership::drop_queued(own, k, gen)).collect();
+        assert_eq!(last, [Some(false), Some(false), Some(true)]);
+        std::mem::forget(publishing);
+        assert_eq!(seg.free_ring().len(), 7);
+
+        let r = reclaim_client(&seg, 1);
+        assert_eq!((r.intents_repaired, r.freed, r.dropped), (1, 0, 0));
+        assert_eq!(seg.free_ring().len(), 8, "the slot is back in the free ring, once");
+        assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
+        for q in 0..4 {
+            assert_eq!(seg.queue(q).unwrap().len(), 0, "queue {q}: no group gets a dropped copy");
+        }
+        // A second reclaim of the same client finds nothing to do.
+        let again = reclaim_client(&seg, 1);
+        assert_eq!((again.intents_repaired, again.freed), (0, 0));
+        assert_eq!(seg.free_ring().len(), 8);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! a second while the others must go on, then let it continue.
 //!
 //! The load: two publishers (single sends, loans, dropped loans, batches of
-//! 8 and of 70) to a subsystem with three groups — the default group with
-//! two subscribers, consumer group `g2` with two, and a slow tap (lossy,
-//! so its queue overflows and drops) — each subscriber receiving singly and
-//! in batches, holding up to three messages, now and then falling behind so
+//! 8 and of 70) to a subsystem with four groups — the default group with
+//! two subscribers, consumer group `g2` with two, and two slow taps (lossy,
+//! so their queues overflow and drop) — each subscriber receiving singly
+//! and in batches (one tap singly only), holding up to three messages, now and then falling behind so
 //! that the queue fills up; a request/response service and a requester. Which process is the victim
 //! depends on the point: a publisher, a subscriber, the service, or — for
 //! the points inside reclaim — the daemon itself, while it reclaims a killed
@@ -19,7 +19,7 @@
 //!   its process);
 //! - every slot is accounted for (all free once every client is gone);
 //! - every message whose send returned `Ok` was delivered at least once to
-//!   each blocking group (the tap may drop);
+//!   each blocking group (the taps may drop);
 //! - every duplicate delivery within a group is flagged redelivered.
 //!
 //! When the daemon itself is killed mid-reclaim, its segment goes with it:
@@ -304,25 +304,27 @@ fn start_load(bus: &Bus, victim: Option<(Victim, String)>, vs: usize) -> Result<
 /// The subscribers' groups: extra arguments of each, and which group it
 /// is in (the first two share the default group).
 ///
-/// The tap takes one message at a time, so that its full queue frees one
-/// entry at a time, for which the two publishers race: a copy is dropped
-/// at `lossy-dropped` only when the queue fills between a publisher's
-/// check of it (`Port::begin_publish` leaves out a lossy group whose
-/// queue is full already) and its push.
-const GROUPS: [&[&str]; 5] = [&[], &[], &["group=g2"], &["group=g2"], &["tap=1", "pause_us=300", "batch=1"]];
+/// Two slow taps. The first takes one message at a time, so that its full
+/// queue frees one entry at a time, for which the two publishers race: a
+/// copy is dropped at `lossy-dropped` only when the queue fills between a
+/// publisher's check of it (`Port::begin_publish` leaves out a lossy group
+/// whose queue is full already) and its push. The second takes batches,
+/// as the other subscribers do.
+const GROUPS: [&[&str]; 6] =
+    [&[], &[], &["group=g2"], &["group=g2"], &["tap=1", "pause_us=300", "batch=1"], &["tap=1", "pause_us=300"]];
 
 /// Which group subscriber `i` is in.
 fn group_of(i: usize) -> usize {
     match i {
         0 | 1 => 0,
         2 | 3 => 1,
-        _ => 2,
+        i => i - 2,
     }
 }
 
 /// Whether subscriber `i` is in a lossy group (its copies may be dropped).
 fn lossy(i: usize) -> bool {
-    i == 4
+    i >= 4
 }
 
 /// Which subscriber is the victim at point `p`: a member of the default
