@@ -25,6 +25,7 @@ pub mod addr;
 mod asynchronous;
 mod body;
 mod bus;
+mod clock;
 pub mod control;
 mod error;
 mod forward;

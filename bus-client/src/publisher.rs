@@ -4,6 +4,7 @@
 
 use crate::body::{fingerprint, Body};
 use crate::bus::Bus;
+use crate::clock::SendClock;
 use crate::error::{BatchError, RequestError, SendError};
 use bus_core::layout::FLAG_RAW;
 use bus_core::routing;
@@ -11,7 +12,7 @@ use bus_core::slot_pool::{Fanout, Port};
 use bus_core::stats::Failure;
 use bus_core::{Path, SlotIndex};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Slots a publisher takes from the free ring at a time into its private
 /// cache (and at most keeps there).
@@ -113,6 +114,7 @@ impl PublisherBuilder {
                 version: u64::MAX,
             },
             open_reply: None,
+            clock: SendClock::new(),
         })
     }
 }
@@ -154,6 +156,8 @@ pub struct Publisher {
     /// The last reply queue found open, `(routes version, queue, serial)`:
     /// replying to it again costs one load while the table is unchanged.
     open_reply: Option<(u64, u32, u64)>,
+    /// Reads the send timestamps.
+    clock: SendClock,
 }
 
 /// The last path sent and its resolution, valid while the routing table's
@@ -236,7 +240,7 @@ impl Publisher {
         let mut sent = 0;
         while sent < count {
             let n = (count - sent).min(BATCH_CHUNK);
-            let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let ts = self.clock.now();
             self.batch.clear();
             for i in sent..sent + n {
                 let slot = match self.take_slot() {
@@ -1045,7 +1049,7 @@ impl<'a> Loan<'a> {
         if h.trace_id.load(Ordering::Relaxed) == 0 {
             h.trace_id.store(id, Ordering::Relaxed);
         }
-        h.timestamp_ns.store(now_ns(), Ordering::Relaxed);
+        h.timestamp_ns.store(publisher.clock.now(), Ordering::Relaxed);
         id
     }
 
@@ -1108,17 +1112,6 @@ const SPACE_BATCH: u64 = 32;
 /// processes shared one CPU (1 → 1 nothing measurable); with two CPUs free
 /// to all it was mixed (docs/design.md, BENCHMARKS.md, session 11).
 const SPACE_SPINS: u32 = 32;
-
-/// Wall-clock time in nanoseconds since the Unix epoch (0 before it): one
-/// vDSO call, without `SystemTime`'s conversions (a third of the send
-/// timestamp's instructions).
-#[inline]
-pub(crate) fn now_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
-        Ok(t) if t.tv_sec() >= 0 => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
-        _ => 0,
-    }
-}
 
 /// The archived size of `value`, found by serializing it into growing
 /// 16-byte aligned heap buffers (used only to report `BodyTooLarge`).

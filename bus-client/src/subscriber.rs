@@ -341,7 +341,7 @@ impl Subscriber {
         let mut j = (every - 1 - before % every) as usize;
         while let Some(m) = msgs.get(j) {
             let sent = m.header().timestamp_ns.load(Ordering::Relaxed);
-            let now = crate::publisher::now_ns();
+            let now = crate::clock::now_ns();
             if let (Some(st), true) = (seg.entry_stats(self.group.queue), sent != 0 && now >= sent) {
                 st.latency.record(now - sent);
             }
@@ -649,7 +649,10 @@ impl Message<'_> {
         self.slot.header().trace_id.load(Ordering::Relaxed)
     }
 
-    /// When it was sent.
+    /// When it was sent: the publisher's wall clock, counted from a real
+    /// reading of at most 100 ms before (within microseconds of
+    /// `SystemTime::now()` at the send; after the wall clock was set, off by
+    /// that step for up to 100 ms). All messages of a batch carry one.
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.slot.header().timestamp_ns.load(Ordering::Relaxed))
     }
