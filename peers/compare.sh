@@ -61,8 +61,12 @@ g = shm.get("throughput-1to4groups/shmbus/64", {})
 print()
 print(f"shmbus 1->4 groups / iceoryx2 1->4 busy-poll, per subscriber, paired rounds: {ratio(g, ice.get(('ice-spin','1to4'),{})):.2f}x")
 print(f"shmbus 1->4 groups / iceoryx2 1->4 yielding, per subscriber, paired rounds: {ratio(g, ice.get(('ice-yield','1to4'),{})):.2f}x")
+def per_round(a, b):
+    return " ".join(f"{a[r][0] / b[r][0]:.2f}" for r in sorted(set(a) & set(b)))
+print(f"  per round: {per_round(g, ice.get(('ice-yield','1to4'),{}))}")
 gs = shm.get("throughput-1to4groups-sleep50us/shmbus/64", {})
 print(f"shmbus 1->4 groups / iceoryx2 1->4 sleeping 50 us, per subscriber, paired rounds: {ratio(gs, ice.get(('ice-sleep','1to4'),{})):.2f}x")
+print(f"  per round: {per_round(gs, ice.get(('ice-sleep','1to4'),{}))}")
 print(f"shmbus 1->1 / iceoryx2 1->1, paired rounds: {ratio(shmbus, ice.get(('ice-spin','1to1'),{})):.2f}x")
 import os
 if os.path.exists(f"{out}/floor"):
