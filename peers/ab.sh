@@ -6,7 +6,8 @@
 # Copy each build's target/release/shmbus aside first (the peers are the
 # binary itself, so each build measures its own receive side too). Each
 # round runs `shmbus bench --only throughput --sizes 64 --reps 1 --json` of
-# every binary. Prints every run with its probe, then, per measurement, the
+# every binary, in the order given in odd rounds and the reverse in even
+# ones. Prints every run with its probe, then, per measurement, the
 # median of each binary over the runs in the near state (probe < NEAR ns,
 # default 150), and the median of the per-round ratios to the first binary
 # over the rounds where both ran in that state.
@@ -15,11 +16,14 @@ rounds=${1:?rounds}; shift
 [ $# -ge 2 ] || { echo "usage: peers/ab.sh ROUNDS BIN-A BIN-B [...]" >&2; exit 2; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+bins=("$@")
 for r in $(seq "$rounds"); do
-  i=0
-  for b in "$@"; do
-    timeout 120 "$b" bench --only throughput --sizes 64 --reps 1 --json 2>/dev/null > "$out/$r.$i.json" || true
-    i=$((i + 1))
+  # Odd rounds run the binaries in the order given, even rounds in the
+  # reverse order, so that a drift within a round favours neither.
+  order=$(seq 0 $((${#bins[@]} - 1)))
+  [ $((r % 2)) -eq 0 ] && order=$(echo "$order" | tac)
+  for i in $order; do
+    timeout 120 "${bins[$i]}" bench --only throughput --sizes 64 --reps 1 --json 2>/dev/null > "$out/$r.$i.json" || true
   done
 done
 python3 - "$out" "$rounds" "${NEAR:-150}" "$@" <<'PY'

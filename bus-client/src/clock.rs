@@ -2,34 +2,45 @@
 //! for every message sent, without a `clock_gettime` per message.
 //!
 //! `clock_gettime` costs 20–50 ns on the machines we measure on, and its
-//! vDSO read of the time-stamp counter is ordered (`lfence; rdtsc`), so it
-//! also waits for the send's earlier loads and stores to finish: in a
-//! profile of one publisher feeding four groups it took 12 % of the
-//! publisher's time, and reading the counter instead made one message per
-//! call 1.13–1.27× faster (BENCHMARKS.md, session 12).
+//! vDSO read of the time-stamp counter is ordered (`lfence; rdtsc`): it
+//! waits for every earlier instruction of the send, loads of lines the
+//! receivers hold included. In a profile of one publisher feeding four
+//! groups it took 12 % of the publisher's time; counting instead made one
+//! message per call 1.06–1.17× faster in paired rounds, within a noise of
+//! about ±10 % (BENCHMARKS.md, session 12).
 //!
 //! So a publisher reads the counter (`rdtsc`, unordered) and converts it
-//! with a rate and an anchor that it learns from the real clock:
-//! - first it reads the real clock, beside the counter, for [`LEARN_NS`];
-//!   the rate found is kept for the whole process, so later publishers skip
-//!   this;
-//! - then it extrapolates from the last anchor (a real reading and the
-//!   counter beside it), and takes a new anchor after a span of counter
-//!   ticks that starts at twice the learning time and doubles up to
-//!   [`MAX_SPAN_NS`]. Each new anchor also refines the rate over the span,
-//!   unless the refinement is off by more than [`MAX_DRIFT_PPM`] (the wall
-//!   clock was set meanwhile: the anchor follows it, the rate stays).
+//! with a rate and an anchor:
+//! - the rate, ns per tick, is measured against `CLOCK_MONOTONIC`, which
+//!   runs at the wall clock's rate (NTP's frequency corrections included)
+//!   but is never set: first over [`LEARN_NS`] of real readings (once per
+//!   process: later publishers take the rate learnt), then again over every
+//!   span between two anchors;
+//! - the anchor is a `CLOCK_REALTIME` reading and the counter beside it,
+//!   taken again after a span of counter ticks that starts at twice the
+//!   learning time and doubles up to [`MAX_SPAN_NS`].
 //!
-//! A timestamp is thus the real clock's reading of at most [`MAX_SPAN_NS`]
-//! ago plus the counter's count since, at a rate measured over the last
-//! span: within about a microsecond of `clock_gettime` while the wall
-//! clock runs steadily, and after a step of the wall clock (`date -s`), off
-//! by that step for at most [`MAX_SPAN_NS`].
+//! A timestamp is thus the wall clock's reading of at most [`MAX_SPAN_NS`]
+//! ago plus the counter's count since, at the rate of the last span. While
+//! NTP's correction stays the same it is within tens of nanoseconds of
+//! `clock_gettime`: the anchor's own uncertainty (each clock read between
+//! two counter reads, the closest of three tries) and the rate's error
+//! over a span (the test on a 2-vCPU KVM guest found counted stamps at most
+//! 6 ns outside the two `clock_gettime` readings around them, 300 ms after
+//! the start). A change of NTP's correction puts a span off by the change
+//! over its length (500 ppm over 100 ms: 50 µs); the next span is measured
+//! at the new rate. After the wall clock is set (`date -s`), or after a
+//! suspend, it is off for at most one span.
+//! The counter is read unordered: a stamp may be taken before loads still
+//! in flight have finished (in the send, where they hit the cache:
+//! nanoseconds).
 //!
 //! The counter is used only where the kernel itself keeps time with it
 //! (the current clock source is `tsc`, which Linux chooses only for a
-//! counter that runs at a constant rate, through sleep states, in step on
-//! every CPU); elsewhere every read is `clock_gettime`.
+//! counter that runs at a constant rate, through idle states, in step on
+//! every CPU); elsewhere every read is `clock_gettime`. A counter that stops,
+//! goes back or runs at a rate no clock has sends the publisher back to
+//! `clock_gettime` (see [`SendClock::now_from`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -39,15 +50,9 @@ use std::sync::OnceLock;
 pub(crate) const LEARN_NS: u64 = 10_000_000;
 /// Longest span between two real readings.
 pub(crate) const MAX_SPAN_NS: u64 = 100_000_000;
-/// A refined rate further than this (parts per million) from the one in use
-/// means the wall clock was set, not that the counter's rate changed
-/// (`adjtime` slews by 500 ppm at most).
-pub(crate) const MAX_DRIFT_PPM: u64 = 1_000;
-/// A real reading whose counter reads before and after it are further apart
-/// than this is not used as an anchor (an interrupt or a preemption came
-/// between them). A `clock_gettime` takes 100–200 ticks; at 1 GHz or more
-/// this bounds a learned rate's error to 400 ppm, well inside
-/// [`MAX_DRIFT_PPM`], so that the refinements are taken.
+/// Real readings whose counter reads before and after them are further
+/// apart than this are not used (an interrupt or a preemption came between
+/// them). The two vDSO calls and three counter reads take 100–300 ticks.
 const MAX_PAIR_TICKS: u64 = 2_000;
 
 /// The rate learned in this process (ns per tick, fixed point with 32
@@ -58,19 +63,23 @@ static RATE: AtomicU64 = AtomicU64::new(0);
 /// vDSO call, without `SystemTime`'s conversions.
 #[inline]
 pub(crate) fn now_ns() -> u64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
+    read(nix::time::ClockId::CLOCK_REALTIME)
+}
+
+fn read(clock: nix::time::ClockId) -> u64 {
+    match nix::time::clock_gettime(clock) {
         Ok(t) if t.tv_sec() >= 0 => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
         _ => 0,
     }
 }
 
-/// The time-stamp counter, unordered (it may be read a few instructions
-/// early or late: nanoseconds).
+/// The time-stamp counter, unordered.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn ticks() -> u64 {
-    // SAFETY: `rdtsc` has no preconditions; `counter_usable` checked that
-    // the kernel keeps time with it.
+    // SAFETY: `rdtsc` is part of the x86-64 baseline, reads no memory and
+    // has no preconditions (a process that disabled it with
+    // `prctl(PR_SET_TSC)` gets SIGSEGV, not undefined behaviour).
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
@@ -80,7 +89,9 @@ fn ticks() -> u64 {
 }
 
 /// Whether the counter can stand in for the real clock here (see the
-/// module documentation).
+/// module documentation). Asked once per process: a counter the kernel
+/// gives up on later (its clock-source watchdog) is caught by the checks
+/// of every anchor instead.
 fn counter_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
     *USABLE.get_or_init(|| {
@@ -90,11 +101,14 @@ fn counter_usable() -> bool {
     })
 }
 
-/// A real reading and the counter at that moment.
+/// Readings of the wall clock and the monotonic clock, each with the
+/// counter at that moment (the middle of the counter reads around it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pair {
-    ns: u64,
+    real: u64,
     ticks: u64,
+    mono: u64,
+    mono_ticks: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,13 +129,15 @@ pub(crate) struct SendClock {
     state: State,
 }
 
-/// Where a [`SendClock`] reads the time: the real clock and the counter,
+/// Where a [`SendClock`] reads the time: the machine's clocks and counter,
 /// or stand-ins in tests.
 pub(crate) trait Source {
     /// Whether the counter may be used at all.
     fn usable(&self) -> bool;
-    /// The real clock (ns since the Unix epoch; 0 if it cannot be read).
+    /// The wall clock (ns since the Unix epoch; 0 if it cannot be read).
     fn real(&self) -> u64;
+    /// The monotonic clock (ns; 0 if it cannot be read).
+    fn mono(&self) -> u64;
     /// The counter.
     fn ticks(&self) -> u64;
     /// The rate learned in this process, 0 if none.
@@ -140,6 +156,9 @@ impl Source for Machine {
     #[inline]
     fn real(&self) -> u64 {
         now_ns()
+    }
+    fn mono(&self) -> u64 {
+        read(nix::time::ClockId::CLOCK_MONOTONIC)
     }
     #[inline]
     fn ticks(&self) -> u64 {
@@ -165,13 +184,18 @@ impl SendClock {
         self.now_from(&Machine)
     }
 
-    /// [`SendClock::now`], reading `src`.
+    /// [`SendClock::now`], reading `src`. Counted while the counter has
+    /// moved forward by less than a span since the anchor; otherwise (a span
+    /// over, a counter that went back or stands still) a real reading,
+    /// which also takes a new anchor and measures the rate again. A rate no
+    /// counter between 100 MHz and 10 GHz would have ends the counting for
+    /// good.
     #[inline]
     pub(crate) fn now_from(&mut self, src: &impl Source) -> u64 {
         if let State::Counting { anchor, rate, span } = self.state {
             let d = src.ticks().wrapping_sub(anchor.ticks);
-            if d < span {
-                return anchor.ns + scale(d, rate);
+            if d.wrapping_sub(1) < span {
+                return anchor.real + scale(d, rate);
             }
         }
         self.slow(src)
@@ -194,54 +218,73 @@ impl SendClock {
                 } else {
                     State::Learning { first: p }
                 };
-                p.ns
+                p.real
             }
             State::Learning { first } => {
                 let Some(p) = pair(src) else { return src.real() };
-                if p.ns.saturating_sub(first.ns) >= LEARN_NS {
+                if p.mono.saturating_sub(first.mono) >= LEARN_NS {
                     match rate_between(first, p).filter(|&r| plausible(r)) {
                         Some(rate) => {
                             src.learned(rate);
                             self.state = State::Counting { anchor: p, rate, span: span_of(2 * LEARN_NS, rate) };
                         }
-                        // The counter did not run as a clock would: the
-                        // real clock from now on.
                         None => self.state = State::Exact,
                     }
                 }
-                p.ns
+                p.real
             }
             State::Counting { anchor, rate, span } => {
-                // A span is over (or the counter went back: another CPU's,
-                // not in step after all).
                 let Some(p) = pair(src) else { return src.real() };
-                let refined = rate_between(anchor, p).filter(|&r| r.abs_diff(rate) <= rate / 1_000_000 * MAX_DRIFT_PPM);
-                let rate = refined.unwrap_or(rate);
-                let span = (span.saturating_mul(2)).min(span_of(MAX_SPAN_NS, rate));
-                self.state = State::Counting { anchor: p, rate, span };
-                p.ns
+                let rate = if p.ticks < anchor.ticks {
+                    // Gone back (another CPU's counter, not in step after
+                    // all, or a suspend): nothing to measure; anchor again.
+                    Some(rate)
+                } else {
+                    // The monotonic clock is never set: whatever the rate
+                    // over the span was, it is the rate.
+                    rate_between(anchor, p).filter(|&r| plausible(r))
+                };
+                match rate {
+                    Some(rate) => {
+                        let span = span.saturating_mul(2).min(span_of(MAX_SPAN_NS, rate));
+                        self.state = State::Counting { anchor: p, rate, span };
+                    }
+                    None => self.state = State::Exact,
+                }
+                p.real
             }
         }
     }
 }
 
-/// A real reading between two counter reads close together, or `None`.
+/// Both clocks, each read between two counter reads: of three tries, the
+/// one whose counter reads were closest together, if any was close enough.
 fn pair(src: &impl Source) -> Option<Pair> {
+    let mut best: Option<(u64, Pair)> = None;
     for _ in 0..3 {
-        let before = src.ticks();
-        let ns = src.real();
-        let after = src.ticks();
-        if ns != 0 && after >= before && after - before <= MAX_PAIR_TICKS {
-            return Some(Pair { ns, ticks: before + (after - before) / 2 });
+        let t0 = src.ticks();
+        let real = src.real();
+        let t1 = src.ticks();
+        let mono = src.mono();
+        let t2 = src.ticks();
+        let width = t2.wrapping_sub(t0);
+        if real != 0
+            && mono != 0
+            && t1 >= t0
+            && t2 >= t1
+            && width <= MAX_PAIR_TICKS
+            && best.is_none_or(|(w, _)| width < w)
+        {
+            best = Some((width, Pair { real, ticks: t0 + (t1 - t0) / 2, mono, mono_ticks: t1 + (t2 - t1) / 2 }));
         }
     }
-    None
+    best.map(|(_, p)| p)
 }
 
-/// The rate from `a` to `b` (ns per tick, 32 fractional bits), if both ran
-/// forward.
+/// The monotonic clock's rate from `a` to `b` (ns per tick, 32 fractional
+/// bits); `None` if either stood still or went back.
 fn rate_between(a: Pair, b: Pair) -> Option<u64> {
-    let (ns, ticks) = (b.ns.checked_sub(a.ns)?, b.ticks.checked_sub(a.ticks)?);
+    let (ns, ticks) = (b.mono.checked_sub(a.mono)?, b.mono_ticks.checked_sub(a.mono_ticks)?);
     if ns == 0 || ticks == 0 {
         return None;
     }
@@ -253,15 +296,16 @@ fn plausible(rate: u64) -> bool {
     ((1u64 << 32) / 10..=(1u64 << 32) * 10).contains(&rate)
 }
 
-/// `ticks` at `rate`, in ns.
+/// `ticks` at `rate`, in ns (`ticks` < a span: no overflow).
 #[inline]
 fn scale(ticks: u64, rate: u64) -> u64 {
     ((ticks as u128 * rate as u128) >> 32) as u64
 }
 
-/// The ticks in `ns` at `rate`.
+/// The ticks in `ns` at `rate` (a plausible one: at most 10^10 per
+/// second).
 fn span_of(ns: u64, rate: u64) -> u64 {
-    (((ns as u128) << 32) / rate.max(1) as u128).min(u64::MAX as u128) as u64
+    (((ns as u128) << 32) / rate.max(1) as u128) as u64
 }
 
 #[cfg(test)]
@@ -269,31 +313,45 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    /// A machine whose counter runs at `ghz` and whose wall clock is the
-    /// counter's time plus `offset` (a step of the wall clock changes it).
+    /// A machine whose counter runs at `ghz` ticks per ns of its clocks;
+    /// the wall clock is the monotonic one plus `offset` (a step of the
+    /// wall clock changes it), and NTP's correction is a change of `ghz`.
+    /// Each counter read takes 3 ticks; with `slow_reads`, every fifth one
+    /// takes 5 000 (an interrupt).
     struct Fake {
-        tick: Cell<u64>,
-        ghz: f64,
-        offset: Cell<u64>,
+        ns: Cell<f64>,
+        tick: Cell<f64>,
+        ghz: Cell<f64>,
+        offset: Cell<i64>,
         rate: Cell<u64>,
         real_reads: Cell<u64>,
+        reads: Cell<u64>,
+        slow_reads: bool,
     }
 
     impl Fake {
         fn new(ghz: f64) -> Fake {
             Fake {
-                tick: Cell::new(1 << 40),
-                ghz,
+                ns: Cell::new(1e12),
+                tick: Cell::new((1u64 << 40) as f64),
+                ghz: Cell::new(ghz),
                 offset: Cell::new(1_800_000_000_000_000_000),
                 rate: Cell::new(0),
                 real_reads: Cell::new(0),
+                reads: Cell::new(0),
+                slow_reads: false,
             }
         }
-        fn advance_ns(&self, ns: u64) {
-            self.tick.set(self.tick.get() + (ns as f64 * self.ghz) as u64);
+        fn advance_ns(&self, ns: f64) {
+            self.ns.set(self.ns.get() + ns);
+            self.tick.set(self.tick.get() + ns * self.ghz.get());
         }
         fn truth(&self) -> u64 {
-            (self.tick.get() as f64 / self.ghz) as u64 + self.offset.get()
+            (self.ns.get() as u64).wrapping_add_signed(self.offset.get())
+        }
+        /// The rate the clock would learn, in its fixed point.
+        fn true_rate(&self) -> u64 {
+            ((1u64 << 32) as f64 / self.ghz.get()) as u64
         }
     }
 
@@ -305,9 +363,14 @@ mod tests {
             self.real_reads.set(self.real_reads.get() + 1);
             self.truth()
         }
+        fn mono(&self) -> u64 {
+            self.ns.get() as u64
+        }
         fn ticks(&self) -> u64 {
-            self.tick.set(self.tick.get() + 3); // reading takes a little
-            self.tick.get()
+            self.reads.set(self.reads.get() + 1);
+            let took = if self.slow_reads && self.reads.get() % 5 == 0 { 5_000.0 } else { 3.0 };
+            self.advance_ns(took / self.ghz.get());
+            self.tick.get() as u64
         }
         fn known_rate(&self) -> u64 {
             self.rate.get()
@@ -317,19 +380,48 @@ mod tests {
         }
     }
 
+    /// Reads every `every_ns` for `for_ns`; the largest error seen after
+    /// `settle_ns`.
+    fn run(c: &mut SendClock, m: &Fake, every_ns: f64, for_ns: f64, settle_ns: f64) -> u64 {
+        let (mut t, mut worst) = (0.0, 0);
+        while t < for_ns {
+            m.advance_ns(every_ns);
+            t += every_ns;
+            let err = c.now_from(m).abs_diff(m.truth());
+            if t >= settle_ns {
+                worst = worst.max(err);
+            }
+        }
+        worst
+    }
+
+    fn rate_of(c: &SendClock) -> u64 {
+        match c.state {
+            State::Counting { rate, .. } => rate,
+            s => panic!("not counting: {s:?}"),
+        }
+    }
+
+    /// Parts per million between two rates.
+    fn ppm(a: u64, b: u64) -> f64 {
+        a.abs_diff(b) as f64 / b as f64 * 1e6
+    }
+
     #[test]
     fn counted_time_follows_the_real_clock_with_few_real_reads() {
         for ghz in [0.8, 2.596, 4.1] {
             let m = Fake::new(ghz);
             let mut c = SendClock::new();
-            for _ in 0..200_000 {
-                m.advance_ns(5_000); // a message every 5 µs, 1 s in all
-                let t = c.now_from(&m);
-                assert!(t.abs_diff(m.truth()) < 100, "{ghz} GHz: {t} against {}", m.truth());
-            }
-            // Learning: 10 ms of real reads (2 000 messages); then one per span.
-            assert!(m.real_reads.get() < 2_100 + 3 * 20, "{ghz} GHz: {} real reads", m.real_reads.get());
-            assert!(matches!(c.state, State::Counting { .. }));
+            // A message every 5 µs: 10 ms of learning, each stamp a real
+            // reading (three tries of the pair), then 1 s of counting.
+            assert!(run(&mut c, &m, 5_000.0, LEARN_NS as f64, 0.0) < 50, "{ghz} GHz");
+            let learning = m.real_reads.get();
+            assert!((3 * 1_900..=3 * 2_001).contains(&learning), "{ghz} GHz: {learning} real reads");
+            assert!(run(&mut c, &m, 5_000.0, 1e9, 0.0) < 50, "{ghz} GHz");
+            // One anchor per span: 20, 40, 80, then every 100 ms.
+            let counting = m.real_reads.get() - learning;
+            assert!((3 * 11..=3 * 13).contains(&counting), "{ghz} GHz: {counting} real reads");
+            assert!(ppm(rate_of(&c), m.true_rate()) < 1.0);
         }
     }
 
@@ -337,108 +429,159 @@ mod tests {
     fn a_second_clock_in_the_process_skips_learning() {
         let m = Fake::new(2.0);
         let mut a = SendClock::new();
-        while !matches!(a.state, State::Counting { .. }) {
-            m.advance_ns(100_000);
-            a.now_from(&m);
-        }
+        run(&mut a, &m, 100_000.0, 2.0 * LEARN_NS as f64, 0.0);
         let mut b = SendClock::new();
         b.now_from(&m);
         assert!(matches!(b.state, State::Counting { .. }));
-        m.advance_ns(1_000);
-        assert!(b.now_from(&m).abs_diff(m.truth()) < 100);
+        assert!(run(&mut b, &m, 1_000.0, 1e6, 0.0) < 50);
     }
 
     #[test]
-    fn a_step_of_the_wall_clock_is_followed_within_a_span_and_keeps_the_rate() {
-        let m = Fake::new(3.0);
+    fn steps_of_the_wall_clock_are_followed_within_a_span_and_leave_the_rate() {
+        for step in [-3_600_000_000_000i64, 3_600_000_000_000, -5_000_000, 5_000_000] {
+            let m = Fake::new(3.0);
+            let mut c = SendClock::new();
+            run(&mut c, &m, 100_000.0, 5e8, 0.0);
+            m.offset.set(m.offset.get() + step);
+            // Off by the step until the next anchor, at most a span later;
+            // exact from there on, at the same rate.
+            assert!(run(&mut c, &m, 100_000.0, 5e8, MAX_SPAN_NS as f64 + 1e6) < 50, "step {step}");
+            assert!(ppm(rate_of(&c), m.true_rate()) < 1.0, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_step_while_learning_does_not_spoil_the_rate() {
+        let m = Fake::new(2.5);
         let mut c = SendClock::new();
-        for _ in 0..5_000 {
-            m.advance_ns(100_000);
-            c.now_from(&m);
+        run(&mut c, &m, 100_000.0, 5e6, 0.0);
+        m.offset.set(m.offset.get() - 5_000_000); // back 5 ms, mid-learning
+        assert!(run(&mut c, &m, 100_000.0, 1e9, 2.0 * LEARN_NS as f64) < 50);
+        assert!(ppm(m.rate.get(), m.true_rate()) < 10.0, "the process's rate");
+    }
+
+    #[test]
+    fn a_changed_ntp_correction_is_followed_span_by_span() {
+        // 500 ppm (adjtime's most) and 8.3 % (chrony's `maxslewrate`).
+        for change in [1.0005, 1.083] {
+            let m = Fake::new(2.0);
+            let mut c = SendClock::new();
+            run(&mut c, &m, 50_000.0, 5e8, 0.0);
+            m.ghz.set(m.ghz.get() * change);
+            // The first span after the change is off by up to the change
+            // over its length; the next ones are measured at the new rate.
+            let worst = run(&mut c, &m, 50_000.0, 1e9, 2.0 * MAX_SPAN_NS as f64 + 1e6);
+            assert!(worst < 100, "change {change}: {worst} ns");
+            assert!(ppm(rate_of(&c), m.true_rate()) < 1.0, "change {change}");
         }
-        let State::Counting { rate, .. } = c.state else { panic!("counting") };
-        m.offset.set(m.offset.get() - 3_600_000_000_000); // set back an hour
-        let mut caught_up = None;
-        for n in 0..2_000u64 {
-            m.advance_ns(100_000);
-            if c.now_from(&m).abs_diff(m.truth()) < 100 {
-                caught_up = Some(n * 100_000);
-                break;
-            }
-        }
-        let after = caught_up.expect("the step was followed");
-        assert!(after <= MAX_SPAN_NS, "followed after {after} ns");
-        let State::Counting { rate: now, .. } = c.state else { panic!("counting") };
-        assert_eq!(now, rate, "a step is not taken for a new rate");
+    }
+
+    #[test]
+    fn interrupted_readings_are_not_taken_as_anchors() {
+        let mut m = Fake::new(2.0);
+        m.slow_reads = true;
+        let mut c = SendClock::new();
+        // A real reading is returned as it was read, before the tries after
+        // it (an interrupted one among them: 2.5 µs); counted stamps are
+        // as good as without interruptions.
+        assert!(run(&mut c, &m, 20_000.0, 1e9, 0.0) < 6_000);
+        assert!(ppm(rate_of(&c), m.true_rate()) < 1.0);
     }
 
     #[test]
     fn a_rare_sender_reads_the_real_clock_and_a_counter_that_goes_back_is_not_trusted() {
         let m = Fake::new(2.0);
         let mut c = SendClock::new();
-        for _ in 0..100 {
-            m.advance_ns(1_000_000);
-            c.now_from(&m);
-        }
+        run(&mut c, &m, 1e6, 1e8, 0.0);
         // Once a second: every read is past the span, so a real one.
-        let before = m.real_reads.get();
         for _ in 0..5 {
-            m.advance_ns(1_000_000_000);
+            m.advance_ns(1e9);
             let reads = m.real_reads.get();
-            assert!(c.now_from(&m).abs_diff(m.truth()) < 10);
+            // The best of three readings: up to 9 counter reads ago.
+            assert!(c.now_from(&m).abs_diff(m.truth()) < 50);
             assert!(m.real_reads.get() > reads, "a real read");
         }
-        assert!(m.real_reads.get() >= before + 5);
-        // A counter that jumps back (d wraps to a huge count): a real read.
-        m.tick.set(m.tick.get() - 1_000_000);
+        // A counter that jumps back: a real read, then counting again.
+        m.tick.set(m.tick.get() - 1e6);
         let reads = m.real_reads.get();
-        assert!(c.now_from(&m).abs_diff(m.truth()) < 10);
+        assert!(c.now_from(&m).abs_diff(m.truth()) < 50);
         assert!(m.real_reads.get() > reads, "a real read");
+        assert!(run(&mut c, &m, 1_000.0, 1e6, 0.0) < 50);
+    }
+
+    /// A counter that runs only while `runs` says so.
+    struct Stopping {
+        m: Fake,
+        runs: Cell<bool>,
+    }
+
+    impl Source for Stopping {
+        fn usable(&self) -> bool {
+            true
+        }
+        fn real(&self) -> u64 {
+            self.m.real()
+        }
+        fn mono(&self) -> u64 {
+            self.m.mono()
+        }
+        fn ticks(&self) -> u64 {
+            if self.runs.get() {
+                self.m.ticks()
+            } else {
+                7
+            }
+        }
+        fn known_rate(&self) -> u64 {
+            self.m.rate.get()
+        }
+        fn learned(&self, rate: u64) {
+            self.m.learned(rate)
+        }
     }
 
     #[test]
-    fn a_counter_that_does_not_run_leaves_the_real_clock() {
-        struct Stuck(Fake);
-        impl Source for Stuck {
-            fn usable(&self) -> bool {
-                true
+    fn a_counter_that_stands_still_leaves_the_real_clock() {
+        for stops_after_ns in [0.0, 5e8] {
+            let s = Stopping { m: Fake::new(1.0), runs: Cell::new(stops_after_ns > 0.0) };
+            let mut c = SendClock::new();
+            let mut t = 0.0;
+            for _ in 0..100_000 {
+                s.m.advance_ns(10_000.0);
+                t += 10_000.0;
+                if t >= stops_after_ns {
+                    s.runs.set(false);
+                }
+                let now = c.now_from(&s);
+                if t > stops_after_ns + 1e4 {
+                    assert_eq!(now, s.m.truth(), "stopped {stops_after_ns} ns in");
+                }
             }
-            fn real(&self) -> u64 {
-                self.0.real()
-            }
-            fn ticks(&self) -> u64 {
-                7
-            }
-            fn known_rate(&self) -> u64 {
-                0
-            }
-            fn learned(&self, _: u64) {
-                panic!("no rate from a stuck counter")
-            }
+            assert_eq!(c.state, State::Exact, "stopped {stops_after_ns} ns in");
         }
-        let m = Stuck(Fake::new(1.0));
-        let mut c = SendClock::new();
-        for _ in 0..10_000 {
-            m.0.advance_ns(10_000);
-            assert_eq!(c.now_from(&m), m.0.truth());
-        }
-        assert_eq!(c.state, State::Exact);
     }
 
     #[test]
     fn the_machine_clock_agrees_with_clock_gettime() {
         let mut c = SendClock::new();
+        let mut worst = 0;
         let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(100) {
+        while start.elapsed() < std::time::Duration::from_millis(300) {
             let before = now_ns();
             let t = c.now();
             let after = now_ns();
-            // Counted time may be off by the rate's error over a span (5 ns
-            // when this was written): 20 µs is far beyond that, and far
-            // below what a wrong rate or anchor gives.
-            assert!(t + 20_000 >= before && t <= after + 20_000, "{before} <= {t} <= {after}");
+            let e = before.saturating_sub(t).max(t.saturating_sub(after));
+            worst = worst.max(e);
+            if std::env::var_os("CLOCKDBG").is_some() && e > 30 {
+                eprintln!("{:?} e={e} width={}", start.elapsed(), after - before);
+            }
         }
+        // A counted stamp lies between the two real readings around it, up
+        // to the anchor's and the rate's error: tens of ns. 20 µs is far
+        // beyond that and far below a wrong rate's or anchor's error.
+        assert!(worst < 20_000, "{worst} ns outside");
         let counting = matches!(c.state, State::Counting { .. });
         assert_eq!(counting, counter_usable(), "{:?}", c.state);
+        eprintln!("counted stamps at most {worst} ns outside the clock_gettime readings around them");
     }
 }

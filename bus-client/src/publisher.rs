@@ -188,7 +188,7 @@ impl Publisher {
     /// Sends every item of `items` to `path`: each serialized in place into
     /// its own slot, then pushed together (one ring operation and at most
     /// one wake-up per 64 messages). Same guarantees as [`Publisher::send`]
-    /// for each message; all of a batch carry one timestamp.
+    /// for each message; the messages of each run of 64 carry one timestamp.
     pub fn send_batch<T: Body>(&mut self, path: &str, items: &[T]) -> Result<usize, BatchError> {
         let fp = fingerprint::<T>();
         self.batch_inner(path, items.len(), |i, area| {

@@ -650,9 +650,10 @@ impl Message<'_> {
     }
 
     /// When it was sent: the publisher's wall clock, counted from a real
-    /// reading of at most 100 ms before (within microseconds of
-    /// `SystemTime::now()` at the send; after the wall clock was set, off by
-    /// that step for up to 100 ms). All messages of a batch carry one.
+    /// reading of at most 100 ms before (within tens of nanoseconds of
+    /// `SystemTime::now()` at the send; after the wall clock was set, or a
+    /// suspend, off for up to 100 ms). The messages of each run of 64 in a
+    /// batch carry one.
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.slot.header().timestamp_ns.load(Ordering::Relaxed))
     }

@@ -673,8 +673,10 @@ mod tests {
         let to = fanout(&seg, 1);
         let i = loaned(&dead, 1);
         let publishing = dead.begin_publish(&to, i);
-        // Every group's queue was full (taps): it dropped each copy, the
-        // last one too, and died at `lossy-dropped` before its free-ring push.
+        // It dropped every group's copy (lossy groups whose queues were
+        // full, or groups it gave up on), the last one too, and died at
+        // `lossy-dropped` before its free-ring push. (The order of the
+        // steps in `Publishing::drop_copy` is the crash-point test's.)
         let gen = seg.slot(i).own().gen;
         let own = &seg.slot(i).header().own;
         let last: Vec<_> = (0..3).map(|k| crate::ownership::drop_queued(own, k, gen)).collect();

@@ -6,8 +6,9 @@
 //! 8 and of 70) to a subsystem with four groups — the default group with
 //! two subscribers, consumer group `g2` with two, and two slow taps (lossy,
 //! so their queues overflow and drop) — each subscriber receiving singly
-//! and in batches (one tap singly only), holding up to three messages, now and then falling behind so
-//! that the queue fills up; a request/response service and a requester. Which process is the victim
+//! and in batches (one tap singly only), holding up to three messages, now
+//! and then falling behind so that the queue fills up; a request/response
+//! service and a requester. Which process is the victim
 //! depends on the point: a publisher, a subscriber, the service, or — for
 //! the points inside reclaim — the daemon itself, while it reclaims a killed
 //! client that held loans and messages and one that died with an intent.
