@@ -6,41 +6,47 @@
 //! waits for every earlier instruction of the send, loads of lines the
 //! receivers hold included. In a profile of one publisher feeding four
 //! groups it took 12 % of the publisher's time; counting instead made one
-//! message per call 1.06–1.17× faster in paired rounds, within a noise of
-//! about ±10 % (BENCHMARKS.md, session 12).
+//! message per call 1.04–1.17× faster in paired rounds (4–5 % in the
+//! series whose run order alternated), within a noise of about ±10 %
+//! (BENCHMARKS.md, session 12).
 //!
 //! So a publisher reads the counter (`rdtsc`, unordered) and converts it
 //! with a rate and an anchor:
 //! - the rate, ns per tick, is measured against `CLOCK_MONOTONIC`, which
 //!   runs at the wall clock's rate (NTP's frequency corrections included)
-//!   but is never set: first over [`LEARN_NS`] of real readings (once per
-//!   process: later publishers take the rate learnt), then again over every
-//!   span between two anchors;
-//! - the anchor is a `CLOCK_REALTIME` reading and the counter beside it,
-//!   taken again after a span of counter ticks that starts at twice the
-//!   learning time and doubles up to [`MAX_SPAN_NS`].
+//!   but is never set: first over [`LEARN_NS`] of real readings, then again
+//!   over every span between two anchors; the process keeps the latest for
+//!   the publishers it starts later;
+//! - the anchor is a `CLOCK_REALTIME` reading and the counter beside it
+//!   (each clock read between two counter reads, the closest of three
+//!   tries), taken again after a span of counter ticks that starts at twice
+//!   the learning time and doubles up to [`MAX_SPAN_NS`].
 //!
 //! A timestamp is thus the wall clock's reading of at most [`MAX_SPAN_NS`]
-//! ago plus the counter's count since, at the rate of the last span. While
-//! NTP's correction stays the same it is within tens of nanoseconds of
-//! `clock_gettime`: the anchor's own uncertainty (each clock read between
-//! two counter reads, the closest of three tries) and the rate's error
-//! over a span (the test on a 2-vCPU KVM guest found counted stamps at most
-//! 6 ns outside the two `clock_gettime` readings around them, 300 ms after
-//! the start). A change of NTP's correction puts a span off by the change
-//! over its length (500 ppm over 100 ms: 50 µs); the next span is measured
-//! at the new rate. After the wall clock is set (`date -s`), or after a
-//! suspend, it is off for at most one span.
-//! The counter is read unordered: a stamp may be taken before loads still
-//! in flight have finished (in the send, where they hit the cache:
-//! nanoseconds).
+//! ago plus the counter's count since, at the rate of the last span.
+//! - While NTP's correction stays the same it is typically within tens of
+//!   nanoseconds of `clock_gettime` (the test on a 2-vCPU KVM guest found
+//!   counted stamps at most 0–10 ns outside the two `clock_gettime`
+//!   readings around them); at worst, with an anchor whose three tries
+//!   were all interrupted, about a microsecond.
+//! - A change of NTP's correction puts a span off by the change over its
+//!   length (500 ppm over 100 ms: 50 µs); the next span is measured at the
+//!   new rate.
+//! - After the wall clock is set (`date -s`), or a suspend, stamps are off
+//!   until the next anchor, at most a span later; the rate is not measured
+//!   across either (the wall clock and the monotonic one moved apart).
+//! - The counter is read unordered: a stamp may be taken before loads
+//!   still in flight have finished (in the send, where they hit the cache:
+//!   nanoseconds).
 //!
 //! The counter is used only where the kernel itself keeps time with it
 //! (the current clock source is `tsc`, which Linux chooses only for a
 //! counter that runs at a constant rate, through idle states, in step on
-//! every CPU); elsewhere every read is `clock_gettime`. A counter that stops,
-//! goes back or runs at a rate no clock has sends the publisher back to
-//! `clock_gettime` (see [`SendClock::now_from`]).
+//! every CPU), read once per process; elsewhere every read is
+//! `clock_gettime`. A publisher also gives the counter up for good when
+//! the counter stands still, shows a rate no counter has, or the real
+//! clocks become slow to read (see [`SendClock::slow`]). A counter that
+//! goes back costs one real reading and a new anchor.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -52,8 +58,9 @@ pub(crate) const LEARN_NS: u64 = 10_000_000;
 pub(crate) const MAX_SPAN_NS: u64 = 100_000_000;
 /// Real readings whose counter reads before and after them are further
 /// apart than this are not used (an interrupt or a preemption came between
-/// them). The two vDSO calls and three counter reads take 100–300 ticks.
-const MAX_PAIR_TICKS: u64 = 2_000;
+/// them). The two vDSO calls and three counter reads take 100–300 ticks;
+/// at 1 GHz or more, 1 000 ticks bound an anchor's error to 0.5 µs.
+const MAX_PAIR_TICKS: u64 = 1_000;
 
 /// The rate learned in this process (ns per tick, fixed point with 32
 /// fractional bits); 0 while unknown.
@@ -89,9 +96,11 @@ fn ticks() -> u64 {
 }
 
 /// Whether the counter can stand in for the real clock here (see the
-/// module documentation). Asked once per process: a counter the kernel
-/// gives up on later (its clock-source watchdog) is caught by the checks
-/// of every anchor instead.
+/// module documentation). Asked once per process: if the kernel gives the
+/// counter up later (its clock-source watchdog), counting goes on, its
+/// rate measured span by span; where the new clock source is slow to read
+/// (`hpet`, `acpi_pm`), [`SendClock::slow`] gives the counter up too, after
+/// [`MAX_FAILED`] readings.
 fn counter_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
     *USABLE.get_or_init(|| {
@@ -127,7 +136,21 @@ enum State {
 #[derive(Debug)]
 pub(crate) struct SendClock {
     state: State,
+    /// Ticks from the anchor to the last counted stamp: a counter that does
+    /// not move on from one stamp to the next is not counted with.
+    last: u64,
+    /// Real readings in a row that found no usable pair.
+    failed: u32,
 }
+
+/// Real readings in a row without a usable pair after which the counter is
+/// given up (each such reading costs three tries).
+const MAX_FAILED: u32 = 8;
+/// Wall-clock and monotonic time that moved apart by more than this between
+/// two readings say that the wall clock was set, or that the machine was
+/// suspended (the monotonic clock stops then; the counter may run on): the
+/// counter's rate is not measured across that.
+const APART_NS: u64 = 1_000_000;
 
 /// Where a [`SendClock`] reads the time: the machine's clocks and counter,
 /// or stand-ins in tests.
@@ -175,7 +198,7 @@ impl Source for Machine {
 
 impl SendClock {
     pub(crate) const fn new() -> Self {
-        SendClock { state: State::Start }
+        SendClock { state: State::Start, last: 0, failed: 0 }
     }
 
     /// Now, in nanoseconds since the Unix epoch.
@@ -185,44 +208,71 @@ impl SendClock {
     }
 
     /// [`SendClock::now`], reading `src`. Counted while the counter has
-    /// moved forward by less than a span since the anchor; otherwise (a span
-    /// over, a counter that went back or stands still) a real reading,
-    /// which also takes a new anchor and measures the rate again. A rate no
-    /// counter between 100 MHz and 10 GHz would have ends the counting for
-    /// good.
+    /// moved on since the last stamp and is at most a span past the anchor;
+    /// otherwise (a span over, a counter that went back or stood still) a
+    /// real reading, which also takes a new anchor and measures the rate
+    /// again (see [`SendClock::slow`] for when the counter is given up).
     #[inline]
     pub(crate) fn now_from(&mut self, src: &impl Source) -> u64 {
         if let State::Counting { anchor, rate, span } = self.state {
             let d = src.ticks().wrapping_sub(anchor.ticks);
-            if d.wrapping_sub(1) < span {
+            if d > self.last && d <= span {
+                self.last = d;
                 return anchor.real + scale(d, rate);
             }
         }
         self.slow(src)
     }
 
-    /// Every read that takes the real clock.
+    /// A real reading with no usable pair; gives the counter up after
+    /// [`MAX_FAILED`] in a row.
+    fn failed(&mut self, src: &impl Source) -> u64 {
+        self.failed += 1;
+        if self.failed >= MAX_FAILED {
+            self.state = State::Exact;
+        }
+        src.real()
+    }
+
+    /// Every read that takes the real clock. The counter is given up for
+    /// good (every stamp a `clock_gettime`) when it stands still across a
+    /// reading, when the rate it shows is one no counter between 100 MHz
+    /// and 10 GHz has, or when [`MAX_FAILED`] readings in a row find no
+    /// pair (the real clock has become slow to read: not `tsc` any more).
     #[cold]
     fn slow(&mut self, src: &impl Source) -> u64 {
+        if self.state == State::Exact {
+            return src.real();
+        }
+        if self.state == State::Start && !src.usable() {
+            self.state = State::Exact;
+            return src.real();
+        }
+        let p = match pair(src) {
+            Ok(p) => p,
+            Err(Unpaired::Stopped) => {
+                self.state = State::Exact;
+                return src.real();
+            }
+            Err(Unpaired::Slow) => return self.failed(src),
+        };
+        self.failed = 0;
+        self.last = 0;
         match self.state {
-            State::Exact => src.real(),
+            State::Exact => {}
             State::Start => {
-                if !src.usable() {
-                    self.state = State::Exact;
-                    return src.real();
-                }
-                let Some(p) = pair(src) else { return src.real() };
                 let rate = src.known_rate();
                 self.state = if plausible(rate) {
                     State::Counting { anchor: p, rate, span: span_of(2 * LEARN_NS, rate) }
                 } else {
                     State::Learning { first: p }
                 };
-                p.real
             }
             State::Learning { first } => {
-                let Some(p) = pair(src) else { return src.real() };
-                if p.mono.saturating_sub(first.mono) >= LEARN_NS {
+                if apart(first, p) {
+                    // Set or suspended meanwhile: learn from here.
+                    self.state = State::Learning { first: p };
+                } else if p.mono.saturating_sub(first.mono) >= LEARN_NS {
                     match rate_between(first, p).filter(|&r| plausible(r)) {
                         Some(rate) => {
                             src.learned(rate);
@@ -231,35 +281,60 @@ impl SendClock {
                         None => self.state = State::Exact,
                     }
                 }
-                p.real
             }
             State::Counting { anchor, rate, span } => {
-                let Some(p) = pair(src) else { return src.real() };
-                let rate = if p.ticks < anchor.ticks {
-                    // Gone back (another CPU's counter, not in step after
-                    // all, or a suspend): nothing to measure; anchor again.
+                let measured = if p.mono_ticks <= anchor.mono_ticks || apart(anchor, p) {
+                    // Gone back (another CPU's counter, not quite in step),
+                    // or the wall clock set, or a suspend: nothing to
+                    // measure across; anchor again at the same rate.
+                    Some(rate)
+                } else if p.mono.saturating_sub(anchor.mono) < LEARN_NS {
+                    // Too short to measure well (a counter just behind the
+                    // anchor, caught up): keep the rate.
                     Some(rate)
                 } else {
-                    // The monotonic clock is never set: whatever the rate
-                    // over the span was, it is the rate.
-                    rate_between(anchor, p).filter(|&r| plausible(r))
+                    // The monotonic clock is never set: the rate over the
+                    // span is the rate, for this clock and for the next
+                    // ones the process starts.
+                    let r = rate_between(anchor, p).filter(|&r| plausible(r));
+                    if let Some(r) = r {
+                        src.learned(r);
+                    }
+                    r
                 };
-                match rate {
+                match measured {
                     Some(rate) => {
                         let span = span.saturating_mul(2).min(span_of(MAX_SPAN_NS, rate));
                         self.state = State::Counting { anchor: p, rate, span };
                     }
                     None => self.state = State::Exact,
                 }
-                p.real
             }
         }
+        p.real
     }
+}
+
+/// Whether the wall clock and the monotonic clock moved apart between two
+/// readings (see [`APART_NS`]).
+fn apart(a: Pair, b: Pair) -> bool {
+    let real = b.real.wrapping_sub(a.real) as i64;
+    let mono = b.mono.wrapping_sub(a.mono) as i64;
+    real.abs_diff(mono) > APART_NS
+}
+
+/// Why [`pair`] found no pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unpaired {
+    /// The counter read the same around the clock readings.
+    Stopped,
+    /// Every try took too long (or a clock could not be read).
+    Slow,
 }
 
 /// Both clocks, each read between two counter reads: of three tries, the
 /// one whose counter reads were closest together, if any was close enough.
-fn pair(src: &impl Source) -> Option<Pair> {
+fn pair(src: &impl Source) -> Result<Pair, Unpaired> {
     let mut best: Option<(u64, Pair)> = None;
     for _ in 0..3 {
         let t0 = src.ticks();
@@ -267,6 +342,9 @@ fn pair(src: &impl Source) -> Option<Pair> {
         let t1 = src.ticks();
         let mono = src.mono();
         let t2 = src.ticks();
+        if t2 == t0 {
+            return Err(Unpaired::Stopped);
+        }
         let width = t2.wrapping_sub(t0);
         if real != 0
             && mono != 0
@@ -278,7 +356,7 @@ fn pair(src: &impl Source) -> Option<Pair> {
             best = Some((width, Pair { real, ticks: t0 + (t1 - t0) / 2, mono, mono_ticks: t1 + (t2 - t1) / 2 }));
         }
     }
-    best.map(|(_, p)| p)
+    best.map(|(_, p)| p).ok_or(Unpaired::Slow)
 }
 
 /// The monotonic clock's rate from `a` to `b` (ns per tick, 32 fractional
@@ -314,10 +392,10 @@ mod tests {
     use std::cell::Cell;
 
     /// A machine whose counter runs at `ghz` ticks per ns of its clocks;
-    /// the wall clock is the monotonic one plus `offset` (a step of the
-    /// wall clock changes it), and NTP's correction is a change of `ghz`.
-    /// Each counter read takes 3 ticks; with `slow_reads`, every fifth one
-    /// takes 5 000 (an interrupt).
+    /// the wall clock is the monotonic one plus `offset` (a step of the wall
+    /// clock changes it), and NTP's correction is a change of `ghz`. Each
+    /// counter read takes 3 ticks; with `slow_every` = n, every n-th takes
+    /// 5 000 (an interrupt). A `frozen` counter does not move.
     struct Fake {
         ns: Cell<f64>,
         tick: Cell<f64>,
@@ -326,7 +404,8 @@ mod tests {
         rate: Cell<u64>,
         real_reads: Cell<u64>,
         reads: Cell<u64>,
-        slow_reads: bool,
+        slow_every: Cell<u64>,
+        frozen: Cell<bool>,
     }
 
     impl Fake {
@@ -339,12 +418,21 @@ mod tests {
                 rate: Cell::new(0),
                 real_reads: Cell::new(0),
                 reads: Cell::new(0),
-                slow_reads: false,
+                slow_every: Cell::new(0),
+                frozen: Cell::new(false),
             }
         }
         fn advance_ns(&self, ns: f64) {
             self.ns.set(self.ns.get() + ns);
-            self.tick.set(self.tick.get() + ns * self.ghz.get());
+            if !self.frozen.get() {
+                self.tick.set(self.tick.get() + ns * self.ghz.get());
+            }
+        }
+        /// A suspend of `ns` during which the counter runs on: the wall
+        /// clock moves, the monotonic clock does not.
+        fn suspend(&self, ns: i64) {
+            self.tick.set(self.tick.get() + ns as f64 * self.ghz.get());
+            self.offset.set(self.offset.get() + ns);
         }
         fn truth(&self) -> u64 {
             (self.ns.get() as u64).wrapping_add_signed(self.offset.get())
@@ -368,7 +456,8 @@ mod tests {
         }
         fn ticks(&self) -> u64 {
             self.reads.set(self.reads.get() + 1);
-            let took = if self.slow_reads && self.reads.get() % 5 == 0 { 5_000.0 } else { 3.0 };
+            let n = self.slow_every.get();
+            let took = if n > 0 && self.reads.get() % n == 0 { 5_000.0 } else { 3.0 };
             self.advance_ns(took / self.ghz.get());
             self.tick.get() as u64
         }
@@ -478,14 +567,30 @@ mod tests {
 
     #[test]
     fn interrupted_readings_are_not_taken_as_anchors() {
-        let mut m = Fake::new(2.0);
-        m.slow_reads = true;
+        let m = Fake::new(2.0);
+        m.slow_every.set(5);
         let mut c = SendClock::new();
         // A real reading is returned as it was read, before the tries after
         // it (an interrupted one among them: 2.5 µs); counted stamps are
         // as good as without interruptions.
         assert!(run(&mut c, &m, 20_000.0, 1e9, 0.0) < 6_000);
         assert!(ppm(rate_of(&c), m.true_rate()) < 1.0);
+    }
+
+    #[test]
+    fn clocks_that_stay_slow_to_read_end_the_counting() {
+        let m = Fake::new(2.0);
+        let mut c = SendClock::new();
+        run(&mut c, &m, 100_000.0, 5e8, 0.0);
+        // Every counter read now takes 5 000 ticks: no pair is ever usable.
+        m.slow_every.set(1);
+        for n in 0..MAX_FAILED + 2 {
+            m.advance_ns(MAX_SPAN_NS as f64);
+            let reads = m.real_reads.get();
+            c.now_from(&m);
+            assert!(m.real_reads.get() > reads, "reading {n} is a real one");
+        }
+        assert_eq!(c.state, State::Exact);
     }
 
     #[test]
@@ -501,63 +606,74 @@ mod tests {
             assert!(c.now_from(&m).abs_diff(m.truth()) < 50);
             assert!(m.real_reads.get() > reads, "a real read");
         }
-        // A counter that jumps back: a real read, then counting again.
-        m.tick.set(m.tick.get() - 1e6);
-        let reads = m.real_reads.get();
-        assert!(c.now_from(&m).abs_diff(m.truth()) < 50);
-        assert!(m.real_reads.get() > reads, "a real read");
-        assert!(run(&mut c, &m, 1_000.0, 1e6, 0.0) < 50);
-    }
-
-    /// A counter that runs only while `runs` says so.
-    struct Stopping {
-        m: Fake,
-        runs: Cell<bool>,
-    }
-
-    impl Source for Stopping {
-        fn usable(&self) -> bool {
-            true
-        }
-        fn real(&self) -> u64 {
-            self.m.real()
-        }
-        fn mono(&self) -> u64 {
-            self.m.mono()
-        }
-        fn ticks(&self) -> u64 {
-            if self.runs.get() {
-                self.m.ticks()
-            } else {
-                7
-            }
-        }
-        fn known_rate(&self) -> u64 {
-            self.m.rate.get()
-        }
-        fn learned(&self, rate: u64) {
-            self.m.learned(rate)
+        // A counter that jumps back, far or to just behind the anchor: one
+        // real read, then counting again at the same rate.
+        for back in [1e6, 0.0] {
+            let rate = rate_of(&c);
+            let State::Counting { anchor, .. } = c.state else { unreachable!() };
+            let to = if back > 0.0 { m.tick.get() - back } else { anchor.ticks as f64 - 4.0 };
+            m.tick.set(to);
+            let reads = m.real_reads.get();
+            assert!(c.now_from(&m).abs_diff(m.truth()) < 50);
+            assert!(m.real_reads.get() > reads, "a real read");
+            assert_eq!(rate_of(&c), rate, "counting again, at the same rate");
+            let reads = m.real_reads.get();
+            assert!(run(&mut c, &m, 1_000.0, 1e6, 0.0) < 50);
+            assert_eq!(m.real_reads.get(), reads, "counted");
         }
     }
 
     #[test]
+    fn a_suspend_is_followed_at_the_next_anchor_and_leaves_the_rate() {
+        for (gap, learning) in
+            [(50_000_000i64, false), (1_000_000_000, false), (60_000_000_000, false), (50_000_000, true)]
+        {
+            let m = Fake::new(3.0);
+            let mut c = SendClock::new();
+            run(&mut c, &m, 100_000.0, if learning { 5e6 } else { 1e9 }, 0.0);
+            m.suspend(gap);
+            assert!(run(&mut c, &m, 100_000.0, 1e9, MAX_SPAN_NS as f64 + 2.0 * LEARN_NS as f64 + 1e6) < 50, "{gap}");
+            assert!(ppm(rate_of(&c), m.true_rate()) < 1.0, "{gap}");
+            assert!(ppm(m.rate.get(), m.true_rate()) < 1.0, "{gap}: the process's rate");
+        }
+    }
+
+    #[test]
+    fn a_clock_started_later_takes_the_rate_of_the_latest_span() {
+        let m = Fake::new(2.0);
+        let mut a = SendClock::new();
+        run(&mut a, &m, 50_000.0, 5e8, 0.0);
+        m.ghz.set(m.ghz.get() * 1.0005);
+        run(&mut a, &m, 50_000.0, 5e8, 0.0);
+        let mut b = SendClock::new();
+        assert!(run(&mut b, &m, 50_000.0, 2.0 * LEARN_NS as f64, 0.0) < 50);
+    }
+
+    #[test]
     fn a_counter_that_stands_still_leaves_the_real_clock() {
-        for stops_after_ns in [0.0, 5e8] {
-            let s = Stopping { m: Fake::new(1.0), runs: Cell::new(stops_after_ns > 0.0) };
+        // From the start, or frozen in the middle of a span.
+        for freeze_after_ns in [0.0, 5.05e8] {
+            let m = Fake::new(1.0);
+            m.frozen.set(freeze_after_ns == 0.0);
             let mut c = SendClock::new();
             let mut t = 0.0;
+            let mut exact_since = None;
             for _ in 0..100_000 {
-                s.m.advance_ns(10_000.0);
+                m.advance_ns(10_000.0);
                 t += 10_000.0;
-                if t >= stops_after_ns {
-                    s.runs.set(false);
+                if t >= freeze_after_ns {
+                    m.frozen.set(true);
                 }
-                let now = c.now_from(&s);
-                if t > stops_after_ns + 1e4 {
-                    assert_eq!(now, s.m.truth(), "stopped {stops_after_ns} ns in");
+                let now = c.now_from(&m);
+                if t > freeze_after_ns {
+                    assert!(now.abs_diff(m.truth()) < 50, "frozen {freeze_after_ns} ns in");
+                }
+                if c.state == State::Exact && exact_since.is_none() {
+                    exact_since = Some(t);
                 }
             }
-            assert_eq!(c.state, State::Exact, "stopped {stops_after_ns} ns in");
+            let since = exact_since.expect("the counter was given up");
+            assert!(since <= freeze_after_ns + 2.0 * LEARN_NS as f64, "given up {since} ns in");
         }
     }
 
