@@ -6,9 +6,9 @@
 //! waits for every earlier instruction of the send, loads of lines the
 //! receivers hold included. In a profile of one publisher feeding four
 //! groups it took 12 % of the publisher's time; counting instead made one
-//! message per call 1.04–1.17× faster in paired rounds (4–5 % in the
-//! series whose run order alternated), within a noise of about ±10 %
-//! (BENCHMARKS.md, session 12).
+//! message per call 1.04–1.35× faster in five series of paired rounds
+//! (4–5 % in the one whose run order alternated and whose unchanged rows
+//! read 1.00×), within a noise of about ±10 % (BENCHMARKS.md, session 12).
 //!
 //! So a publisher reads the counter (`rdtsc`, unordered) and converts it
 //! with a rate and an anchor:
