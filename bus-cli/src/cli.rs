@@ -324,6 +324,7 @@ fn bench(
             // one-way latency they are compared with uses 64-byte slots).
             let largest = if requests { 64 } else { o.sizes.iter().copied().max().unwrap_or(64) };
             let slot_size = ((64 + 64 + largest).div_ceil(64) * 64) as u32;
+            remove_stale_bench_sockets(&bus_client::addr::runtime_dir());
             let socket = bus_client::addr::runtime_dir().join(format!("bench-{}.sock", std::process::id()));
             let cfg = bus_daemon::config::FileConfig {
                 bus: Some(format!("bench-{}", std::process::id())),
@@ -412,6 +413,25 @@ fn bench(
 }
 
 /// The BODY argument's bytes, or all of stdin when it is absent.
+/// Removes the control sockets that earlier `shmbus bench` runs left
+/// behind when they were interrupted (their daemon runs inside them, so a
+/// signal ends it before it can remove its socket): `bench-PID.sock` whose
+/// process no longer exists. Others' files, and live runs', stay.
+fn remove_stale_bench_sockets(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) =
+            name.to_str().and_then(|n| n.strip_prefix("bench-")?.strip_suffix(".sock")?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn body_or_stdin(body: Option<String>) -> std::io::Result<Vec<u8>> {
     match body {
         Some(b) => Ok(b.into_bytes()),
@@ -541,5 +561,29 @@ mod tests {
         assert_eq!(super::render(b"hello world"), "hello world");
         assert_eq!(super::render(&[0, 255]), "00ff");
         assert_eq!(super::render(b"a\nb"), "610a62");
+    }
+
+    #[test]
+    fn only_sockets_of_ended_bench_runs_are_removed() {
+        let dir = std::env::temp_dir().join(format!("shmbus-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A process that has ended: its pid names no process (until reused).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let names = [
+            format!("bench-{dead}.sock"),
+            format!("bench-{}.sock", std::process::id()),
+            "bench-1.sock".to_owned(), // init: alive
+            "default.sock".to_owned(),
+            "bench-x.sock".to_owned(),
+        ];
+        for n in &names {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+        super::remove_stale_bench_sockets(&dir);
+        let left: Vec<bool> = names.iter().map(|n| dir.join(n).exists()).collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, [false, true, true, true, true]);
     }
 }
