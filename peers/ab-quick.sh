@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# A/B of shmbus builds on the first three throughput rows only (1 -> 1 with
+# the header touched, 1 -> 1 with the whole body, batches of 32), with
+# bench-floor A and C in every round:
+#   FLOOR=/tmp/bench-floor/release/bench-floor peers/ab-quick.sh ROUNDS BIN-A BIN-B [...]
+# For benchmark-only ablations that are correct for one producer and one
+# consumer only: each `shmbus bench --only throughput --sizes 64 --reps 1`
+# is stopped once its fourth row (4 -> 1) begins. Odd rounds run the
+# binaries in the order given, even rounds in the reverse order. Prints,
+# per row, each binary's median over the runs that probed under NEAR ns
+# (default 150), the median of the per-round ratios to the first binary
+# (rounds where both probed near), and the ratio to the floor in rounds
+# where the floor read at least FLOOR_NEAR M/s (default 15; the floor has
+# no probe of its own).
+set -euo pipefail
+rounds=${1:?rounds}; shift
+[ $# -ge 2 ] || { echo "usage: peers/ab-quick.sh ROUNDS BIN-A BIN-B [...]" >&2; exit 2; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for r in $(seq "$rounds"); do
+  bins=("$@")
+  [ $((r % 2)) -eq 0 ] && mapfile -t bins < <(printf '%s\n' "$@" | tac)
+  for b in "${bins[@]}"; do
+    timeout 60 "$b" bench --only throughput --sizes 64 --reps 1 2>&1 | while IFS= read -r l; do
+      case "$l" in
+        *"[1/"*|*"[2/"*|*"[3/"*) echo "$r $b $l" ;;
+        *"[4/"*) pkill -f "^$b bench" || true; break ;;
+      esac
+    done >> "$out" || true
+  done
+  if [ -n "${FLOOR:-}" ]; then
+    for v in A C; do echo "$r floor$v $("$FLOOR" "$v" 2>&1 | tail -1)" >> "$out"; done
+  fi
+done
+python3 - "$out" "${NEAR:-150}" "${FLOOR_NEAR:-15}" "$@" <<'PY'
+import re, sys, statistics as st, collections
+path, near, floor_near, bins = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+runs = collections.defaultdict(dict)   # (round, row) -> bin -> (M/s, probe)
+floor = collections.defaultdict(dict)  # round -> variant -> M/s
+for line in open(path):
+    m = re.match(r'(\d+) (\S+) \[(\d)/\d+\].*?: ([\d.]+) M msg/s.*hand-off (\d+) ns', line)
+    if m:
+        runs[(int(m[1]), int(m[3]))][m[2]] = (float(m[4]), float(m[5]))
+        print(line.rstrip())
+    m = re.match(r'(\d+) floor(\w) .*rate=(\d+)', line)
+    if m:
+        floor[int(m[1])][m[2]] = int(m[3]) / 1e6
+        print(line.rstrip())
+rounds = sorted({r for r, _ in runs})
+for row, name, fv in ((1, '1 -> 1, header', 'A'), (2, '1 -> 1, whole body', 'A'), (3, 'batches of 32', 'C')):
+    print(f"\n{name}:")
+    for b in bins:
+        near_runs = [runs[(r, row)][b][0] for r in rounds if b in runs[(r, row)] and runs[(r, row)][b][1] < near]
+        ratios = [runs[(r, row)][b][0] / runs[(r, row)][bins[0]][0] for r in rounds
+                  if b in runs[(r, row)] and bins[0] in runs[(r, row)]
+                  and runs[(r, row)][b][1] < near and runs[(r, row)][bins[0]][1] < near]
+        fl = [runs[(r, row)][b][0] / floor[r][fv] for r in rounds
+              if b in runs[(r, row)] and runs[(r, row)][b][1] < near and floor[r].get(fv, 0) >= floor_near]
+        med = f"{st.median(near_runs):.2f} M/s (n={len(near_runs)})" if near_runs else "-"
+        rat = f"{st.median(ratios):.2f}x (n={len(ratios)})" if ratios else "-"
+        flr = f"{st.median(fl):.3f}x (n={len(fl)})" if fl else "-"
+        print(f"  {b}: {med}; to bin 0: {rat}; to floor {fv}: {flr}")
+PY
