@@ -10,8 +10,9 @@
 # per row, each binary's median over the runs that probed under NEAR ns
 # (default 150), the median of the per-round ratios to the first binary
 # (rounds where both probed near), and the ratio to the floor in rounds
-# where the floor read at least FLOOR_NEAR M/s (default 15; the floor has
-# no probe of its own).
+# where the floor read its near state: A at least FLOOR_A_NEAR M/s
+# (default 15), C at least FLOOR_C_NEAR M/s (default 40); the floor has no
+# probe of its own.
 set -euo pipefail
 rounds=${1:?rounds}; shift
 [ $# -ge 2 ] || { echo "usage: peers/ab-quick.sh ROUNDS BIN-A BIN-B [...]" >&2; exit 2; }
@@ -21,20 +22,29 @@ for r in $(seq "$rounds"); do
   bins=("$@")
   [ $((r % 2)) -eq 0 ] && mapfile -t bins < <(printf '%s\n' "$@" | tac)
   for b in "${bins[@]}"; do
-    timeout 60 "$b" bench --only throughput --sizes 64 --reps 1 2>&1 | while IFS= read -r l; do
-      case "$l" in
-        *"[1/"*|*"[2/"*|*"[3/"*) echo "$r $b $l" ;;
-        *"[4/"*) pkill -f "^$b bench" || true; break ;;
-      esac
-    done >> "$out" || true
+    # Each run in the background, so that only it is stopped (by its pid)
+    # once its fourth row begins, or after 60 s.
+    run=$(mktemp)
+    "$b" bench --only throughput --sizes 64 --reps 1 > "$run" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do
+      kill -0 "$pid" 2>/dev/null || break
+      grep -q '\[4/' "$run" && break
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    grep '\[[123]/' "$run" | sed "s|^|$r $b |" >> "$out" || true
+    rm -f "$run"
   done
   if [ -n "${FLOOR:-}" ]; then
     for v in A C; do echo "$r floor$v $("$FLOOR" "$v" 2>&1 | tail -1)" >> "$out"; done
   fi
 done
-python3 - "$out" "${NEAR:-150}" "${FLOOR_NEAR:-15}" "$@" <<'PY'
+python3 - "$out" "${NEAR:-150}" "${FLOOR_A_NEAR:-15}" "${FLOOR_C_NEAR:-40}" "$@" <<'PY'
 import re, sys, statistics as st, collections
-path, near, floor_near, bins = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+path, near, bins = sys.argv[1], float(sys.argv[2]), sys.argv[5:]
+floor_near = {'A': float(sys.argv[3]), 'C': float(sys.argv[4])}
 runs = collections.defaultdict(dict)   # (round, row) -> bin -> (M/s, probe)
 floor = collections.defaultdict(dict)  # round -> variant -> M/s
 for line in open(path):
@@ -55,7 +65,7 @@ for row, name, fv in ((1, '1 -> 1, header', 'A'), (2, '1 -> 1, whole body', 'A')
                   if b in runs[(r, row)] and bins[0] in runs[(r, row)]
                   and runs[(r, row)][b][1] < near and runs[(r, row)][bins[0]][1] < near]
         fl = [runs[(r, row)][b][0] / floor[r][fv] for r in rounds
-              if b in runs[(r, row)] and runs[(r, row)][b][1] < near and floor[r].get(fv, 0) >= floor_near]
+              if b in runs[(r, row)] and runs[(r, row)][b][1] < near and floor[r].get(fv, 0) >= floor_near[fv]]
         med = f"{st.median(near_runs):.2f} M/s (n={len(near_runs)})" if near_runs else "-"
         rat = f"{st.median(ratios):.2f}x (n={len(ratios)})" if ratios else "-"
         flr = f"{st.median(fl):.3f}x (n={len(fl)})" if fl else "-"
