@@ -88,7 +88,7 @@ impl Error {
 impl From<ConnectError> for Error {
     fn from(e: ConnectError) -> Error {
         let code = match &e {
-            ConnectError::NoDaemon { .. } => SHMBUS_EGONE,
+            ConnectError::NoDaemon { .. } | ConnectError::NotASocket { .. } => SHMBUS_EGONE,
             ConnectError::PermissionDenied { .. }
             | ConnectError::NotAllowed { .. }
             | ConnectError::UntrustedDaemon { .. } => SHMBUS_EPERM,

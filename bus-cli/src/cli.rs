@@ -236,7 +236,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 builder = builder.tap();
             }
             let sub = builder.create()?;
-            let deadline = timeout.map(|t| Instant::now() + t);
+            // A timeout beyond what the clock can hold waits for good.
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             let mut out = std::io::stdout().lock();
             let mut n = 0u64;
             while count.is_none_or(|c| n < c) {
@@ -412,13 +413,17 @@ fn bench(
     Ok(())
 }
 
-/// The BODY argument's bytes, or all of stdin when it is absent.
 /// Removes the control sockets that earlier `shmbus bench` runs left
 /// behind when they were interrupted (their daemon runs inside them, so a
-/// signal ends it before it can remove its socket): `bench-PID.sock` whose
-/// process no longer exists. Others' files, and live runs', stay.
+/// signal ends it before it can remove its socket). Only a socket named
+/// `bench-PID.sock` whose process no longer exists, owned by this user,
+/// and that nobody listens on (a connection to it is refused, the same
+/// test a daemon makes before it replaces a stale socket): never a live
+/// run's, another user's, or a daemon's that was merely named so.
 fn remove_stale_bench_sockets(dir: &std::path::Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let me = nix::unistd::getuid().as_raw();
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(pid) =
@@ -426,12 +431,23 @@ fn remove_stale_bench_sockets(dir: &std::path::Path) {
         else {
             continue;
         };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(e.path());
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.file_type().is_socket() || meta.uid() != me {
+            continue;
+        }
+        if let Err(err) = std::os::unix::net::UnixStream::connect(&path) {
+            if err.kind() == std::io::ErrorKind::ConnectionRefused {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
 
+/// The BODY argument's bytes, or all of stdin when it is absent.
 fn body_or_stdin(body: Option<String>) -> std::io::Result<Vec<u8>> {
     match body {
         Some(b) => Ok(b.into_bytes()),
@@ -565,25 +581,43 @@ mod tests {
 
     #[test]
     fn only_sockets_of_ended_bench_runs_are_removed() {
+        use std::os::unix::net::UnixListener;
         let dir = std::env::temp_dir().join(format!("shmbus-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        // A process that has ended: its pid names no process (until reused).
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        let names = [
-            format!("bench-{dead}.sock"),
-            format!("bench-{}.sock", std::process::id()),
-            "bench-1.sock".to_owned(), // init: alive
-            "default.sock".to_owned(),
-            "bench-x.sock".to_owned(),
-        ];
-        for n in &names {
-            std::fs::write(dir.join(n), b"").unwrap();
-        }
+        // Pids of processes that have ended: they name no process (until reused).
+        let dead = || {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        // A socket nobody listens on any more, as an interrupted run leaves it.
+        let stale = |name: &str| drop(UnixListener::bind(dir.join(name)).unwrap());
+        let (d1, d2, d3, d4) = (dead(), dead(), dead(), dead());
+        stale(&format!("bench-{d1}.sock"));
+        let _live = UnixListener::bind(dir.join(format!("bench-{d2}.sock"))).unwrap(); // a daemon so named
+        std::fs::write(dir.join(format!("bench-{d3}.sock")), b"").unwrap(); // not a socket
+        stale(&format!("bench-{}.sock", std::process::id()));
+        stale("bench-1.sock"); // init: alive
+        stale("default.sock");
+        stale("bench-x.sock");
+        stale(&format!("bench-{d4}.sock"));
+        // Another user's, where this test may give it away (as root).
+        let theirs = std::os::unix::fs::chown(dir.join(format!("bench-{d4}.sock")), Some(65534), None).is_ok();
         super::remove_stale_bench_sockets(&dir);
-        let left: Vec<bool> = names.iter().map(|n| dir.join(n).exists()).collect();
+        let left = |name: String| dir.join(name).exists();
+        let got = [
+            left(format!("bench-{d1}.sock")),
+            left(format!("bench-{d2}.sock")),
+            left(format!("bench-{d3}.sock")),
+            left(format!("bench-{}.sock", std::process::id())),
+            left("bench-1.sock".into()),
+            left("default.sock".into()),
+            left("bench-x.sock".into()),
+            left(format!("bench-{d4}.sock")),
+        ];
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(left, [false, true, true, true, true]);
+        assert_eq!(got, [false, true, true, true, true, true, true, theirs]);
     }
 }

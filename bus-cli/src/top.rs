@@ -260,7 +260,13 @@ pub fn run(bus: &Bus, interval: Duration, once: bool) -> Result<(), Box<dyn std:
         print!("{out}");
         return Ok(());
     }
-    let mut terminal = ratatui::init();
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err("shmbus top needs a terminal for its input and output: in a script or a pipe, \
+                    use `shmbus top --once` for a snapshot (or `shmbus status`)"
+            .into());
+    }
+    let mut terminal = ratatui::try_init().map_err(|e| format!("cannot take over the terminal: {e}"))?;
     let result = live(bus, interval, &mut terminal, &mut prev);
     ratatui::restore();
     result

@@ -38,6 +38,13 @@ pub(crate) struct Inner {
     /// without a second pointer.)
     pub(crate) link: Arc<crate::link::Link>,
     ports: Mutex<u32>,
+    /// Reply queue names of this client whose subscription ended (the
+    /// daemon has processed the unsubscribe): the next requester, pipeline
+    /// or asynchronous reply queue takes one of them instead of a new name,
+    /// so that requesters made and dropped in a loop (`Bus::request`) keep
+    /// reusing a few routing entries instead of filling the table with
+    /// entries that wait to be recycled. At most [`REPLY_NAMES_KEPT`].
+    pub(crate) free_reply_names: Mutex<Vec<String>>,
     pub(crate) send_timeout: Duration,
     /// Slots this client may hold at once (0: no quota), and how many it
     /// holds (counted only under a quota; see [`Inner::allowance`]).
@@ -195,8 +202,13 @@ impl BusBuilder {
         let timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
         let fd = control::connect(&socket, crate::bus::deadline_in(timeout)).map_err(|e| match e {
             nix::errno::Errno::EAGAIN => ConnectError::Timeout { socket: socket.clone(), waited: timeout },
-            nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED => {
-                ConnectError::NoDaemon { socket: socket.clone() }
+            nix::errno::Errno::ENOENT => ConnectError::NoDaemon { socket: socket.clone() },
+            nix::errno::Errno::ECONNREFUSED => {
+                use std::os::unix::fs::FileTypeExt;
+                match std::fs::metadata(&socket) {
+                    Ok(m) if !m.file_type().is_socket() => ConnectError::NotASocket { socket: socket.clone() },
+                    _ => ConnectError::NoDaemon { socket: socket.clone() },
+                }
             }
             nix::errno::Errno::EACCES | nix::errno::Errno::EPERM => {
                 ConnectError::PermissionDenied { socket: socket.clone() }
@@ -321,6 +333,7 @@ impl BusBuilder {
                 bus,
                 link,
                 ports: Mutex::new(0),
+                free_reply_names: Mutex::new(Vec::new()),
                 quota,
                 owned: AtomicU32::new(0),
                 statistics,
@@ -595,6 +608,10 @@ impl Drop for Inner {
         unregister_control_fd(self.link.control_raw());
     }
 }
+
+/// Most reply queue names a client keeps for reuse (see
+/// `Inner::free_reply_names`).
+pub(crate) const REPLY_NAMES_KEPT: usize = 16;
 
 /// The deadline `timeout` from now (`None`: no deadline).
 pub(crate) fn after(timeout: Option<Duration>) -> Option<Instant> {

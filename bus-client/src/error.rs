@@ -15,8 +15,14 @@ pub enum ConnectError {
         /// The socket path tried.
         socket: PathBuf,
     },
+    /// Something other than a socket is at the socket's path.
+    #[error("{} is not a socket (nothing a shmbus daemon made): pass --socket / set SHMBUS_SOCKET to the daemon's socket", socket.display())]
+    NotASocket {
+        /// The path tried.
+        socket: PathBuf,
+    },
     /// The socket exists but we may not connect.
-    #[error("permission denied on {}: run as a user allowed to use this bus (see the daemon's socket_mode)", socket.display())]
+    #[error("permission denied on {}: run as a user allowed to use this bus (the daemon's --socket-mode, and its [access] rules)", socket.display())]
     PermissionDenied {
         /// The socket path tried.
         socket: PathBuf,
@@ -103,8 +109,8 @@ pub enum RequestError {
         /// Its message.
         message: String,
     },
-    /// The name is not a valid subsystem name.
-    #[error("invalid subsystem name: {0}")]
+    /// The name is not a valid subsystem (or group) name.
+    #[error("invalid name: {}", name_problem(.0))]
     InvalidName(PathError),
     /// A [`crate::Pipeline`] window of 0, or larger than a queue holds.
     #[error("a pipeline window of {window} is out of range: use 1 to {max} (the bus's queue capacity, which holds the replies)")]
@@ -335,5 +341,19 @@ impl From<Unusable> for RecvError {
             Unusable::Gone => RecvError::BusGone,
             Unusable::Forked => RecvError::Forked,
         }
+    }
+}
+
+/// What is wrong with a subsystem or group name, said of a name (a
+/// [`PathError`]'s own text speaks of a whole path).
+fn name_problem(e: &PathError) -> String {
+    const RULE: &str = "use lowercase letters, digits, and (not first) '_', '.', '-'";
+    match *e {
+        PathError::Empty | PathError::MissingSeparator | PathError::EmptySubsystem => format!("it is empty: {RULE}"),
+        PathError::SubsystemTooLong { len, max } => {
+            format!("it is {len} bytes, longer than the {max} allowed: use a shorter one")
+        }
+        PathError::InvalidSubsystemChar { pos, ch } => format!("it has {ch:?} at byte {pos}: {RULE}"),
+        ref other => other.to_string(),
     }
 }

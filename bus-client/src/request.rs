@@ -147,11 +147,16 @@ impl Bus {
         })
     }
 
-    /// A fresh name for a reply queue of this client: `_reply.SERIAL.N`
-    /// (the daemon lets only the client with that serial subscribe to it).
+    /// A name for a new reply queue of this client: `_reply.SERIAL.N`
+    /// (the daemon lets only the client with that serial subscribe to it),
+    /// one whose earlier subscription ended if there is one, else a fresh
+    /// one. Replies still addressed to an earlier user of the name carry
+    /// correlation ids from another range (see `Requester::next`, and the
+    /// pipelines' random generations), so they are released as late.
     pub(crate) fn reply_queue_name(&self) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
-        format!("_reply.{}.{}", self.inner.serial, N.fetch_add(1, Ordering::Relaxed))
+        let reused = self.inner.free_reply_names.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        reused.unwrap_or_else(|| format!("_reply.{}.{}", self.inner.serial, N.fetch_add(1, Ordering::Relaxed)))
     }
 
     /// Sends `body` to `path` as a request and waits up to `timeout` for the

@@ -408,12 +408,20 @@ impl Drop for Subscriber {
         }
         // Best effort, without waiting for a daemon that died to be
         // replaced: the next one is not told of this subscription.
-        let _ = self
+        let done = self
             .bus
             .inner
             .link
             .request_once(&Request::Unsubscribe { subsystem: self.subsystem.clone(), queue: Some(self.group.queue) });
         self.bus.inner.release_port(self.port);
+        // A reply queue's name, once the daemon has taken this subscription
+        // off it, may serve the client's next reply queue.
+        if matches!(done, Ok(Reply::Unsubscribed)) && self.subsystem.starts_with("_reply.") {
+            let mut free = self.bus.inner.free_reply_names.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() < crate::bus::REPLY_NAMES_KEPT {
+                free.push(std::mem::take(&mut self.subsystem));
+            }
+        }
     }
 }
 

@@ -43,6 +43,15 @@ pub enum DaemonError {
         /// What is wrong with it.
         why: String,
     },
+    /// Something other than a socket (a file, a directory, a symbolic
+    /// link) is at the socket's path: the daemon never removes it.
+    #[error("{} exists and is not a socket (it is {what}): the daemon only replaces a stale socket; choose another --socket, or move it away", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        what: &'static str,
+    },
     /// The configuration is invalid.
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
@@ -217,6 +226,16 @@ impl Server {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
         let listener = bind_socket(&cfg.socket, cfg.socket_mode)?;
+        // Before the segment, so that a daemon that cannot serve its
+        // metrics adopts nothing; its socket goes with it.
+        let metrics = match cfg.metrics.map(crate::metrics::start).transpose() {
+            Ok(m) => m,
+            Err(source) => {
+                let _ = std::fs::remove_file(&cfg.socket);
+                let addr = cfg.metrics.expect("metrics were asked for");
+                return Err(DaemonError::Io { what: format!("serving metrics on {addr}"), source });
+            }
+        };
         // The previous daemon's segment, if it died with a resume grace and
         // left one to adopt (see [`resume`]); else a new one.
         let (adopted, early) = resume::find_segment(&cfg, &listener);
@@ -250,13 +269,10 @@ impl Server {
             pending_subs: BTreeMap::new(),
             moved_to: None,
             shutdown_requested: false,
-            metrics: None,
+            metrics,
         };
-        if let Some(addr) = server.cfg.metrics {
-            let started = crate::metrics::start(addr)
-                .map_err(|source| DaemonError::Io { what: format!("serving metrics on {addr}"), source })?;
-            tracing::info!("metrics at http://{}/metrics", started.1);
-            server.metrics = Some(started);
+        if let Some((_, addr)) = &server.metrics {
+            tracing::info!("metrics at http://{addr}/metrics");
         }
         if is_adopted {
             server.adopt();
@@ -605,6 +621,26 @@ impl Server {
         Ok(q)
     }
 
+    /// What to tell a client whose subsystem or group found the table
+    /// full: also how many entries are only waiting out [`RECYCLE_AFTER`]
+    /// (a retry soon may get one).
+    fn table_full(&self, e: routing::TableFull) -> (ErrorKind, String) {
+        let waiting = self
+            .idle_since
+            .iter()
+            .filter(|(&q, t)| {
+                t.elapsed() < RECYCLE_AFTER && self.subscribers_of(q) == 0 && self.routes.contains_key(&q)
+            })
+            .count();
+        let mut m = e.to_string();
+        if waiting > 0 {
+            m.push_str(&format!(
+                " ({waiting} of them lost their last subscriber less than {RECYCLE_AFTER:?} ago and can be reused then: retry shortly)"
+            ));
+        }
+        (ErrorKind::TooManySubsystems, m)
+    }
+
     /// Drops the record of entry `q` (unused from now on).
     fn forget_entry(&mut self, q: u32) {
         if let Some(old) = self.routes.remove(&q) {
@@ -637,7 +673,7 @@ impl Server {
         if let Some(q) = found {
             return Ok(q);
         }
-        let q = self.new_entry(None).map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
+        let q = self.new_entry(None).map_err(|e| self.table_full(e))?;
         let mut flags = if self.cfg.durable.iter().any(|d| d == name) { ROUTE_DURABLE } else { 0 };
         if self.cfg.access.restricts_publish(name) {
             flags |= ROUTE_RESTRICTED;
@@ -686,7 +722,7 @@ impl Server {
             ));
         };
         // Never the subsystem's own entry, recyclable as it may look.
-        let q = self.new_entry(Some(s)).map_err(|e| (ErrorKind::TooManySubsystems, e.to_string()))?;
+        let q = self.new_entry(Some(s)).map_err(|e| self.table_full(e))?;
         self.routes.insert(
             q,
             Record { name: name.to_owned(), flags, kind: RecordKind::Group { subsystem: s, slot: k as u32 } },
@@ -1225,7 +1261,21 @@ fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
         }
         check_runtime_dir(dir)?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if !t.is_socket() {
+            let what = if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_dir() {
+                "a directory"
+            } else if t.is_file() {
+                "a regular file"
+            } else {
+                "a special file"
+            };
+            return Err(DaemonError::NotASocket { path: path.to_owned(), what });
+        }
         // A full listen queue (EAGAIN) is a live daemon too, or a stopped one.
         match control::connect(path, std::time::Instant::now() + std::time::Duration::from_secs(1)) {
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => {

@@ -304,6 +304,25 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
 }
 
 #[test]
+fn a_daemon_never_removes_what_is_not_a_socket_at_its_socket_path() {
+    let dir = TempDir::new("notsock");
+    let file = dir.0.join("notes.txt");
+    std::fs::write(&file, b"important").unwrap();
+    let link = dir.0.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let sub = dir.0.join("subdir");
+    std::fs::create_dir(&sub).unwrap();
+    for (path, what) in [(&file, "a regular file"), (&link, "a symbolic link"), (&sub, "a directory")] {
+        let (st, _, err) = run_to_end(std::process::Command::new(DAEMON).args(["--socket", path.to_str().unwrap()]));
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(err.contains("is not a socket") && err.contains(what), "{err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"important");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(sub.is_dir());
+}
+
+#[test]
 fn sigterm_stops_the_daemon_cleanly() {
     let bus = TestBus::start(&["--slots", "16"]);
     bus.daemon.signal(Signal::SIGTERM);
@@ -328,6 +347,38 @@ fn the_cli_reports_errors_on_one_line_with_exit_status_1_and_usage_errors_with_2
     let (st, _, err) = bus.cli(&["--socket", "/nonexistent/x.sock", "status"]);
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("/nonexistent/x.sock"), "{err}");
+}
+
+#[test]
+fn the_cli_names_what_is_wrong_with_names_sockets_terminals_and_timeouts() {
+    let bus = TestBus::start(&["--slots", "16"]);
+    let (st, _, err) = bus.cli(&["listen", "f", "--group", "Bad Name", "--count", "1", "--timeout", "1s"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("invalid name") && err.contains('B') && !err.contains("path"), "{err}");
+    let (st, _, err) = bus.cli(&["listen", "", "--count", "1", "--timeout", "1s"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("empty") && !err.contains("://"), "{err}");
+    // A regular file where the socket should be: said so, not "start a daemon".
+    let file = bus.dir.0.join("not-a-socket");
+    std::fs::write(&file, b"x").unwrap();
+    let (st, _, err) = bus.cli(&["--socket", file.to_str().unwrap(), "status"]);
+    assert_eq!(st.code(), Some(1));
+    assert!(err.contains("is not a socket"), "{err}");
+    // `top` with its output in a pipe: an error that points to --once.
+    let (st, _, err) = bus.cli(&["top"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("--once") && !err.contains("panicked"), "{err}");
+    // A timeout beyond what the clock holds waits without one.
+    std::thread::scope(|s| {
+        let l = s.spawn(|| bus.cli(&["listen", "far", "--count", "1", "--timeout", "18446744073709551615s"]));
+        let c = bus.connect();
+        let mut p = c.publisher().create().unwrap();
+        eventually(Duration::from_secs(10), || p.send_bytes("far://x", b"here").is_ok())
+            .expect("the listener subscribed");
+        let (st, out, err) = l.join().unwrap();
+        assert!(st.success(), "{err}");
+        assert!(out.contains("here"), "{out}");
+    });
 }
 
 #[test]

@@ -104,6 +104,18 @@ fn a_bad_metrics_address_is_a_config_error() {
 }
 
 #[test]
+fn a_metrics_port_in_use_stops_the_daemon_and_leaves_no_socket() {
+    let dir = TempDir::new("metrics-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let socket = dir.0.join("b.sock");
+    let (st, _, err) = run_to_end(Command::new(DAEMON).args(["--metrics", &addr, "--socket"]).arg(&socket));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("serving metrics on"), "{err}");
+    assert!(!socket.exists(), "the socket of a daemon that did not start is removed");
+}
+
+#[test]
 fn statistics_off_keeps_the_counts_the_rings_keep_and_nothing_else() {
     let bus = TestBus::start(&["--slots", "128", "--no-statistics"]);
     let client = bus.connect();

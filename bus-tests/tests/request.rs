@@ -35,6 +35,36 @@ fn a_request_gets_the_handlers_typed_reply_with_route_parameters() {
 }
 
 #[test]
+fn requesters_made_and_dropped_in_a_loop_do_not_fill_the_routing_table() {
+    // Eight entries: the service's subsystem, and few reply queues.
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256", "--max-subsystems", "8"]);
+    let _svc = serving(&bus, 1);
+    let c = bus.connect();
+    for i in 0..300u32 {
+        if i % 50 == 25 {
+            // A reply that comes after its requester gave up, into a reply
+            // queue the next requester may take over: released, not taken
+            // for the next one's reply.
+            let e = c.request("svc://slow/30", &Seq { publisher: 0, seq: 0 }, Duration::from_millis(5)).err().unwrap();
+            assert_eq!(e, ReplyError::Timeout(Duration::from_millis(5)));
+            std::thread::sleep(Duration::from_millis(40));
+            continue;
+        }
+        let id = 1000 + i;
+        let once = c.request(&format!("svc://users/{id}"), &Seq { publisher: 0, seq: i.into() }, T).unwrap();
+        let got = once.body::<Seq>().unwrap();
+        assert_eq!((got.publisher.to_native(), got.seq.to_native()), (id, u64::from(i) + 1), "request {i}");
+        if i % 7 == 0 {
+            let mut p = c.pipeline(4).unwrap();
+            let t = p.submit_bytes("svc://echo/p", b"pipelined", T).unwrap();
+            assert_eq!(p.wait(t).unwrap().body_bytes().unwrap(), b"pipelined");
+        }
+    }
+    let s = bus.status();
+    assert_eq!(s["slots"]["held"], 0, "{s}");
+}
+
+#[test]
 fn no_route_handler_errors_and_panics_come_back_as_typed_errors_and_the_worker_survives() {
     let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
     let _svc = serving(&bus, 1);

@@ -226,7 +226,7 @@ impl Requester {
         timeout: Duration,
         send: impl FnOnce(&mut crate::Publisher, u32, u64) -> Result<u64, SendError>,
     ) -> AsyncReply<'_> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(crate::bus::deadline_in(timeout));
         let failed =
             |error| AsyncReply { requester: self, corr: None, error: Some(error), timeout, deadline, sleep: None };
         let replies = match self.async_replies() {
