@@ -255,17 +255,29 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     None => sub.recv()?,
                 };
                 let body = msg.body_bytes()?;
+                let mut line = String::new();
                 if verbose {
-                    write!(
-                        out,
+                    line.push_str(&format!(
                         "id={:#x}\ttrace={:#x}\t{}",
                         msg.id(),
                         msg.trace_id(),
                         if msg.is_redelivered() { "redelivered\t" } else { "" }
-                    )?;
+                    ));
                 }
-                writeln!(out, "{}\t{}", msg.path(), render(body))?;
-                out.flush()?;
+                line.push_str(&format!("{}\t{}\n", msg.path(), render(body)));
+                if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+                    // Nobody took the message (the reader went away, as
+                    // `listen | head -1`'s does): end without releasing it,
+                    // so that the daemon gives it back to the group, flagged
+                    // redelivered, as it does for any receiver that dies
+                    // holding one. Releasing it would lose it.
+                    std::mem::forget(msg);
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        std::process::exit(0);
+                    }
+                    eprintln!("error: writing the message out: {e} (it goes back to the queue)");
+                    std::process::exit(1);
+                }
                 n += 1;
             }
             Ok(())

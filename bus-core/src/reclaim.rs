@@ -278,6 +278,14 @@ fn requeue(
     } else {
         full.insert(target);
         report.pending.push((target, i));
+        // Redelivered all the same, once the queue has room (see
+        // `retry_requeue`, which pushes it uncounted): counted now, so that
+        // the group's count agrees with the bus's.
+        if redeliver {
+            if let Some(ring) = seg.queue(target) {
+                ring.header().stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
     false
 }
@@ -717,6 +725,26 @@ mod tests {
             live.release(i, k);
         }
         assert_eq!(census(&seg), Census { free: 8, ..Default::default() });
+    }
+
+    #[test]
+    fn a_redelivery_into_a_full_queue_waits_and_is_counted_once_in_its_group() {
+        let seg = seg();
+        let live = Port::new(&seg, 0, 0).unwrap();
+        let dead = Port::new(&seg, 1, 0).unwrap();
+        let to = fanout(&seg, 1);
+        let i = publish(&live, 1, true);
+        let g1 = Group { subsystem: 1, slot: 1, queue: to.queues[1] as u32 };
+        assert_eq!(dead.dequeue(&g1), Some(i));
+        let ring = seg.queue(g1.queue).unwrap();
+        while ring.push(i.get()).is_ok() {} // full (of duplicates, skipped when taken)
+        let r = reclaim_client(&seg, 1);
+        assert_eq!((r.redelivered, r.pending.len()), (1, 1));
+        assert_eq!(ring.header().stats.redelivered.load(Ordering::Relaxed), 1, "counted while it waits");
+        while ring.pop().is_some() {}
+        assert!(retry_requeue(&seg, r.pending).is_empty());
+        assert_eq!(ring.header().stats.redelivered.load(Ordering::Relaxed), 1, "not again when pushed");
+        assert_eq!(live.dequeue(&g1), Some(i));
     }
 
     #[test]

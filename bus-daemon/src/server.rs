@@ -715,12 +715,24 @@ impl Server {
             }
         }
         let max = self.seg.params().max_groups as usize;
-        let Some(k) = (1..max).find(|&k| groups[k].is_none()) else {
+        // A place among the subsystem's groups: a free one, else that of a
+        // group whose last subscriber left a while ago and that holds no
+        // message (it receives nothing without subscribers, and is removed
+        // now; one that still holds messages keeps them for its next
+        // subscriber, and its place).
+        let free = (1..max).find(|&k| groups[k].is_none());
+        let idle = || (1..max).find(|&k| groups[k].is_some_and(|g| self.recyclable(g)));
+        let Some(k) = free.or_else(idle) else {
             return Err((
                 ErrorKind::TooManyGroups,
-                format!("subsystem {subsystem:?} already has {max} groups (max-groups): raise max-groups, or join an existing group"),
+                format!("subsystem {subsystem:?} already has {max} groups (max-groups): raise max-groups, or join an existing group (a group without subscribers gives up its place {RECYCLE_AFTER:?} after its last one left, once its queue is empty)"),
             ));
         };
+        if let Some(old) = groups[k] {
+            tracing::debug!(subsystem = %subsystem, queue = old, "removed an idle consumer group for a new one");
+            self.forget_entry(old);
+            self.baselines.remove(&old);
+        }
         // Never the subsystem's own entry, recyclable as it may look.
         let q = self.new_entry(Some(s)).map_err(|e| self.table_full(e))?;
         self.routes.insert(

@@ -382,6 +382,37 @@ fn the_cli_names_what_is_wrong_with_names_sockets_terminals_and_timeouts() {
 }
 
 #[test]
+fn a_listener_whose_reader_went_away_leaves_the_message_it_could_not_print_queued() {
+    use std::io::BufRead;
+    let bus = TestBus::start(&["--slots", "16"]);
+    // `shmbus listen s | head -1`, by hand: read one line, then close the pipe.
+    let mut child = bus.command(CLI).args(["listen", "s", "--timeout", "30s"]).spawn().unwrap();
+    let c = bus.connect();
+    let mut p = c.publisher().create().unwrap();
+    eventually(Duration::from_secs(10), || p.send_bytes("s://x", b"first").is_ok()).expect("the listener subscribed");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "s://x\tfirst\n");
+    drop(out);
+    p.send_bytes("s://x", b"second").unwrap();
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the listener did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(st.success(), "{st:?}");
+    // The second message was taken but never printed: it is given back.
+    let sub = c.subscribe("s").unwrap();
+    let m = sub.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(m.body_bytes().unwrap(), b"second");
+    assert!(m.is_redelivered());
+}
+
+#[test]
 fn status_json_has_the_documented_keys() {
     let bus = TestBus::start(&["--slots", "32", "--slot-size", "512"]);
     let c = bus.connect();

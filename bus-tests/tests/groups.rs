@@ -211,6 +211,37 @@ fn group_limits_and_kinds_are_typed_errors() {
 }
 
 #[test]
+fn a_group_whose_subscribers_left_gives_its_place_to_a_new_one_once_empty() {
+    // Room for the default group and two more.
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--max-groups", "3"]);
+    let b = bus.connect();
+    let mut p = b.publisher().create().unwrap();
+    let g1 = b.subscribe_group("s", "g1").unwrap();
+    p.send_bytes("s://x", b"kept").unwrap();
+    drop(g1); // leaves its message queued for g1's next subscriber
+    drop(b.subscribe_group("s", "g2").unwrap()); // leaves nothing
+    let start = std::time::Instant::now();
+    let mut g3 = None;
+    eventually(Duration::from_secs(10), || {
+        g3 = b.subscribe_group("s", "g3").ok();
+        g3.is_some()
+    })
+    .expect("g3 takes the place of g2");
+    assert!(start.elapsed() >= Duration::from_millis(900), "not before g2 was idle for a second");
+    let s = bus.status();
+    let names: Vec<&str> =
+        subsystem(&s, "s")["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| ["g1", "g2", "g3"].contains(n)).count(), 2, "{s}");
+    assert!(names.contains(&"g1") && names.contains(&"g3"), "{s}");
+    // g1 still holds its message, and its place: no fourth group.
+    let e = b.subscribe_group("s", "g4").unwrap_err();
+    assert!(e.to_string().contains("max-groups"), "{e}");
+    let g1 = b.subscribe_group("s", "g1").unwrap();
+    assert_eq!(g1.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"kept");
+    drop(g3);
+}
+
+#[test]
 fn a_durable_group_from_the_config_receives_while_nobody_subscribes() {
     let dir = TempDir::new("groups-config");
     let cfg = dir.0.join("bus.toml");
