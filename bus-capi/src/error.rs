@@ -88,7 +88,8 @@ impl Error {
 impl From<ConnectError> for Error {
     fn from(e: ConnectError) -> Error {
         let code = match &e {
-            ConnectError::NoDaemon { .. } | ConnectError::NotASocket { .. } => SHMBUS_EGONE,
+            ConnectError::NoDaemon { .. } => SHMBUS_EGONE,
+            ConnectError::NotASocket { .. } => SHMBUS_EINVAL,
             ConnectError::PermissionDenied { .. }
             | ConnectError::NotAllowed { .. }
             | ConnectError::UntrustedDaemon { .. } => SHMBUS_EPERM,

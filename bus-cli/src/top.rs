@@ -261,12 +261,15 @@ pub fn run(bus: &Bus, interval: Duration, once: bool) -> Result<(), Box<dyn std:
         return Ok(());
     }
     use std::io::IsTerminal;
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        return Err("shmbus top needs a terminal for its input and output: in a script or a pipe, \
+    if !std::io::stdout().is_terminal() {
+        return Err("shmbus top draws on a terminal, and its output is not one: in a script or a pipe, \
                     use `shmbus top --once` for a snapshot (or `shmbus status`)"
             .into());
     }
-    let mut terminal = ratatui::try_init().map_err(|e| format!("cannot take over the terminal: {e}"))?;
+    let mut terminal = ratatui::try_init().map_err(|e| {
+        ratatui::restore(); // whatever part of the set-up was done
+        format!("cannot take over the terminal: {e}")
+    })?;
     let result = live(bus, interval, &mut terminal, &mut prev);
     ratatui::restore();
     result

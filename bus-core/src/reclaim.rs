@@ -220,9 +220,6 @@ pub fn reclaim_client(seg: &Segment, client: u32) -> Report {
                     // CASes: after this, the next receiver may lock it.
                     let _ = holder.compare_exchange(h, 0, Ordering::AcqRel, Ordering::Relaxed);
                     crate::crash_point!(ReclaimRequeue);
-                    if redeliver {
-                        report.redelivered += 1;
-                    }
                     requeue(seg, &mut free_ring, &mut full, &mut report, (target, i, k), redeliver);
                 }
             }
@@ -269,6 +266,7 @@ fn requeue(
     redeliver: bool,
 ) -> bool {
     if !full.contains(&target) && push_entry(seg, target, i, redeliver) {
+        report.redelivered += redeliver as u64;
         return true;
     }
     if is_lossy(seg, target) {
@@ -279,9 +277,11 @@ fn requeue(
         full.insert(target);
         report.pending.push((target, i));
         // Redelivered all the same, once the queue has room (see
-        // `retry_requeue`, which pushes it uncounted): counted now, so that
-        // the group's count agrees with the bus's.
+        // `retry_requeue`, which pushes it uncounted): counted now, in the
+        // bus's count and the group's alike. (A lossy group's copy above is
+        // dropped, and counted as that.)
         if redeliver {
+            report.redelivered += 1;
             if let Some(ring) = seg.queue(target) {
                 ring.header().stats.redelivered.fetch_add(1, Ordering::Relaxed);
             }

@@ -194,6 +194,10 @@ pub struct Server {
     moved_to: Option<u32>,
     /// The Prometheus endpoint's link to this loop (see [`crate::metrics`]).
     metrics: Option<(crate::metrics::MetricsLink, std::net::SocketAddr)>,
+    /// The device and inode of the socket this daemon bound: it removes
+    /// the file at its path only while that is still its own (another
+    /// daemon may have replaced it).
+    socket_id: Option<(u64, u64)>,
 
     /// The stop was asked for with a `shutdown` request: the bus ends
     /// (STOPPED) even with a resume grace.
@@ -226,12 +230,13 @@ impl Server {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
         let listener = bind_socket(&cfg.socket, cfg.socket_mode)?;
+        let socket_id = file_id(&cfg.socket);
         // Before the segment, so that a daemon that cannot serve its
         // metrics adopts nothing; its socket goes with it.
         let metrics = match cfg.metrics.map(crate::metrics::start).transpose() {
             Ok(m) => m,
             Err(source) => {
-                let _ = std::fs::remove_file(&cfg.socket);
+                remove_socket(&cfg.socket, socket_id);
                 let addr = cfg.metrics.expect("metrics were asked for");
                 return Err(DaemonError::Io { what: format!("serving metrics on {addr}"), source });
             }
@@ -243,7 +248,7 @@ impl Server {
         let seg = match adopted.map_or_else(|| Segment::create(&cfg.shape, &cfg.bus, generation), Ok) {
             Ok(seg) => seg,
             Err(e) => {
-                let _ = std::fs::remove_file(&cfg.socket);
+                remove_socket(&cfg.socket, socket_id);
                 return Err(e.into());
             }
         };
@@ -270,6 +275,7 @@ impl Server {
             moved_to: None,
             shutdown_requested: false,
             metrics,
+            socket_id,
         };
         if let Some((_, addr)) = &server.metrics {
             tracing::info!("metrics at http://{addr}/metrics");
@@ -1209,7 +1215,7 @@ impl Server {
             // RUNNING, its record stays, and the clients wait for the next
             // daemon (see [`resume`]).
             self.conns.clear();
-            let _ = std::fs::remove_file(&self.cfg.socket);
+            remove_socket(&self.cfg.socket, self.socket_id);
             tracing::info!(grace = ?self.cfg.resume_grace, "stopped; clients wait for the next daemon");
             return;
         }
@@ -1227,7 +1233,7 @@ impl Server {
             }
         }
         self.conns.clear();
-        let _ = std::fs::remove_file(&self.cfg.socket);
+        remove_socket(&self.cfg.socket, self.socket_id);
         tracing::info!("stopped");
     }
 }
@@ -1258,6 +1264,20 @@ pub fn check_runtime_dir(dir: &Path) -> Result<(), DaemonError> {
         return Err(unsafe_dir(format!("others can write it (mode {:04o}) and it is not sticky", mode & 0o7777)));
     }
     Ok(())
+}
+
+/// The device and inode of the file at `path` (not following a link).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket this daemon bound at `path` (`id`, from [`file_id`]
+/// right after binding), unless the file there is another by now.
+fn remove_socket(path: &Path, id: Option<(u64, u64)>) {
+    if id.is_some() && file_id(path) == id {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
