@@ -113,7 +113,7 @@ pub enum RequestError {
     #[error("invalid name: {}", name_problem(.0))]
     InvalidName(PathError),
     /// A [`crate::Pipeline`] window of 0, or larger than a queue holds.
-    #[error("a pipeline window of {window} is out of range: use 1 to {max} (the bus's queue capacity, which holds the replies)")]
+    #[error("a pipeline window of {window} is out of range: use 1 to {max} (half the bus's queue capacity: the reply queue also holds late replies)")]
     InvalidWindow {
         /// The window asked for.
         window: usize,

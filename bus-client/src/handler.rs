@@ -209,22 +209,29 @@ impl<'a, 'p> Context<'a, 'p> {
         if self.replied {
             return Ok(());
         }
-        self.replied = true;
         // A requester that died has no subscription on its reply queue
         // any more: drop the reply instead of leaving it there.
         let sender_serial = self.msg.id() >> 40;
         if !self.publisher.reply_queue_open(queue, sender_serial) {
+            self.replied = true;
             return Ok(());
         }
+        // Replied only once the reply is on its way: a reply that could not
+        // be written or sent (a body too large for a slot, say) leaves the
+        // request unanswered, so that the handler's error, or its panic,
+        // is what the service answers with.
         let (corr, trace, path) = (self.msg.correlation_id(), self.msg.trace_id(), self.msg.path());
         let loan = self.publisher.loan_direct(queue, sender_serial, path)?;
         let loan = write(loan)?.reply(corr, error).trace_id(trace);
         bus_core::crash_point!(ReplyBeforePush);
         if self.defer {
             loan.defer(sender_serial);
+            self.replied = true;
             return Ok(());
         }
-        loan.send().map(|_| ()).map_err(|f| f.error)
+        loan.send().map_err(|f| f.error)?;
+        self.replied = true;
+        Ok(())
     }
 
     /// Sends `value` to `path`, carrying this message's trace id.

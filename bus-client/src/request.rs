@@ -65,6 +65,11 @@ pub enum ReplyError {
     /// [`RecvError::NoRuntime`] and [`RecvError::AsyncWait`]).
     #[error("{0}")]
     Wait(RecvError),
+    /// Setting up the requester of [`Bus::request`] failed (this client's
+    /// publishers and subscribers used up, a full routing table, an access
+    /// rule): the daemon's or the library's own message says what.
+    #[error("could not set up a requester: {0}")]
+    Setup(String),
 }
 
 /// Default polls of the reply queue before a waiting requester sleeps:
@@ -129,10 +134,11 @@ impl Bus {
         let replies = self.subscribe_unchecked(&name)?;
         replies.set_spins(REPLY_SPINS);
         let queue = replies.queue();
+        let publisher = Mutex::new(self.publisher().create()?);
         let release_port = Mutex::new(self.inner.claim_port()?);
         Ok(Requester {
             bus: self.clone(),
-            publisher: Mutex::new(self.publisher().create()?),
+            publisher,
             replies: Mutex::new(replies),
             waiting: Mutex::new(Waiting { pending: Vec::new(), arrived: Vec::new(), polling: false, sleepers: 0 }),
             arrived: Condvar::new(),
@@ -166,7 +172,7 @@ impl Bus {
         let r = self.requester().map_err(|e| match e {
             RequestError::BusGone => ReplyError::BusGone,
             RequestError::Forked => ReplyError::Send(SendError::Forked),
-            e => ReplyError::Send(SendError::Serialize { detail: e.to_string() }),
+            e => ReplyError::Setup(e.to_string()),
         })?;
         r.request(path, body, timeout).map(|reply| reply.detach())
     }

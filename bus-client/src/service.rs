@@ -92,14 +92,16 @@ impl ServeBuilder {
         self
     }
 
-    /// Subscribes every worker, then starts them.
+    /// Subscribes every worker, then starts them. If either fails for one
+    /// of them, none serves: the subscriptions made are dropped and the
+    /// threads started are stopped before the error returns.
     pub fn start(self) -> Result<Service, RequestError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServiceStats::default());
-        let mut threads = Vec::new();
-        for w in 0..self.workers {
-            // Subscribe here, so that the service receives from the moment
-            // `start` returns.
+        // Subscribe here, so that the service receives from the moment
+        // `start` returns.
+        let mut ends = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
             let mut sub = self.bus.subscription(self.router.subsystem());
             if let Some(g) = &self.group {
                 sub = sub.group(g);
@@ -108,14 +110,26 @@ impl ServeBuilder {
             if let Some(n) = self.spins {
                 sub.set_spins(n);
             }
-            let publisher = self.bus.publisher().create()?;
-            let (router, stop, stats) = (self.router.clone(), stop.clone(), stats.clone());
+            ends.push((sub, self.bus.publisher().create()?));
+        }
+        let mut threads = Vec::new();
+        for (w, (sub, publisher)) in ends.into_iter().enumerate() {
+            let (router, halt, counts) = (self.router.clone(), stop.clone(), stats.clone());
             let batch = self.batch;
-            let t = std::thread::Builder::new()
+            let started = std::thread::Builder::new()
                 .name(format!("shmbus-{}-{w}", self.router.subsystem()))
-                .spawn(move || worker(sub, publisher, &router, &stop, &stats, batch))
-                .map_err(RequestError::Io)?;
-            threads.push(t);
+                .spawn(move || worker(sub, publisher, &router, &halt, &counts, batch));
+            match started {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // The rest of `ends` is dropped with the iterator.
+                    stop.store(true, Ordering::Relaxed);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(RequestError::Io(e));
+                }
+            }
         }
         Ok(Service { stop, threads, stats, forks: crate::bus::fork_count() })
     }

@@ -199,7 +199,8 @@ impl Subscriber {
     /// least one message is queued, then appends up to `max` queued
     /// messages to `out` with one ring operation; returns how many. Reuse
     /// `out` (clearing it releases the messages) and this allocates nothing.
-    /// A message with a corrupt header is released and skipped.
+    /// A message with a corrupt header is released and skipped. A `max`
+    /// of 0 returns `Ok(0)` at once.
     pub fn recv_batch<'a>(
         &'a self,
         out: &mut Vec<Message<'a>>,
@@ -207,6 +208,9 @@ impl Subscriber {
         timeout: Option<Duration>,
     ) -> Result<usize, RecvError> {
         self.bus.inner.usable()?;
+        if max == 0 {
+            return Ok(0); // asked for nothing: nothing to wait for
+        }
         self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");

@@ -220,6 +220,17 @@ fn serving_async(bus: &TestBus) -> Proc {
 }
 
 #[test]
+fn an_async_reply_too_large_for_a_slot_is_the_handlers_error_not_a_cut_body() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let _svc = serving_async(&bus);
+    let c = bus.connect();
+    let r = c.requester().unwrap();
+    let e = r.request_bytes("asvc://big/10000", b"", T).err().expect("an error, not a cut reply");
+    assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("10000")), "{e}");
+    assert_eq!(r.request_bytes("asvc://big/10", b"", T).unwrap().body_bytes().unwrap(), [7u8; 10]);
+}
+
+#[test]
 fn an_async_service_in_another_process_answers_typed_raw_error_and_silent_requests() {
     let bus = TestBus::start(&["--slots", "512", "--slot-size", "256"]);
     let _svc = serving_async(&bus);

@@ -198,6 +198,20 @@ fn receiving_with_nothing_queued_times_out_or_returns_none() {
 }
 
 #[test]
+fn a_batch_of_at_most_zero_messages_returns_at_once() {
+    let bus = TestBus::start(&["--slots", "16"]);
+    let c = bus.connect();
+    let sub = c.subscribe("z").unwrap();
+    c.publisher().create().unwrap().send_bytes("z://x", b"1").unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    assert_eq!(sub.recv_batch(&mut out, 0, None).unwrap(), 0);
+    assert_eq!(sub.recv_batch(&mut out, 0, Some(Duration::from_secs(5))).unwrap(), 0);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(sub.recv_batch(&mut out, 8, Some(Duration::from_secs(5))).unwrap(), 1, "the message is still there");
+}
+
+#[test]
 fn an_unsent_loan_dropped_returns_its_slot() {
     let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
     let c = bus.connect();

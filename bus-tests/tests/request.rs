@@ -65,6 +65,53 @@ fn requesters_made_and_dropped_in_a_loop_do_not_fill_the_routing_table() {
 }
 
 #[test]
+fn a_reply_too_large_for_a_slot_comes_back_as_the_handlers_error_not_a_timeout() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let _svc = serving(&bus, 1);
+    let c = bus.connect();
+    let r = c.requester().unwrap();
+    let t = Instant::now();
+    let e = r.request_bytes("svc://big/10000", b"", T).err().expect("an error");
+    assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("10000")), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "answered, not timed out");
+    assert_eq!(r.request_bytes("svc://big/10", b"", T).unwrap().body_bytes().unwrap(), [7u8; 10]);
+}
+
+#[test]
+fn a_service_that_cannot_start_every_worker_starts_none_and_frees_what_it_took() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    let router = || bus_client::Router::new("many").unwrap().route("x", |_| Ok(())).unwrap();
+    // Each worker takes a subscriber and a publisher of this client's 32.
+    let e = c.serve(router()).workers(20).start().err().expect("too many for one client");
+    assert!(e.to_string().contains("32"), "{e}");
+    let s = bus.status();
+    let many = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "many").cloned();
+    assert!(many.is_none_or(|x| x["subscribers"] == 0), "{s}");
+    // Every one of them is free again: 14 workers (28) and a requester (3) fit.
+    let svc = c.serve(router()).workers(14).start().unwrap();
+    let r = c.requester().unwrap();
+    assert!(r.request_bytes("many://x", b"", T).is_ok());
+    drop(svc);
+}
+
+#[test]
+fn a_requester_that_cannot_be_made_gives_back_what_it_took_and_says_why() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    // 30 of this client's 32 publishers and subscribers: a requester needs 3.
+    let held: Vec<_> = (0..30).map(|_| c.publisher().create().unwrap()).collect();
+    for _ in 0..3 {
+        assert!(c.requester().is_err());
+    }
+    let Err(e) = c.request("svc://x", &Seq { publisher: 0, seq: 0 }, T) else { panic!("no requester") };
+    assert!(matches!(e, ReplyError::Setup(ref m) if m.contains("32")), "{e}");
+    drop(held);
+    let again: Vec<_> = (0..32).map(|_| c.publisher().create()).collect();
+    assert!(again.iter().all(Result::is_ok), "all 32 are free again");
+}
+
+#[test]
 fn no_route_handler_errors_and_panics_come_back_as_typed_errors_and_the_worker_survives() {
     let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
     let _svc = serving(&bus, 1);

@@ -411,7 +411,9 @@ impl Request {
 
     /// Replies with raw bytes.
     pub fn reply_bytes(&mut self, body: &[u8]) -> Result<(), SendError> {
-        self.reply.send(&self.shared, None, body)
+        // Whole or not at all: a body too large for a slot is an error
+        // (`BodyTooLarge`), never cut (only the service's error texts are).
+        self.reply.send_with(&self.shared, None, |loan| loan.write_bytes(body))
     }
 
     /// Sends `value` to `path`, carrying this message's trace id.

@@ -37,7 +37,7 @@
 //! - `cpreq path=P done_file=F`: requests in a loop until F exists; any
 //!   error is fine (its service may be the one killed), a hang is not.
 //! - `aserve subsystem=S`: serves S with an `AsyncRouter` on a tokio
-//!   runtime (routes `users/{id}`, `echo/{*rest}`, `slow/{ms}` (answers
+//!   runtime (routes `users/{id}`, `echo/{*rest}`, `big/{n}` (n bytes), `slow/{ms}` (answers
 //!   `slept`, or `slept, redelivered`), `fail`, `panic`, `silent`), prints
 //!   `serving`.
 //! - `req path=P [seq=K] [timeout_ms=T]`: one request with body
@@ -184,6 +184,11 @@ fn main() -> ExitCode {
                     Ok(ctx.reply(&Seq { publisher: id, seq: asked + 1 })?)
                 })
                 .unwrap()
+                .route("big/{n}", |ctx| {
+                    let n: usize = ctx.param("n").unwrap_or("0").parse().unwrap_or(0);
+                    Ok(ctx.reply_bytes(&vec![7u8; n])?)
+                })
+                .unwrap()
                 .route("fail", |_| Err(HandlerError::new("nope")))
                 .unwrap()
                 .route("panic", |_| panic!("boom"))
@@ -248,6 +253,11 @@ fn main() -> ExitCode {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     let answer: &[u8] = if req.is_redelivered() { b"slept, redelivered" } else { b"slept" };
                     Ok(req.reply_bytes(answer)?)
+                })
+                .unwrap()
+                .route("big/{n}", |mut req| async move {
+                    let n: usize = req.param("n").unwrap_or("0").parse().unwrap_or(0);
+                    Ok(req.reply_bytes(&vec![7u8; n])?)
                 })
                 .unwrap()
                 .route("fail", |_req| async move { Err(HandlerError::new("nope")) })
