@@ -128,6 +128,8 @@ pub struct Context<'a, 'p> {
     params: matchit::Params<'a, 'a>,
     publisher: &'p mut Publisher,
     replied: bool,
+    /// Why a reply could not be written (none went).
+    failed_reply: Option<String>,
     /// Replies wait for the worker's [`Publisher::flush_deferred`] (a
     /// worker handling a batch of requests); otherwise they go at once.
     defer: bool,
@@ -142,7 +144,7 @@ impl<'a, 'p> Context<'a, 'p> {
         publisher: &'p mut Publisher,
         defer: bool,
     ) -> Self {
-        Context { msg, params, publisher, replied: false, defer }
+        Context { msg, params, publisher, replied: false, failed_reply: None, defer }
     }
 
     /// The message.
@@ -216,22 +218,33 @@ impl<'a, 'p> Context<'a, 'p> {
             self.replied = true;
             return Ok(());
         }
-        // Replied only once the reply is on its way: a reply that could not
-        // be written or sent (a body too large for a slot, say) leaves the
-        // request unanswered, so that the handler's error, or its panic,
-        // is what the service answers with.
+        // A reply that cannot be written (a body too large for a slot, say)
+        // leaves the request unanswered: the handler's error, its panic, or
+        // that failure is what the service answers with.
         let (corr, trace, path) = (self.msg.correlation_id(), self.msg.trace_id(), self.msg.path());
-        let loan = self.publisher.loan_direct(queue, sender_serial, path)?;
-        let loan = write(loan)?.reply(corr, error).trace_id(trace);
+        let written = self.publisher.loan_direct(queue, sender_serial, path).and_then(write);
+        let loan = match written {
+            Ok(loan) => loan.reply(corr, error).trace_id(trace),
+            Err(e) => {
+                self.failed_reply = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        // From here the reply is on its way, whatever `send` says (a send
+        // that fails may have pushed it all the same): never a second one.
+        self.replied = true;
         bus_core::crash_point!(ReplyBeforePush);
         if self.defer {
             loan.defer(sender_serial);
-            self.replied = true;
             return Ok(());
         }
-        loan.send().map_err(|f| f.error)?;
-        self.replied = true;
-        Ok(())
+        loan.send().map(|_| ()).map_err(|f| f.error)
+    }
+
+    /// Why the handler's reply could not be written, if it could not (the
+    /// service then answers with that instead of an empty reply).
+    pub(crate) fn failed_reply(&self) -> Option<&str> {
+        self.failed_reply.as_deref()
     }
 
     /// Sends `value` to `path`, carrying this message's trace id.

@@ -95,6 +95,9 @@ impl PublisherBuilder {
 
     /// Creates the publisher.
     pub fn create(self) -> Result<Publisher, RequestError> {
+        if self.bus.inner.forked() {
+            return Err(RequestError::Forked);
+        }
         let port = self.bus.inner.claim_port()?;
         Ok(Publisher {
             bus: self.bus,

@@ -216,7 +216,10 @@ fn handle(
         Ok(Ok(())) => {
             stats.handled.fetch_add(1, Ordering::Relaxed);
             if ctx.is_request() && !ctx.replied() {
-                ctx.reply_bytes(b"")
+                match ctx.failed_reply().map(|e| format!("its reply could not be sent: {e}")) {
+                    Some(text) => ctx.reply_error(kind::HANDLER, &text),
+                    None => ctx.reply_bytes(b""),
+                }
             } else {
                 Ok(())
             }

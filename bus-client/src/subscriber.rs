@@ -208,10 +208,10 @@ impl Subscriber {
         timeout: Option<Duration>,
     ) -> Result<usize, RecvError> {
         self.bus.inner.usable()?;
+        self.may_take()?;
         if max == 0 {
             return Ok(0); // asked for nothing: nothing to wait for
         }
-        self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
         let r = self.bus.inner.wait_on(

@@ -228,6 +228,9 @@ fn an_async_reply_too_large_for_a_slot_is_the_handlers_error_not_a_cut_body() {
     let e = r.request_bytes("asvc://big/10000", b"", T).err().expect("an error, not a cut reply");
     assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("10000")), "{e}");
     assert_eq!(r.request_bytes("asvc://big/10", b"", T).unwrap().body_bytes().unwrap(), [7u8; 10]);
+    // A handler that ignored its failed reply: the failure is the answer.
+    let e = r.request_bytes("asvc://bigignored", b"", T).err().expect("an error");
+    assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("could not be sent")), "{e}");
 }
 
 #[test]

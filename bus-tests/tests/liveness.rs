@@ -10,7 +10,7 @@ fn a_forked_child_cannot_use_its_parents_bus_and_leaves_the_parents_slots_alone(
     let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
     let (st, out, err) = bus.peer(&["fork", "subsystem=forks"]).wait(Duration::from_secs(30));
     assert!(st.success(), "{out}\n{err}");
-    for call in ["send", "loan", "try_recv", "recv", "status", "subscribe"] {
+    for call in ["send", "loan", "try_recv", "recv", "status", "subscribe", "publisher"] {
         let line = out.lines().find(|l| l.starts_with(&format!("child {call}:"))).unwrap_or_else(|| panic!("{out}"));
         assert!(line.contains("Forked"), "{line}");
     }

@@ -75,6 +75,9 @@ fn a_reply_too_large_for_a_slot_comes_back_as_the_handlers_error_not_a_timeout()
     assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("10000")), "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "answered, not timed out");
     assert_eq!(r.request_bytes("svc://big/10", b"", T).unwrap().body_bytes().unwrap(), [7u8; 10]);
+    // A handler that ignored its failed reply: the failure is the answer.
+    let e = r.request_bytes("svc://bigignored", b"", T).err().expect("an error");
+    assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("could not be sent")), "{e}");
 }
 
 #[test]

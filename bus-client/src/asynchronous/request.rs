@@ -102,7 +102,7 @@ impl AsyncReplies {
         let sub = bus.subscribe_unchecked(&bus.reply_queue_name()).map_err(|e| match e {
             crate::RequestError::BusGone => ReplyError::BusGone,
             crate::RequestError::Forked => ReplyError::Send(SendError::Forked),
-            e => ReplyError::Send(SendError::Serialize { detail: e.to_string() }),
+            e => ReplyError::Setup(e.to_string()),
         })?;
         Ok(AsyncReplies {
             queue: sub.queue(),

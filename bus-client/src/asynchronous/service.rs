@@ -219,8 +219,15 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
                 Ok(Ok(())) => {
                     shared.stats.handled.fetch_add(1, Ordering::Relaxed);
                     // A request the handler did not answer gets an empty
-                    // reply (sent only if none went yet).
-                    reply.send(&shared, None, b"")
+                    // reply (sent only if none went yet), or, if its reply
+                    // could not be written, why.
+                    match reply.failed_reply() {
+                        Some(e) => {
+                            let text = format!("its reply could not be sent: {e}");
+                            reply.send(&shared, Some(kind::HANDLER), text.as_bytes())
+                        }
+                        None => reply.send(&shared, None, b""),
+                    }
                 }
                 Ok(Err(e)) => {
                     shared.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +281,8 @@ struct ReplyTo {
     trace: u64,
     path: String,
     replied: std::sync::atomic::AtomicBool,
+    /// Why a reply could not be written (none went).
+    failed: Mutex<Option<String>>,
 }
 
 impl ReplyTo {
@@ -285,6 +294,7 @@ impl ReplyTo {
             trace: msg.trace_id(),
             path: msg.path().to_owned(),
             replied: std::sync::atomic::AtomicBool::new(false),
+            failed: Mutex::new(None),
         }
     }
 
@@ -300,17 +310,28 @@ impl ReplyTo {
     ) -> Result<(), SendError> {
         let Some(queue) = self.queue else { return Ok(()) };
         // Under the publisher's lock, so that a handler's reply and the
-        // service's fallback after it never both go. Marked replied only
-        // once sent: a reply that failed leaves room for the error reply.
+        // service's fallback after it never both go. A reply that could not
+        // be written leaves room for the error reply.
         let mut p = shared.publisher.lock().unwrap_or_else(|p| p.into_inner());
         if self.replied.load(Ordering::Relaxed) || !reply_queue_open(&shared.bus.inner.seg, queue, self.serial) {
             return Ok(());
         }
-        let loan = p.loan_direct(queue, self.serial, &self.path)?;
-        let sent = write(loan)?.reply(self.correlation, error).trace_id(self.trace).send();
-        let sent = sent.map(|_| ()).map_err(|f| f.error);
-        self.replied.store(sent.is_ok(), Ordering::Relaxed);
-        sent
+        let loan = match p.loan_direct(queue, self.serial, &self.path).and_then(write) {
+            Ok(loan) => loan,
+            Err(e) => {
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        // On its way, whatever `send` says (a failed send may have pushed
+        // it all the same): never a second reply.
+        self.replied.store(true, Ordering::Relaxed);
+        loan.reply(self.correlation, error).trace_id(self.trace).send().map(|_| ()).map_err(|f| f.error)
+    }
+
+    /// Why the handler's reply could not be written, if it could not.
+    fn failed_reply(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A raw-byte reply (cut to what a slot holds, for error texts).

@@ -37,7 +37,7 @@
 //! - `cpreq path=P done_file=F`: requests in a loop until F exists; any
 //!   error is fine (its service may be the one killed), a hang is not.
 //! - `aserve subsystem=S`: serves S with an `AsyncRouter` on a tokio
-//!   runtime (routes `users/{id}`, `echo/{*rest}`, `big/{n}` (n bytes), `slow/{ms}` (answers
+//!   runtime (routes `users/{id}`, `echo/{*rest}`, `big/{n}` (n bytes), `bigignored`, `slow/{ms}` (answers
 //!   `slept`, or `slept, redelivered`), `fail`, `panic`, `silent`), prints
 //!   `serving`.
 //! - `req path=P [seq=K] [timeout_ms=T]`: one request with body
@@ -189,6 +189,11 @@ fn main() -> ExitCode {
                     Ok(ctx.reply_bytes(&vec![7u8; n])?)
                 })
                 .unwrap()
+                .route("bigignored", |ctx| {
+                    let _ = ctx.reply_bytes(&[7u8; 10_000]); // the failure ignored
+                    Ok(())
+                })
+                .unwrap()
                 .route("fail", |_| Err(HandlerError::new("nope")))
                 .unwrap()
                 .route("panic", |_| panic!("boom"))
@@ -258,6 +263,11 @@ fn main() -> ExitCode {
                 .route("big/{n}", |mut req| async move {
                     let n: usize = req.param("n").unwrap_or("0").parse().unwrap_or(0);
                     Ok(req.reply_bytes(&vec![7u8; n])?)
+                })
+                .unwrap()
+                .route("bigignored", |mut req| async move {
+                    let _ = req.reply_bytes(&[7u8; 10_000]); // the failure ignored
+                    Ok(())
                 })
                 .unwrap()
                 .route("fail", |_req| async move { Err(HandlerError::new("nope")) })
@@ -550,6 +560,7 @@ fn main() -> ExitCode {
                     lines.push(format!("child recv: {:?}", sub.recv_timeout(Duration::from_millis(10)).err()));
                     lines.push(format!("child status: {:?}", bus.status().err()));
                     lines.push(format!("child subscribe: {:?}", bus.subscribe(&subsystem).err()));
+                    lines.push(format!("child publisher: {:?}", bus.publisher().create().err()));
                     lines.push(format!("child alive: {}", bus.is_alive()));
                     // Dropping the parent's message, publisher, subscriber and
                     // bus here must leave the parent's slots alone.
