@@ -135,6 +135,8 @@ struct Controls {
     show_clients: bool,
     sort: usize,
     reverse: bool,
+    /// A printed snapshot (`--once`): no key help.
+    snapshot: bool,
 }
 
 /// Which subsystem columns fit `width` (most important first; the name
@@ -229,7 +231,9 @@ fn draw(v: &View, c: &Controls, area: Rect, buf: &mut Buffer) {
         ];
         Table::new(rows, widths).header(header).render(clients, buf);
     }
-    Paragraph::new("q quit  c clients  s/←/→ sort column  r reverse").render(foot, buf);
+    if !c.snapshot {
+        Paragraph::new("q quit  c clients  s/←/→ sort column  r reverse").render(foot, buf);
+    }
 }
 
 fn sample(bus: &Bus) -> Result<Sample, Box<dyn std::error::Error>> {
@@ -249,7 +253,7 @@ pub fn run(bus: &Bus, interval: Duration, once: bool) -> Result<(), Box<dyn std:
         let height = (2 + v.subsystems.len() + 1 + v.clients.len() + 1 + 1) as u16;
         let area = Rect::new(0, 0, width, height.max(6));
         let mut buf = Buffer::empty(area);
-        let all = Controls { all_clients: true, show_clients: true, sort: 0, reverse: false };
+        let all = Controls { all_clients: true, show_clients: true, sort: 0, reverse: false, snapshot: true };
         draw(&v, &all, area, &mut buf);
         let mut out = String::new();
         for y in 0..area.height {
@@ -281,7 +285,7 @@ fn live(
     terminal: &mut ratatui::DefaultTerminal,
     prev: &mut Sample,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut controls = Controls { all_clients: false, show_clients: true, sort: 0, reverse: false };
+    let mut controls = Controls { all_clients: false, show_clients: true, sort: 0, reverse: false, snapshot: false };
     // The first frame comes after a short look, not a whole interval.
     std::thread::sleep(Duration::from_millis(200).min(interval));
     let mut cur = sample(bus).map_err(|e| format!("the daemon went away: {e}"))?;

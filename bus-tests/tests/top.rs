@@ -121,6 +121,7 @@ fn top_shows_the_bus_live_answers_its_keys_and_leaves_cleanly() {
     let (st, out, err) = bus.cli(&["top", "--once", "--interval", "300ms"]);
     assert!(st.success(), "{err}");
     assert!(out.contains("topsub") && out.contains("top-traffic") && out.contains("SUBSYSTEM"), "{out}");
+    assert!(!out.contains("q quit"), "no key help in a snapshot: {out}");
 
     // The daemon goes away: top leaves, says why, restores the terminal.
     stop.store(true, Ordering::Relaxed);
