@@ -241,10 +241,11 @@ impl<'a, 'p> Context<'a, 'p> {
         loan.send().map(|_| ()).map_err(|f| f.error)
     }
 
-    /// Why the handler's reply could not be written, if it could not (the
-    /// service then answers with that instead of an empty reply).
-    pub(crate) fn failed_reply(&self) -> Option<&str> {
-        self.failed_reply.as_deref()
+    /// The error text the service answers with when the handler's reply
+    /// could not be written and the handler returned `Ok` all the same
+    /// (instead of an empty reply).
+    pub(crate) fn failed_reply(&self) -> Option<String> {
+        self.failed_reply.as_deref().map(unsent_reply)
     }
 
     /// Sends `value` to `path`, carrying this message's trace id.
@@ -258,6 +259,12 @@ impl<'a, 'p> Context<'a, 'p> {
         let trace = self.trace_id();
         self.publisher.loan(path)?.write_bytes(body)?.trace_id(trace).send().map_err(|f| f.error)
     }
+}
+
+/// The error reply for a request whose handler returned `Ok` after its
+/// own reply failed (`why`): the sync and the asynchronous services alike.
+pub(crate) fn unsent_reply(why: &str) -> String {
+    format!("its reply could not be sent: {why}")
 }
 
 #[cfg(test)]

@@ -72,6 +72,15 @@ pub enum ReplyError {
     Setup(String),
 }
 
+/// Why setting up a requester's reply queue failed, as a [`ReplyError`].
+pub(crate) fn setup_failed(e: RequestError) -> ReplyError {
+    match e {
+        RequestError::BusGone => ReplyError::BusGone,
+        RequestError::Forked => ReplyError::Send(SendError::Forked),
+        e => ReplyError::Setup(e.to_string()),
+    }
+}
+
 /// Default polls of the reply queue before a waiting requester sleeps:
 /// under a microsecond. Measured on 2 vCPUs with 4 requester threads: 200
 /// polls gave a round trip p50 of 1.2 us and ~40 k requests/s; sleeping at
@@ -169,11 +178,7 @@ impl Bus {
     /// handler's reply. Sets up a requester (a control round trip) for this
     /// one call: keep a [`Requester`] for repeated requests.
     pub fn request<T: Body>(&self, path: &str, body: &T, timeout: Duration) -> Result<Reply, ReplyError> {
-        let r = self.requester().map_err(|e| match e {
-            RequestError::BusGone => ReplyError::BusGone,
-            RequestError::Forked => ReplyError::Send(SendError::Forked),
-            e => ReplyError::Setup(e.to_string()),
-        })?;
+        let r = self.requester().map_err(setup_failed)?;
         r.request(path, body, timeout).map(|reply| reply.detach())
     }
 }

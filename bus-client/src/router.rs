@@ -3,8 +3,10 @@
 //! allocates nothing for up to a few parameters).
 //!
 //! Routes are the part of a path after `://`: static (`users/list`), with
-//! parameters (`users/{id}`), or catch-all (`files/{*rest}`). Overlapping or
-//! malformed routes are refused when registered.
+//! parameters (`users/{id}`), or catch-all (`files/{*rest}`). A static route
+//! wins over a parameter or catch-all one that also matches; routes of the
+//! same shape (`users/{id}` and `users/{name}`) and malformed routes are
+//! refused when registered.
 
 use crate::handler::{Context, HandlerError};
 use std::fmt;

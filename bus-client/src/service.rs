@@ -216,7 +216,7 @@ fn handle(
         Ok(Ok(())) => {
             stats.handled.fetch_add(1, Ordering::Relaxed);
             if ctx.is_request() && !ctx.replied() {
-                match ctx.failed_reply().map(|e| format!("its reply could not be sent: {e}")) {
+                match ctx.failed_reply() {
                     Some(text) => ctx.reply_error(kind::HANDLER, &text),
                     None => ctx.reply_bytes(b""),
                 }

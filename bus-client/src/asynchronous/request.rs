@@ -99,11 +99,7 @@ struct Entry {
 impl AsyncReplies {
     fn new(requester: &Requester) -> Result<AsyncReplies, ReplyError> {
         let bus = &requester.bus;
-        let sub = bus.subscribe_unchecked(&bus.reply_queue_name()).map_err(|e| match e {
-            crate::RequestError::BusGone => ReplyError::BusGone,
-            crate::RequestError::Forked => ReplyError::Send(SendError::Forked),
-            e => ReplyError::Setup(e.to_string()),
-        })?;
+        let sub = bus.subscribe_unchecked(&bus.reply_queue_name()).map_err(crate::request::setup_failed)?;
         Ok(AsyncReplies {
             queue: sub.queue(),
             state: Mutex::new(State { park: Park::default(), sub, pending: HashMap::new() }),

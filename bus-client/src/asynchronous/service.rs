@@ -19,7 +19,7 @@ use super::subscriber::AsyncSubscriber;
 use crate::body::{fingerprint, Body};
 use crate::bus::Bus;
 use crate::error::{BodyError, RecvError, RequestError, SendError};
-use crate::handler::{kind, reply_queue_open, HandlerError};
+use crate::handler::{kind, reply_queue_open, unsent_reply, HandlerError};
 use crate::publisher::Publisher;
 use crate::router::RouteError;
 use crate::service::ServiceStats;
@@ -222,10 +222,7 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
                     // reply (sent only if none went yet), or, if its reply
                     // could not be written, why.
                     match reply.failed_reply() {
-                        Some(e) => {
-                            let text = format!("its reply could not be sent: {e}");
-                            reply.send(&shared, Some(kind::HANDLER), text.as_bytes())
-                        }
+                        Some(e) => reply.send(&shared, Some(kind::HANDLER), unsent_reply(&e).as_bytes()),
                         None => reply.send(&shared, None, b""),
                     }
                 }
@@ -330,6 +327,7 @@ impl ReplyTo {
     }
 
     /// Why the handler's reply could not be written, if it could not.
+    /// (The text of its error reply is [`unsent_reply`]'s.)
     fn failed_reply(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
