@@ -454,6 +454,8 @@ fn remove_stale_bench_sockets(dir: &std::path::Path) {
         if let Err(err) = std::os::unix::net::UnixStream::connect(&path) {
             if err.kind() == std::io::ErrorKind::ConnectionRefused {
                 let _ = std::fs::remove_file(&path);
+                // The lock file a killed daemon leaves beside its socket.
+                let _ = std::fs::remove_file(bus_daemon::path_lock::lock_path(&path));
             }
         }
     }

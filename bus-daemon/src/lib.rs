@@ -10,6 +10,7 @@ pub mod access;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod path_lock;
 pub mod reaper;
 pub mod server;
 pub mod status;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 mod resume;
+use crate::path_lock::{LockError, PathLock};
 use resume::Ghost;
 
 /// Why the daemon could not start or run.
@@ -206,6 +207,9 @@ pub struct Server {
     /// pinged: `WATCHDOG=1` goes out from the event loop at half the
     /// interval, so a loop that hangs gets the daemon restarted.
     watchdog: Option<(std::time::Duration, std::time::Instant)>,
+    /// This daemon's claim on its socket path, held for its life; declared
+    /// last, so that it is let go after everything else is dropped.
+    _lock: PathLock,
 }
 
 /// Holder words the audit looks at per pass (twice a second): all of them
@@ -229,7 +233,7 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        let listener = bind_socket(&cfg.socket, cfg.socket_mode)?;
+        let (listener, lock) = bind_socket(&cfg.socket, cfg.socket_mode)?;
         let socket_id = file_id(&cfg.socket);
         // Before the segment, so that a daemon that cannot serve its
         // metrics adopts nothing; its socket goes with it.
@@ -276,6 +280,7 @@ impl Server {
             shutdown_requested: false,
             metrics,
             socket_id,
+            _lock: lock,
         };
         if let Some((_, addr)) = &server.metrics {
             tracing::info!("metrics at http://{addr}/metrics");
@@ -1280,7 +1285,8 @@ fn remove_socket(path: &Path, id: Option<(u64, u64)>) {
     }
 }
 
-fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
+/// Creates the socket's directory if it is missing, and checks it.
+fn runtime_dir(path: &Path) -> Result<(), DaemonError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             use std::os::unix::fs::DirBuilderExt;
@@ -1293,6 +1299,19 @@ fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
         }
         check_runtime_dir(dir)?;
     }
+    Ok(())
+}
+
+/// Takes the path's lock (see [`crate::path_lock`]), then binds the socket,
+/// replacing a stale one.
+fn bind_socket(path: &Path, mode: u32) -> Result<(OwnedFd, PathLock), DaemonError> {
+    runtime_dir(path)?;
+    let lock = PathLock::take(path).map_err(|e| match e {
+        LockError::Held => DaemonError::AlreadyRunning { socket: path.to_owned() },
+        LockError::Io(source) => {
+            DaemonError::Io { what: format!("locking {}", crate::path_lock::lock_path(path).display()), source }
+        }
+    })?;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         let t = meta.file_type();
@@ -1342,5 +1361,5 @@ fn bind_socket(path: &Path, mode: u32) -> Result<OwnedFd, DaemonError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|source| DaemonError::Io { what: format!("chmod {}", path.display()), source })?;
     socket::listen(&fd, socket::Backlog::new(128).expect("valid backlog")).map_err(io_err("listen"))?;
-    Ok(fd)
+    Ok((fd, lock))
 }

@@ -320,6 +320,56 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start() {
 }
 
 #[test]
+fn daemons_started_together_on_one_path_leave_exactly_one_serving() {
+    // A stale socket at the path (bound, then its listener gone): each
+    // daemon sees it refuse connections and would take its place.
+    let dir = TempDir::new("together");
+    let socket = dir.0.join("bus.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    for round in 0..10 {
+        let mut daemons: Vec<std::process::Child> = (0..12)
+            .map(|_| {
+                std::process::Command::new(DAEMON)
+                    .args(["--socket", socket.to_str().unwrap(), "--slots", "16"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Every loser exits at once; give a winner's twin every chance to
+        // have bound too before counting.
+        let exited = |d: &mut Vec<std::process::Child>| {
+            d.iter_mut().map(|c| c.try_wait().unwrap().is_some() as usize).sum::<usize>()
+        };
+        eventually(Duration::from_secs(10), || exited(&mut daemons) >= 11).expect("the losers exit");
+        std::thread::sleep(Duration::from_millis(300));
+        let mut running = Vec::new();
+        for mut d in daemons {
+            match d.try_wait().unwrap() {
+                Some(st) => {
+                    let mut err = String::new();
+                    std::io::Read::read_to_string(d.stderr.as_mut().unwrap(), &mut err).unwrap();
+                    assert_eq!(st.code(), Some(1), "round {round}: {err}");
+                    assert!(err.contains("already serving"), "round {round}: {err}");
+                }
+                None => running.push(d),
+            }
+        }
+        assert_eq!(running.len(), 1, "round {round}: one daemon serves, and only one");
+        let c = Bus::builder().socket(&socket).connect().expect("the one left serves the path");
+        assert_eq!(c.status().unwrap().slots.total, 16);
+        drop(c);
+        // Killed, it leaves its socket and its lock file behind: the next
+        // round starts from that.
+        for mut d in running {
+            d.kill().unwrap();
+            d.wait().unwrap();
+        }
+    }
+}
+
+#[test]
 fn a_daemon_never_removes_what_is_not_a_socket_at_its_socket_path() {
     let dir = TempDir::new("notsock");
     let file = dir.0.join("notes.txt");
