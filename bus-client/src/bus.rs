@@ -174,7 +174,9 @@ impl BusBuilder {
         self
     }
 
-    /// How long to wait for the daemon's answers (default 5 s).
+    /// How long to wait for the daemon's answers (default 5 s). Taken as at
+    /// least 1 ms (the socket's receive timeout has no "do not wait": zero
+    /// there means forever) and at most [`u32::MAX`] seconds.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = Some(d);
         self
@@ -199,7 +201,10 @@ impl BusBuilder {
     /// Connects.
     pub fn connect(self) -> Result<Bus, ConnectError> {
         let socket = crate::addr::find_socket(self.socket.as_deref(), self.bus.as_deref());
-        let timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
+        let timeout = self
+            .connect_timeout
+            .unwrap_or(Duration::from_secs(5))
+            .clamp(Duration::from_millis(1), Duration::from_secs(u32::MAX as u64));
         let fd = control::connect(&socket, crate::bus::deadline_in(timeout)).map_err(|e| match e {
             nix::errno::Errno::EAGAIN => ConnectError::Timeout { socket: socket.clone(), waited: timeout },
             nix::errno::Errno::ENOENT => ConnectError::NoDaemon { socket: socket.clone() },

@@ -82,13 +82,22 @@ pub fn peek<T: DeserializeOwned>(sock: BorrowedFd<'_>, buf: &mut Vec<u8>) -> std
     recv_flags(sock, buf, MsgFlags::MSG_PEEK)
 }
 
+/// Most descriptors one `SCM_RIGHTS` packet can carry (Linux's
+/// `SCM_MAX_FD`). Every descriptor past the first one is closed on receipt.
+const SCM_MAX_FD: usize = 253;
+
 fn recv_flags<T: DeserializeOwned>(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     flags: MsgFlags,
 ) -> std::io::Result<Received<T>> {
     buf.resize(MAX_PACKET, 0);
-    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+    // Room for as many descriptors as one packet can carry (the kernel's
+    // SCM_MAX_FD): with less, a packet carrying more is truncated, and
+    // those the kernel had already installed in our table could not be
+    // found to be closed (`cmsgs` refuses a truncated buffer), so that any
+    // peer could fill the daemon's table a few descriptors at a time.
+    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let (len, fds) = {
         let mut iov = [IoSliceMut::new(buf)];
         // A socket with a receive timeout is not restarted after an
@@ -150,6 +159,14 @@ fn receive_timeout(sock: BorrowedFd<'_>) -> Option<std::time::Duration> {
 /// Waits until `sock` is readable (an answer, or the hang-up that a
 /// receive then reports); `false` once `deadline` (`None`: never) has
 /// passed first, or `stop` became readable first. Interruptions only loop.
+/// Whether `sock` has something to read (or is closed) right now.
+pub(crate) fn readable_now(sock: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+    // An error: let the receive report it.
+    poll(&mut fds, PollTimeout::ZERO).map_or(true, |n| n > 0)
+}
+
 pub(crate) fn wait_readable(
     sock: BorrowedFd<'_>,
     deadline: Option<std::time::Instant>,

@@ -158,7 +158,7 @@ impl Link {
     /// Sends `req` and waits for the answer. If the daemon died, waits for
     /// the resumption (up to the grace) and asks the next daemon.
     pub(crate) fn request(&self, req: &Request) -> Result<Reply, RequestError> {
-        let deadline = Instant::now() + self.grace + self.timeout;
+        let deadline = crate::bus::deadline_in(self.grace.saturating_add(self.timeout));
         loop {
             let seen = self.resumes.load(Ordering::Acquire);
             match self.request_once(req) {
@@ -178,6 +178,21 @@ impl Link {
     /// is added when granted, and removed before its end is asked for (a
     /// dead daemon cannot answer, and the next must not hear of it).
     pub(crate) fn request_once(&self, req: &Request) -> Result<Reply, RequestError> {
+        self.try_request(req, true)
+    }
+
+    /// [`Link::request_once`] for a request whose answer its caller can do
+    /// without (an unsubscribe as a subscriber is dropped): when answers to
+    /// earlier requests are still missing and none is readable now, the
+    /// daemon is not answering, so this request is sent after them without
+    /// waiting (its answer is read and dropped later, as theirs are) and
+    /// the call returns at once. Otherwise each such drop would wait a
+    /// whole control timeout behind the same missing answer.
+    pub(crate) fn request_or_leave(&self, req: &Request) -> Result<Reply, RequestError> {
+        self.try_request(req, false)
+    }
+
+    fn try_request(&self, req: &Request, patient: bool) -> Result<Reply, RequestError> {
         let mut guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
         if let Request::Unsubscribe { subsystem, queue: Some(queue) } = req {
             let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,6 +220,11 @@ impl Link {
         // was told it failed.
         let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(earlier) = unanswered.front().cloned() {
+            if !patient && !control::readable_now(fd.as_fd()) {
+                control::send(fd.as_fd(), req, None).map_err(gone)?;
+                unanswered.push_back(req.clone());
+                return Err(late(std::io::ErrorKind::WouldBlock.into(), "an earlier request"));
+            }
             match control::recv::<Reply>(fd.as_fd(), buf) {
                 Ok(Received::Packet(r, _)) => {
                     unanswered.pop_front();

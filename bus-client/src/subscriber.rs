@@ -415,12 +415,12 @@ impl Drop for Subscriber {
             return; // the parent's subscription and connection, not ours
         }
         // Best effort, without waiting for a daemon that died to be
-        // replaced: the next one is not told of this subscription.
-        let done = self
-            .bus
-            .inner
-            .link
-            .request_once(&Request::Unsubscribe { subsystem: self.subsystem.clone(), queue: Some(self.group.queue) });
+        // replaced (the next one is not told of this subscription), nor
+        // behind answers a stopped daemon still owes.
+        let done = self.bus.inner.link.request_or_leave(&Request::Unsubscribe {
+            subsystem: self.subsystem.clone(),
+            queue: Some(self.group.queue),
+        });
         self.bus.inner.release_port(self.port);
         // A reply queue's name, once the daemon has taken this subscription
         // off it, may serve the client's next reply queue.

@@ -97,6 +97,10 @@ struct Conn {
     pid: u32,
     uid: u32,
     welcomed: bool,
+    /// When it was accepted: one that has not said hello within
+    /// [`HELLO_TIMEOUT`] is closed, so that silent connections cannot hold
+    /// the client table.
+    since: std::time::Instant,
     /// Keyed by the entry of a client that has not resumed yet (a ghost)
     /// with this connection's pid, because the table had no free entry: it
     /// may only resume that client (see `Server::admit`).
@@ -120,9 +124,32 @@ impl Conn {
     ) -> Conn {
         let name =
             std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
-        Conn { fd, peer, client, serial, pid, uid, welcomed: false, borrowed, subscriptions: Vec::new(), taps: 0, name }
+        let since = std::time::Instant::now();
+        Conn {
+            fd,
+            peer,
+            client,
+            serial,
+            pid,
+            uid,
+            welcomed: false,
+            since,
+            borrowed,
+            subscriptions: Vec::new(),
+            taps: 0,
+            name,
+        }
     }
 }
+
+/// How long an accepted connection may take to say hello (and a refused
+/// one to send the packet its refusal answers) before it is closed.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the daemon stops accepting after `accept` failed for want of
+/// descriptors or memory: the pending connection stays in the listen
+/// queue, so the listener stays readable, and retrying at once would spin.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One subscription of a connection.
 struct Sub {
@@ -207,6 +234,10 @@ pub struct Server {
     /// pinged: `WATCHDOG=1` goes out from the event loop at half the
     /// interval, so a loop that hangs gets the daemon restarted.
     watchdog: Option<(std::time::Duration, std::time::Instant)>,
+    /// Accepting is paused until then (see [`ACCEPT_BACKOFF`]).
+    accept_paused: Option<std::time::Instant>,
+    /// Times `accept` failed for want of descriptors or memory.
+    accept_failures: u64,
     /// This daemon's claim on its socket path, held for its life; declared
     /// last, so that it is let go after everything else is dropped.
     _lock: PathLock,
@@ -280,6 +311,8 @@ impl Server {
             shutdown_requested: false,
             metrics,
             socket_id,
+            accept_paused: None,
+            accept_failures: 0,
             _lock: lock,
         };
         if let Some((_, addr)) = &server.metrics {
@@ -366,7 +399,11 @@ impl Server {
         while !self.stop {
             let ids: Vec<u32> = self.conns.keys().copied().collect();
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + stop_fds.len() + ids.len());
-            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+            // While accepting is paused, the listener is not watched.
+            let paused = self.accept_paused.filter(|&t| t > std::time::Instant::now());
+            self.accept_paused = paused;
+            let listen = if paused.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
+            fds.push(PollFd::new(self.listener.as_fd(), listen));
             fds.extend(stop_fds.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
             for id in &ids {
                 fds.push(PollFd::new(self.conns[id].fd.as_fd(), PollFlags::POLLIN));
@@ -378,6 +415,10 @@ impl Server {
             let first_refused = fds.len();
             fds.extend(self.refused.iter().map(|r| PollFd::new(r.fd.as_fd(), PollFlags::POLLIN)));
             let mut timeout = if self.reaper.busy() { 20u16 } else { 500 };
+            if let Some(t) = paused {
+                let left = t.saturating_duration_since(std::time::Instant::now());
+                timeout = timeout.min(left.as_millis().clamp(1, 500) as u16);
+            }
             if let Some((interval, pinged)) = &mut self.watchdog {
                 if pinged.elapsed() >= *interval / 2 {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -437,7 +478,20 @@ impl Server {
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    use nix::errno::Errno::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+                    if matches!(e, EMFILE | ENFILE | ENOBUFS | ENOMEM) {
+                        // Logged once per pause, not once per retry.
+                        self.accept_paused = Some(std::time::Instant::now() + ACCEPT_BACKOFF);
+                        self.accept_failures += 1;
+                        if self.accept_failures == 1 || self.accept_failures.is_power_of_two() {
+                            tracing::warn!(
+                                times = self.accept_failures,
+                                "cannot accept connections: {e}; retrying every {ACCEPT_BACKOFF:?} (raise the open-files limit, LimitNOFILE= under systemd)"
+                            );
+                        }
+                    } else {
+                        tracing::warn!("accept failed: {e}");
+                    }
                     return;
                 }
             };
@@ -817,7 +871,7 @@ impl Server {
         let mut keep = Vec::new();
         for (i, r) in std::mem::take(&mut self.refused).into_iter().enumerate() {
             let is_ready = ready.get(i).copied().unwrap_or(false);
-            if !is_ready && r.since.elapsed() < std::time::Duration::from_secs(5) {
+            if !is_ready && r.since.elapsed() < HELLO_TIMEOUT {
                 keep.push(r);
                 continue;
             }
@@ -1136,6 +1190,7 @@ impl Server {
             return;
         }
         self.audited = std::time::Instant::now();
+        self.close_silent();
         self.repair_header();
         self.repair_routes();
         resume::heartbeat(&self.cfg);
@@ -1196,6 +1251,28 @@ impl Server {
             self.idle_since.entry(q).or_insert_with(std::time::Instant::now);
         } else {
             self.idle_since.remove(&q);
+        }
+    }
+
+    /// Closes connections that did not say hello within [`HELLO_TIMEOUT`]
+    /// (a client always says it first): each holds an entry of the client
+    /// table, and enough silent ones would refuse every other client.
+    fn close_silent(&mut self) {
+        let silent: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.welcomed && c.since.elapsed() > HELLO_TIMEOUT)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in silent {
+            let c = &self.conns[&id];
+            tracing::warn!(
+                client = id,
+                pid = c.pid,
+                uid = c.uid,
+                "closing a connection that sent no hello within {HELLO_TIMEOUT:?}"
+            );
+            self.drop_client(id);
         }
     }
 

@@ -120,6 +120,12 @@ impl Proc {
         self.lines.lock().unwrap().try_iter().filter(|l| l.starts_with(prefix)).count()
     }
 
+    /// How many stderr lines containing `text` came so far and were not
+    /// consumed (consumes them all).
+    pub fn count_err_lines(&mut self, text: &str) -> usize {
+        self.err_lines.lock().unwrap().try_iter().filter(|l| l.contains(text)).count()
+    }
+
     /// Whether a stderr line for which `f` holds comes within `timeout`
     /// (lines before it are consumed).
     pub fn saw_err_line(&mut self, timeout: Duration, mut f: impl FnMut(&str) -> bool) -> bool {
