@@ -234,6 +234,9 @@ pub struct Server {
     /// pinged: `WATCHDOG=1` goes out from the event loop at half the
     /// interval, so a loop that hangs gets the daemon restarted.
     watchdog: Option<(std::time::Duration, std::time::Instant)>,
+    /// The record beside the socket says this daemon has no clients
+    /// (see `resume::record`).
+    recorded_idle: bool,
     /// Accepting is paused until then (see [`ACCEPT_BACKOFF`]).
     accept_paused: Option<std::time::Instant>,
     /// Times `accept` failed for want of descriptors or memory.
@@ -313,6 +316,7 @@ impl Server {
             socket_id,
             accept_paused: None,
             accept_failures: 0,
+            recorded_idle: false,
             _lock: lock,
         };
         if let Some((_, addr)) = &server.metrics {
@@ -341,7 +345,8 @@ impl Server {
                 .group_entry(s, &g.name, flags)
                 .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
         }
-        resume::publish(&server.cfg, &server.seg);
+        server.recorded_idle = server.conns.is_empty() && server.ghosts.is_empty();
+        resume::publish(&server.cfg, &server.seg, server.recorded_idle);
         for fd in early {
             server.admit(fd);
         }
@@ -462,6 +467,10 @@ impl Server {
             self.drain_abandoned_reply_queues();
             self.tend_taps();
             self.audit();
+            if !self.recorded_idle && self.conns.is_empty() && self.ghosts.is_empty() {
+                self.recorded_idle = true;
+                resume::record(&self.cfg, &self.seg, true);
+            }
         }
         self.shutdown();
         Ok(())
@@ -531,6 +540,7 @@ impl Server {
             None => match self.ghosts.iter().find(|(c, g)| g.pid == pid && g.uid == uid && !self.conns.contains_key(c))
             {
                 Some((&c, _)) => {
+                    self.note_busy();
                     self.conns.insert(c, Conn::new(fd, peer, c, 0, pid, uid, true));
                     return;
                 }
@@ -542,6 +552,7 @@ impl Server {
                 }
             },
         };
+        self.note_busy();
         self.scrub_client_entry(client);
         let info = self.seg.client_info(client).expect("in range");
         let serial = self.next_serial;
@@ -1251,6 +1262,16 @@ impl Server {
             self.idle_since.entry(q).or_insert_with(std::time::Instant::now);
         } else {
             self.idle_since.remove(&q);
+        }
+    }
+
+    /// Before a client gets an entry (and so, later, a welcome it could
+    /// resume with): the record must no longer say that nobody can be
+    /// waiting for this segment.
+    fn note_busy(&mut self) {
+        if self.recorded_idle {
+            self.recorded_idle = false;
+            resume::record(&self.cfg, &self.seg, false);
         }
     }
 

@@ -221,6 +221,47 @@ fn a_segment_left_longer_ago_than_the_grace_is_not_waited_for() {
 }
 
 #[test]
+fn a_daemon_that_had_no_clients_when_it_went_is_not_waited_for() {
+    let dir = TempDir::new("restart-idle");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("10s");
+    for stop in [Signal::SIGTERM, Signal::SIGKILL] {
+        let first = daemon(&socket, &args(&flags));
+        // A client came and went: nobody is left to resume.
+        let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+        drop(bus.subscribe("t").unwrap());
+        drop(bus);
+        // The disconnect is seen within a turn of the daemon's loop.
+        std::thread::sleep(Duration::from_millis(300));
+        first.signal(stop);
+        let _ = first.wait(Duration::from_secs(10));
+        let t = Instant::now();
+        let (next, ready) = daemon_ready(&socket, &args(&flags));
+        assert!(t.elapsed() < Duration::from_secs(3), "after {stop:?}, waited {:?} for nobody", t.elapsed());
+        assert!(!ready.contains("resuming"), "{ready}");
+        let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+        assert!(bus.status().is_ok());
+        drop(bus);
+        std::thread::sleep(Duration::from_millis(300));
+        next.signal(Signal::SIGKILL);
+        let _ = next.wait(Duration::from_secs(10));
+    }
+    // With a client still connected when the daemon is killed, the next
+    // one waits for it, and it resumes.
+    let first = daemon(&socket, &args(&flags));
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let sub = bus.subscribe("kept").unwrap();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let _next = daemon(&socket, &args(&flags));
+    let mut p = bus.publisher().create().unwrap();
+    let sent = eventually(Duration::from_secs(10), || p.send_bytes("kept://x", b"after").is_ok());
+    assert!(sent.is_some(), "the client did not resume");
+    let m = sub.recv_timeout(Duration::from_secs(5)).expect("the message after the restart");
+    assert_eq!(m.body_bytes().unwrap(), b"after");
+}
+
+#[test]
 fn without_a_grace_a_killed_daemon_still_means_bus_gone_at_once() {
     let dir = TempDir::new("restart-none");
     let socket = dir.0.join("bus.sock");

@@ -57,6 +57,12 @@ struct Handoff {
     generation: u64,
     /// The daemon that wrote it.
     pid: u32,
+    /// It had no client (nor a client of its predecessor waiting to
+    /// resume) when it wrote this: nobody can be waiting for the segment.
+    /// Rewritten, before the welcome, as its first client connects.
+    /// Absent (a record of an older daemon): clients may be waiting.
+    #[serde(default)]
+    idle: bool,
 }
 
 /// The name systemd stores the segment's fd under.
@@ -128,6 +134,11 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
     let Some((handoff, age)) = handoff else {
         return (None, Vec::new());
     };
+    if handoff.idle {
+        tracing::info!("the previous daemon had no clients when it went: starting a new bus");
+        let _ = std::fs::remove_file(&record);
+        return (None, Vec::new());
+    }
     // Clients give up a grace after their daemon went; it touched the
     // record every second until then.
     let slack = Duration::from_secs(2);
@@ -250,12 +261,26 @@ fn wait_for_resumer(
 
 /// After bind: with a grace, records the segment for the next daemon
 /// (beside the socket, and in systemd's fd store when run by it).
-pub(super) fn publish(cfg: &Config, seg: &Segment) {
+pub(super) fn publish(cfg: &Config, seg: &Segment, idle: bool) {
+    if cfg.resume_grace.is_zero() {
+        return;
+    }
+    record(cfg, seg, idle);
+    // The store keeps one segment: an older one (adopted or not) goes.
+    let _ = notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), None);
+    if let Err(e) = notify(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), Some(seg.fd())) {
+        tracing::warn!("cannot store the segment with systemd: {e}");
+    }
+}
+
+/// Writes the record beside the socket (with a grace): the segment's
+/// identity, and whether the daemon is `idle` (see [`Handoff::idle`]).
+pub(super) fn record(cfg: &Config, seg: &Segment, idle: bool) {
     if cfg.resume_grace.is_zero() {
         return;
     }
     let Some((dev, ino)) = identity(seg.fd()) else { return };
-    let handoff = Handoff { dev, ino, generation: seg.params().bus_generation, pid: std::process::id() };
+    let handoff = Handoff { dev, ino, generation: seg.params().bus_generation, pid: std::process::id(), idle };
     let path = handoff_path(&cfg.socket);
     let tmp = handoff_path(&cfg.socket).with_extension("segment.new");
     let text = toml::to_string(&handoff).expect("a flat record serializes");
@@ -273,11 +298,6 @@ pub(super) fn publish(cfg: &Config, seg: &Segment) {
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!("cannot record the segment for the next daemon in {}: {e}", path.display());
-    }
-    // The store keeps one segment: an older one (adopted or not) goes.
-    let _ = notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), None);
-    if let Err(e) = notify(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), Some(seg.fd())) {
-        tracing::warn!("cannot store the segment with systemd: {e}");
     }
 }
 
