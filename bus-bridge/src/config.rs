@@ -271,7 +271,7 @@ impl Config {
         if self.request_timeout.is_zero() {
             return Err(invalid("request-timeout", "must be more than 0"));
         }
-        if self.local_timeout.is_zero() || self.local_timeout * 2 >= ZENOH_WAIT_BEFORE_CLOSE {
+        if self.local_timeout.is_zero() || self.local_timeout.saturating_mul(2) >= ZENOH_WAIT_BEFORE_CLOSE {
             return Err(invalid(
                 "local-timeout",
                 format!(

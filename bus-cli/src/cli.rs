@@ -452,10 +452,14 @@ fn remove_stale_bench_sockets(dir: &std::path::Path) {
             continue;
         }
         if let Err(err) = std::os::unix::net::UnixStream::connect(&path) {
+            // Only under the path's lock (no daemon is starting there),
+            // which removes the lock file a killed daemon left as it is let
+            // go.
             if err.kind() == std::io::ErrorKind::ConnectionRefused {
-                let _ = std::fs::remove_file(&path);
-                // The lock file a killed daemon leaves beside its socket.
-                let _ = std::fs::remove_file(bus_daemon::path_lock::lock_path(&path));
+                if let Ok(lock) = bus_daemon::path_lock::PathLock::take(&path) {
+                    let _ = std::fs::remove_file(&path);
+                    drop(lock);
+                }
             }
         }
     }

@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     /// [`FORKS`] when this connection was made: a different value means we
     /// are a forked child of the process that connected.
     forks: u64,
-    /// The watcher thread and the write end of the pipe that stops it.
+    /// The watcher thread and the eventfd that stops it.
     watcher: Option<(std::thread::JoinHandle<()>, OwnedFd)>,
 }
 
@@ -313,14 +313,12 @@ impl BusBuilder {
         };
         let gone = link.gone.clone();
         let watching = link.clone();
-        let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from).and_then(
-            |(stop_r, stop_w)| {
-                std::thread::Builder::new()
-                    .name("shmbus-watch".into())
-                    .spawn(move || watching.watch(stop_r))
-                    .map(|h| (h, stop_w))
-            },
-        );
+        let started = stop_event().and_then(|(stop_r, stop_w)| {
+            std::thread::Builder::new()
+                .name("shmbus-watch".into())
+                .spawn(move || watching.watch(stop_r))
+                .map(|h| (h, stop_w))
+        });
         let (handle, stop_w) = match started {
             Ok(x) => x,
             Err(e) => {
@@ -602,16 +600,34 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let Some((handle, stop)) = self.watcher.take() else { return };
         if self.forked() {
-            // The watcher thread lives in the parent only, and the pipe is
+            // The watcher thread lives in the parent only, and the eventfd is
             // shared with it: neither is ours to touch.
             std::mem::forget(handle);
             std::mem::forget(stop);
             return;
         }
-        let _ = nix::unistd::write(&stop, &[1]);
+        // An eventfd, not a pipe: a pipe whose reader (the watcher) has
+        // already ended would raise SIGPIPE here, which kills a program that
+        // keeps its default action (a C program, say).
+        let _ = nix::unistd::write(&stop, &1u64.to_ne_bytes());
         let _ = handle.join();
         unregister_control_fd(self.link.control_raw());
     }
+}
+
+/// The watcher's stop signal: an eventfd (readable once written to), as
+/// two descriptors, the watcher's and the writer's.
+fn stop_event() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new
+    // descriptor that nothing else owns.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let writer = fd.try_clone()?;
+    Ok((fd, writer))
 }
 
 /// Most reply queue names a client keeps for reuse (see

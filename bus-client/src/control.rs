@@ -3,11 +3,9 @@
 //! helpers.
 
 use crate::protocol::MAX_PACKET;
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
 use serde::{de::DeserializeOwned, Serialize};
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -82,63 +80,36 @@ pub fn peek<T: DeserializeOwned>(sock: BorrowedFd<'_>, buf: &mut Vec<u8>) -> std
     recv_flags(sock, buf, MsgFlags::MSG_PEEK)
 }
 
-/// Most descriptors one `SCM_RIGHTS` packet can carry (Linux's
-/// `SCM_MAX_FD`). Every descriptor past the first one is closed on receipt.
-const SCM_MAX_FD: usize = 253;
-
 fn recv_flags<T: DeserializeOwned>(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     flags: MsgFlags,
 ) -> std::io::Result<Received<T>> {
     buf.resize(MAX_PACKET, 0);
-    // Room for as many descriptors as one packet can carry (the kernel's
-    // SCM_MAX_FD): with less, a packet carrying more is truncated, and
-    // those the kernel had already installed in our table could not be
-    // found to be closed (`cmsgs` refuses a truncated buffer), so that any
-    // peer could fill the daemon's table a few descriptors at a time.
-    let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let (len, fds) = {
-        let mut iov = [IoSliceMut::new(buf)];
-        // A socket with a receive timeout is not restarted after an
-        // interruption: a signal, or io_uring task work (an asynchronous
-        // wait's completion, which the kernel delivers to this thread), ends
-        // the call with EINTR. Giving up there would leave the answer
-        // unread, and the next request would read it as its own: retry.
-        // But each retry would start the socket's timeout afresh, so that
-        // interruptions coming faster than it would make the call wait
-        // forever: the retries wait (in `poll`) only for what is left of
-        // the timeout counted from the first try.
-        let start = std::time::Instant::now();
-        let mut deadline = None;
-        let msg = loop {
-            match socket::recvmsg::<UnixAddr>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | flags,
-            ) {
-                Err(nix::errno::Errno::EINTR) => {
-                    let d = *deadline.get_or_insert_with(|| receive_timeout(sock).map(|t| start + t));
-                    if !wait_readable(sock, d, None) {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::WouldBlock,
-                            "timed out (interrupted by signals meanwhile)",
-                        ));
-                    }
+    // A socket with a receive timeout is not restarted after an
+    // interruption: a signal, or io_uring task work (an asynchronous wait's
+    // completion, which the kernel delivers to this thread), ends the call
+    // with EINTR. Giving up there would leave the answer unread, and the
+    // next request would read it as its own: retry. But each retry would
+    // start the socket's timeout afresh, so that interruptions coming
+    // faster than it would make the call wait forever: the retries wait (in
+    // `poll`) only for what is left of the timeout counted from the first
+    // try.
+    let start = std::time::Instant::now();
+    let mut deadline = None;
+    let (len, fds) = loop {
+        match recv_packet(sock, buf, flags) {
+            Err(nix::errno::Errno::EINTR) => {
+                let d = *deadline.get_or_insert_with(|| receive_timeout(sock).map(|t| start + t));
+                if !wait_readable(sock, d, None) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        "timed out (interrupted by signals meanwhile)",
+                    ));
                 }
-                r => break r?,
             }
-        };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(rs) = c {
-                // SAFETY: the kernel just installed these descriptors in our
-                // table for us (SCM_RIGHTS); nothing else owns them.
-                fds.extend(rs.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
-            }
+            r => break r?,
         }
-        (msg.bytes, fds)
     };
     if len == 0 {
         return Ok(Received::Closed);
@@ -146,6 +117,61 @@ fn recv_flags<T: DeserializeOwned>(
     let value = serde_json::from_slice(&buf[..len])
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed control packet: {e}")))?;
     Ok(Received::Packet(value, fds.into_iter().next()))
+}
+
+/// Receives one packet into `buf`, with every descriptor the kernel
+/// installed for us from it. A packet may carry more than the control
+/// buffer holds (the kernel then installs as many as fit, drops the rest
+/// and sets `MSG_CTRUNC`); the ones installed are walked here all the same
+/// and owned, so that they are closed. (nix's `cmsgs` refuses a truncated
+/// buffer, which left them open: any peer could fill the daemon's table.)
+fn recv_packet(sock: BorrowedFd<'_>, buf: &mut [u8], flags: MsgFlags) -> nix::Result<(usize, Vec<OwnedFd>)> {
+    // u64s: control data must be aligned for `cmsghdr`. Room for a header
+    // and a dozen descriptors; a request carries at most one.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: an all-zero `msghdr` is valid (null pointers, zero lengths).
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `hdr` points at `iov` (valid for `buf.len()` bytes) and at
+    // `control` (valid for its size), both alive for the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, (MsgFlags::MSG_CMSG_CLOEXEC | flags).bits()) };
+    if n < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    let begin = control.as_ptr() as usize;
+    let end = begin + (hdr.msg_controllen as usize).min(std::mem::size_of_val(&control));
+    let mut fds = Vec::new();
+    // SAFETY: CMSG_FIRSTHDR and CMSG_NXTHDR walk the control data the
+    // kernel wrote, within `msg_controllen` (which it set to what it wrote:
+    // whole headers only); each descriptor read is checked to lie before
+    // `end`, and read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for k in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let at = data.add(k * std::mem::size_of::<RawFd>());
+                    if at as usize + std::mem::size_of::<RawFd>() > end {
+                        break;
+                    }
+                    let raw = std::ptr::read_unaligned(at.cast::<RawFd>());
+                    if raw >= 0 {
+                        // The kernel just installed it in our table for
+                        // us; nothing else owns it.
+                        fds.push(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    Ok((n as usize, fds))
 }
 
 /// The socket's receive timeout (`SO_RCVTIMEO`), `None` if it has none.
@@ -156,17 +182,17 @@ fn receive_timeout(sock: BorrowedFd<'_>) -> Option<std::time::Duration> {
     (!t.is_zero()).then_some(t)
 }
 
-/// Waits until `sock` is readable (an answer, or the hang-up that a
-/// receive then reports); `false` once `deadline` (`None`: never) has
-/// passed first, or `stop` became readable first. Interruptions only loop.
 /// Whether `sock` has something to read (or is closed) right now.
-pub(crate) fn readable_now(sock: BorrowedFd<'_>) -> bool {
+pub fn readable_now(sock: BorrowedFd<'_>) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
     // An error: let the receive report it.
     poll(&mut fds, PollTimeout::ZERO).map_or(true, |n| n > 0)
 }
 
+/// Waits until `sock` is readable (an answer, or the hang-up that a
+/// receive then reports); `false` once `deadline` (`None`: never) has
+/// passed first, or `stop` became readable first. Interruptions only loop.
 pub(crate) fn wait_readable(
     sock: BorrowedFd<'_>,
     deadline: Option<std::time::Instant>,

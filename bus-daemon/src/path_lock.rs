@@ -31,6 +31,9 @@ pub struct PathLock {
 pub enum LockError {
     /// Another process holds it.
     Held,
+    /// The file at the lock's path is not a regular file of this user
+    /// (in a shared sticky directory, another user may have put it there).
+    Foreign(PathBuf),
     /// The lock file could not be opened or locked.
     Io(std::io::Error),
 }
@@ -58,6 +61,10 @@ impl PathLock {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(LockError::Io)?;
+            let md = file.metadata().map_err(LockError::Io)?;
+            if !md.is_file() || md.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(LockError::Foreign(path));
+            }
             let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(f) => f,
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(LockError::Held),

@@ -144,12 +144,12 @@ impl Conn {
 
 /// How long an accepted connection may take to say hello (and a refused
 /// one to send the packet its refusal answers) before it is closed.
-const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the daemon stops accepting after `accept` failed for want of
 /// descriptors or memory: the pending connection stays in the listen
 /// queue, so the listener stays readable, and retrying at once would spin.
-const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One subscription of a connection.
 struct Sub {
@@ -482,8 +482,14 @@ impl Server {
         for _ in 0..64 {
             let fd = match socket::accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
             {
-                // SAFETY: accept4 returned a new descriptor that we now own.
-                Ok(raw) => unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) },
+                Ok(raw) => {
+                    if self.accept_failures > 0 {
+                        tracing::info!(failures = self.accept_failures, "accepting connections again");
+                        self.accept_failures = 0;
+                    }
+                    // SAFETY: accept4 returned a new descriptor that we now own.
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+                }
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -1279,10 +1285,12 @@ impl Server {
     /// (a client always says it first): each holds an entry of the client
     /// table, and enough silent ones would refuse every other client.
     fn close_silent(&mut self) {
+        // One with a packet waiting is left to be read first (the loop may
+        // have stalled with its hello queued).
         let silent: Vec<u32> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.welcomed && c.since.elapsed() > HELLO_TIMEOUT)
+            .filter(|(_, c)| !c.welcomed && c.since.elapsed() > HELLO_TIMEOUT && !control::readable_now(c.fd.as_fd()))
             .map(|(&id, _)| id)
             .collect();
         for id in silent {
@@ -1291,7 +1299,7 @@ impl Server {
                 client = id,
                 pid = c.pid,
                 uid = c.uid,
-                "closing a connection that sent no hello within {HELLO_TIMEOUT:?}"
+                "closing a connection not welcomed within {HELLO_TIMEOUT:?} (it sent no hello, or one that was refused)"
             );
             self.drop_client(id);
         }
@@ -1406,6 +1414,13 @@ fn bind_socket(path: &Path, mode: u32) -> Result<(OwnedFd, PathLock), DaemonErro
     runtime_dir(path)?;
     let lock = PathLock::take(path).map_err(|e| match e {
         LockError::Held => DaemonError::AlreadyRunning { socket: path.to_owned() },
+        LockError::Foreign(lock) => DaemonError::Io {
+            what: format!(
+                "{} is not a regular file of this user: remove it, or choose another --socket",
+                lock.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        },
         LockError::Io(source) => {
             DaemonError::Io { what: format!("locking {}", crate::path_lock::lock_path(path).display()), source }
         }

@@ -152,6 +152,19 @@ fn a_c_program_publishes_subscribes_loans_and_requests_across_processes() {
 }
 
 #[test]
+fn a_c_program_frees_its_bus_after_the_daemon_stopped_without_dying_of_sigpipe() {
+    let tmp = TempDir::new("capi-outlive");
+    let exe = tmp.0.join("outlive");
+    cc_shared(&capi_dir().join("tests/c/outlive.c"), &exe);
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let mut c = Some(Proc::new(c_command(&bus, &exe, &[], valgrind()).spawn().expect("start the C program")));
+    expect_line(&mut c, "subscribed");
+    bus.daemon.signal(Signal::SIGTERM);
+    let out = succeeds(c.take().expect("the C program"), "the C program");
+    assert!(out.ends_with("gone\nfreed\n"), "{out}");
+}
+
+#[test]
 fn a_c_subscriber_killed_holding_messages_has_them_redelivered() {
     let tmp = TempDir::new("capi-crash");
     let exe = tmp.0.join("holder");

@@ -220,23 +220,63 @@ fn a_zero_or_huge_connect_timeout_neither_waits_forever_nor_panics() {
     t.join().unwrap();
 }
 
-#[test]
-fn a_daemon_out_of_descriptors_waits_to_accept_instead_of_spinning() {
+/// A daemon on `socket` that may open at most `files` descriptors.
+fn daemon_with_few_files(socket: &std::path::Path, files: u64) -> Proc {
     use std::os::unix::process::CommandExt;
-    let dir = TempDir::new("emfile");
-    let socket = dir.0.join("bus.sock");
     let mut cmd = std::process::Command::new(DAEMON);
-    cmd.arg("--socket").arg(&socket).args(["--slots", "64", "--slot-size", "256"]);
+    cmd.arg("--socket").arg(socket).args(["--slots", "64", "--slot-size", "256"]);
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 20, 20)
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, files, files)
                 .map_err(std::io::Error::from)
         });
     }
     let mut daemon = Proc::new(cmd.spawn().unwrap());
     daemon.wait_line("shmbusd: ready", Duration::from_secs(10));
+    daemon
+}
+
+#[test]
+fn descriptors_a_daemon_short_of_room_took_from_a_packet_are_closed() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("ctrunc");
+    let socket = dir.0.join("bus.sock");
+    let daemon = daemon_with_few_files(&socket, 24);
+    let pid = daemon.pid();
+    let baseline = open_fds(pid);
+    let connect = || control::connect(&socket, Instant::now() + Duration::from_secs(2)).unwrap();
+    // Silent connections take every descriptor the daemon may open...
+    let mut silent: Vec<_> = (baseline..24).map(|_| connect()).collect();
+    assert!(eventually(Duration::from_secs(5), || open_fds(pid) >= 24).is_some(), "{}", open_fds(pid));
+    // ...then three are let go, and one more connection takes one: two
+    // left for the ten descriptors its packet carries. The kernel installs
+    // two and drops the rest (MSG_CTRUNC).
+    silent.truncate(silent.len() - 3);
+    assert!(eventually(Duration::from_secs(5), || open_fds(pid) <= 21).is_some(), "{}", open_fds(pid));
+    let sender = connect();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let body = serde_json::to_vec(&Request::Status).unwrap();
+    let iov = [std::io::IoSlice::new(&body)];
+    let many = [null.as_raw_fd(); 10];
+    sendmsg::<UnixAddr>(sender.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&many)], MsgFlags::empty(), None)
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = control::recv::<serde_json::Value>(sender.as_fd(), &mut buf);
+    drop(sender);
+    drop(silent);
+    // Every connection gone: the daemon is back to what it had.
+    let back = eventually(Duration::from_secs(5), || open_fds(pid) <= baseline);
+    assert!(back.is_some(), "{} descriptors open, {baseline} before", open_fds(pid));
+}
+
+#[test]
+fn a_daemon_out_of_descriptors_waits_to_accept_instead_of_spinning() {
+    let dir = TempDir::new("emfile");
+    let socket = dir.0.join("bus.sock");
+    let mut daemon = daemon_with_few_files(&socket, 20);
     // Connections (silent: each holds a descriptor of the daemon) until
     // the daemon can accept no more, and a few waiting in its queue.
     let conns: Vec<_> =
@@ -250,7 +290,7 @@ fn a_daemon_out_of_descriptors_waits_to_accept_instead_of_spinning() {
     let during = daemon.count_err_lines("accept");
     assert!(before >= 1, "the daemon never ran out of descriptors");
     assert!(during <= 10, "{during} lines about accept in one second");
-    // Once the silent ones are closed (the hello timeout), it accepts again.
+    // Once the connections are gone, it accepts again.
     drop(conns);
     let back = eventually(Duration::from_secs(15), || {
         bus_client::Bus::builder().socket(&socket).connect_timeout(Duration::from_secs(1)).connect().is_ok()

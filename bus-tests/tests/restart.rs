@@ -262,6 +262,51 @@ fn a_daemon_that_had_no_clients_when_it_went_is_not_waited_for() {
 }
 
 #[test]
+fn silent_connections_while_a_daemon_waits_for_a_resumer_do_not_keep_it_out() {
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("restart-silent");
+    let socket = dir.0.join("bus.sock");
+    let mut flags = grace_flags("10s");
+    flags.extend(["--max-clients".into(), "4".into()]);
+    let first = daemon(&socket, &args(&flags));
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let sub = bus.subscribe("kept").unwrap();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    // The next daemon may open few descriptors, and silent connections
+    // arrive as it starts waiting for the client to bring the segment.
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 30, 30)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut second = Proc::new(cmd.spawn().unwrap());
+    let mut silent = Vec::new();
+    let t = Instant::now();
+    while silent.len() < 25 && t.elapsed() < Duration::from_secs(5) {
+        match bus_client::control::connect(&socket, Instant::now() + Duration::from_millis(100)) {
+            Ok(fd) => silent.push(fd),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert_eq!(silent.len(), 25);
+    // Before, they held every descriptor for the whole wait, the client's
+    // connection stayed in the listen queue, and a new bus was started.
+    let ready = second.wait_line("shmbusd: ready", Duration::from_secs(20));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    let mut p = bus.publisher().create().unwrap();
+    let sent = eventually(Duration::from_secs(10), || p.send_bytes("kept://x", b"after").is_ok());
+    assert!(sent.is_some(), "the client did not resume");
+    let m = sub.recv_timeout(Duration::from_secs(5)).expect("the message after the restart");
+    assert_eq!(m.body_bytes().unwrap(), b"after");
+    drop(silent);
+}
+
+#[test]
 fn without_a_grace_a_killed_daemon_still_means_bus_gone_at_once() {
     let dir = TempDir::new("restart-none");
     let socket = dir.0.join("bus.sock");

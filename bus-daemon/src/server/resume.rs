@@ -65,6 +65,10 @@ struct Handoff {
     idle: bool,
 }
 
+/// Connections kept while waiting for a resuming client, beyond the
+/// client table's size.
+const EARLY_EXTRA: usize = 16;
+
 /// The name systemd stores the segment's fd under.
 const FD_NAME: &str = "segment";
 
@@ -152,7 +156,8 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
     }
     let wait = (cfg.resume_grace + slack).saturating_sub(age);
     tracing::info!(?wait, "a previous daemon left a segment: waiting for a client to bring it back");
-    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), wait, &cfg.access);
+    let cap = cfg.shape.max_clients as usize + EARLY_EXTRA;
+    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), wait, &cfg.access, cap);
     let Some(fd) = fd else {
         tracing::warn!("no client brought the previous segment back within the grace: starting a new bus");
         return (None, early);
@@ -203,19 +208,32 @@ fn from_fd_store() -> Option<OwnedFd> {
 /// Accepts connections for up to `grace`, looking (without consuming it)
 /// at each one's first packet, until one is a resuming hello carrying the
 /// memfd `want` names.
+///
+/// Bounded like the serving loop: at most `cap` connections are kept (the
+/// rest wait in the listen queue), one that sends nothing within
+/// [`super::HELLO_TIMEOUT`] is closed, and accepting pauses for
+/// [`super::ACCEPT_BACKOFF`] when descriptors or memory run out, so that
+/// neither silent connections nor a full descriptor table can keep the
+/// resuming client out.
 fn wait_for_resumer(
     listener: &OwnedFd,
     want: (u64, u64),
     grace: Duration,
     policy: &crate::access::Policy,
+    cap: usize,
 ) -> (Option<OwnedFd>, Vec<OwnedFd>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + grace;
-    let mut early: Vec<(OwnedFd, bool)> = Vec::new();
+    // Each connection, whether it has sent something, and when accepted.
+    let mut early: Vec<(OwnedFd, bool, Instant)> = Vec::new();
     let mut buf = Vec::new();
+    let mut paused_until = None;
     while Instant::now() < deadline {
+        early.retain(|(_, seen, at)| *seen || at.elapsed() < super::HELLO_TIMEOUT);
+        let paused = paused_until.is_some_and(|t| Instant::now() < t);
         let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
-        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let listen = if paused || early.len() >= cap { PollFlags::empty() } else { PollFlags::POLLIN };
+        let mut fds = vec![PollFd::new(listener.as_fd(), listen)];
         let unseen: Vec<usize> = (0..early.len()).filter(|&i| !early[i].1).collect();
         fds.extend(unseen.iter().map(|&i| PollFd::new(early[i].0.as_fd(), PollFlags::POLLIN)));
         if poll(&mut fds, PollTimeout::from(left.as_millis() as u16)).is_err() {
@@ -238,25 +256,33 @@ fn wait_for_resumer(
                         policy.check(&peer, crate::access::Action::Connect).is_ok()
                     });
                 if allowed && identity(fd.as_fd()) == Some(want) {
-                    return (Some(fd), early.into_iter().map(|(fd, _)| fd).collect());
+                    return (Some(fd), early.into_iter().map(|(fd, ..)| fd).collect());
                 }
                 tracing::warn!("a client offered a segment that is not the recorded one: ignored");
             }
         }
         if ready[0] {
-            for _ in 0..64 {
+            while early.len() < cap {
                 match nix::sys::socket::accept4(
                     listener.as_raw_fd(),
                     nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
                 ) {
                     // SAFETY: accept4 returned a new descriptor we now own.
-                    Ok(raw) => early.push((unsafe { OwnedFd::from_raw_fd(raw) }, false)),
-                    Err(_) => break,
+                    Ok(raw) => early.push((unsafe { OwnedFd::from_raw_fd(raw) }, false, Instant::now())),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(e) => {
+                        // Out of descriptors or memory, say: the pending
+                        // connection keeps the listener readable.
+                        tracing::warn!("cannot accept connections: {e}; retrying in {:?}", super::ACCEPT_BACKOFF);
+                        paused_until = Some(Instant::now() + super::ACCEPT_BACKOFF);
+                        break;
+                    }
                 }
             }
         }
     }
-    (None, early.into_iter().map(|(fd, _)| fd).collect())
+    (None, early.into_iter().map(|(fd, ..)| fd).collect())
 }
 
 /// After bind: with a grace, records the segment for the next daemon
@@ -533,8 +559,9 @@ impl Server {
             return;
         }
         let now = Instant::now();
-        // A connection waiting in a ghost's entry (see `Server::admit`) has
-        // until the grace ends to say its hello.
+        // A ghost not resumed by the end of the grace is reclaimed (a
+        // connection waiting in its entry, see `Server::admit`, has
+        // `HELLO_TIMEOUT` to say its hello, as any other).
         let done: Vec<(u32, Ghost)> = self
             .ghosts
             .iter()
