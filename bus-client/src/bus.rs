@@ -20,6 +20,10 @@ pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(50);
 /// futex (a few microseconds).
 pub const DEFAULT_SPINS: u32 = 2_000;
 
+/// Default number of CPU pause hints between two polls of an empty queue
+/// while spinning (see [`crate::Subscriber::set_poll_pause`]).
+pub const DEFAULT_POLL_PAUSE: u32 = 1;
+
 /// A connection to a shmbus daemon. Cheap to clone (shared); `Send + Sync`.
 /// Publishers and subscribers are created from it and keep it alive.
 #[derive(Clone)]
@@ -549,7 +553,8 @@ impl Inner {
     }
 
     /// Blocks until `attempt` yields a value, the deadline passes
-    /// (`Ok(None)`) or the daemon is gone (`Err(())`). Spins first, then
+    /// (`Ok(None)`) or the daemon is gone (`Err(())`). Spins first (`spins`
+    /// more tries, with `pause` CPU pause hints after each empty one), then
     /// sleeps on `bell` in slices of at most [`LIVENESS_SLICE`]. The
     /// deadline (`None`: none) is asked for only once spinning found
     /// nothing.
@@ -557,7 +562,7 @@ impl Inner {
         &self,
         bell: &Sleeper<'_>,
         deadline: impl FnOnce() -> Option<Instant>,
-        spins: u32,
+        (spins, pause): (u32, u32),
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Result<Option<T>, Unusable> {
         // Read the clock only once polling has found nothing: a receiver that
@@ -567,7 +572,9 @@ impl Inner {
             if let Some(v) = attempt() {
                 return Ok(Some(v));
             }
-            std::hint::spin_loop();
+            for _ in 0..pause {
+                std::hint::spin_loop();
+            }
         }
         let deadline = deadline();
         loop {

@@ -45,7 +45,7 @@ pub use asynchronous::{
     AsyncSubscriber, HandlerFuture, MessageStream, Recv, Request, ASYNC_SPINS,
 };
 pub use body::{fingerprint, Body};
-pub use bus::{Bus, BusBuilder, DEFAULT_SPINS};
+pub use bus::{Bus, BusBuilder, DEFAULT_POLL_PAUSE, DEFAULT_SPINS};
 pub use bus_core::{Path, PathError, PATH_CAPACITY};
 pub use error::{BatchError, BodyError, ConnectError, RecvError, RequestError, SendError};
 pub use forward::{Envelope, ReplyHandle};

@@ -437,7 +437,8 @@ impl Publisher {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let port = self.port();
         let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
-        match self.bus.inner.wait_on(&bell, || Some(deadline), 0, || (ring.len() < ring.capacity()).then_some(())) {
+        match self.bus.inner.wait_on(&bell, || Some(deadline), (0, 1), || (ring.len() < ring.capacity()).then_some(()))
+        {
             Ok(Some(())) if std::time::Instant::now() < deadline => Ok(()),
             Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
             Err(u) => Err(u.into()),
@@ -661,7 +662,7 @@ impl Publisher {
                 match self.bus.inner.wait_on(
                     &bell,
                     || crate::bus::after(Some(t)),
-                    crate::bus::DEFAULT_SPINS,
+                    (crate::bus::DEFAULT_SPINS, crate::bus::DEFAULT_POLL_PAUSE),
                     || refill(cache, &port),
                 ) {
                     Ok(Some(i)) => Ok(i),

@@ -125,6 +125,7 @@ impl SubscriptionBuilder {
             group,
             group_name: name,
             spins: Cell::new(crate::bus::DEFAULT_SPINS),
+            pause: Cell::new(crate::bus::DEFAULT_POLL_PAUSE),
             replies: self.subsystem.starts_with("_reply."),
             subsystem: self.subsystem,
             _not_sync: PhantomData,
@@ -142,6 +143,8 @@ pub struct Subscriber {
     group_name: String,
     subsystem: String,
     spins: Cell<u32>,
+    /// Pause hints between two empty polls (see `set_poll_pause`).
+    pause: Cell<u32>,
     /// A requester's reply queue (exempt from the quota check).
     replies: bool,
     _not_sync: PhantomData<Cell<()>>,
@@ -172,6 +175,29 @@ impl Subscriber {
     /// sleeps at once: least CPU, most wake-up latency.
     pub fn set_spins(&self, spins: u32) {
         self.spins.set(spins);
+    }
+
+    /// How many CPU pause hints (`std::hint::spin_loop`, tens of
+    /// nanoseconds each) a blocking receive executes between two polls of
+    /// an empty queue while it spins (default
+    /// [`crate::DEFAULT_POLL_PAUSE`], 1). An idle strategy, as Aeron's
+    /// back-off ones are: opt in when throughput matters more than the
+    /// last microsecond of latency.
+    ///
+    /// - **What it buys.** A receiver that has caught up polls the very
+    ///   queue entry its publisher fills next, and each poll takes that
+    ///   cache line from the publisher's CPU. Polling less often lets the
+    ///   publisher run on: one message per call went 1.25–1.5× as fast with
+    ///   128 or more pauses in our measurements (BENCHMARKS.md).
+    /// - **What it costs.** A message that arrives during a pause waits
+    ///   for it, up to `pauses` hints later (128 is a few microseconds), and
+    ///   the spinning before a sleep lasts `spins × pauses` hints: lower
+    ///   [`Subscriber::set_spins`] to keep it as short.
+    ///
+    /// Receives that find a message queued never pause, and
+    /// [`Subscriber::try_recv`] never waits at all.
+    pub fn set_poll_pause(&self, pauses: u32) {
+        self.pause.set(pauses);
     }
 
     /// Waits for the next message, for as long as it takes.
@@ -221,7 +247,7 @@ impl Subscriber {
         let r = self.bus.inner.wait_on(
             &bell,
             || after(timeout),
-            self.spins.get(),
+            (self.spins.get(), self.pause.get()),
             || {
                 let n = self.take_batch(out, max);
                 (n > 0).then_some(n)
@@ -271,7 +297,11 @@ impl Subscriber {
         self.may_take()?;
         let port = self.port();
         let bell = port.sleeper(Some(self.group.queue), false).expect("queue in range");
-        match self.bus.inner.wait_on(&bell, deadline, self.spins.get(), || port.dequeue(&self.group)) {
+        match self
+            .bus
+            .inner
+            .wait_on(&bell, deadline, (self.spins.get(), self.pause.get()), || port.dequeue(&self.group))
+        {
             Ok(Some(i)) => self.wrap(i),
             Ok(None) => Err(RecvError::Timeout(Duration::ZERO)),
             Err(u) => Err(u.into()),

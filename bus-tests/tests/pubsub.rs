@@ -126,3 +126,34 @@ fn two_subscriber_processes_sharing_a_subsystem_receive_disjoint_sets_covering_e
         sets[1].len()
     );
 }
+
+#[test]
+fn a_receiver_pausing_between_empty_polls_still_gets_everything_in_order_and_times_out() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
+    let c = bus.connect();
+    let sub = c.subscribe("paused").unwrap();
+    sub.set_poll_pause(4096);
+    sub.set_spins(8);
+    // Nothing queued: the timeout holds though each empty poll pauses.
+    let t = std::time::Instant::now();
+    assert!(matches!(sub.recv_timeout(Duration::from_millis(50)), Err(bus_client::RecvError::Timeout(_))));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let sender = {
+        let socket = bus.socket().to_owned();
+        std::thread::spawn(move || {
+            let c = bus_client::Bus::builder().socket(socket).connect().unwrap();
+            let mut p = c.publisher().create().unwrap();
+            for i in 0u32..20_000 {
+                p.send_bytes("paused://x", &i.to_le_bytes()).unwrap();
+                if i % 1000 == 0 {
+                    std::thread::sleep(Duration::from_millis(2)); // the receiver catches up and pauses
+                }
+            }
+        })
+    };
+    for i in 0u32..20_000 {
+        let m = sub.recv_timeout(Duration::from_secs(10)).expect("every message");
+        assert_eq!(m.body_bytes().unwrap(), i.to_le_bytes());
+    }
+    sender.join().unwrap();
+}

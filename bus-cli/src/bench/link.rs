@@ -287,6 +287,10 @@ impl Stream {
         let main_spins = main.spins.map(|n| format!(" spins={n}")).unwrap_or_default();
         let main_spins = main.poll_us.map(|n| format!(" poll_us={n}")).unwrap_or(main_spins);
         let main_spins = if main.asynchronous { format!("{main_spins} async=1") } else { main_spins };
+        let main_spins = match main.pause {
+            Some(n) => format!("{main_spins} pause={n}"),
+            None => main_spins,
+        };
         let size = size.max(8);
         let batch = if t == Transport::Shmbus { batch.max(1) } else { 1 };
         let touch_s = if touch == Touch::Full { "full" } else { "header" };
@@ -425,6 +429,8 @@ pub struct OtherGroup {
     pub poll_us: Option<u64>,
     /// Receive as a tokio task (`AsyncSubscriber`, one message per call).
     pub asynchronous: bool,
+    /// Pause hints between empty polls (`Subscriber::set_poll_pause`).
+    pub pause: Option<u32>,
 }
 
 /// A receiver's `ack RECEIVED LOST T_LAST` line as a [`Round`] begun at `t0`.

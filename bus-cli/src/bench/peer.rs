@@ -78,6 +78,9 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             // default few microseconds, a receiver that catches up sleeps,
             // and the ~40 us wake-up lets the queue fill. `spins=` overrides.
             sub.set_spins(kv(spec, "spins").and_then(|n| n.parse().ok()).unwrap_or(RECEIVER_SPINS));
+            if let Some(n) = kv(spec, "pause").and_then(|n| n.parse().ok()) {
+                sub.set_poll_pause(n);
+            }
             writeln!(out, "ready")?;
             out.flush()?;
             let mut tally = Tally::default();

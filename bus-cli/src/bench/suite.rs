@@ -181,7 +181,17 @@ enum Spec {
     AsyncTput {
         size: usize,
     },
+    /// 1 → 1, one message per call, the receiver pausing `pauses` hints
+    /// between empty polls (the opt-in idle strategy,
+    /// `Subscriber::set_poll_pause`).
+    Paused {
+        size: usize,
+        pauses: u32,
+    },
 }
+
+/// Pause hints of the receiver in the [`Spec::Paused`] run.
+pub const PAUSED_RECEIVER: u32 = 128;
 
 impl Spec {
     fn name(&self) -> String {
@@ -199,6 +209,7 @@ impl Spec {
             Spec::Tap { size, stopped: true } => format!("throughput-with-stopped-tap/shmbus/{size}"),
             Spec::Lat { t, size, wait } => format!("latency/{}/{size}/{}", t.name(), wait.name()),
             Spec::AsyncTput { size } => format!("throughput-async/shmbus/{size}/header"),
+            Spec::Paused { size, pauses } => format!("throughput-paused{pauses}/shmbus/{size}/header"),
         }
     }
 }
@@ -224,6 +235,7 @@ fn specs(o: &Options, max_body: usize) -> Vec<Spec> {
         }
         if max_body >= 64 {
             v.push(Spec::FanIn { size: 64 });
+            v.push(Spec::Paused { size: 64, pauses: PAUSED_RECEIVER });
         }
     } else if o.fanout && max_body >= 64 {
         v.push(Spec::Tput { t: Transport::Shmbus, size: 64, touch: Touch::Header, batch: 1 });
@@ -353,6 +365,14 @@ fn measure(bus: &Bus, o: &Options, spec: Spec, handoff_ns: f64) -> std::io::Resu
             s.close()?;
             Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
         }
+        Spec::Paused { size, pauses } => {
+            let main = OtherGroup { cpu: child_cpu, batch: Some(1), pause: Some(pauses), ..Default::default() };
+            let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, 1, main, &[])?;
+            s.round(2_000)?;
+            let r = s.round_for(o.duration)?;
+            s.close()?;
+            Ok(Sample { msgs_per_sec: Some(r.received as f64 * 1e9 / r.elapsed_ns as f64), lost: r.lost, ..blank })
+        }
         Spec::AsyncTput { size } => {
             let main = OtherGroup { cpu: child_cpu, batch: Some(1), asynchronous: true, ..Default::default() };
             let mut s = Stream::open_groups(Transport::Shmbus, Some(bus), size, Touch::Header, 1, main, &[])?;
@@ -407,7 +427,9 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
 fn summarize(spec: Spec, samples: Vec<Sample>) -> Measurement {
     let (kind, transport, body_bytes, touch, wait, publishers) = match spec {
         Spec::Tput { t, size, touch, .. } => ("throughput", t.name(), size, Some(touch), None, 1),
-        Spec::AsyncTput { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 1),
+        Spec::AsyncTput { size } | Spec::Paused { size, .. } => {
+            ("throughput", "shmbus", size, Some(Touch::Header), None, 1)
+        }
         Spec::FanIn { size } => ("throughput", "shmbus", size, Some(Touch::Header), None, 4),
         Spec::FanOut { size, .. } | Spec::Tap { size, .. } => {
             ("throughput", "shmbus", size, Some(Touch::Header), None, 1)
@@ -472,6 +494,7 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
         let label = match (m.transport, m.publishers, m.touch) {
             ("shmbus", 4, _) => "shmbus, 4 publishers -> 1".to_string(),
             _ if m.name.starts_with("throughput-async") => "shmbus, async receiver (tokio)".into(),
+            _ if m.name.starts_with("throughput-paused") => format!("shmbus, receiver pausing {PAUSED_RECEIVER}"),
             _ if m.name.starts_with("throughput-1to4groups-sleep") => {
                 format!("shmbus, 1 -> 4 groups, {FANOUT_SLEEP_US} us sleeps")
             }
@@ -518,6 +541,10 @@ pub fn print_table(out: &mut dyn Write, ms: &[Measurement], o: &Options) -> std:
             (
                 &format!("throughput-1to4groups-sleep{FANOUT_SLEEP_US}us/shmbus/64"),
                 "1 -> 4 groups per receiver (sleeping), vs 1 -> 1",
+            ),
+            (
+                &format!("throughput-paused{PAUSED_RECEIVER}/shmbus/64/header"),
+                "receiver pausing between empty polls (opt-in), vs 1 -> 1",
             ),
         ] {
             if let Some(r) = find(name.into()).and_then(|m| paired_ratio(m, one, rate)) {
