@@ -195,9 +195,15 @@ impl Subscriber {
     ///   [`Subscriber::set_spins`] to keep it as short.
     ///
     /// Receives that find a message queued never pause, and
-    /// [`Subscriber::try_recv`] never waits at all.
+    /// [`Subscriber::try_recv`] never waits at all. An asynchronous
+    /// receiver made from this subscription pauses the same way.
     pub fn set_poll_pause(&self, pauses: u32) {
         self.pause.set(pauses);
+    }
+
+    /// The pause set with [`Subscriber::set_poll_pause`].
+    pub(crate) fn poll_pause(&self) -> u32 {
+        self.pause.get()
     }
 
     /// Waits for the next message, for as long as it takes.

@@ -105,7 +105,8 @@ impl AsyncSubscriber {
     }
 
     /// How many times a receive polls the queue before it parks (default
-    /// [`ASYNC_SPINS`]). 0 parks at once.
+    /// [`ASYNC_SPINS`]). 0 parks at once. The pause between two polls is
+    /// the subscription's (`self.subscriber().set_poll_pause(n)`).
     pub fn set_spins(&mut self, spins: u32) {
         self.spins = spins;
     }
@@ -149,10 +150,14 @@ impl AsyncSubscriber {
         }
     }
 
-    /// Polls the queue `spins` times.
+    /// Polls the queue `spins` times, pausing as the subscription says
+    /// between polls ([`Subscriber::set_poll_pause`]).
     fn spin(&self) -> Option<Result<SlotIndex, RecvError>> {
+        let pause = self.sub.poll_pause();
         for _ in 0..self.spins {
-            std::hint::spin_loop();
+            for _ in 0..pause {
+                std::hint::spin_loop();
+            }
             match self.sub.try_take() {
                 Ok(None) => {}
                 got => return Some(got.map(|i| i.expect("Some: matched above"))),
