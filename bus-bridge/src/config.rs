@@ -248,8 +248,9 @@ impl Config {
             }
         }
         if let Some(g) = &self.import_group {
-            bus_core::path::validate_subsystem(g)
-                .map_err(|e| invalid("import-group", format!("{g:?} is not a group name: {e}")))?;
+            bus_core::path::validate_subsystem(g).map_err(|e| {
+                invalid("import-group", format!("{g:?} is not a group name: {}", bus_core::path::name_problem(&e)))
+            })?;
         }
         crate::wire::check_prefix(&self.prefix).map_err(|m| invalid("prefix", m))?;
         for (field, list) in [("listen", &self.listen), ("connect", &self.connect)] {

@@ -537,6 +537,7 @@ impl Importer {
             shared: self.shared.clone(),
             replier: self.replier.clone(),
             subsystem: self.subsystem.clone(),
+            since: std::time::Instant::now(),
         };
         let got = self
             .shared
@@ -577,6 +578,8 @@ struct PendingReply {
     shared: Arc<Shared>,
     replier: Arc<Mutex<Publisher>>,
     subsystem: String,
+    /// When the request went out.
+    since: std::time::Instant,
 }
 
 impl PendingReply {
@@ -615,10 +618,21 @@ impl Drop for PendingReply {
     fn drop(&mut self) {
         let Some(to) = self.to.take() else { return };
         bump(&self.shared.counters.unreachable);
-        let why = format!(
-            "no reply from the host that exports {} within {:?}: the link was lost, or its service is slow",
-            self.subsystem, self.shared.config.request_timeout
-        );
+        // Zenoh ends a query early when nothing can answer it (the link
+        // went, or no host exports the subsystem now): say which it was.
+        let waited = self.since.elapsed();
+        let timeout = self.shared.config.request_timeout;
+        let why = if waited < timeout {
+            format!(
+                "no reply from a host that exports {}: none is linked now (the link was lost), given up after {waited:.1?}",
+                self.subsystem
+            )
+        } else {
+            format!(
+                "no reply from the host that exports {} within {timeout:?}: the link was lost, or its service is slow",
+                self.subsystem
+            )
+        };
         let mut p = self.replier.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = p.reply_error(&to, &ReplyError::Unreachable(why)) {
             tracing::warn!("a reply to {} was lost: {e}", to.path());

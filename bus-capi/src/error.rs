@@ -94,6 +94,7 @@ impl From<ConnectError> for Error {
             | ConnectError::NotAllowed { .. }
             | ConnectError::UntrustedDaemon { .. } => SHMBUS_EPERM,
             ConnectError::Timeout { .. } => SHMBUS_ETIMEDOUT,
+            ConnectError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => SHMBUS_EINVAL,
             _ => SHMBUS_EIO,
         };
         Error::new(code, e.to_string())

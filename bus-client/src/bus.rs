@@ -222,6 +222,13 @@ impl BusBuilder {
             nix::errno::Errno::EACCES | nix::errno::Errno::EPERM => {
                 ConnectError::PermissionDenied { socket: socket.clone() }
             }
+            nix::errno::Errno::EINVAL | nix::errno::Errno::ENAMETOOLONG => ConnectError::Io {
+                socket: socket.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a usable socket path: it is empty, or longer than the 107 bytes a Unix socket address holds",
+                ),
+            },
             e => ConnectError::Io { socket: socket.clone(), source: e.into() },
         })?;
         match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials) {

@@ -110,7 +110,7 @@ pub enum RequestError {
         message: String,
     },
     /// The name is not a valid subsystem (or group) name.
-    #[error("invalid name: {}", name_problem(.0))]
+    #[error("invalid name: {}", bus_core::path::name_problem(.0))]
     InvalidName(PathError),
     /// A [`crate::Pipeline`] window of 0, or larger than a queue holds.
     #[error("a pipeline window of {window} is out of range: use 1 to {max} (half the bus's queue capacity: the reply queue also holds late replies)")]
@@ -341,19 +341,5 @@ impl From<Unusable> for RecvError {
             Unusable::Gone => RecvError::BusGone,
             Unusable::Forked => RecvError::Forked,
         }
-    }
-}
-
-/// What is wrong with a subsystem or group name, said of a name (a
-/// [`PathError`]'s own text speaks of a whole path).
-fn name_problem(e: &PathError) -> String {
-    const RULE: &str = "use lowercase letters, digits, and (not first) '_', '.', '-'";
-    match *e {
-        PathError::Empty | PathError::MissingSeparator | PathError::EmptySubsystem => format!("it is empty: {RULE}"),
-        PathError::SubsystemTooLong { len, max } => {
-            format!("it is {len} bytes, longer than the {max} allowed: use a shorter one")
-        }
-        PathError::InvalidSubsystemChar { pos, ch } => format!("it has {ch:?} at byte {pos}: {RULE}"),
-        ref other => other.to_string(),
     }
 }

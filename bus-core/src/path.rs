@@ -177,6 +177,21 @@ impl fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
+/// What is wrong with a name (of a subsystem or a group) that
+/// [`validate_subsystem`] refused, worded for any name rather than for a
+/// path's subsystem ("it is empty", "it has ' ' at byte 1").
+pub fn name_problem(e: &PathError) -> String {
+    const RULE: &str = "use lowercase letters, digits, and (not first) '_', '.', '-'";
+    match *e {
+        PathError::Empty | PathError::MissingSeparator | PathError::EmptySubsystem => format!("it is empty: {RULE}"),
+        PathError::SubsystemTooLong { len, max } => {
+            format!("it is {len} bytes, longer than the {max} allowed: use a shorter one")
+        }
+        PathError::InvalidSubsystemChar { pos, ch } => format!("it has {ch:?} at byte {pos}: {RULE}"),
+        ref other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,8 +242,15 @@ impl FileConfig {
         }
         for g in &self.groups {
             for (what, name) in [("subsystem", &g.subsystem), ("name", &g.name)] {
-                bus_core::path::validate_subsystem(name)
-                    .map_err(|e| ConfigError::Invalid(format!("group {what} {name:?}: {e}")))?;
+                bus_core::path::validate_subsystem(name).map_err(|e| {
+                    ConfigError::Invalid(format!("group {what} {name:?}: {}", bus_core::path::name_problem(&e)))
+                })?;
+            }
+            if self.groups.iter().filter(|h| h.subsystem == g.subsystem && h.name == g.name).count() > 1 {
+                return Err(ConfigError::Invalid(format!(
+                    "group {:?} of {:?} is declared more than once: declare it once",
+                    g.name, g.subsystem
+                )));
             }
             if g.name == "default" || g.name.starts_with("tap.") {
                 return Err(ConfigError::Invalid(format!(
@@ -335,5 +342,15 @@ mod tests {
         assert_eq!(parse_duration("3"), Some(std::time::Duration::from_secs(3)));
         let f: FileConfig = toml::from_str("resume-grace = 5").unwrap();
         assert_eq!(f.resolve().unwrap().resume_grace, std::time::Duration::from_secs(5));
+        // A group declared twice (here, once blocking, once lossy) is
+        // refused by the check, as the daemon would refuse to start with it.
+        let twice =
+            "[[group]]\nsubsystem = \"s\"\nname = \"g\"\n[[group]]\nsubsystem = \"s\"\nname = \"g\"\nlossy = true\n";
+        let e = toml::from_str::<FileConfig>(twice).unwrap().resolve().unwrap_err();
+        assert!(e.to_string().contains("declared more than once"), "{e}");
+        // A group name is spoken of as a name, not as a subsystem.
+        let bad = "[[group]]\nsubsystem = \"s\"\nname = \"Bad\"\n";
+        let e = toml::from_str::<FileConfig>(bad).unwrap().resolve().unwrap_err();
+        assert!(e.to_string().contains("group name \"Bad\": it has 'B'"), "{e}");
     }
 }

@@ -24,6 +24,19 @@ fn connecting_without_a_daemon_names_the_socket_tried() {
 }
 
 #[test]
+fn an_empty_or_overlong_socket_path_is_named_as_the_problem() {
+    let long = format!("/tmp/{}.sock", "x".repeat(200));
+    for socket in ["", long.as_str()] {
+        let err = Bus::builder().socket(socket).connect().err().expect("no such socket");
+        match &err {
+            ConnectError::Io { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput, "{err}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("107 bytes"), "{err}");
+    }
+}
+
+#[test]
 fn malformed_paths_are_rejected_before_anything_is_sent() {
     let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
     let c = bus.connect();
