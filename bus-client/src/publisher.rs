@@ -377,7 +377,7 @@ impl Publisher {
             }
             let waited = match deadline {
                 None => Err(SendError::QueueFull { subsystem: self.subsystem_of(self.batch[pushed], subsystem_len) }),
-                Some(d) => self.wait_for_space(queue, d),
+                Some(d) => self.wait_for_space(queue, d, route.version),
             };
             if let Err(e) = waited {
                 self.count_error(Some(to.subsystem), &e);
@@ -417,8 +417,14 @@ impl Publisher {
     /// (measured with the bridge on 2 vCPUs: a fifth of the machine); a
     /// consumer fast enough to free a batch within the polls never lets
     /// the publisher sleep.
-    fn wait_for_space(&self, queue: u32, deadline: std::time::Instant) -> Result<(), SendError> {
-        let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
+    ///
+    /// Also returns (`Ok`) once the routing table is no longer at `version`,
+    /// so that the caller looks at its route again: a group that left
+    /// meanwhile drains its queue no more, and its copy is to be dropped,
+    /// not waited for until the deadline.
+    fn wait_for_space(&self, queue: u32, deadline: std::time::Instant, version: u64) -> Result<(), SendError> {
+        let seg = &self.bus.inner.seg;
+        let ring = seg.queue(queue).expect("resolved queue in range");
         if std::time::Instant::now() >= deadline {
             let waited = match self.backpressure {
                 Backpressure::Block(t) => t,
@@ -429,7 +435,7 @@ impl Publisher {
         // Room for min(32, a quarter of the queue), and at least one entry.
         let batch_room = ring.capacity() - SPACE_BATCH.min(ring.capacity() / 4).max(1);
         for _ in 0..SPACE_SPINS {
-            if ring.len() <= batch_room {
+            if ring.len() <= batch_room || routing::version(seg) != version {
                 return Ok(());
             }
             std::hint::spin_loop();
@@ -437,8 +443,10 @@ impl Publisher {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let port = self.port();
         let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
-        match self.bus.inner.wait_on(&bell, || Some(deadline), (0, 1), || (ring.len() < ring.capacity()).then_some(()))
-        {
+        // The sleep is in slices of at most `LIVENESS_SLICE`, after each of
+        // which the routing table is looked at again.
+        let room_or_change = || (ring.len() < ring.capacity() || routing::version(seg) != version).then_some(());
+        match self.bus.inner.wait_on(&bell, || Some(deadline), (0, 1), room_or_change) {
             Ok(Some(())) if std::time::Instant::now() < deadline => Ok(()),
             Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
             Err(u) => Err(u.into()),
@@ -797,9 +805,11 @@ impl Publisher {
         // The clock is read only once a queue was found full: a send that
         // goes through at once makes no clock call.
         let deadline = std::cell::OnceCell::new();
-        let wait = |me: &Self, queue: u32| match me.backpressure {
+        let wait = |me: &Self, queue: u32, version: u64| match me.backpressure {
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
-            Backpressure::Block(t) => me.wait_for_space(queue, *deadline.get_or_init(|| crate::bus::deadline_in(t))),
+            Backpressure::Block(t) => {
+                me.wait_for_space(queue, *deadline.get_or_init(|| crate::bus::deadline_in(t)), version)
+            }
         };
         loop {
             match self.revalidate(slot, route, subsystem_len) {
@@ -817,7 +827,7 @@ impl Publisher {
             if block != 0 {
                 let q = to.queues[block.trailing_zeros() as usize] as u32;
                 if self.bus.inner.seg.queue(q).is_some_and(|r| r.looks_full()) {
-                    if let Err(e) = wait(self, q) {
+                    if let Err(e) = wait(self, q, route.version) {
                         return Pushed::Back(e);
                     }
                     continue;
@@ -831,26 +841,32 @@ impl Publisher {
             let queue = publishing.waiting_for().expect("a group is pending");
             if publishing.pushed() == 0 && publishing.roll_back() {
                 drop(publishing);
-                if let Err(e) = wait(self, queue) {
+                if let Err(e) = wait(self, queue, route.version) {
                     return Pushed::Back(e);
                 }
                 continue;
             }
             // Some groups have it (or one took it through a duplicate
             // entry): wait for the others; lossy ones never wait.
+            let mut seen = route.version;
             loop {
                 if publishing.push() == 0 {
                     return Pushed::Sent;
                 }
                 let queue = publishing.waiting_for().expect("a group is pending");
-                let waited = wait(self, queue);
+                let waited = wait(self, queue, seen);
                 // Groups that left meanwhile get no copy: their entries may
                 // be another group's or subsystem's by now.
                 let seg = &self.bus.inner.seg;
-                if routing::version(seg) != route.version {
+                let v = routing::version(seg);
+                if v != seen {
+                    seen = v;
                     let now = routing::find(seg, &self.subsystem_of(slot, subsystem_len)).and_then(|v| v.fanout());
                     let gone = bits_not_in(&to, now.as_ref());
                     publishing.give_up(gone);
+                    if publishing.push() == 0 {
+                        return Pushed::Sent; // the group waited for was one that left
+                    }
                 }
                 if let Err(e) = waited {
                     // Read before the drop, which may free the slot.

@@ -343,3 +343,57 @@ fn a_send_that_reaches_some_groups_but_not_a_full_one_says_so_and_counts_the_dro
     let s = bus.status();
     assert_eq!(group(subsystem(&s, "p"), "slow")["dropped"], 1, "{s}");
 }
+
+#[test]
+fn a_group_that_leaves_with_a_full_queue_does_not_hold_up_the_publisher() {
+    let bus = TestBus::start(&["--slots", "512", "--slot-size", "256", "--queue-capacity", "64"]);
+    let c = bus.connect();
+    // The default group keeps up (a thread that drains it); group `logger`
+    // reads nothing, so its queue fills, and then its subscriber leaves.
+    let main = c.subscribe("gz").unwrap();
+    let logger = c.subscribe_group("gz", "logger").unwrap();
+    let publisher_bus = bus.connect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut p = publisher_bus.publisher().create().unwrap();
+            let mut slowest = Duration::ZERO;
+            let mut errors = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                if let Err(e) = p.send_bytes("gz://x", &i.to_le_bytes()) {
+                    errors.push(e.to_string());
+                }
+                slowest = slowest.max(t.elapsed());
+                i += 1;
+            }
+            (i, slowest, errors)
+        })
+    };
+    // The logger's queue (64) fills, and the publisher blocks on it: the
+    // default group gets those messages and then nothing.
+    let mut got = 0u32;
+    while main.recv_timeout(Duration::from_millis(500)).is_ok() {
+        got += 1;
+        assert!(got < 1_000, "the publisher never blocked on the logger's full queue");
+    }
+    assert!(got >= 60, "only {got} messages before the publisher blocked");
+    drop(logger);
+    // The default group goes on receiving at once, not after the send
+    // timeout (5 s) of a send waiting for the group that left.
+    let t = std::time::Instant::now();
+    for _ in 0..2_000 {
+        main.recv_timeout(Duration::from_secs(10)).expect("the default group keeps receiving");
+    }
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Unblock a last send, if any, by draining.
+    let drain = std::thread::spawn(move || while main.recv_timeout(Duration::from_millis(200)).is_ok() {});
+    let (_, slowest, errors) = sender.join().unwrap();
+    drain.join().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(took < Duration::from_secs(3), "2 000 messages took {took:?} after the group left");
+    assert!(slowest < Duration::from_secs(3), "a send took {slowest:?}");
+}
