@@ -47,6 +47,7 @@ rows = [
     ("shmbus 1->4 groups, per receiver (poll, sleep 50 us when empty)", shm.get("throughput-1to4groups-sleep50us/shmbus/64", {})),
     ("shmbus 1->1 with a tap draining", shm.get("throughput-with-tap/shmbus/64", {})),
     ("shmbus 1->1 with a stopped tap", shm.get("throughput-with-stopped-tap/shmbus/64", {})),
+    ("shmbus 1->1, receiver pausing 128 between empty polls (opt-in)", paused := shm.get("throughput-paused128/shmbus/64/header", {})),
 ]
 print(f"{'':66} {'median':>10} {'min-max':>19} {'hand-off':>9}")
 for name, d in rows:
@@ -68,6 +69,8 @@ gs = shm.get("throughput-1to4groups-sleep50us/shmbus/64", {})
 print(f"shmbus 1->4 groups / iceoryx2 1->4 sleeping 50 us, per subscriber, paired rounds: {ratio(gs, ice.get(('ice-sleep','1to4'),{})):.2f}x")
 print(f"  per round: {per_round(gs, ice.get(('ice-sleep','1to4'),{}))}")
 print(f"shmbus 1->1 / iceoryx2 1->1, paired rounds: {ratio(shmbus, ice.get(('ice-spin','1to1'),{})):.2f}x")
+if paused:
+    print(f"shmbus 1->1 with the receiver pausing / iceoryx2 1->1, paired rounds: {ratio(paused, ice.get(('ice-spin','1to1'),{})):.2f}x")
 import os
 if os.path.exists(f"{out}/floor"):
     fl = {}
@@ -80,6 +83,8 @@ if os.path.exists(f"{out}/floor"):
         if d:
             print(f"{name}: median {st.median(x[0] for x in d.values())/1e6:.2f} M")
     print(f"shmbus 1->1 / bench-floor A, paired rounds: {ratio(shmbus, fl.get('A', {})):.3f}x")
+    if paused:
+        print(f"shmbus 1->1 with the receiver pausing / bench-floor A, paired rounds: {ratio(paused, fl.get('A', {})):.3f}x")
     print(f"shmbus batches of 32 / bench-floor C, paired rounds: {ratio(b32, fl.get('C', {})):.3f}x")
     print(f"shmbus batches of 32 / iceoryx2 1->1, paired rounds: {ratio(b32, ice.get(('ice-spin','1to1'),{})):.2f}x")
 print(f"tap draining / 1->1 alone: {ratio(shm.get('throughput-with-tap/shmbus/64',{}), shmbus):.2f}x; stopped tap / 1->1 alone: {ratio(shm.get('throughput-with-stopped-tap/shmbus/64',{}), shmbus):.2f}x")

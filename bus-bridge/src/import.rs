@@ -624,7 +624,7 @@ impl Drop for PendingReply {
         let timeout = self.shared.config.request_timeout;
         let why = if waited < timeout {
             format!(
-                "no reply from a host that exports {}: none is linked now (the link was lost), given up after {waited:.1?}",
+                "no reply from a host that exports {}: the query ended after {waited:.1?} without one (the link was lost, no host exports it now, or a bridge is stopping)",
                 self.subsystem
             )
         } else {

@@ -574,16 +574,30 @@ impl Inner {
     ) -> Result<Option<T>, Unusable> {
         // Read the clock only once polling has found nothing: a receiver that
         // keeps up makes no clock call. (The timeout thus starts after the
-        // few microseconds of polling.)
+        // few microseconds of polling.) With more than one pause between
+        // polls, spinning can last milliseconds: the deadline is then read
+        // at the first empty poll and holds within the spinning too (a
+        // clock read is cheap next to the pauses).
+        let mut deadline = Some(deadline);
+        let mut due: Option<Option<Instant>> = None;
         for _ in 0..=spins {
             if let Some(v) = attempt() {
                 return Ok(Some(v));
+            }
+            if pause > 1 {
+                let d = *due.get_or_insert_with(|| deadline.take().and_then(|f| f()));
+                if d.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
             }
             for _ in 0..pause {
                 std::hint::spin_loop();
             }
         }
-        let deadline = deadline();
+        let deadline = match due {
+            Some(d) => d,
+            None => deadline.take().and_then(|f| f()),
+        };
         loop {
             self.alive()?;
             let slice = match deadline {

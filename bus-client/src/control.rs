@@ -156,7 +156,9 @@ fn recv_packet(sock: BorrowedFd<'_>, buf: &mut [u8], flags: MsgFlags) -> nix::Re
                 let data = libc::CMSG_DATA(c);
                 let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 for k in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let at = data.add(k * std::mem::size_of::<RawFd>());
+                    // Checked before it is read (wrapping: an address
+                    // past the buffer is only compared, never read).
+                    let at = data.wrapping_add(k * std::mem::size_of::<RawFd>());
                     if at as usize + std::mem::size_of::<RawFd>() > end {
                         break;
                     }

@@ -187,12 +187,16 @@ impl Subscriber {
     /// - **What it buys.** A receiver that has caught up polls the very
     ///   queue entry its publisher fills next, and each poll takes that
     ///   cache line from the publisher's CPU. Polling less often lets the
-    ///   publisher run on: one message per call went 1.25–1.5× as fast with
-    ///   128 or more pauses in our measurements (BENCHMARKS.md).
+    ///   publisher run on: one message per call went 1.16–1.56× as fast
+    ///   with 128 pauses in our measurements, and about 2× in the VM's slow
+    ///   state (BENCHMARKS.md, session 14).
     /// - **What it costs.** A message that arrives during a pause waits
-    ///   for it, up to `pauses` hints later (128 is a few microseconds), and
-    ///   the spinning before a sleep lasts `spins × pauses` hints: lower
-    ///   [`Subscriber::set_spins`] to keep it as short.
+    ///   for it, up to `pauses` hints later (128 is a few microseconds).
+    ///   And the spinning before a sleep lasts `spins × pauses` hints (with
+    ///   the default 2 000 spins and 128 pauses, about 7 ms of a busy CPU
+    ///   each time the queue runs empty): lower [`Subscriber::set_spins`]
+    ///   in proportion to keep it as short. Timeouts hold within the
+    ///   spinning.
     ///
     /// Receives that find a message queued never pause, and
     /// [`Subscriber::try_recv`] never waits at all. An asynchronous
@@ -202,6 +206,7 @@ impl Subscriber {
     }
 
     /// The pause set with [`Subscriber::set_poll_pause`].
+    #[cfg(feature = "tokio")]
     pub(crate) fn poll_pause(&self) -> u32 {
         self.pause.get()
     }

@@ -219,6 +219,14 @@ impl FileConfig {
             return Err(ConfigError::Invalid(format!("bus name {bus:?} must be 1 to 64 bytes without '/'")));
         }
         let socket = bus_client::addr::socket_path(self.socket.as_deref(), Some(&bus));
+        // A Unix socket address holds 108 bytes, its terminating NUL included.
+        if socket.as_os_str().is_empty() || socket.as_os_str().len() > 107 {
+            return Err(ConfigError::Invalid(format!(
+                "socket {:?} is {} bytes: a Unix socket path must be 1 to 107 bytes, choose a shorter one",
+                socket.display(),
+                socket.as_os_str().len()
+            )));
+        }
         let shape = Shape {
             slot_count: self.slots.unwrap_or(DEFAULT_SHAPE.slot_count),
             slot_size: self.slot_size.unwrap_or(DEFAULT_SHAPE.slot_size),
@@ -234,11 +242,24 @@ impl FileConfig {
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| ConfigError::Invalid(format!("socket-mode {mode:?} is not an octal mode like 0660")))?;
         for d in &self.durable {
-            bus_core::path::validate_subsystem(d)
-                .map_err(|e| ConfigError::Invalid(format!("durable subsystem {d:?}: {e}")))?;
+            bus_core::path::validate_subsystem(d).map_err(|e| {
+                ConfigError::Invalid(format!("durable subsystem {d:?}: {}", bus_core::path::name_problem(&e)))
+            })?;
         }
-        if self.durable.len() > shape.max_subsystems as usize {
-            return Err(ConfigError::Invalid("more durable subsystems than max-subsystems".into()));
+        // Every declared subsystem takes a routing entry, and each declared
+        // group one more: all must fit at start.
+        let mut subsystems: std::collections::BTreeSet<&str> = self.durable.iter().map(String::as_str).collect();
+        subsystems.extend(self.groups.iter().map(|g| g.subsystem.as_str()));
+        let groups: std::collections::BTreeSet<(&str, &str)> =
+            self.groups.iter().map(|g| (g.subsystem.as_str(), g.name.as_str())).collect();
+        let entries = subsystems.len() + groups.len();
+        if entries > shape.max_subsystems as usize {
+            return Err(ConfigError::Invalid(format!(
+                "the durable subsystems and groups need {entries} routing entries ({} subsystems, {} groups), but max-subsystems is {}: raise max-subsystems",
+                subsystems.len(),
+                groups.len(),
+                shape.max_subsystems
+            )));
         }
         for g in &self.groups {
             for (what, name) in [("subsystem", &g.subsystem), ("name", &g.name)] {
@@ -246,9 +267,9 @@ impl FileConfig {
                     ConfigError::Invalid(format!("group {what} {name:?}: {}", bus_core::path::name_problem(&e)))
                 })?;
             }
-            if self.groups.iter().filter(|h| h.subsystem == g.subsystem && h.name == g.name).count() > 1 {
+            if self.groups.iter().any(|h| h.subsystem == g.subsystem && h.name == g.name && h.lossy != g.lossy) {
                 return Err(ConfigError::Invalid(format!(
-                    "group {:?} of {:?} is declared more than once: declare it once",
+                    "group {:?} of {:?} is declared both lossy and blocking: declare it once",
                     g.name, g.subsystem
                 )));
             }
@@ -258,7 +279,13 @@ impl FileConfig {
                     g.name
                 )));
             }
-            let same = self.groups.iter().filter(|h| h.subsystem == g.subsystem).count();
+            let same = self
+                .groups
+                .iter()
+                .filter(|h| h.subsystem == g.subsystem)
+                .map(|h| &h.name)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
             if same as u32 >= shape.max_groups {
                 return Err(ConfigError::Invalid(format!(
                     "subsystem {:?} declares {same} groups besides its default group, but max-groups is {}: raise max-groups",
@@ -342,12 +369,22 @@ mod tests {
         assert_eq!(parse_duration("3"), Some(std::time::Duration::from_secs(3)));
         let f: FileConfig = toml::from_str("resume-grace = 5").unwrap();
         assert_eq!(f.resolve().unwrap().resume_grace, std::time::Duration::from_secs(5));
-        // A group declared twice (here, once blocking, once lossy) is
-        // refused by the check, as the daemon would refuse to start with it.
+        // A group declared once blocking and once lossy is refused by the
+        // check, as the daemon would refuse to start with it.
         let twice =
             "[[group]]\nsubsystem = \"s\"\nname = \"g\"\n[[group]]\nsubsystem = \"s\"\nname = \"g\"\nlossy = true\n";
         let e = toml::from_str::<FileConfig>(twice).unwrap().resolve().unwrap_err();
-        assert!(e.to_string().contains("declared more than once"), "{e}");
+        assert!(e.to_string().contains("declared both lossy and blocking"), "{e}");
+        // Groups and durable subsystems must fit the routing table, and the
+        // socket path a socket address.
+        let many = "max-subsystems = 2\ndurable = [\"a\", \"b\"]\n[[group]]\nsubsystem = \"c\"\nname = \"rec\"\n";
+        let e = toml::from_str::<FileConfig>(many).unwrap().resolve().unwrap_err();
+        assert!(e.to_string().contains("need 4 routing entries"), "{e}");
+        let long = FileConfig { socket: Some(format!("/tmp/{}.sock", "x".repeat(120)).into()), ..Default::default() };
+        assert!(long.resolve().unwrap_err().to_string().contains("1 to 107 bytes"));
+        // The same declaration twice is harmless, as the daemon takes it.
+        let same = "[[group]]\nsubsystem = \"s\"\nname = \"g\"\n[[group]]\nsubsystem = \"s\"\nname = \"g\"\n";
+        assert!(toml::from_str::<FileConfig>(same).unwrap().resolve().is_ok());
         // A group name is spoken of as a name, not as a subsystem.
         let bad = "[[group]]\nsubsystem = \"s\"\nname = \"Bad\"\n";
         let e = toml::from_str::<FileConfig>(bad).unwrap().resolve().unwrap_err();

@@ -469,7 +469,7 @@ impl Server {
             self.audit();
             if !self.recorded_idle && self.conns.is_empty() && self.ghosts.is_empty() {
                 self.recorded_idle = true;
-                resume::record(&self.cfg, &self.seg, true);
+                resume::mark_idle(&self.cfg, true);
             }
         }
         self.shutdown();
@@ -1277,7 +1277,7 @@ impl Server {
     fn note_busy(&mut self) {
         if self.recorded_idle {
             self.recorded_idle = false;
-            resume::record(&self.cfg, &self.seg, false);
+            resume::mark_idle(&self.cfg, false);
         }
     }
 

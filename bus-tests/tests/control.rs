@@ -126,13 +126,16 @@ fn descriptors_sent_with_control_packets_are_all_closed() {
     let null = std::fs::File::open("/dev/null").unwrap();
     let many = [null.as_raw_fd(); 10];
     // Each packet carries ten descriptors (more than any request uses):
-    // before, each left the daemon two it never closed.
-    for _ in 0..100 {
+    // before, each left the daemon two it never closed. The last one
+    // carries as many as a packet can (253), far more than the daemon's
+    // buffer holds.
+    let most = [null.as_raw_fd(); 253];
+    for i in 0..101 {
+        let many: &[i32] = if i == 100 { &most } else { &many };
         let fd = control::connect(bus.socket(), Instant::now() + Duration::from_secs(5)).unwrap();
         let body = serde_json::to_vec(&Request::Status).unwrap();
         let iov = [std::io::IoSlice::new(&body)];
-        sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&many)], MsgFlags::empty(), None)
-            .unwrap();
+        sendmsg::<UnixAddr>(fd.as_raw_fd(), &iov, &[ControlMessage::ScmRights(many)], MsgFlags::empty(), None).unwrap();
         // Read whatever the daemon answers (or its hang-up) before closing.
         let mut buf = Vec::new();
         let _ = control::recv::<serde_json::Value>(fd.as_fd(), &mut buf);

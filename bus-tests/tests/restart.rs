@@ -231,8 +231,9 @@ fn a_daemon_that_had_no_clients_when_it_went_is_not_waited_for() {
         let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
         drop(bus.subscribe("t").unwrap());
         drop(bus);
-        // The disconnect is seen within a turn of the daemon's loop.
-        std::thread::sleep(Duration::from_millis(300));
+        // Once the daemon has seen the disconnect, it marks itself idle.
+        let idle = PathBuf::from(format!("{}.segment.idle", socket.display()));
+        assert!(eventually(Duration::from_secs(10), || idle.exists()).is_some(), "never marked idle");
         first.signal(stop);
         let _ = first.wait(Duration::from_secs(10));
         let t = Instant::now();
@@ -242,7 +243,7 @@ fn a_daemon_that_had_no_clients_when_it_went_is_not_waited_for() {
         let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
         assert!(bus.status().is_ok());
         drop(bus);
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(eventually(Duration::from_secs(10), || idle.exists()).is_some(), "never marked idle");
         next.signal(Signal::SIGKILL);
         let _ = next.wait(Duration::from_secs(10));
     }

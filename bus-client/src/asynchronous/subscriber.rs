@@ -106,7 +106,9 @@ impl AsyncSubscriber {
 
     /// How many times a receive polls the queue before it parks (default
     /// [`ASYNC_SPINS`]). 0 parks at once. The pause between two polls is
-    /// the subscription's (`self.subscriber().set_poll_pause(n)`).
+    /// the subscription's (`self.subscriber().set_poll_pause(n)`): the
+    /// polling holds the runtime's thread for `spins × pauses` hints each
+    /// time the queue is found empty, so lower the spins as the pause grows.
     pub fn set_spins(&mut self, spins: u32) {
         self.spins = spins;
     }

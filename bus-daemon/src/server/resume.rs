@@ -57,12 +57,6 @@ struct Handoff {
     generation: u64,
     /// The daemon that wrote it.
     pid: u32,
-    /// It had no client (nor a client of its predecessor waiting to
-    /// resume) when it wrote this: nobody can be waiting for the segment.
-    /// Rewritten, before the welcome, as its first client connects.
-    /// Absent (a record of an older daemon): clients may be waiting.
-    #[serde(default)]
-    idle: bool,
 }
 
 /// Connections kept while waiting for a resuming client, beyond the
@@ -76,6 +70,55 @@ fn handoff_path(socket: &Path) -> PathBuf {
     let mut p = socket.as_os_str().to_owned();
     p.push(".segment");
     PathBuf::from(p)
+}
+
+/// Beside the record while the daemon has no client, nor a client of its
+/// predecessor waiting to resume: nobody can be waiting for the segment,
+/// and the next daemon starts a new bus at once. A file of its own, not a
+/// field of the record, so that a client's arrival takes it away with an
+/// unlink (which a full disk does not fail), before the client's welcome.
+fn idle_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".segment.idle");
+    PathBuf::from(p)
+}
+
+/// Whether the idle mark is there, and is a private file of this user (in
+/// a sticky directory, another user could have put one there first).
+fn marked_idle(socket: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(idle_path(socket))
+        .is_ok_and(|md| md.is_file() && md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o077 == 0)
+}
+
+/// Marks the daemon idle (it has no client and no ghost) or busy (see
+/// [`idle_path`]). Busy must hold before a client is welcomed: a failure to
+/// remove the mark is logged as an error.
+pub(super) fn mark_idle(cfg: &Config, idle: bool) {
+    if cfg.resume_grace.is_zero() {
+        return;
+    }
+    let path = idle_path(&cfg.socket);
+    if idle {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not marked (busy, the safe side) if it cannot be written.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path);
+    } else {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(
+                "cannot remove {}: {e}; if this daemon dies now, the next one will not wait for its clients to resume",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// The record beside the socket, if this daemon's user wrote it (a regular
@@ -138,9 +181,10 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
     let Some((handoff, age)) = handoff else {
         return (None, Vec::new());
     };
-    if handoff.idle {
+    if marked_idle(&cfg.socket) {
         tracing::info!("the previous daemon had no clients when it went: starting a new bus");
         let _ = std::fs::remove_file(&record);
+        let _ = std::fs::remove_file(idle_path(&cfg.socket));
         return (None, Vec::new());
     }
     // Clients give up a grace after their daemon went; it touched the
@@ -205,16 +249,33 @@ fn from_fd_store() -> Option<OwnedFd> {
     found
 }
 
+/// A connection accepted while waiting for a resuming client.
+struct Early {
+    fd: OwnedFd,
+    /// When it was accepted.
+    at: Instant,
+    /// Its first packet was looked at: a hello, waiting to be served.
+    seen: bool,
+    /// That hello resumes a client (served first, see below).
+    resumes: bool,
+    /// Looks at a resuming hello that came without its memfd (the
+    /// descriptor table was full as it was peeked).
+    tries: u32,
+}
+
 /// Accepts connections for up to `grace`, looking (without consuming it)
 /// at each one's first packet, until one is a resuming hello carrying the
-/// memfd `want` names.
+/// memfd `want` names. Returns that memfd, and the connections accepted
+/// meanwhile: those with a resuming hello first (the one that brought the
+/// segment among them), so that a full client table cannot keep the
+/// clients waiting for their entries out (they may only resume).
 ///
 /// Bounded like the serving loop: at most `cap` connections are kept (the
-/// rest wait in the listen queue), one that sends nothing within
-/// [`super::HELLO_TIMEOUT`] is closed, and accepting pauses for
-/// [`super::ACCEPT_BACKOFF`] when descriptors or memory run out, so that
-/// neither silent connections nor a full descriptor table can keep the
-/// resuming client out.
+/// rest wait in the listen queue); one that sends nothing within
+/// [`super::HELLO_TIMEOUT`], hangs up, or sends something other than a
+/// hello is closed; and accepting pauses for [`super::ACCEPT_BACKOFF`]
+/// when descriptors or memory run out. So neither silent connections nor
+/// a full descriptor table can keep the resuming client out.
 fn wait_for_resumer(
     listener: &OwnedFd,
     want: (u64, u64),
@@ -224,65 +285,117 @@ fn wait_for_resumer(
 ) -> (Option<OwnedFd>, Vec<OwnedFd>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + grace;
-    // Each connection, whether it has sent something, and when accepted.
-    let mut early: Vec<(OwnedFd, bool, Instant)> = Vec::new();
+    let mut early: Vec<Early> = Vec::new();
     let mut buf = Vec::new();
-    let mut paused_until = None;
+    let mut paused_until: Option<Instant> = None;
+    let mut accept_failed = false;
+    let served = |mut early: Vec<Early>| -> Vec<OwnedFd> {
+        early.sort_by_key(|e| !e.resumes);
+        early.into_iter().map(|e| e.fd).collect()
+    };
     while Instant::now() < deadline {
-        early.retain(|(_, seen, at)| *seen || at.elapsed() < super::HELLO_TIMEOUT);
+        early.retain(|e| e.seen || e.at.elapsed() < super::HELLO_TIMEOUT);
         let paused = paused_until.is_some_and(|t| Instant::now() < t);
         let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
         let listen = if paused || early.len() >= cap { PollFlags::empty() } else { PollFlags::POLLIN };
         let mut fds = vec![PollFd::new(listener.as_fd(), listen)];
-        let unseen: Vec<usize> = (0..early.len()).filter(|&i| !early[i].1).collect();
-        fds.extend(unseen.iter().map(|&i| PollFd::new(early[i].0.as_fd(), PollFlags::POLLIN)));
+        // Seen ones only for their hang-up (reported whatever is asked).
+        fds.extend(
+            early
+                .iter()
+                .map(|e| PollFd::new(e.fd.as_fd(), if e.seen { PollFlags::empty() } else { PollFlags::POLLIN })),
+        );
         if poll(&mut fds, PollTimeout::from(left.as_millis() as u16)).is_err() {
             continue;
         }
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        let revents: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
         drop(fds);
-        for (k, &i) in unseen.iter().enumerate() {
-            if !ready[k + 1] {
+        let mut gone = vec![false; early.len()];
+        for (i, e) in early.iter_mut().enumerate() {
+            let r = revents[i + 1];
+            if e.seen {
+                gone[i] = r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
                 continue;
             }
-            early[i].1 = true;
-            if let Ok(Received::Packet(Request::Hello { resume: Some(_), .. }, Some(fd))) =
-                control::peek::<Request>(early[i].0.as_fd(), &mut buf)
-            {
-                // Only from a client the policy lets on the bus.
-                let allowed = nix::sys::socket::getsockopt(&early[i].0, nix::sys::socket::sockopt::PeerCredentials)
-                    .is_ok_and(|c| {
-                        let peer = crate::access::peer(c.pid(), c.uid(), c.gid());
-                        policy.check(&peer, crate::access::Action::Connect).is_ok()
-                    });
-                if allowed && identity(fd.as_fd()) == Some(want) {
-                    return (Some(fd), early.into_iter().map(|(fd, ..)| fd).collect());
+            if r.is_empty() {
+                continue;
+            }
+            let hello = match control::peek::<Request>(e.fd.as_fd(), &mut buf) {
+                Ok(Received::Packet(Request::Hello { resume, .. }, fd)) => (resume.is_some(), fd),
+                // Closed, not a hello, or unreadable: nothing to serve.
+                _ => {
+                    gone[i] = true;
+                    continue;
                 }
-                tracing::warn!("a client offered a segment that is not the recorded one: ignored");
+            };
+            match hello {
+                (true, Some(fd)) => {
+                    e.seen = true;
+                    e.resumes = true;
+                    // Only from a client the policy lets on the bus.
+                    let allowed = nix::sys::socket::getsockopt(&e.fd, nix::sys::socket::sockopt::PeerCredentials)
+                        .is_ok_and(|c| {
+                            let peer = crate::access::peer(c.pid(), c.uid(), c.gid());
+                            policy.check(&peer, crate::access::Action::Connect).is_ok()
+                        });
+                    if allowed && identity(fd.as_fd()) == Some(want) {
+                        return (Some(fd), served(early));
+                    }
+                    tracing::warn!("a client offered a segment that is not the recorded one: ignored");
+                }
+                // A resuming hello always carries the memfd: without it, the
+                // descriptor table was full as it was peeked. Looked at again
+                // after a pause (a few times: a client could send one so).
+                (true, None) if e.tries < 3 => {
+                    e.tries += 1;
+                    paused_until = Some(Instant::now() + super::ACCEPT_BACKOFF);
+                }
+                (resumes, _) => {
+                    e.seen = true;
+                    e.resumes = resumes;
+                }
             }
         }
-        if ready[0] {
+        let mut k = 0;
+        early.retain(|_| {
+            k += 1;
+            !gone[k - 1]
+        });
+        if revents[0].contains(PollFlags::POLLIN) {
             while early.len() < cap {
                 match nix::sys::socket::accept4(
                     listener.as_raw_fd(),
                     nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
                 ) {
-                    // SAFETY: accept4 returned a new descriptor we now own.
-                    Ok(raw) => early.push((unsafe { OwnedFd::from_raw_fd(raw) }, false, Instant::now())),
+                    Ok(raw) => {
+                        // SAFETY: accept4 returned a new descriptor we now own.
+                        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                        early.push(Early { fd, at: Instant::now(), seen: false, resumes: false, tries: 0 });
+                    }
                     Err(nix::errno::Errno::EINTR) => continue,
-                    Err(nix::errno::Errno::EAGAIN) => break,
-                    Err(e) => {
-                        // Out of descriptors or memory, say: the pending
-                        // connection keeps the listener readable.
-                        tracing::warn!("cannot accept connections: {e}; retrying in {:?}", super::ACCEPT_BACKOFF);
+                    Err(
+                        e @ (nix::errno::Errno::EMFILE
+                        | nix::errno::Errno::ENFILE
+                        | nix::errno::Errno::ENOBUFS
+                        | nix::errno::Errno::ENOMEM),
+                    ) => {
+                        // The pending connection keeps the listener readable.
+                        if !accept_failed {
+                            tracing::warn!(
+                                "cannot accept connections: {e}; retrying every {:?}",
+                                super::ACCEPT_BACKOFF
+                            );
+                            accept_failed = true;
+                        }
                         paused_until = Some(Instant::now() + super::ACCEPT_BACKOFF);
                         break;
                     }
+                    Err(_) => break,
                 }
             }
         }
     }
-    (None, early.into_iter().map(|(fd, ..)| fd).collect())
+    (None, served(early))
 }
 
 /// After bind: with a grace, records the segment for the next daemon
@@ -291,7 +404,13 @@ pub(super) fn publish(cfg: &Config, seg: &Segment, idle: bool) {
     if cfg.resume_grace.is_zero() {
         return;
     }
-    record(cfg, seg, idle);
+    // Busy first (whatever a previous daemon left), then the record, then
+    // idle if it is: a death in between errs on the side of waiting.
+    mark_idle(cfg, false);
+    record(cfg, seg);
+    if idle {
+        mark_idle(cfg, true);
+    }
     // The store keeps one segment: an older one (adopted or not) goes.
     let _ = notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), None);
     if let Err(e) = notify(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), Some(seg.fd())) {
@@ -299,14 +418,10 @@ pub(super) fn publish(cfg: &Config, seg: &Segment, idle: bool) {
     }
 }
 
-/// Writes the record beside the socket (with a grace): the segment's
-/// identity, and whether the daemon is `idle` (see [`Handoff::idle`]).
-pub(super) fn record(cfg: &Config, seg: &Segment, idle: bool) {
-    if cfg.resume_grace.is_zero() {
-        return;
-    }
+/// Writes the record beside the socket: the segment's identity.
+fn record(cfg: &Config, seg: &Segment) {
     let Some((dev, ino)) = identity(seg.fd()) else { return };
-    let handoff = Handoff { dev, ino, generation: seg.params().bus_generation, pid: std::process::id(), idle };
+    let handoff = Handoff { dev, ino, generation: seg.params().bus_generation, pid: std::process::id() };
     let path = handoff_path(&cfg.socket);
     let tmp = handoff_path(&cfg.socket).with_extension("segment.new");
     let text = toml::to_string(&handoff).expect("a flat record serializes");
@@ -331,6 +446,7 @@ pub(super) fn record(cfg: &Config, seg: &Segment, idle: bool) {
 pub(super) fn retire(cfg: &Config, on_purpose: bool) {
     if on_purpose {
         let _ = std::fs::remove_file(handoff_path(&cfg.socket));
+        let _ = std::fs::remove_file(idle_path(&cfg.socket));
         let _ = notify(&format!("FDSTOREREMOVE=1\nFDNAME={FD_NAME}\n"), None);
     }
 }
