@@ -197,6 +197,9 @@ pub struct Server {
     idle_since: BTreeMap<u32, std::time::Instant>,
     /// Counter values of each entry when its current subsystem took it over.
     baselines: BTreeMap<u32, crate::status::Baseline>,
+    /// Per subsystem entry: what its groups that are gone had received,
+    /// still part of its totals.
+    departed: BTreeMap<u32, crate::status::Baseline>,
     /// Queues found corrupt: the daemon pushes nothing more into them, and
     /// never recycles their entries (see [`Server::audit`]).
     quarantined: std::collections::BTreeSet<u32>,
@@ -302,6 +305,7 @@ impl Server {
             refused: Vec::new(),
             idle_since: BTreeMap::new(),
             baselines: BTreeMap::new(),
+            departed: BTreeMap::new(),
             quarantined: std::collections::BTreeSet::new(),
             audited: std::time::Instant::now(),
             routes: BTreeMap::new(),
@@ -727,7 +731,15 @@ impl Server {
     fn forget_entry(&mut self, q: u32) {
         if let Some(old) = self.routes.remove(&q) {
             tracing::debug!(queue = q, name = %old.name, "routing entry recycled");
+            if matches!(old.kind, RecordKind::Subsystem { .. }) {
+                self.departed.remove(&q);
+            }
             if let RecordKind::Group { subsystem, slot } = old.kind {
+                // What the group received stays counted in its subsystem's
+                // totals (counters never go backwards).
+                let base = self.baselines.get(&q).copied().unwrap_or_default();
+                let counted = crate::status::Baseline::of(&self.seg, q).since(&base);
+                self.departed.entry(subsystem).or_default().add_received(&counted);
                 if let Some(Record { kind: RecordKind::Subsystem { groups }, .. }) = self.routes.get_mut(&subsystem) {
                     groups[slot as usize] = None;
                 }
@@ -1174,6 +1186,7 @@ impl Server {
             .filter_map(|(q, r)| match &r.kind {
                 RecordKind::Subsystem { groups } => Some(crate::status::SubsystemLayout {
                     entry: *q,
+                    departed: self.departed.get(q).copied().unwrap_or_default(),
                     groups: groups
                         .iter()
                         .flatten()

@@ -31,6 +31,23 @@ impl Baseline {
         Baseline { stalls: Baseline::of(seg, q).stalls, ..Baseline::default() }
     }
 
+    /// These counters less `base` (taken earlier of the same queue).
+    pub fn since(&self, base: &Baseline) -> Baseline {
+        Baseline {
+            sent: self.sent.saturating_sub(base.sent),
+            delivered: self.delivered.saturating_sub(base.delivered),
+            redelivered: self.redelivered.saturating_sub(base.redelivered),
+            stalls: self.stalls.saturating_sub(base.stalls),
+            dropped: self.dropped.saturating_sub(base.dropped),
+        }
+    }
+
+    /// Adds what `other` received (delivered and redelivered).
+    pub fn add_received(&mut self, other: &Baseline) {
+        self.delivered = self.delivered.saturating_add(other.delivered);
+        self.redelivered = self.redelivered.saturating_add(other.redelivered);
+    }
+
     /// The counters of queue `q` now.
     pub fn of(seg: &Segment, q: u32) -> Baseline {
         let Some(ring) = seg.queue(q) else { return Baseline::default() };
@@ -52,6 +69,8 @@ pub struct SubsystemLayout {
     pub entry: u32,
     /// Its other groups.
     pub groups: Vec<(u32, String, u32)>,
+    /// What its groups that are gone had received (counted in its totals).
+    pub departed: Baseline,
 }
 
 /// A snapshot of the bus. `clients` lists (id, pid, uid, subscriptions).
@@ -67,23 +86,15 @@ pub fn build(
     let census = slot_pool::census(seg);
     let mut subsystems = Vec::new();
     // Counters of entry `q` since its current owner took it over.
-    let since = |q: u32| {
-        let now = Baseline::of(seg, q);
-        let base = baselines.get(&q).copied().unwrap_or_default();
-        Baseline {
-            sent: now.sent.saturating_sub(base.sent),
-            delivered: now.delivered.saturating_sub(base.delivered),
-            redelivered: now.redelivered.saturating_sub(base.redelivered),
-            stalls: now.stalls.saturating_sub(base.stalls),
-            dropped: now.dropped.saturating_sub(base.dropped),
-        }
-    };
+    let since = |q: u32| Baseline::of(seg, q).since(&baselines.get(&q).copied().unwrap_or_default());
     for sub in layout {
         let q = sub.entry;
         let (Some(view), Some(_)) = (routing::read_as_writer(seg, q), seg.queue(q)) else { continue };
         let default = (q, "default".to_owned(), view.flags);
         let mut groups = Vec::new();
+        // Totals never go backwards: groups that are gone still count.
         let mut total = Baseline::default();
+        total.add_received(&sub.departed);
         let mut latency = bus_core::stats::Histogram::default();
         let (mut depth, mut subscribers) = (0, 0);
         for (g, name, flags) in std::iter::once(&default).chain(&sub.groups) {

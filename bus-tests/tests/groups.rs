@@ -397,3 +397,29 @@ fn a_group_that_leaves_with_a_full_queue_does_not_hold_up_the_publisher() {
     assert!(took < Duration::from_secs(3), "2 000 messages took {took:?} after the group left");
     assert!(slowest < Duration::from_secs(3), "a send took {slowest:?}");
 }
+
+#[test]
+fn a_subsystems_delivered_count_does_not_go_back_when_a_tap_is_removed() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256"]);
+    let c = bus.connect();
+    let main = c.subscribe("cnt").unwrap();
+    let tap = c.subscription("cnt").tap().create().unwrap();
+    let mut p = c.publisher().create().unwrap();
+    for i in 0u32..100 {
+        p.send_bytes("cnt://x", &i.to_le_bytes()).unwrap();
+        main.recv_timeout(Duration::from_secs(5)).unwrap();
+        tap.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    let subsystem = |s: &serde_json::Value| {
+        s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "cnt").cloned().expect("cnt in status")
+    };
+    let before = subsystem(&bus.status());
+    assert_eq!(before["delivered"], 200, "{before}");
+    drop(tap);
+    // The tap's entry is removed once its listener is gone (a second later).
+    let gone =
+        eventually(Duration::from_secs(10), || subsystem(&bus.status())["groups"].as_array().unwrap().len() == 1);
+    assert!(gone.is_some(), "the tap's entry was never removed");
+    let after = subsystem(&bus.status());
+    assert_eq!(after["delivered"], 200, "a counter went back: {after}");
+}
