@@ -70,13 +70,11 @@ impl PathLock {
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(LockError::Held),
                 Err((_, e)) => return Err(LockError::Io(e.into())),
             };
-            let ours = file.metadata().map_err(LockError::Io)?;
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(PathLock { file, path }),
-                // Removed (or replaced) after we opened it: that one is no
-                // longer the lock anybody else will take.
-                _ => continue,
+            if still_at(&path, &file) {
+                return Ok(PathLock { file, path });
             }
+            // Removed (or replaced) after we opened it: that one is no
+            // longer the lock anybody else will take.
         }
         Err(LockError::Io(std::io::Error::other(format!("{} keeps being replaced", path.display()))))
     }
@@ -88,11 +86,17 @@ impl Drop for PathLock {
         // no other daemon can hold a lock on a file that is gone from the
         // path: one that opened it before now finds it replaced, and tries
         // again.
-        if let (Ok(m), Ok(ours)) = (std::fs::symlink_metadata(&self.path), self.file.metadata()) {
-            if m.dev() == ours.dev() && m.ino() == ours.ino() {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if still_at(&self.path, &self.file) {
+            let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Whether the file at `path` is `file` (same device and inode).
+fn still_at(path: &Path, file: &File) -> bool {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(m), Ok(ours)) => m.dev() == ours.dev() && m.ino() == ours.ino(),
+        _ => false,
     }
 }
 

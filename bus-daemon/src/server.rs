@@ -151,6 +151,13 @@ pub(crate) const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// queue, so the listener stays readable, and retrying at once would spin.
 pub(crate) const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Whether `accept` failed for want of descriptors or memory (then the
+/// daemon pauses accepting for [`ACCEPT_BACKOFF`]).
+pub(crate) fn out_of_room(e: nix::errno::Errno) -> bool {
+    use nix::errno::Errno::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(e, EMFILE | ENFILE | ENOBUFS | ENOMEM)
+}
+
 /// One subscription of a connection.
 struct Sub {
     /// The subsystem.
@@ -237,8 +244,8 @@ pub struct Server {
     /// pinged: `WATCHDOG=1` goes out from the event loop at half the
     /// interval, so a loop that hangs gets the daemon restarted.
     watchdog: Option<(std::time::Duration, std::time::Instant)>,
-    /// The record beside the socket says this daemon has no clients
-    /// (see `resume::record`).
+    /// This daemon is marked idle beside its record: it has no connection
+    /// and no ghost (see `resume::mark_idle`).
     recorded_idle: bool,
     /// Accepting is paused until then (see [`ACCEPT_BACKOFF`]).
     accept_paused: Option<std::time::Instant>,
@@ -497,8 +504,7 @@ impl Server {
                 Err(nix::errno::Errno::EAGAIN) => return,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    use nix::errno::Errno::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
-                    if matches!(e, EMFILE | ENFILE | ENOBUFS | ENOMEM) {
+                    if out_of_room(e) {
                         // Logged once per pause, not once per retry.
                         self.accept_paused = Some(std::time::Instant::now() + ACCEPT_BACKOFF);
                         self.accept_failures += 1;

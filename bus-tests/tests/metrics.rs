@@ -167,3 +167,20 @@ fn batches_are_counted_and_timed_like_single_receives() {
     let me = s["client_list"].as_array().unwrap().iter().find(|c| c["name"] == "batch-counts").expect("named").clone();
     assert_eq!(me["received"], 768, "{me}");
 }
+
+#[test]
+fn at_most_four_scrapes_are_served_at_once_and_the_rest_get_503() {
+    let bus = TestBus::start(&["--slots", "64", "--metrics", "127.0.0.1:0"]);
+    let addr =
+        bus.ready.split_whitespace().find_map(|w| w.strip_prefix("metrics=")).expect("the bound address").to_owned();
+    // Four connections that never send their request each hold a scrape
+    // (for up to the 2 s a request may take to arrive)...
+    let idle: Vec<_> = (0..4).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so a fifth is answered 503 at once.
+    let text = scrape(&addr);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    drop(idle);
+    let served = eventually(Duration::from_secs(10), || scrape(&addr).starts_with("HTTP/1.1 200"));
+    assert!(served.is_some(), "scrapes were not served again");
+}

@@ -83,12 +83,17 @@ fn idle_path(socket: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Whether the idle mark is there, and is a private file of this user (in
-/// a sticky directory, another user could have put one there first).
+/// Whether the idle mark is there, as a private file of this user.
 fn marked_idle(socket: &Path) -> bool {
+    std::fs::symlink_metadata(idle_path(socket)).is_ok_and(|md| private_file_of_ours(&md))
+}
+
+/// A regular file owned by this daemon's user and private to it: only
+/// such a record or mark is trusted (in a sticky directory such as /tmp,
+/// another user could have put one there first).
+fn private_file_of_ours(md: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(idle_path(socket))
-        .is_ok_and(|md| md.is_file() && md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o077 == 0)
+    md.is_file() && md.uid() == nix::unistd::geteuid().as_raw() && md.mode() & 0o077 == 0
 }
 
 /// Marks the daemon idle (it has no client and no ghost) or busy (see
@@ -127,10 +132,10 @@ pub(super) fn mark_idle(cfg: &Config, idle: bool) {
 /// ago it was last touched (every daemon with a grace touches it every
 /// second while it runs).
 fn read_handoff(path: &Path) -> Option<(Handoff, Duration)> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
     let md = f.metadata().ok()?;
-    if !md.is_file() || md.uid() != nix::unistd::geteuid().as_raw() || md.mode() & 0o077 != 0 {
+    if !private_file_of_ours(&md) {
         tracing::warn!("ignoring {}: not a private file of this daemon's user", path.display());
         return None;
     }
@@ -373,12 +378,7 @@ fn wait_for_resumer(
                         early.push(Early { fd, at: Instant::now(), seen: false, resumes: false, tries: 0 });
                     }
                     Err(nix::errno::Errno::EINTR) => continue,
-                    Err(
-                        e @ (nix::errno::Errno::EMFILE
-                        | nix::errno::Errno::ENFILE
-                        | nix::errno::Errno::ENOBUFS
-                        | nix::errno::Errno::ENOMEM),
-                    ) => {
+                    Err(e) if super::out_of_room(e) => {
                         // The pending connection keeps the listener readable.
                         if !accept_failed {
                             tracing::warn!(
