@@ -217,6 +217,11 @@ pub enum SendError {
         /// rkyv's message.
         detail: String,
     },
+    /// The request was answered already: it gets one reply. (A reply that
+    /// could not be written, such as one too large, does not count: the
+    /// handler may reply again.)
+    #[error("this request was answered already: a request gets one reply; send anything more as messages")]
+    AlreadyReplied,
     /// Asking the daemon (whether this client may send to a restricted
     /// subsystem) failed.
     #[error("asking the daemon failed: {detail}")]

@@ -164,8 +164,8 @@ impl Publisher {
             ReplyError::Unreachable(t) => (kind::UNREACHABLE, t.clone()),
             other => (kind::UNREACHABLE, other.to_string()),
         };
-        let text = &text.as_bytes()[..text.len().min(self.bus().body_capacity(to.path.len()))];
-        let loan = self.loan_direct(to.queue, to.serial, &to.path)?.write_bytes(text)?;
+        let text = crate::handler::clip(&text, self.bus().body_capacity(to.path.len()));
+        let loan = self.loan_direct(to.queue, to.serial, &to.path)?.write_bytes(text.as_bytes())?;
         loan.reply(to.correlation, Some(kind)).trace_id(to.trace_id).send().map(|_| ()).map_err(|f| f.error)
     }
 }

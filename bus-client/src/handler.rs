@@ -186,7 +186,9 @@ impl<'a, 'p> Context<'a, 'p> {
     }
 
     /// Replies with `value`, serialized in place into a new slot. A message
-    /// that is not a request, or whose requester is gone, gets nothing.
+    /// that is not a request, or whose requester is gone, gets nothing. A
+    /// request gets one reply: a second is refused
+    /// ([`SendError::AlreadyReplied`]).
     pub fn reply<T: Body>(&mut self, value: &T) -> Result<(), SendError> {
         self.reply_with(None, |loan| loan.write(value))
     }
@@ -198,8 +200,8 @@ impl<'a, 'p> Context<'a, 'p> {
 
     /// Sends an error reply of `kind` with `text`.
     pub(crate) fn reply_error(&mut self, kind: u64, text: &str) -> Result<(), SendError> {
-        let text = &text.as_bytes()[..text.len().min(self.publisher.bus().body_capacity(self.msg.path().len()))];
-        self.reply_with(Some(kind), |loan| loan.write_bytes(text))
+        let text = clip(text, self.publisher.bus().body_capacity(self.msg.path().len()));
+        self.reply_with(Some(kind), |loan| loan.write_bytes(text.as_bytes()))
     }
 
     fn reply_with(
@@ -209,7 +211,7 @@ impl<'a, 'p> Context<'a, 'p> {
     ) -> Result<(), SendError> {
         let Some(queue) = self.msg.reply_queue() else { return Ok(()) };
         if self.replied {
-            return Ok(());
+            return Err(SendError::AlreadyReplied);
         }
         // A requester that died has no subscription on its reply queue
         // any more: drop the reply instead of leaving it there.
@@ -267,9 +269,27 @@ pub(crate) fn unsent_reply(why: &str) -> String {
     format!("its reply could not be sent: {why}")
 }
 
+/// The longest start of `text` that fits in `room` bytes and ends on a
+/// character boundary: an error text cut to fit a slot stays valid UTF-8.
+pub(crate) fn clip(text: &str, room: usize) -> &str {
+    let mut end = text.len().min(room);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_reply_queue_of;
+    use super::{clip, is_reply_queue_of};
+
+    #[test]
+    fn a_clipped_text_ends_on_a_character_boundary() {
+        assert_eq!(clip("héllo", 2), "h"); // 'é' is bytes 1..3
+        assert_eq!(clip("héllo", 3), "hé");
+        assert_eq!(clip("héllo", 100), "héllo");
+        assert_eq!(clip("€", 2), "");
+    }
 
     #[test]
     fn only_a_reply_queue_of_the_senders_own_client_is_accepted() {

@@ -358,3 +358,36 @@ fn a_subscriber_moves_from_a_dropped_runtime_to_another_and_a_stream_gives_it_ba
         assert_eq!(m.path(), "rt://y");
     });
 }
+
+#[test]
+fn an_async_second_reply_is_refused_and_a_long_error_text_is_cut_at_a_character() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    let second = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = second.clone();
+    let router = bus_client::AsyncRouter::new("aonce")
+        .unwrap()
+        .route("twice", move |mut req| {
+            let seen = seen.clone();
+            async move {
+                req.reply_bytes(b"first")?;
+                *seen.lock().unwrap() = Some(req.reply_bytes(b"second"));
+                Ok(())
+            }
+        })
+        .unwrap()
+        .route("euros", |_req| async move { Err(bus_client::HandlerError::new("€".repeat(200))) })
+        .unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let svc = c.serve_async(router).start().unwrap();
+    let r = c.requester().unwrap();
+    assert_eq!(r.request_bytes("aonce://twice", b"", T).unwrap().body_bytes().unwrap(), b"first");
+    let refused = second.lock().unwrap().clone().expect("the handler ran");
+    assert_eq!(refused, Err(bus_client::SendError::AlreadyReplied));
+    let e = r.request_bytes("aonce://euros", b"", T).err().expect("the handler's error");
+    let ReplyError::Handler(text) = e else { panic!("expected Handler, got {e:?}") };
+    assert!(!text.contains('\u{FFFD}'), "{text}");
+    assert_eq!(text, "€".repeat(c.body_capacity("aonce://euros".len()) / 3));
+    drop(svc);
+}

@@ -287,3 +287,33 @@ fn a_reply_goes_out_when_the_handler_sends_it_not_when_the_handler_returns() {
     drop(reply);
     service.stop();
 }
+
+#[test]
+fn a_second_reply_is_refused_and_a_long_error_text_is_cut_at_a_character() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    let second = Arc::new(std::sync::Mutex::new(None));
+    let seen = second.clone();
+    let router = bus_client::Router::new("once")
+        .unwrap()
+        .route("twice", move |ctx| {
+            ctx.reply_bytes(b"first")?;
+            *seen.lock().unwrap() = Some(ctx.reply_bytes(b"second"));
+            Ok(())
+        })
+        .unwrap()
+        .route("euro", |_| Err(bus_client::HandlerError::new("€".repeat(200))))
+        .unwrap();
+    let svc = c.serve(router).start().unwrap();
+    let r = c.requester().unwrap();
+    assert_eq!(r.request_bytes("once://twice", b"", T).unwrap().body_bytes().unwrap(), b"first");
+    let refused = second.lock().unwrap().clone().expect("the handler ran");
+    assert_eq!(refused, Err(bus_client::SendError::AlreadyReplied));
+    // 256-byte slots leave 181 bytes beside "once://euro": not a multiple
+    // of the 3 bytes of '€'; the text ends on its last whole character.
+    let e = r.request_bytes("once://euro", b"", T).err().expect("the handler's error");
+    let ReplyError::Handler(text) = e else { panic!("expected Handler, got {e:?}") };
+    assert!(!text.contains('\u{FFFD}'), "{text}");
+    assert_eq!(text, "€".repeat(c.body_capacity("once://euro".len()) / 3));
+    drop(svc);
+}

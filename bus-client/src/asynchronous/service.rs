@@ -198,7 +198,7 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
             let text = format!("no route matches {:?} in subsystem {:?}", msg.route(), shared.router.subsystem());
             let reply = ReplyTo::of(&msg);
             drop(msg); // released through the subscription's own port
-            let _ = reply.send(&shared, Some(kind::NO_ROUTE), text.as_bytes());
+            let _ = reply.send(&shared, Some(kind::NO_ROUTE), &text);
             continue;
         };
         let params = params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
@@ -222,17 +222,17 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
                     // reply (sent only if none went yet), or, if its reply
                     // could not be written, why.
                     match reply.failed_reply() {
-                        Some(e) => reply.send(&shared, Some(kind::HANDLER), unsent_reply(&e).as_bytes()),
-                        None => reply.send(&shared, None, b""),
+                        Some(e) => reply.send(&shared, Some(kind::HANDLER), &unsent_reply(&e)),
+                        None => reply.send(&shared, None, ""),
                     }
                 }
                 Ok(Err(e)) => {
                     shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    reply.send(&shared, Some(kind::HANDLER), e.message().as_bytes())
+                    reply.send(&shared, Some(kind::HANDLER), e.message())
                 }
                 Err(text) => {
                     shared.stats.panicked.fetch_add(1, Ordering::Relaxed);
-                    reply.send(&shared, Some(kind::PANIC), text.as_bytes())
+                    reply.send(&shared, Some(kind::PANIC), &text)
                 }
             };
             drop(permit);
@@ -310,7 +310,12 @@ impl ReplyTo {
         // service's fallback after it never both go. A reply that could not
         // be written leaves room for the error reply.
         let mut p = shared.publisher.lock().unwrap_or_else(|p| p.into_inner());
-        if self.replied.load(Ordering::Relaxed) || !reply_queue_open(&shared.bus.inner.seg, queue, self.serial) {
+        if self.replied.load(Ordering::Relaxed) {
+            return Err(SendError::AlreadyReplied);
+        }
+        if !reply_queue_open(&shared.bus.inner.seg, queue, self.serial) {
+            // Gone: nothing to answer, and nothing more to send.
+            self.replied.store(true, Ordering::Relaxed);
             return Ok(());
         }
         let loan = match p.loan_direct(queue, self.serial, &self.path).and_then(write) {
@@ -332,10 +337,11 @@ impl ReplyTo {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A raw-byte reply (cut to what a slot holds, for error texts).
-    fn send(&self, shared: &Shared, error: Option<u64>, body: &[u8]) -> Result<(), SendError> {
-        let body = &body[..body.len().min(shared.bus.body_capacity(self.path.len()))];
-        self.send_with(shared, error, |loan| loan.write_bytes(body))
+    /// A text reply, cut to what a slot holds at a character boundary
+    /// (for error texts).
+    fn send(&self, shared: &Shared, error: Option<u64>, text: &str) -> Result<(), SendError> {
+        let text = crate::handler::clip(text, shared.bus.body_capacity(self.path.len()));
+        self.send_with(shared, error, |loan| loan.write_bytes(text.as_bytes()))
     }
 }
 
@@ -423,7 +429,7 @@ impl Request {
 
     /// Replies with `value`, serialized in place into a new slot. A message
     /// that is not a request, or whose requester is gone, gets nothing; a
-    /// second reply is ignored.
+    /// second reply is refused ([`SendError::AlreadyReplied`]).
     pub fn reply<T: Body>(&mut self, value: &T) -> Result<(), SendError> {
         self.reply.send_with(&self.shared, None, |loan| loan.write(value))
     }
