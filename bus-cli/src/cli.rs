@@ -502,6 +502,14 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
             k.corruption, c.corrupt, k.slots_lost
         )?;
     }
+    if !s.statistics {
+        writeln!(
+            out,
+            "statistics off (statistics = false, or --no-statistics): bytes, latency, failures and per-client counts are not kept"
+        )?;
+    }
+    // A count nobody keeps is shown as `-`, not as a zero.
+    let kept = |n: u64| if s.statistics { n.to_string() } else { "-".into() };
     writeln!(out, "clients    {}", s.clients)?;
     for cl in &s.client_list {
         writeln!(
@@ -512,8 +520,8 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
             cl.uid,
             cl.name,
             cl.slots,
-            cl.sent,
-            cl.received,
+            kept(cl.sent),
+            kept(cl.received),
             cl.subscriptions.join(",")
         )?;
     }
@@ -536,11 +544,11 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
             x.sent,
             x.delivered,
             x.redelivered,
-            fmt_bytes(x.bytes),
+            if s.statistics { fmt_bytes(x.bytes) } else { "-".into() },
             fmt_ns(l.samples, l.p50_ns),
             fmt_ns(l.samples, l.p99_ns),
             fmt_ns(l.samples, l.max_ns),
-            x.failures.total(),
+            kept(x.failures.total()),
             if x.durable { "  durable" } else { "" },
             if x.quarantined { "  QUARANTINED (corrupt queue)" } else { "" }
         )?;

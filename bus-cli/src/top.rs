@@ -78,7 +78,7 @@ fn view(prev: &Sample, cur: &Sample) -> View {
             crate::cli::fmt_ns(total, p99),
             crate::cli::fmt_ns(total, max),
             x.subscribers.to_string(),
-            format!("{} {}", fmt_rate(red_s), fmt_rate(fail_s)),
+            format!("{} {}", fmt_rate(red_s), if s.statistics { fmt_rate(fail_s) } else { "-".into() }),
         ]);
         sub_keys.push([
             0.0,
@@ -92,6 +92,8 @@ fn view(prev: &Sample, cur: &Sample) -> View {
             red_s + fail_s,
         ]);
     }
+    // Counts nobody keeps (statistics off) are shown as `-`, not as 0/s.
+    let kept = |r: f64| if s.statistics { fmt_rate(r) } else { "-".into() };
     let before = |c: &ClientStatus| prev.status.client_list.iter().find(|o| o.id == c.id && o.pid == c.pid);
     let clients = s
         .client_list
@@ -102,15 +104,21 @@ fn view(prev: &Sample, cur: &Sample) -> View {
                 c.pid.to_string(),
                 c.name.clone(),
                 c.slots.to_string(),
-                fmt_rate(rate(c.sent, ps, secs)),
-                fmt_rate(rate(c.received, pr, secs)),
+                kept(rate(c.sent, ps, secs)),
+                kept(rate(c.received, pr, secs)),
                 c.subscriptions.join(","),
             ]
         })
         .collect();
     let k = &s.slots;
     View {
-        title: format!("shmbus top — bus {} (daemon pid {}), {} clients", s.bus, s.daemon_pid, s.clients),
+        title: format!(
+            "shmbus top — bus {} (daemon pid {}), {} clients{}",
+            s.bus,
+            s.daemon_pid,
+            s.clients,
+            if s.statistics { "" } else { "; statistics off" }
+        ),
         pool: format!(
             "slots {}: {} free, {} cached, {} loaned, {} queued, {} held; turnover {}/s",
             k.total,

@@ -194,6 +194,16 @@ pub struct Status {
     pub subsystems: Vec<SubsystemStatus>,
     /// Bus-wide counters.
     pub counters: Counters,
+    /// Whether clients keep statistics (the daemon's `statistics`): when
+    /// false, bytes, latency, failures and per-client counts are not
+    /// counted, and their zeros mean nothing.
+    #[serde(default = "counted")]
+    pub statistics: bool,
+}
+
+/// A daemon that does not say kept its statistics (the default).
+fn counted() -> bool {
+    true
 }
 
 /// Slot counts.

@@ -187,14 +187,23 @@ impl prometheus_client::collector::Collector for Snapshot {
             ("shmbus_messages_redelivered", "Messages put back after their receiver died", |x| x.redelivered),
             ("shmbus_bytes_sent", "Body bytes sent to a subsystem", |x| x.bytes),
         ];
-        for (name, help, get) in counters {
+        let m = enc.encode_descriptor(
+            "shmbus_statistics_enabled",
+            "1 if clients count bytes, failures and latency (the daemon's statistics setting); under 0 those series are left out",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.statistics as i64).encode(m)?;
+        // Without statistics nobody counts bytes: no series, not zeros.
+        let counted = if s.statistics { &counters[..] } else { &counters[..3] };
+        for &(name, help, get) in counted {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for x in &s.subsystems {
                 ConstCounter::new(get(x)).encode(m.encode_family(&sub(&x.name))?)?;
             }
         }
         let mut m = enc.encode_descriptor("shmbus_send_failures", "Failed sends by kind", None, MetricType::Counter)?;
-        for x in &s.subsystems {
+        for x in s.subsystems.iter().filter(|_| s.statistics) {
             let f = &x.failures;
             for (kind, n) in [
                 ("no_subscriber", f.no_subscriber),
@@ -243,7 +252,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             None,
             MetricType::Histogram,
         )?;
-        for x in &s.subsystems {
+        for x in s.subsystems.iter().filter(|_| s.statistics) {
             histogram(&x.latency).encode(m.encode_family(&sub(&x.name))?)?;
         }
         let mut m = enc.encode_descriptor("shmbus_slots", "Message slots by state", None, MetricType::Gauge)?;

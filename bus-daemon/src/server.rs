@@ -1209,6 +1209,7 @@ impl Server {
             &self.baselines,
             &self.quarantined,
             &layout,
+            self.cfg.statistics,
         )
     }
 

@@ -73,7 +73,8 @@ pub struct SubsystemLayout {
     pub departed: Baseline,
 }
 
-/// A snapshot of the bus. `clients` lists (id, pid, uid, subscriptions).
+/// A snapshot of the bus. `clients` lists (id, pid, uid, subscriptions);
+/// `statistics` is the daemon's setting (whether clients count).
 pub fn build(
     seg: &Segment,
     socket: &str,
@@ -81,6 +82,7 @@ pub fn build(
     baselines: &std::collections::BTreeMap<u32, Baseline>,
     quarantined: &std::collections::BTreeSet<u32>,
     layout: &[SubsystemLayout],
+    statistics: bool,
 ) -> Status {
     let p = seg.params();
     let census = slot_pool::census(seg);
@@ -183,5 +185,6 @@ pub fn build(
             corruption: c.corruption.load(Ordering::Relaxed),
             slots_lost: c.slots_lost.load(Ordering::Relaxed),
         },
+        statistics,
     }
 }

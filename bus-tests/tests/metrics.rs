@@ -53,6 +53,7 @@ fn a_scrape_agrees_with_the_traffic() {
     assert_eq!(value(&text, "shmbus_messages_sent_total{subsystem=\"m\"}"), 1000.0);
     assert_eq!(value(&text, "shmbus_messages_delivered_total{subsystem=\"m\"}"), 1000.0);
     assert_eq!(value(&text, "shmbus_bytes_sent_total{subsystem=\"m\"}"), 100_000.0);
+    assert_eq!(value(&text, "shmbus_statistics_enabled"), 1.0);
     assert_eq!(value(&text, "shmbus_send_failures_total{subsystem=\"m\",kind=\"no_subscriber\"}"), 1.0, "{text}");
     // The histogram's buckets only grow with `le`, up to +Inf.
     let buckets: Vec<f64> = text
@@ -117,7 +118,7 @@ fn a_metrics_port_in_use_stops_the_daemon_and_leaves_no_socket() {
 
 #[test]
 fn statistics_off_keeps_the_counts_the_rings_keep_and_nothing_else() {
-    let bus = TestBus::start(&["--slots", "128", "--no-statistics"]);
+    let bus = TestBus::start(&["--slots", "128", "--no-statistics", "--metrics", "127.0.0.1:0"]);
     let client = bus.connect();
     let sub = client.subscribe("n").unwrap();
     let mut p = client.publisher().create().unwrap();
@@ -130,6 +131,22 @@ fn statistics_off_keeps_the_counts_the_rings_keep_and_nothing_else() {
     assert_eq!(n["sent"], 200, "{n}");
     assert_eq!(n["bytes"], 0, "{n}");
     assert_eq!(n["latency"]["samples"], 0, "{n}");
+    assert_eq!(s["statistics"], false, "{s}");
+    // What nobody counted is not shown as a zero: `-` in status, no
+    // series in the metrics (and a gauge that says why).
+    let (st, text, err) = bus.cli(&["status"]);
+    assert!(st.success(), "{err}");
+    assert!(text.contains("statistics off"), "{text}");
+    let row = text.lines().find(|l| l.trim_start().starts_with("n ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(!row.contains("0B") && row.split_whitespace().filter(|w| *w == "-").count() == 5, "{row}");
+    let addr =
+        bus.ready.split_whitespace().find_map(|w| w.strip_prefix("metrics=")).expect("the bound address").to_owned();
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "shmbus_statistics_enabled"), 0.0, "{m}");
+    assert_eq!(value(&m, "shmbus_messages_sent_total{subsystem=\"n\"}"), 200.0, "{m}");
+    for absent in ["shmbus_bytes_sent_total{", "shmbus_send_failures_total{", "shmbus_latency_seconds_count{"] {
+        assert!(!m.contains(absent), "{absent} in:\n{m}");
+    }
 }
 
 /// Messages taken in batches are counted and sampled as singly taken ones:
