@@ -391,3 +391,40 @@ fn an_async_second_reply_is_refused_and_a_long_error_text_is_cut_at_a_character(
     assert_eq!(text, "€".repeat(c.body_capacity("aonce://euros".len()) / 3));
     drop(svc);
 }
+
+#[test]
+fn a_request_whose_handler_is_cut_off_by_a_runtime_shutdown_gets_an_error_at_once() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let router = bus_client::AsyncRouter::new("cut")
+        .unwrap()
+        .route("hang", move |_req| {
+            let _ = started_tx.lock().unwrap().send(());
+            async move {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                Ok(())
+            }
+        })
+        .unwrap();
+    let rt = runtime();
+    let svc = {
+        let _guard = rt.enter();
+        c.serve_async(router).start().unwrap()
+    };
+    let r = c.requester().unwrap();
+    let asking = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        (r.request_bytes("cut://hang", b"", T).map(|_| ()), t0.elapsed())
+    });
+    started.recv_timeout(T).expect("the handler started");
+    drop(rt); // the handler's task is dropped, unfinished
+    let (answer, waited) = asking.join().unwrap();
+    let e = answer.expect_err("an error reply");
+    assert!(matches!(e, ReplyError::Handler(ref m) if m.contains("stopped before")), "{e}");
+    assert!(waited < Duration::from_secs(10), "answered after {waited:?}");
+    drop(svc);
+    let s = bus.status();
+    assert_eq!(s["slots"]["held"], 0, "{s}");
+}

@@ -211,6 +211,7 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (shared.router.handlers[handler].1)(request)));
         let shared = shared.clone();
         tokio::spawn(async move {
+            let mut unfinished = Unfinished { reply: reply.clone(), shared: shared.clone(), armed: true };
             let outcome = match made {
                 Ok(future) => CatchUnwind(future).await,
                 Err(panic) => Err(panic_text(&*panic)),
@@ -235,8 +236,28 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
                     reply.send(&shared, Some(kind::PANIC), &text)
                 }
             };
+            unfinished.armed = false;
             drop(permit);
         });
+    }
+}
+
+/// Answers a request whose handler's task is dropped before it finished
+/// (its runtime shut down, say): an error reply at once, instead of a
+/// requester waiting out its timeout for a reply that cannot come. Sent
+/// only if no reply went; disarmed when the task finishes.
+struct Unfinished {
+    reply: Arc<ReplyTo>,
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.armed {
+            let why = "the service stopped before its handler finished (its runtime shut down): retry";
+            let _ = self.reply.send(&self.shared, Some(kind::HANDLER), why);
+        }
     }
 }
 
