@@ -427,6 +427,9 @@ pub(crate) fn unexpected(r: Reply) -> RequestError {
     }
 }
 
+/// Subsystems whose publish rights a connection remembers at most.
+const MAX_PUBLISH_RIGHTS: usize = 1024;
+
 impl Inner {
     /// A control request: waits for the answer, and across a daemon
     /// restart for the next daemon (see [`crate::link`]).
@@ -436,8 +439,9 @@ impl Inner {
     }
 
     /// Whether the daemon's access policy lets this client send to
-    /// `subsystem`, whose routing entry is marked restricted: asked once per
-    /// connection and subsystem, then answered from memory.
+    /// `subsystem` (whose routing entry is marked restricted, or which
+    /// nobody receives): asked once per connection and subsystem, then
+    /// answered from memory.
     pub(crate) fn may_publish(&self, subsystem: &str) -> Result<(), crate::SendError> {
         let denied = |message: String| crate::SendError::PermissionDenied { message };
         {
@@ -455,6 +459,11 @@ impl Inner {
             Err(e) => return Err(crate::SendError::Protocol { detail: e.to_string() }),
         };
         let mut rights = self.link.publish_rights.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a client that tries endless names asks again, rather
+        // than growing this without end.
+        if rights.len() >= MAX_PUBLISH_RIGHTS {
+            rights.clear();
+        }
         rights.push((subsystem.to_owned(), answer.clone()));
         answer.map_err(denied)
     }

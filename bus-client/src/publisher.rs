@@ -625,13 +625,18 @@ impl Publisher {
             Some(r) => r.to,
             None => {
                 let view = routing::find(seg, subsystem);
-                if view.as_ref().is_some_and(|v| v.flags & bus_core::layout::ROUTE_RESTRICTED != 0) {
-                    // Not cached as a route when refused: the answer is
-                    // cached per connection, and asked again never.
-                    self.bus.inner.may_publish(subsystem)?;
-                }
+                let restricted = view.as_ref().is_some_and(|v| v.flags & bus_core::layout::ROUTE_RESTRICTED != 0);
                 let entry = view.map(|v| v.queue);
                 let to = view.and_then(|v| v.fanout()).filter(|f| f.mask != 0);
+                // Asked also when nobody receives (a subsystem without an
+                // entry carries no flag), so that a refused publisher gets
+                // `PermissionDenied` either way and cannot learn from
+                // `NoSubscriber` whether anyone subscribes. Not cached as
+                // a route when refused: the answer is cached per
+                // connection.
+                if restricted || to.is_none() {
+                    self.bus.inner.may_publish(subsystem)?;
+                }
                 self.routes.push(CachedRoute { name: subsystem.to_owned(), to, entry });
                 to
             }

@@ -50,6 +50,8 @@ admin = ["root"]
 [access.subsystem.secret]
 publish = ["root"]
 subscribe = ["@0"]
+[access.subsystem.private]
+publish = ["root"]
 "#;
 
 #[test]
@@ -74,6 +76,11 @@ fn the_policy_refuses_connect_subscribe_publish_and_shutdown_to_those_it_does_no
     let (st, _, err) = cli_as(&bus, NOBODY, &["shutdown"]);
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("access.admin"), "{err}");
+    // Refused whether or not anyone subscribes (nobody does to `private`):
+    // a refused publisher does not learn that from the error.
+    let (st, _, err) = cli_as(&bus, NOBODY, &["send", "private://x", "hi"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("access.subsystem.private.publish"), "{err}");
     let (st, _, err) = cli_as(&bus, NOBODY, &["request", "secret://x", "hi"]);
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("access.subsystem.secret.publish"), "{err}");
