@@ -197,13 +197,8 @@ pub struct Status {
     /// Whether clients keep statistics (the daemon's `statistics`): when
     /// false, bytes, latency, failures and per-client counts are not
     /// counted, and their zeros mean nothing.
-    #[serde(default = "counted")]
+    #[serde(default = "yes")]
     pub statistics: bool,
-}
-
-/// A daemon that does not say kept its statistics (the default).
-fn counted() -> bool {
-    true
 }
 
 /// Slot counts.
