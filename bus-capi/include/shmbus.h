@@ -437,7 +437,9 @@ int shmbus_recv(shmbus_subscriber *sub, int64_t timeout_ms, shmbus_message **msg
  * On success returns 0 and sets `*reply` to the reply, read in place
  * (`shmbus_message_body`; its path is the request's `path`) until
  * `shmbus_message_free`. On error sets `*reply` to NULL and returns
- * `SHMBUS_ETIMEDOUT` (no reply in time: the handler is slow or gone),
+ * `SHMBUS_ETIMEDOUT` (sent, but no reply in time: the handler is slow
+ * or gone), `SHMBUS_EAGAIN` (not sent: no free slot or no room in the
+ * service's queue within the timeout; safe to retry),
  * `SHMBUS_ENOROUTE` (the service has no route for the path),
  * `SHMBUS_EHANDLER` (the handler failed or panicked: its message is in
  * `shmbus_last_error`), `SHMBUS_ENOSUB` (nobody serves the subsystem),

@@ -164,6 +164,9 @@ impl From<RecvError> for Error {
 impl From<ReplyError> for Error {
     fn from(e: ReplyError) -> Error {
         let code = match &e {
+            // Not sent at all (no slot or no room in time): unlike a
+            // request that timed out waiting for its reply, safe to retry.
+            ReplyError::Send(SendError::Timeout { .. }) => SHMBUS_EAGAIN,
             ReplyError::Send(s) => send_code(s),
             ReplyError::Timeout(_) => SHMBUS_ETIMEDOUT,
             ReplyError::NoRoute { .. } => SHMBUS_ENOROUTE,

@@ -186,9 +186,10 @@ impl<'a, 'p> Context<'a, 'p> {
     }
 
     /// Replies with `value`, serialized in place into a new slot. A message
-    /// that is not a request, or whose requester is gone, gets nothing. A
-    /// request gets one reply: a second is refused
-    /// ([`SendError::AlreadyReplied`]).
+    /// that is not a request, or whose requester is gone or does not read
+    /// its replies (its reply queue is full: the reply is dropped and
+    /// counted), gets nothing. A request gets one reply: a second is
+    /// refused ([`SendError::AlreadyReplied`]).
     pub fn reply<T: Body>(&mut self, value: &T) -> Result<(), SendError> {
         self.reply_with(None, |loan| loan.write(value))
     }
@@ -240,7 +241,7 @@ impl<'a, 'p> Context<'a, 'p> {
             loan.defer(sender_serial);
             return Ok(());
         }
-        loan.send().map(|_| ()).map_err(|f| f.error)
+        loan.send().map(|_| ()).or_else(|f| dropped_if_unread(f.error))
     }
 
     /// The error text the service answers with when the handler's reply
@@ -260,6 +261,17 @@ impl<'a, 'p> Context<'a, 'p> {
     pub fn send_bytes(&mut self, path: &str, body: &[u8]) -> Result<u64, SendError> {
         let trace = self.trace_id();
         self.publisher.loan(path)?.write_bytes(body)?.trace_id(trace).send().map_err(|f| f.error)
+    }
+}
+
+/// A reply whose requester does not read its reply queue (full of replies
+/// nobody waits for: their requests timed out) is dropped, as for a
+/// requester that is gone, and counted as a failure of that queue
+/// (`shmbus status`); other send errors stand.
+pub(crate) fn dropped_if_unread(e: SendError) -> Result<(), SendError> {
+    match e {
+        SendError::QueueFull { .. } => Ok(()),
+        e => Err(e),
     }
 }
 

@@ -207,9 +207,10 @@ impl Pipeline {
                 // finds no request (and is released).
                 let e2 = &mut self.slab[index as usize];
                 e2.gen = next_gen(e2.gen);
+                // Never sent: `Send(Timeout)` when its time ran out
+                // waiting for a slot or room (see `Requester::request`).
                 Err(match e {
                     SendError::BusGone => ReplyError::BusGone,
-                    SendError::Timeout { .. } if Instant::now() >= deadline => ReplyError::Timeout(timeout),
                     e => ReplyError::Send(e),
                 })
             }

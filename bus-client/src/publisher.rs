@@ -95,9 +95,9 @@ impl PublisherBuilder {
 
     /// Creates the publisher.
     pub fn create(self) -> Result<Publisher, RequestError> {
-        if self.bus.inner.forked() {
-            return Err(RequestError::Forked);
-        }
+        // A stopped daemon is `BusGone` here already, as for a subscribe,
+        // not at the first send.
+        self.bus.inner.alive()?;
         let port = self.bus.inner.claim_port()?;
         Ok(Publisher {
             bus: self.bus,
@@ -246,7 +246,7 @@ impl Publisher {
             let ts = self.clock.now();
             self.batch.clear();
             for i in sent..sent + n {
-                let slot = match self.take_slot() {
+                let slot = match self.take_slot(false) {
                     Ok(s) => s,
                     Err(e) => {
                         self.count_error(Some(route.to.subsystem), &e);
@@ -515,7 +515,7 @@ impl Publisher {
 
     /// Takes a slot, marks it loaned, writes the path and the queue.
     fn loan_to(&mut self, route: Route, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
-        let slot = match self.take_slot() {
+        let slot = match self.take_slot(route.direct.is_some()) {
             Ok(s) => s,
             Err(e) => {
                 self.count_error(Some(route.to.subsystem), &e);
@@ -645,7 +645,12 @@ impl Publisher {
         found.ok_or_else(|| SendError::NoSubscriber { subsystem: subsystem.to_owned() })
     }
 
-    fn take_slot(&mut self) -> Result<SlotIndex, SendError> {
+    /// A slot for a loan: from the private cache, refilled from the free
+    /// ring. A `reply` is taken even when this client holds its quota (one
+    /// slot, counted): a service's replies are bounded by the requests it
+    /// holds, one each, and a worker refused its reply's slot would leave
+    /// its requester waiting in vain.
+    fn take_slot(&mut self, reply: bool) -> Result<SlotIndex, SendError> {
         if let Some(i) = self.cache.pop() {
             return Ok(i);
         }
@@ -655,7 +660,10 @@ impl Publisher {
             // so that idle publishers cannot hold the quota in their
             // caches while the client's receivers are refused.
             let cap = if inner.quota == 0 { CACHE } else { (inner.quota as usize / 8).max(1) };
-            let want = (CACHE - cache.len()).min(cap).min(inner.allowance() as usize);
+            let mut want = (CACHE - cache.len()).min(cap).min(inner.allowance() as usize);
+            if reply && cache.is_empty() {
+                want = want.max(1);
+            }
             inner.took(port.take_free_many(want, |i| cache.push(i)));
             cache.pop()
         };
@@ -663,7 +671,7 @@ impl Publisher {
         if let Some(i) = refill(&mut self.cache, &port) {
             return Ok(i);
         }
-        if inner.allowance() == 0 {
+        if inner.allowance() == 0 && !reply {
             return Err(SendError::QuotaExceeded { quota: inner.quota });
         }
         let slots = self.bus.inner.seg.params().slot_count;
@@ -810,7 +818,13 @@ impl Publisher {
         // The clock is read only once a queue was found full: a send that
         // goes through at once makes no clock call.
         let deadline = std::cell::OnceCell::new();
+        let reply = route.direct.is_some();
         let wait = |me: &Self, queue: u32, version: u64| match me.backpressure {
+            // A reply never waits for room: a requester's reply queue is
+            // full only of replies nobody waits for any more (its windows
+            // bound the others), and a worker blocked on it would stall
+            // its whole service.
+            _ if reply => Err(SendError::QueueFull { subsystem: "(reply queue)".into() }),
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
             Backpressure::Block(t) => {
                 me.wait_for_space(queue, *deadline.get_or_init(|| crate::bus::deadline_in(t)), version)

@@ -206,6 +206,7 @@ impl Requester {
     ) -> Result<Response<'_>, ReplyError> {
         let corr = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = crate::bus::deadline_in(timeout);
+        self.release_late();
         self.lock_waiting().pending.push(corr);
         let sent = {
             // The request's timeout covers the send too: waiting for a free
@@ -233,8 +234,10 @@ impl Requester {
             drop(w);
             return Err(match e {
                 SendError::BusGone => ReplyError::BusGone,
-                // The request's own time ran out while waiting to send.
-                SendError::Timeout { .. } if Instant::now() >= deadline => ReplyError::Timeout(timeout),
+                // A request whose time ran out while it waited for a slot
+                // or for room is `Send(Timeout)`, not `Timeout`: it was
+                // never sent, which a caller of a request that must not
+                // run twice needs to know.
                 e => ReplyError::Send(e),
             });
         }
@@ -317,6 +320,38 @@ impl Requester {
                     return Err(ReplyError::BusGone);
                 }
             }
+            self.wake_sleepers(&w);
+        }
+    }
+
+    /// Releases the late replies queued while no request of ours waited
+    /// (their requests timed out, or were sent with a zero timeout), and
+    /// hands over any another thread waits for: a requester that keeps
+    /// asking never lets them pile up in its reply queue (which would hold
+    /// their slots, and turn away its services' replies once full). One
+    /// empty poll when nothing is queued; skipped while another thread
+    /// polls the queue (it releases them itself).
+    fn release_late(&self) {
+        let mut w = self.lock_waiting();
+        if w.polling {
+            return;
+        }
+        // Never waits for the queue's lock while holding the waiting lock:
+        // a poller takes the queue's lock without it.
+        let Ok(sub) = self.replies.try_lock() else { return };
+        let mut handed = false;
+        while let Ok(Some(m)) = sub.try_recv() {
+            let c = m.correlation_id();
+            let slot = m.into_slot();
+            if w.pending.contains(&c) {
+                w.arrived.push((c, slot));
+                handed = true;
+            } else {
+                self.release(slot);
+            }
+        }
+        drop(sub);
+        if handed {
             self.wake_sleepers(&w);
         }
     }

@@ -539,3 +539,14 @@ fn an_idle_subsystem_with_an_empty_queue_gives_its_entry_to_a_new_one_after_a_se
     assert_eq!(s["subsystems"][0]["sent"], 0, "counters start again for the new subsystem");
     assert!(matches!(c.publisher().create().unwrap().send_bytes("a://x", b"x"), Err(SendError::NoSubscriber { .. })));
 }
+
+#[test]
+fn a_publisher_or_requester_made_after_the_daemon_died_is_bus_gone_at_once() {
+    let bus = TestBus::start(&["--slots", "64"]);
+    let c = bus.connect();
+    bus.daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    let gone =
+        eventually(Duration::from_secs(5), || matches!(c.publisher().create(), Err(bus_client::RequestError::BusGone)));
+    assert!(gone.is_some(), "a new publisher on a dead bus was not BusGone");
+    assert!(matches!(c.requester().err(), Some(bus_client::RequestError::BusGone)), "a new requester");
+}

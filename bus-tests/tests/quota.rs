@@ -130,3 +130,44 @@ fn a_quota_out_of_range_is_a_config_error() {
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("max-slots-per-client"), "{err}");
 }
+
+#[test]
+fn a_service_whose_workers_hold_its_whole_quota_still_answers_every_request() {
+    // Eight workers each hold a request, which is the client's whole quota,
+    // before any replies: each reply's slot is taken all the same (one per
+    // request held), so nothing is left for the requester to wait out.
+    let bus = TestBus::start(&["--slots", "256", "--max-slots-per-client", "8"]);
+    let service_bus = bus.connect();
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = held.clone();
+    let router = bus_client::Router::new("qsvc")
+        .unwrap()
+        .route("echo", move |ctx| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let round = n.div_ceil(8) * 8;
+            let t0 = std::time::Instant::now();
+            while counted.load(std::sync::atomic::Ordering::SeqCst) < round && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(ctx.reply_bytes(ctx.message().body_bytes()?)?)
+        })
+        .unwrap();
+    let svc = service_bus.serve(router).workers(8).start().unwrap();
+    let asking = bus.connect();
+    let mut p = asking.pipeline(16).unwrap();
+    for round in 0..3u32 {
+        for i in 0..8u32 {
+            p.submit_bytes("qsvc://echo", &(round * 8 + i).to_le_bytes(), Duration::from_secs(10)).unwrap();
+        }
+        while p.in_flight() > 0 {
+            let (_, reply) = p.next().unwrap();
+            let reply = reply.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(reply.body_bytes().unwrap().len(), 4);
+        }
+    }
+    assert_eq!(held.load(std::sync::atomic::Ordering::SeqCst), 24);
+    assert_eq!(svc.stats().failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    svc.stop();
+    let s = bus.status();
+    assert_eq!(s["slots"]["held"], 0, "{s}");
+}

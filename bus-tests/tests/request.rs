@@ -319,3 +319,75 @@ fn a_second_reply_is_refused_and_a_long_error_text_is_cut_at_a_character() {
     assert_eq!(text, "€".repeat(c.body_capacity("once://euro".len()) / 3));
     drop(svc);
 }
+
+#[test]
+fn late_replies_of_a_requester_that_stops_waiting_neither_pile_up_nor_stall_its_service() {
+    // Small queues, so that a pile-up would fill the reply queue at once.
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256", "--queue-capacity", "16"]);
+    let _svc = serving(&bus, 1);
+    let idle = bus.connect();
+    let r = idle.requester().unwrap();
+    // Fire and forget: every reply comes late, to a requester that then
+    // stops asking but stays connected.
+    for i in 0..100u32 {
+        match r.request_bytes("svc://echo/x", &i.to_le_bytes(), Duration::ZERO) {
+            Err(ReplyError::Timeout(_)) => {}
+            // Not sent (the service's queue full): fine for this test.
+            Err(ReplyError::Send(bus_client::SendError::Timeout { .. })) => {}
+            other => panic!("request {i}: {:?}", other.map(|_| ())),
+        }
+    }
+    // Another client is still served promptly, again and again.
+    let other = bus.connect();
+    let o = other.requester().unwrap();
+    for i in 0..40u32 {
+        let t0 = Instant::now();
+        let reply = o.request_bytes("svc://echo/y", &i.to_le_bytes(), Duration::from_secs(3));
+        assert_eq!(reply.unwrap_or_else(|e| panic!("request {i}: {e}")).body_bytes().unwrap(), i.to_le_bytes());
+        assert!(t0.elapsed() < Duration::from_secs(1), "request {i} took {:?}", t0.elapsed());
+    }
+    // What the idle requester's queue holds is bounded by its capacity, and
+    // its next request releases it.
+    drop(r.request_bytes("svc://echo/z", b"again", T).unwrap());
+    let s = bus.status();
+    assert!(s["slots"]["queued"].as_u64().unwrap() <= 1, "{s}");
+    assert_eq!(s["slots"]["held"], 0, "{s}");
+}
+
+#[test]
+fn a_request_that_could_not_be_sent_in_time_says_so_not_timeout() {
+    let bus = TestBus::start(&["--slots", "256", "--slot-size", "256", "--queue-capacity", "16"]);
+    let c = bus.connect();
+    let (go_tx, go) = std::sync::mpsc::channel::<()>();
+    let go = std::sync::Mutex::new(go);
+    let router = bus_client::Router::new("stuck")
+        .unwrap()
+        .route("x", move |_| {
+            let _ = go.lock().unwrap().recv_timeout(T);
+            Ok(())
+        })
+        .unwrap();
+    let svc = c.serve(router).start().unwrap();
+    let r = Arc::new(c.requester().unwrap());
+    // The worker holds one request; 16 more fill its queue (each sent,
+    // then timed out waiting for its reply).
+    let mut sent = 0;
+    let mut refused = None;
+    for _ in 0..40 {
+        match r.request_bytes("stuck://x", b"", Duration::from_millis(20)) {
+            Err(ReplyError::Timeout(_)) => sent += 1,
+            Err(e @ ReplyError::Send(bus_client::SendError::Timeout { .. })) => {
+                refused = Some(e);
+                break;
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+    let e = refused.expect("a request that found the queue full");
+    assert!(e.to_string().contains("not sent"), "{e}");
+    assert!((16..=18).contains(&sent), "{sent} requests were sent before the queue was full");
+    for _ in 0..=sent {
+        let _ = go_tx.send(());
+    }
+    drop(svc);
+}

@@ -349,7 +349,8 @@ impl ReplyTo {
         // On its way, whatever `send` says (a failed send may have pushed
         // it all the same): never a second reply.
         self.replied.store(true, Ordering::Relaxed);
-        loan.reply(self.correlation, error).trace_id(self.trace).send().map(|_| ()).map_err(|f| f.error)
+        let sent = loan.reply(self.correlation, error).trace_id(self.trace).send();
+        sent.map(|_| ()).or_else(|f| crate::handler::dropped_if_unread(f.error))
     }
 
     /// Why the handler's reply could not be written, if it could not.
