@@ -425,12 +425,17 @@ impl Publisher {
     fn wait_for_space(&self, queue: u32, deadline: std::time::Instant, version: u64) -> Result<(), SendError> {
         let seg = &self.bus.inner.seg;
         let ring = seg.queue(queue).expect("resolved queue in range");
-        if std::time::Instant::now() >= deadline {
-            let waited = match self.backpressure {
+        // The whole send timeout, however many waits (one per routing
+        // change) it was spent in.
+        let timed_out = || SendError::Timeout {
+            waited: match self.backpressure {
                 Backpressure::Block(t) => t,
                 _ => Duration::ZERO,
-            };
-            return Err(SendError::Timeout { waited, what: "space in the queue" });
+            },
+            what: "space in the queue",
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(timed_out());
         }
         // Room for min(32, a quarter of the queue), and at least one entry.
         let batch_room = ring.capacity() - SPACE_BATCH.min(ring.capacity() / 4).max(1);
@@ -440,7 +445,6 @@ impl Publisher {
             }
             std::hint::spin_loop();
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
         let port = self.port();
         let bell = port.sleeper(Some(queue), true).expect("resolved queue in range");
         // The sleep is in slices of at most `LIVENESS_SLICE`, after each of
@@ -448,7 +452,7 @@ impl Publisher {
         let room_or_change = || (ring.len() < ring.capacity() || routing::version(seg) != version).then_some(());
         match self.bus.inner.wait_on(&bell, || Some(deadline), (0, 1), room_or_change) {
             Ok(Some(())) if std::time::Instant::now() < deadline => Ok(()),
-            Ok(_) => Err(SendError::Timeout { waited: left, what: "space in the queue" }),
+            Ok(_) => Err(timed_out()),
             Err(u) => Err(u.into()),
         }
     }

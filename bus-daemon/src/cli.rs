@@ -125,35 +125,44 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let s = &cfg.shape;
-    println!("{}: valid", path.display());
-    println!("  bus {} on {} (mode {:04o})", cfg.bus, cfg.socket.display(), cfg.socket_mode);
-    println!(
-        "  {} slots of {} bytes, queues of {}, up to {} subsystems, {} clients, {} groups per subsystem",
-        s.slot_count, s.slot_size, s.queue_capacity, s.max_subsystems, s.max_clients, s.max_groups
-    );
-    if !cfg.resume_grace.is_zero() {
-        println!("  clients wait {:?} for a new daemon after this one dies", cfg.resume_grace);
-    }
-    if let Some(m) = cfg.metrics {
-        println!("  metrics at http://{m}/metrics");
-    }
-    if cfg.quota > 0 {
-        println!("  at most {} slots per client", cfg.quota);
-    }
-    if !cfg.durable.is_empty() {
-        println!("  durable subsystems: {}", cfg.durable.join(", "));
-    }
-    for g in &cfg.groups {
-        println!("  durable group {} of {}{}", g.name, g.subsystem, if g.lossy { " (lossy)" } else { "" });
-    }
-    println!("  allow: {}", cfg.access.allow.listed());
-    println!("  admin: {}", cfg.access.admin.listed());
-    for (name, r) in &cfg.access.subsystems {
-        let show =
-            |r: &Option<crate::access::Rule>| r.as_ref().map_or("every allowed client".to_owned(), |r| r.listed());
-        println!("  subsystem {name}: publish {}, subscribe {}", show(&r.publish), show(&r.subscribe));
-    }
+    // Written through a fallible handle: a reader that stops early (`|
+    // head -1`) ends the output, not the program with a panic.
+    let print = |cfg: &crate::config::Config| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let s = &cfg.shape;
+        writeln!(out, "{}: valid", path.display())?;
+        writeln!(out, "  bus {} on {} (mode {:04o})", cfg.bus, cfg.socket.display(), cfg.socket_mode)?;
+        writeln!(
+            out,
+            "  {} slots of {} bytes, queues of {}, up to {} subsystems, {} clients, {} groups per subsystem",
+            s.slot_count, s.slot_size, s.queue_capacity, s.max_subsystems, s.max_clients, s.max_groups
+        )?;
+        if !cfg.resume_grace.is_zero() {
+            writeln!(out, "  clients wait {:?} for a new daemon after this one dies", cfg.resume_grace)?;
+        }
+        if let Some(m) = cfg.metrics {
+            writeln!(out, "  metrics at http://{m}/metrics")?;
+        }
+        if cfg.quota > 0 {
+            writeln!(out, "  at most {} slots per client", cfg.quota)?;
+        }
+        if !cfg.durable.is_empty() {
+            writeln!(out, "  durable subsystems: {}", cfg.durable.join(", "))?;
+        }
+        for g in &cfg.groups {
+            writeln!(out, "  durable group {} of {}{}", g.name, g.subsystem, if g.lossy { " (lossy)" } else { "" })?;
+        }
+        writeln!(out, "  allow: {}", cfg.access.allow.listed())?;
+        writeln!(out, "  admin: {}", cfg.access.admin.listed())?;
+        for (name, r) in &cfg.access.subsystems {
+            let show =
+                |r: &Option<crate::access::Rule>| r.as_ref().map_or("every allowed client".to_owned(), |r| r.listed());
+            writeln!(out, "  subsystem {name}: publish {}, subscribe {}", show(&r.publish), show(&r.subscribe))?;
+        }
+        Ok(())
+    };
+    let _ = print(&cfg);
     ExitCode::SUCCESS
 }
 

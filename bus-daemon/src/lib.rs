@@ -32,7 +32,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Io { what: "blocking signals".into(), source: e.into() })?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| DaemonError::Io { what: "signalfd".into(), source: e.into() })?;
-    let mut server = Server::bind(cfg)?;
+    let mut server = match Server::bind_until(cfg, &[sfd.as_fd()]) {
+        Err(DaemonError::StoppedWhileWaiting) => return Ok(()),
+        other => other?,
+    };
     // Under systemd with WatchdogSec=: ping at half the interval.
     let mut usec = 0;
     if sd_notify::watchdog_enabled(false, &mut usec) {
@@ -64,9 +67,9 @@ pub struct DaemonHandle {
 /// this returns.
 pub fn spawn(cfg: Config) -> Result<DaemonHandle, DaemonError> {
     let socket = cfg.socket.clone();
-    let server = Server::bind(cfg)?;
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| DaemonError::Io { what: "pipe".into(), source: e.into() })?;
+    let server = Server::bind(cfg)?;
     let thread = std::thread::Builder::new()
         .name("shmbusd".into())
         .spawn(move || server.serve(&[r.as_fd()]))

@@ -59,6 +59,14 @@ pub enum DaemonError {
     /// The segment could not be created.
     #[error("cannot create the bus segment: {0}")]
     Segment(#[from] bus_core::SegmentError),
+    /// Stopped (SIGTERM, SIGINT, or a stop request) while waiting for a
+    /// client of the previous daemon to bring its segment back: nothing was
+    /// served, and the segment and its record are left for the next
+    /// daemon.
+    #[error(
+        "stopped while waiting for the previous daemon's clients to resume; its segment is left for the next daemon"
+    )]
+    StoppedWhileWaiting,
     /// A system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -273,6 +281,13 @@ impl Server {
     /// Creates the segment and binds the socket. After this returns, clients
     /// can connect (they are served once [`Server::serve`] runs).
     pub fn bind(cfg: Config) -> Result<Server, DaemonError> {
+        Server::bind_until(cfg, &[])
+    }
+
+    /// [`Server::bind`], giving up with [`DaemonError::StoppedWhileWaiting`]
+    /// when one of `stop` becomes readable while it waits for a resuming
+    /// client (up to the resume grace).
+    pub fn bind_until(cfg: Config, stop: &[BorrowedFd<'_>]) -> Result<Server, DaemonError> {
         let generation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -291,7 +306,11 @@ impl Server {
         };
         // The previous daemon's segment, if it died with a resume grace and
         // left one to adopt (see [`resume`]); else a new one.
-        let (adopted, early) = resume::find_segment(&cfg, &listener);
+        let Ok((adopted, early)) = resume::find_segment(&cfg, &listener, stop) else {
+            remove_socket(&cfg.socket, socket_id);
+            tracing::info!("stopped while waiting for a resuming client; the previous segment is left as it was");
+            return Err(DaemonError::StoppedWhileWaiting);
+        };
         let is_adopted = adopted.is_some();
         let seg = match adopted.map_or_else(|| Segment::create(&cfg.shape, &cfg.bus, generation), Ok) {
             Ok(seg) => seg,

@@ -217,3 +217,119 @@ fn check_config_accepts_a_good_file_and_names_the_field_of_a_bad_one() {
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("cannot read config file"), "{err}");
 }
+
+#[test]
+fn check_config_into_a_closed_pipe_exits_quietly() {
+    // As `shmbusd --check-config FILE | head -1` once head has gone.
+    let dir = TempDir::new("check-config-pipe");
+    let path = dir.0.join("c.toml");
+    std::fs::write(&path, POLICY).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--check-config").arg(&path).stdout(Stdio::from(w)).stderr(Stdio::piped());
+    let (st, _, err) = Proc::new(cmd.spawn().unwrap()).wait(Duration::from_secs(30));
+    assert!(st.success(), "{st:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn connections_the_policy_refuses_cannot_keep_a_resuming_client_out() {
+    if !root() {
+        return;
+    }
+    let dir = TempDir::new("acl-resume");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.0.join("bus.sock");
+    let config = dir.0.join("shmbusd.toml");
+    std::fs::write(&config, "resume-grace = \"10s\"\nmax-clients = 4\n[access]\nallow = [\"root\"]\n").unwrap();
+    let start = || {
+        let mut cmd = Command::new(DAEMON);
+        cmd.arg("--config").arg(&config).arg("--socket").arg(&socket).args(["--socket-mode", "0666"]);
+        Proc::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+    };
+    let mut first = start();
+    first.wait_line("shmbusd: ready", Duration::from_secs(20));
+    // The client that will bring the segment back, in a process of its own.
+    let listener = listening(&socket, "kept");
+    listener.signal(nix::sys::signal::Signal::SIGSTOP);
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let mut second = start();
+    // A user the policy refuses holds more hellos than the daemon keeps
+    // while it waits (max-clients + 16).
+    let mut flood = Proc::new(
+        Command::new("setpriv")
+            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", PEER, "hellos", "n=40", "hold_ms=15000"])
+            .env("SHMBUS_SOCKET", &socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let holding = flood.wait_line("holding", Duration::from_secs(20));
+    assert!(holding.trim_end().ends_with("40"), "{holding}");
+    listener.signal(nix::sys::signal::Signal::SIGCONT);
+    let ready = second.wait_line("shmbusd: ready", Duration::from_secs(20));
+    assert!(ready.contains("resuming=1"), "the client was kept out: {ready}");
+    drop(flood);
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    assert!(eventually(Duration::from_secs(10), || p.send_bytes("kept://x", b"in").is_ok()).is_some());
+    let (st, out, err) = listener.wait(Duration::from_secs(20));
+    assert!(st.success() && out.contains("in"), "{out} {err}");
+}
+
+#[test]
+fn a_subscriber_whose_subscription_was_revoked_does_not_resume_into_it() {
+    if !root() {
+        return;
+    }
+    let dir = TempDir::new("acl-revoke");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.0.join("bus.sock");
+    let config = dir.0.join("shmbusd.toml");
+    let head = "resume-grace = \"10s\"\n[access]\nallow = [\"root\", \"65534\"]\n";
+    std::fs::write(&config, head).unwrap();
+    let start = || {
+        let mut cmd = Command::new(DAEMON);
+        cmd.arg("--config").arg(&config).arg("--socket").arg(&socket).args(["--socket-mode", "0666"]);
+        let mut d = Proc::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+        d.wait_line("shmbusd: ready", Duration::from_secs(20));
+        d
+    };
+    let first = start();
+    let listener = Proc::new(
+        Command::new("setpriv")
+            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", CLI])
+            .args(["listen", "watch", "--count", "2", "--timeout", "30s"])
+            .env("SHMBUS_SOCKET", &socket)
+            .env_remove("SHMBUS_BUS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let subscribed = eventually(Duration::from_secs(10), || {
+        status(&socket)["subsystems"].as_array().is_some_and(|s| s.iter().any(|x| x["name"] == "watch"))
+    });
+    assert!(subscribed.is_some(), "the listener never subscribed");
+    // The operator revokes it and restarts the daemon.
+    std::fs::write(&config, format!("{head}[access.subsystem.watch]\nsubscribe = [\"root\"]\n")).unwrap();
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let _second = start();
+    // Until it tries to resume, the client goes on using the segment, as
+    // every client does while no daemon runs; it tries within a second.
+    std::thread::sleep(Duration::from_secs(2));
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    for _ in 0..20 {
+        let _ = p.send_bytes("watch://x", b"after the revocation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (st, out, err) = listener.wait(Duration::from_secs(30));
+    assert!(!out.contains("after the revocation"), "a revoked subscriber still received: {out}");
+    assert!(!st.success(), "{out} {err}");
+    assert!(err.contains("no longer allowed") || err.contains("gone"), "{err}");
+}

@@ -550,3 +550,29 @@ fn a_publisher_or_requester_made_after_the_daemon_died_is_bus_gone_at_once() {
     assert!(gone.is_some(), "a new publisher on a dead bus was not BusGone");
     assert!(matches!(c.requester().err(), Some(bus_client::RequestError::BusGone)), "a new requester");
 }
+
+#[test]
+fn a_send_timeout_reports_the_whole_wait_across_routing_changes() {
+    let bus = TestBus::start(&["--slots", "256", "--queue-capacity", "16"]);
+    let c = bus.connect();
+    let _sub = c.subscribe("full").unwrap();
+    let t = Duration::from_millis(800);
+    let mut p = c.publisher().backpressure(Backpressure::Block(t)).create().unwrap();
+    for _ in 0..16 {
+        p.send_bytes("full://x", b"x").unwrap();
+    }
+    // The routing table changes while the send waits: each change wakes it
+    // to look again, and it waits on.
+    let other = bus.connect();
+    let churn = std::thread::spawn(move || {
+        for i in 0..5 {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(other.subscribe(&format!("churn{i}")).unwrap());
+        }
+    });
+    let t0 = Instant::now();
+    let e = p.send_bytes("full://x", b"x").unwrap_err();
+    churn.join().unwrap();
+    assert!(t0.elapsed() >= t, "gave up after {:?}", t0.elapsed());
+    assert_eq!(e, SendError::Timeout { waited: t, what: "space in the queue" });
+}

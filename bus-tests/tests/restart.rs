@@ -527,3 +527,44 @@ fn a_listener_that_accepts_nothing_costs_a_client_only_its_timeouts() {
     assert!(started.elapsed() < Duration::from_secs(3), "connecting took {:?}", started.elapsed());
     drop(queued);
 }
+
+#[test]
+fn sigterm_while_waiting_for_a_resuming_client_stops_at_once_and_leaves_the_segment() {
+    let dir = TempDir::new("restart-sigterm");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("30s");
+    let first = daemon(&socket, &args(&flags));
+    // A client in a process of its own, stopped, so that it cannot resume.
+    let listener = listening(&socket, "kept");
+    listener.signal(Signal::SIGSTOP);
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let second = Proc::new(cmd.spawn().unwrap());
+    // Bound (over the stale socket) and waiting for the client by now.
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    second.signal(Signal::SIGTERM);
+    let (st, _, err) = second.wait(Duration::from_secs(10));
+    assert!(t0.elapsed() < Duration::from_secs(3), "SIGTERM took {:?}: {err}", t0.elapsed());
+    assert!(st.success(), "{err}");
+    assert!(err.contains("stopped while waiting"), "{err}");
+    assert!(!socket.exists(), "the socket is removed");
+    // The segment was left for the next daemon: the client, let go, brings
+    // it back there, and its subscription still receives.
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut third = Proc::new(cmd.spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    listener.signal(Signal::SIGCONT);
+    let ready = third.wait_line("shmbusd: ready", Duration::from_secs(20));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    let sent = eventually(Duration::from_secs(20), || p.send_bytes("kept://x", b"after").is_ok());
+    assert!(sent.is_some(), "the listener did not resume on the third daemon");
+    let (st, out, err) = listener.wait(Duration::from_secs(20));
+    assert!(st.success() && out.contains("after"), "{out} {err}");
+    drop(third);
+}

@@ -163,13 +163,25 @@ fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
     nix::sys::stat::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
 }
 
+/// What [`find_segment`] found: the predecessor's segment, if there is one
+/// to adopt, and the connections accepted while waiting for it.
+pub(super) type Found = (Option<Segment>, Vec<OwnedFd>);
+
+/// A stop came while the daemon waited for a resuming client.
+#[derive(Debug)]
+pub(super) struct Stopped;
+
 /// The predecessor's segment, if there is one to adopt, and the
 /// connections accepted while waiting for it (served once the daemon runs).
-pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>, Vec<OwnedFd>) {
+///
+/// `Err(Stopped)` if one of `stop` became readable (SIGTERM, say) while it
+/// waited: the previous segment and its record are left as they are, for
+/// the next daemon.
+pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd, stop: &[BorrowedFd<'_>]) -> Result<Found, Stopped> {
     let record = handoff_path(&cfg.socket);
     if cfg.resume_grace.is_zero() {
         let _ = std::fs::remove_file(&record);
-        return (None, Vec::new());
+        return Ok((None, Vec::new()));
     }
     let handoff = read_handoff(&record);
     if let Some(fd) = from_fd_store() {
@@ -178,19 +190,19 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
         match seg {
             Ok(seg) => {
                 tracing::info!("adopting the segment systemd kept for us");
-                return (Some(seg), Vec::new());
+                return Ok((Some(seg), Vec::new()));
             }
             Err(why) => tracing::warn!("not adopting the segment in systemd's fd store: {why}"),
         }
     }
     let Some((handoff, age)) = handoff else {
-        return (None, Vec::new());
+        return Ok((None, Vec::new()));
     };
     if marked_idle(&cfg.socket) {
         tracing::info!("the previous daemon had no clients when it went: starting a new bus");
         let _ = std::fs::remove_file(&record);
         let _ = std::fs::remove_file(idle_path(&cfg.socket));
-        return (None, Vec::new());
+        return Ok((None, Vec::new()));
     }
     // Clients give up a grace after their daemon went; it touched the
     // record every second until then.
@@ -201,21 +213,21 @@ pub(super) fn find_segment(cfg: &Config, listener: &OwnedFd) -> (Option<Segment>
             "the previous daemon left a segment too long ago for any client to be waiting: starting a new bus"
         );
         let _ = std::fs::remove_file(&record);
-        return (None, Vec::new());
+        return Ok((None, Vec::new()));
     }
     let wait = (cfg.resume_grace + slack).saturating_sub(age);
     tracing::info!(?wait, "a previous daemon left a segment: waiting for a client to bring it back");
     let cap = cfg.shape.max_clients as usize + EARLY_EXTRA;
-    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), wait, &cfg.access, cap);
+    let (fd, early) = wait_for_resumer(listener, (handoff.dev, handoff.ino), wait, &cfg.access, cap, stop)?;
     let Some(fd) = fd else {
         tracing::warn!("no client brought the previous segment back within the grace: starting a new bus");
-        return (None, early);
+        return Ok((None, early));
     };
     match Segment::open(fd).map_err(|e| e.to_string()).and_then(|seg| adoptable(cfg, seg, Some(&handoff))) {
-        Ok(seg) => (Some(seg), early),
+        Ok(seg) => Ok((Some(seg), early)),
         Err(why) => {
             tracing::warn!("not adopting the previous segment ({why}): starting a new bus");
-            (None, early)
+            Ok((None, early))
         }
     }
 }
@@ -287,7 +299,8 @@ fn wait_for_resumer(
     grace: Duration,
     policy: &crate::access::Policy,
     cap: usize,
-) -> (Option<OwnedFd>, Vec<OwnedFd>) {
+    stop: &[BorrowedFd<'_>],
+) -> Result<(Option<OwnedFd>, Vec<OwnedFd>), Stopped> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + grace;
     let mut early: Vec<Early> = Vec::new();
@@ -310,11 +323,15 @@ fn wait_for_resumer(
                 .iter()
                 .map(|e| PollFd::new(e.fd.as_fd(), if e.seen { PollFlags::empty() } else { PollFlags::POLLIN })),
         );
+        fds.extend(stop.iter().map(|f| PollFd::new(*f, PollFlags::POLLIN)));
         if poll(&mut fds, PollTimeout::from(left.as_millis() as u16)).is_err() {
             continue;
         }
         let revents: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
         drop(fds);
+        if revents[1 + early.len()..].iter().any(|r| !r.is_empty()) {
+            return Err(Stopped);
+        }
         let mut gone = vec![false; early.len()];
         for (i, e) in early.iter_mut().enumerate() {
             let r = revents[i + 1];
@@ -333,18 +350,25 @@ fn wait_for_resumer(
                     continue;
                 }
             };
+            // Only clients the policy lets on the bus are kept: others could
+            // otherwise fill the connections kept here (`cap`) and keep the
+            // resuming client out.
+            let allowed =
+                nix::sys::socket::getsockopt(&e.fd, nix::sys::socket::sockopt::PeerCredentials).is_ok_and(|c| {
+                    let peer = crate::access::peer(c.pid(), c.uid(), c.gid());
+                    policy.check(&peer, crate::access::Action::Connect).is_ok()
+                });
+            if !allowed {
+                tracing::info!("a connection the access policy refuses, while waiting for a resuming client: closed");
+                gone[i] = true;
+                continue;
+            }
             match hello {
                 (true, Some(fd)) => {
                     e.seen = true;
                     e.resumes = true;
-                    // Only from a client the policy lets on the bus.
-                    let allowed = nix::sys::socket::getsockopt(&e.fd, nix::sys::socket::sockopt::PeerCredentials)
-                        .is_ok_and(|c| {
-                            let peer = crate::access::peer(c.pid(), c.uid(), c.gid());
-                            policy.check(&peer, crate::access::Action::Connect).is_ok()
-                        });
-                    if allowed && identity(fd.as_fd()) == Some(want) {
-                        return (Some(fd), served(early));
+                    if identity(fd.as_fd()) == Some(want) {
+                        return Ok((Some(fd), served(early)));
                     }
                     tracing::warn!("a client offered a segment that is not the recorded one: ignored");
                 }
@@ -395,7 +419,7 @@ fn wait_for_resumer(
             }
         }
     }
-    (None, served(early))
+    Ok((None, served(early)))
 }
 
 /// After bind: with a grace, records the segment for the next daemon
@@ -584,6 +608,24 @@ impl Server {
         {
             return refuse(format!("cannot resume client {}: it was another process or another bus", r.client));
         }
+        // This daemon's policy, which may differ from the last one's. A
+        // client that may no longer hold one of its subscriptions does not
+        // resume at all: its library would go on taking that queue's
+        // messages whatever the daemon's books say. It gets `BusGone`, and
+        // connects again (where subscribing is checked); its entry is
+        // reclaimed as a ghost's.
+        for sub in r.subscriptions.iter().filter(|s| !s.subsystem.starts_with("_reply.")) {
+            if let Err(why) = self.cfg.access.check(&conn.peer, crate::access::Action::Subscribe(&sub.subsystem)) {
+                tracing::warn!(client = r.client, subsystem = %sub.subsystem, "a resuming client's subscription is no longer allowed: resumption refused ({why})");
+                return Reply::Error {
+                    kind: ErrorKind::PermissionDenied,
+                    message: format!(
+                        "cannot resume client {}: its subscription to {:?} is no longer allowed ({why}); connect again",
+                        r.client, sub.subsystem
+                    ),
+                };
+            }
+        }
         let g = r.client;
         if g != id {
             if let Some(other) = self.conns.get(&g) {
@@ -638,13 +680,7 @@ impl Server {
                 tracing::warn!(client = g, subsystem = %sub.subsystem, queue = sub.queue, "a resumed subscription names no such entry: dropped");
                 continue;
             }
-            // This daemon's policy, which may differ from the last one's.
-            if !sub.subsystem.starts_with("_reply.") {
-                if let Err(why) = self.cfg.access.check(&conn.peer, crate::access::Action::Subscribe(&sub.subsystem)) {
-                    tracing::warn!(client = g, subsystem = %sub.subsystem, "a resumed subscription is no longer allowed: dropped ({why})");
-                    continue;
-                }
-            }
+            // (Allowed by this daemon's policy: `resume` checked.)
             if let Some(n) = self.pending_subs.get_mut(&sub.queue) {
                 *n = n.saturating_sub(1);
             }

@@ -62,6 +62,12 @@ fn main() -> ExitCode {
     let get = |k: &str| kv(&args, k);
     let num = |k: &str, d: u64| get(k).map(|v| v.parse().expect("number")).unwrap_or(d);
     let send_timeout = Duration::from_millis(num("send_timeout_ms", 30_000));
+    if role == "hellos" {
+        // `n` connections that each sent a plain hello and wait for their
+        // welcome, held for `hold_ms` (as clients a daemon has not served
+        // yet): no `Bus`, which would wait for its own welcome.
+        return hellos(num("n", 1) as usize, Duration::from_millis(num("hold_ms", 10_000)));
+    }
     let bus = match Bus::builder().send_timeout(send_timeout).connect() {
         Ok(b) => b,
         Err(e) => {
@@ -609,4 +615,25 @@ fn subscribe(bus: &Bus, get: &dyn Fn(&str) -> Option<String>) -> bus_client::Sub
         builder = builder.tap();
     }
     builder.create().expect("subscribe")
+}
+
+/// The `hellos` role (see `main`).
+fn hellos(n: usize, hold: Duration) -> ExitCode {
+    use bus_client::control;
+    use bus_client::protocol::Request;
+    use std::os::fd::AsFd;
+    let socket = std::env::var_os("SHMBUS_SOCKET").expect("SHMBUS_SOCKET");
+    let hello = Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None };
+    let mut held = Vec::new();
+    let until = std::time::Instant::now() + hold;
+    while held.len() < n && std::time::Instant::now() < until {
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
+        match control::connect(std::path::Path::new(&socket), deadline) {
+            Ok(fd) if control::send(fd.as_fd(), &hello, None).is_ok() => held.push(fd),
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    println!("holding {}", held.len());
+    std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
+    ExitCode::SUCCESS
 }

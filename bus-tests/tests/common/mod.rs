@@ -268,6 +268,27 @@ pub fn peer(socket: &Path, args: &[&str]) -> Proc {
     Proc::new(cmd.spawn().expect("start a peer"))
 }
 
+/// `listen SUBSYSTEM --count 1` of the CLI on the bus at `socket`, in a
+/// process of its own, once the subsystem shows in status (its client
+/// then holds the segment, as a client to resume after a restart).
+pub fn listening(socket: &Path, subsystem: &str) -> Proc {
+    let listener = Proc::new(
+        Command::new(CLI)
+            .args(["listen", subsystem, "--count", "1", "--timeout", "120s"])
+            .env("SHMBUS_SOCKET", socket)
+            .env_remove("SHMBUS_BUS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let subscribed = eventually(Duration::from_secs(10), || {
+        status(socket)["subsystems"].as_array().is_some_and(|s| s.iter().any(|x| x["name"] == subsystem))
+    });
+    assert!(subscribed.is_some(), "the listener never subscribed");
+    listener
+}
+
 /// `status --json` of the bus at `socket`.
 pub fn status(socket: &Path) -> serde_json::Value {
     let (st, out, err) = run_to_end(Command::new(CLI).args(["status", "--json"]).env("SHMBUS_SOCKET", socket));
