@@ -187,7 +187,7 @@ impl<'a, 'p> Context<'a, 'p> {
 
     /// Replies with `value`, serialized in place into a new slot. A message
     /// that is not a request, or whose requester is gone or does not read
-    /// its replies (its reply queue is full: the reply is dropped and
+    /// its replies (its reply queue stays full: the reply is dropped and
     /// counted), gets nothing. A request gets one reply: a second is
     /// refused ([`SendError::AlreadyReplied`]).
     pub fn reply<T: Body>(&mut self, value: &T) -> Result<(), SendError> {
@@ -264,10 +264,10 @@ impl<'a, 'p> Context<'a, 'p> {
     }
 }
 
-/// A reply whose requester does not read its reply queue (full of replies
-/// nobody waits for: their requests timed out) is dropped, as for a
-/// requester that is gone, and counted as a failure of that queue
-/// (`shmbus status`); other send errors stand.
+/// A reply whose requester does not read its reply queue (full, and
+/// nothing taken for a while: see `Publisher::wait_for_reply_room`) is
+/// dropped, as for a requester that is gone, and counted as a failure of
+/// that queue (`shmbus status`); other send errors stand.
 pub(crate) fn dropped_if_unread(e: SendError) -> Result<(), SendError> {
     match e {
         SendError::QueueFull { .. } => Ok(()),

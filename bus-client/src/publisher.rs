@@ -117,6 +117,7 @@ impl PublisherBuilder {
                 version: u64::MAX,
             },
             open_reply: None,
+            stuck_reply: std::cell::Cell::new(None),
             clock: SendClock::new(),
         })
     }
@@ -159,6 +160,10 @@ pub struct Publisher {
     /// The last reply queue found open, `(routes version, queue, serial)`:
     /// replying to it again costs one load while the table is unchanged.
     open_reply: Option<(u64, u32, u64)>,
+    /// A reply queue found full with its head at this position (its
+    /// requester not reading): replies to it are dropped at once until
+    /// the head moves (see [`Publisher::wait_for_reply_room`]).
+    stuck_reply: std::cell::Cell<Option<(u32, u64)>>,
     /// Reads the send timestamps.
     clock: SendClock,
 }
@@ -454,6 +459,38 @@ impl Publisher {
             Ok(Some(())) if std::time::Instant::now() < deadline => Ok(()),
             Ok(_) => Err(timed_out()),
             Err(u) => Err(u.into()),
+        }
+    }
+
+    /// For a reply whose queue is full: waits for room while the requester
+    /// takes replies (its queue's head moves), up to the send timeout, but
+    /// gives up after [`REPLY_PATIENCE`] without progress, and then at once
+    /// for every later reply to that queue until its head moves. A
+    /// requester that stopped reading (its queue full of replies nobody
+    /// waits for) so costs its service one short wait, not a send timeout
+    /// per reply. `QueueFull` when it gives up (the caller drops the reply
+    /// as for a requester that is gone).
+    fn wait_for_reply_room(&self, queue: u32, deadline: std::time::Instant, version: u64) -> Result<(), SendError> {
+        let ring = self.bus.inner.seg.queue(queue).expect("resolved queue in range");
+        let head = || ring.header().head.load(Ordering::Relaxed);
+        let unread = || SendError::QueueFull { subsystem: "(reply queue)".into() };
+        let before = head();
+        if self.stuck_reply.get() == Some((queue, before)) {
+            return Err(unread());
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return self.wait_for_space(queue, deadline, version); // its timeout
+        }
+        match self.wait_for_space(queue, deadline.min(now + REPLY_PATIENCE), version) {
+            Err(SendError::Timeout { .. }) if now + REPLY_PATIENCE < deadline => {
+                if head() == before {
+                    self.stuck_reply.set(Some((queue, before)));
+                    return Err(unread());
+                }
+                Ok(()) // it reads: look again (the caller loops)
+            }
+            other => other,
         }
     }
 
@@ -824,11 +861,9 @@ impl Publisher {
         let deadline = std::cell::OnceCell::new();
         let reply = route.direct.is_some();
         let wait = |me: &Self, queue: u32, version: u64| match me.backpressure {
-            // A reply never waits for room: a requester's reply queue is
-            // full only of replies nobody waits for any more (its windows
-            // bound the others), and a worker blocked on it would stall
-            // its whole service.
-            _ if reply => Err(SendError::QueueFull { subsystem: "(reply queue)".into() }),
+            Backpressure::Block(t) if reply => {
+                me.wait_for_reply_room(queue, *deadline.get_or_init(|| crate::bus::deadline_in(t)), version)
+            }
             Backpressure::FailFast => Err(SendError::QueueFull { subsystem: me.subsystem_of(slot, subsystem_len) }),
             Backpressure::Block(t) => {
                 me.wait_for_space(queue, *deadline.get_or_init(|| crate::bus::deadline_in(t)), version)
@@ -1146,6 +1181,10 @@ impl Drop for Loan<'_> {
 /// Free queue entries a publisher blocked on a full queue polls for before
 /// it sleeps (see `Publisher::wait_for_space`).
 const SPACE_BATCH: u64 = 32;
+
+/// How long a reply waits for room in a full reply queue whose requester
+/// takes nothing meanwhile (see [`Publisher::wait_for_reply_room`]).
+const REPLY_PATIENCE: Duration = Duration::from_millis(100);
 
 /// Polls of a full queue before its publisher sleeps until a consumer has
 /// emptied half of it (`Publisher::wait_for_space`). Few: each poll reads

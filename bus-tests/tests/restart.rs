@@ -541,9 +541,9 @@ fn sigterm_while_waiting_for_a_resuming_client_stops_at_once_and_leaves_the_segm
     let _ = first.wait(Duration::from_secs(10));
     let mut cmd = Command::new(DAEMON);
     cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let second = Proc::new(cmd.spawn().unwrap());
-    // Bound (over the stale socket) and waiting for the client by now.
-    std::thread::sleep(Duration::from_secs(1));
+    let mut second = Proc::new(cmd.spawn().unwrap());
+    let waiting = second.saw_err_line(Duration::from_secs(20), |l| l.contains("waiting for a client to bring it back"));
+    assert!(waiting, "the second daemon never waited for the client");
     let t0 = Instant::now();
     second.signal(Signal::SIGTERM);
     let (st, _, err) = second.wait(Duration::from_secs(10));

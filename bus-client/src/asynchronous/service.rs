@@ -210,8 +210,11 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
         let made =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (shared.router.handlers[handler].1)(request)));
         let shared = shared.clone();
+        // Made before the spawn: a task dropped before it first runs
+        // answers too.
+        let unfinished = Unfinished { reply: reply.clone(), shared: shared.clone(), armed: true };
         tokio::spawn(async move {
-            let mut unfinished = Unfinished { reply: reply.clone(), shared: shared.clone(), armed: true };
+            let mut unfinished = unfinished; // the whole guard, not only its field
             let outcome = match made {
                 Ok(future) => CatchUnwind(future).await,
                 Err(panic) => Err(panic_text(&*panic)),
