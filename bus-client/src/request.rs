@@ -206,8 +206,11 @@ impl Requester {
     ) -> Result<Response<'_>, ReplyError> {
         let corr = self.next.fetch_add(1, Ordering::Relaxed);
         let deadline = crate::bus::deadline_in(timeout);
-        self.release_late();
-        self.lock_waiting().pending.push(corr);
+        {
+            let mut w = self.lock_waiting();
+            self.release_late(&mut w);
+            w.pending.push(corr);
+        }
         let sent = {
             // The request's timeout covers the send too: waiting for a free
             // slot or for queue space never outlasts it. (The clock again
@@ -330,9 +333,9 @@ impl Requester {
     /// asking never lets them pile up in its reply queue (which would hold
     /// their slots, and turn away its services' replies once full). One
     /// empty poll when nothing is queued; skipped while another thread
-    /// polls the queue (it releases them itself).
-    fn release_late(&self) {
-        let mut w = self.lock_waiting();
+    /// polls the queue (it releases them itself). Under the waiting lock
+    /// `w`, which the new request's registration reuses.
+    fn release_late(&self, w: &mut Waiting) {
         if w.polling {
             return;
         }
@@ -352,7 +355,7 @@ impl Requester {
         }
         drop(sub);
         if handed {
-            self.wake_sleepers(&w);
+            self.wake_sleepers(w);
         }
     }
 

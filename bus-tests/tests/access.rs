@@ -251,7 +251,7 @@ fn connections_the_policy_refuses_cannot_keep_a_resuming_client_out() {
     let mut first = start();
     first.wait_line("shmbusd: ready", Duration::from_secs(20));
     // The client that will bring the segment back, in a process of its own.
-    let listener = listening(&socket, "kept");
+    let listener = listening(&socket, "kept", None);
     listener.signal(nix::sys::signal::Signal::SIGSTOP);
     first.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = first.wait(Duration::from_secs(10));
@@ -299,21 +299,7 @@ fn a_subscriber_whose_subscription_was_revoked_does_not_resume_into_it() {
         d
     };
     let first = start();
-    let listener = Proc::new(
-        Command::new("setpriv")
-            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", CLI])
-            .args(["listen", "watch", "--count", "2", "--timeout", "30s"])
-            .env("SHMBUS_SOCKET", &socket)
-            .env_remove("SHMBUS_BUS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let subscribed = eventually(Duration::from_secs(10), || {
-        status(&socket)["subsystems"].as_array().is_some_and(|s| s.iter().any(|x| x["name"] == "watch"))
-    });
-    assert!(subscribed.is_some(), "the listener never subscribed");
+    let listener = listening(&socket, "watch", Some(NOBODY));
     // The operator revokes it and restarts the daemon.
     std::fs::write(&config, format!("{head}[access.subsystem.watch]\nsubscribe = [\"root\"]\n")).unwrap();
     first.signal(nix::sys::signal::Signal::SIGKILL);

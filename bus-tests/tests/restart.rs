@@ -535,7 +535,7 @@ fn sigterm_while_waiting_for_a_resuming_client_stops_at_once_and_leaves_the_segm
     let flags = grace_flags("30s");
     let first = daemon(&socket, &args(&flags));
     // A client in a process of its own, stopped, so that it cannot resume.
-    let listener = listening(&socket, "kept");
+    let listener = listening(&socket, "kept", None);
     listener.signal(Signal::SIGSTOP);
     first.signal(Signal::SIGKILL);
     let _ = first.wait(Duration::from_secs(10));

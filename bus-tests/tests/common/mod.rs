@@ -269,12 +269,20 @@ pub fn peer(socket: &Path, args: &[&str]) -> Proc {
 }
 
 /// `listen SUBSYSTEM --count 1` of the CLI on the bus at `socket`, in a
-/// process of its own, once the subsystem shows in status (its client
-/// then holds the segment, as a client to resume after a restart).
-pub fn listening(socket: &Path, subsystem: &str) -> Proc {
+/// process of its own (as user `uid` through `setpriv`, if given), once
+/// the subsystem shows in status (its client then holds the segment, as a
+/// client to resume after a restart).
+pub fn listening(socket: &Path, subsystem: &str, uid: Option<&str>) -> Proc {
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", uid, "--regid", uid, "--clear-groups", CLI]);
+            c
+        }
+        None => Command::new(CLI),
+    };
     let listener = Proc::new(
-        Command::new(CLI)
-            .args(["listen", subsystem, "--count", "1", "--timeout", "120s"])
+        cmd.args(["listen", subsystem, "--count", "1", "--timeout", "120s"])
             .env("SHMBUS_SOCKET", socket)
             .env_remove("SHMBUS_BUS")
             .stdout(Stdio::piped())
