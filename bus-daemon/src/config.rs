@@ -150,24 +150,35 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// A setting written as a string or as a bare number (kept as text).
+/// A setting written as a string or as a bare number (kept as text, so
+/// that the one parser of the setting judges both and says what is wrong).
 fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Number(u64),
-        Text(String),
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as \"5s\", \"500ms\", \"2m\" or \"1h\", or a whole number of seconds")
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<String, E> {
+            Ok(n.to_string())
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<String, E> {
+            Ok(n.to_string())
+        }
+        fn visit_f64<E>(self, n: f64) -> Result<String, E> {
+            Ok(n.to_string())
+        }
+        fn visit_str<E>(self, t: &str) -> Result<String, E> {
+            Ok(t.to_owned())
+        }
     }
-    Ok(Some(match Either::deserialize(d)? {
-        Either::Number(n) => n.to_string(),
-        Either::Text(t) => t,
-    }))
+    d.deserialize_any(Text).map(Some)
 }
 
 /// The longest `resume-grace`.
 pub const MAX_RESUME_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// `"5s"`, `"250ms"`, `"2m"`, or a bare number of seconds.
+/// `"5s"`, `"250ms"`, `"2m"`, `"1h"`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();
     let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
@@ -176,6 +187,7 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         "ms" => n,
         "" | "s" => n.checked_mul(1000)?,
         "m" | "min" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
         _ => return None,
     };
     Some(std::time::Duration::from_millis(ms))
@@ -215,8 +227,10 @@ impl FileConfig {
     /// checks every value.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let bus = bus_client::addr::bus_name(self.bus.as_deref());
-        if bus.is_empty() || bus.len() > 64 || bus.contains('/') {
-            return Err(ConfigError::Invalid(format!("bus name {bus:?} must be 1 to 64 bytes without '/'")));
+        if bus.is_empty() || bus.len() > 64 || bus.contains('/') || bus.contains(char::is_control) {
+            return Err(ConfigError::Invalid(format!(
+                "bus name {bus:?} must be 1 to 64 bytes without '/' or control characters"
+            )));
         }
         let socket = bus_client::addr::socket_path(self.socket.as_deref(), Some(&bus));
         // A Unix socket address holds 108 bytes, its terminating NUL included.
@@ -235,7 +249,11 @@ impl FileConfig {
             max_clients: self.max_clients.unwrap_or(DEFAULT_SHAPE.max_clients),
             max_groups: self.max_groups.unwrap_or(DEFAULT_SHAPE.max_groups),
         };
-        shape.check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // The whole layout, not just each count: the segment's size has a
+        // limit of its own, which the daemon would otherwise meet only at
+        // start (and `--check-config` never).
+        bus_core::layout::SegmentParams::compute(&shape, &bus, 0, 0)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mode = self.socket_mode.as_deref().unwrap_or("0660");
         let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
             .ok()
@@ -305,11 +323,19 @@ impl FileConfig {
         };
         let resume_grace = match self.resume_grace.as_deref() {
             None => std::time::Duration::ZERO,
-            Some(text) => parse_duration(text).filter(|d| *d <= MAX_RESUME_GRACE).ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "resume-grace {text:?} is not a duration like \"5s\" or \"500ms\" of at most an hour"
-                ))
-            })?,
+            Some(text) => match parse_duration(text) {
+                Some(d) if d <= MAX_RESUME_GRACE => d,
+                Some(_) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "resume-grace {text:?} is longer than the longest grace, an hour (\"1h\"): choose a shorter one"
+                    )))
+                }
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "resume-grace {text:?} is not a duration: write a whole number with a unit, like \"5s\", \"500ms\", \"2m\" or \"1h\""
+                    )))
+                }
+            },
         };
         let metrics = match self.metrics.as_deref() {
             None | Some("") | Some("off") => None,
@@ -389,5 +415,34 @@ mod tests {
         let bad = "[[group]]\nsubsystem = \"s\"\nname = \"Bad\"\n";
         let e = toml::from_str::<FileConfig>(bad).unwrap().resolve().unwrap_err();
         assert!(e.to_string().contains("group name \"Bad\": it has 'B'"), "{e}");
+    }
+
+    #[test]
+    fn the_check_refuses_what_the_daemon_would_refuse_at_start() {
+        // Every count within its limit, but 16 Mi slots of 16 KiB make a
+        // segment of 256 GiB.
+        let big = FileConfig { slots: Some(1 << 24), slot_size: Some(16384), ..Default::default() };
+        let e = big.resolve().unwrap_err();
+        assert!(e.to_string().contains("at most 64 GiB"), "{e}");
+        for name in ["a\u{0}b", "line\nbreak"] {
+            let e = FileConfig { bus: Some(name.into()), ..Default::default() }.resolve().unwrap_err();
+            assert!(e.to_string().contains("control characters"), "{name:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_grace_out_of_range_or_not_a_duration_says_which() {
+        let grace = |toml_text: &str| toml::from_str::<FileConfig>(toml_text).unwrap().resolve();
+        assert_eq!(grace("resume-grace = \"1h\"").unwrap().resume_grace, MAX_RESUME_GRACE);
+        let e = grace("resume-grace = \"2h\"").unwrap_err().to_string();
+        assert!(e.contains("longer than the longest grace"), "{e}");
+        let e = grace("resume-grace = 7200").unwrap_err().to_string();
+        assert!(e.contains("longer than the longest grace"), "{e}");
+        for bad in ["-5", "1.5", "\"-5s\"", "\"soon\""] {
+            let e = grace(&format!("resume-grace = {bad}")).unwrap_err().to_string();
+            assert!(e.contains("is not a duration: write a whole number with a unit"), "{bad}: {e}");
+        }
+        let e = toml::from_str::<FileConfig>("resume-grace = true").unwrap_err().to_string();
+        assert!(e.contains("a whole number of seconds"), "{e}");
     }
 }

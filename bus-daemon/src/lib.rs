@@ -32,6 +32,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Io { what: "blocking signals".into(), source: e.into() })?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| DaemonError::Io { what: "signalfd".into(), source: e.into() })?;
+    notice_hangups()?;
     let mut server = match Server::bind_until(cfg, &[sfd.as_fd()]) {
         Err(DaemonError::StoppedWhileWaiting) => return Ok(()),
         other => other?,
@@ -47,6 +48,36 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let r = server.serve(&[sfd.as_fd()]);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     r
+}
+
+/// SIGHUP, which conventionally asks a daemon to reload its configuration
+/// (and which a closing terminal sends), neither stops nor kills the
+/// daemon: the configuration is read only at start. Each one is logged
+/// with what to do instead, by a thread that waits for it on a signalfd.
+/// Before, its default action ended the process at once and left the
+/// socket behind.
+fn notice_hangups() -> Result<(), DaemonError> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGHUP);
+    // Blocked here, before the server's threads exist, so that they inherit
+    // the mask and the signal is only ever read from the signalfd.
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| DaemonError::Io { what: "blocking SIGHUP".into(), source: e.into() })?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| DaemonError::Io { what: "signalfd for SIGHUP".into(), source: e.into() })?;
+    std::thread::Builder::new()
+        .name("shmbusd-sighup".into())
+        .spawn(move || {
+            while let Ok(Some(_)) | Err(nix::errno::Errno::EINTR) = sfd.read_signal() {
+                tracing::warn!(
+                    "SIGHUP ignored: the configuration is read only at start; restart the daemon to apply a change"
+                );
+            }
+        })
+        .map_err(|source| DaemonError::Io { what: "spawning the SIGHUP thread".into(), source })?;
+    Ok(())
 }
 
 fn announce(server: &Server) {

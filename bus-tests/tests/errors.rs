@@ -412,6 +412,26 @@ fn sigterm_stops_the_daemon_cleanly() {
 }
 
 #[test]
+fn sighup_is_logged_and_ignored_and_the_daemon_goes_on_serving() {
+    let mut bus = TestBus::start(&["--slots", "16"]);
+    let listener = listening(&bus.socket, "hup", None);
+    bus.daemon.signal(Signal::SIGHUP);
+    let said = bus.daemon.saw_err_line(Duration::from_secs(10), |l| l.contains("SIGHUP ignored"));
+    assert!(said, "the daemon did not log the SIGHUP");
+    // Still serving: the client connected before the signal and a new one.
+    let (st, _, err) = bus.cli(&["send", "hup://x", "after"]);
+    assert_eq!(st.code(), Some(0), "{err}");
+    let (st, out, err) = listener.wait(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(out.contains("after"), "{out}");
+    bus.daemon.signal(Signal::SIGTERM);
+    let TestBus { daemon, socket, dir: _dir, .. } = bus;
+    let (st, _, err) = daemon.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(!socket.exists());
+}
+
+#[test]
 fn the_cli_reports_errors_on_one_line_with_exit_status_1_and_usage_errors_with_2() {
     let bus = TestBus::start(&["--slots", "16"]);
     let (st, _, err) = bus.cli(&["send", "nosub://x", "hi"]);
