@@ -93,7 +93,7 @@ impl From<ConnectError> for Error {
             ConnectError::PermissionDenied { .. }
             | ConnectError::NotAllowed { .. }
             | ConnectError::UntrustedDaemon { .. } => SHMBUS_EPERM,
-            ConnectError::Timeout { .. } => SHMBUS_ETIMEDOUT,
+            ConnectError::Timeout { .. } | ConnectError::Restarting { .. } => SHMBUS_ETIMEDOUT,
             ConnectError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput => SHMBUS_EINVAL,
             _ => SHMBUS_EIO,
         };

@@ -256,13 +256,40 @@ impl BusBuilder {
             None,
         );
         let mut buf = Vec::new();
-        let (reply, seg_fd) = match (control::recv::<Reply>(fd.as_fd(), &mut buf), sent) {
+        // A restarting daemon says so first, and welcomes us when its wait
+        // for its predecessor's clients ends: we wait for that within our
+        // own timeout, and say why if it runs out.
+        let deadline = Instant::now() + timeout;
+        let mut restarting = None;
+        let received = loop {
+            match control::recv::<Reply>(fd.as_fd(), &mut buf) {
+                Ok(Received::Packet(Reply::Restarting { wait_ms }, _)) => {
+                    restarting = Some(Duration::from_millis(wait_ms));
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break Err(std::io::ErrorKind::TimedOut.into());
+                    }
+                    set_recv_timeout(&fd, left);
+                }
+                other => break other,
+            }
+        };
+        if restarting.is_some() {
+            set_recv_timeout(&fd, timeout);
+        }
+        let fail = |source: std::io::Error| match restarting {
+            Some(up_to) if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                ConnectError::Restarting { socket: socket.clone(), waited: timeout, up_to }
+            }
+            _ => io(source),
+        };
+        let (reply, seg_fd) = match (received, sent) {
             (Ok(Received::Packet(r, f)), _) => (r, f),
-            (_, Err(e)) => return Err(io(e)),
+            (_, Err(e)) => return Err(fail(e)),
             (Ok(Received::Closed), Ok(())) => {
                 return Err(ConnectError::Refused { message: "the daemon closed the connection".into() })
             }
-            (Err(e), Ok(())) => return Err(io(e)),
+            (Err(e), Ok(())) => return Err(fail(e)),
         };
         let (client, serial, bus, shape, quota, grace_ms, statistics) = match reply {
             Reply::Welcome { client, serial, bus, shape, quota, resume_grace_ms, statistics } => {

@@ -35,6 +35,19 @@ pub enum ConnectError {
         /// How long we waited.
         waited: Duration,
     },
+    /// The daemon is restarting: it waits for the clients of the daemon
+    /// before it to come back before it serves new ones, and that wait
+    /// outlasted this connect's timeout.
+    #[error("the daemon at {} is restarting: it serves new clients once the previous daemon's clients are back, \
+             or within {up_to:?}; gave up after {waited:?}: connect again, or raise the connect timeout", socket.display())]
+    Restarting {
+        /// The socket path.
+        socket: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+        /// The longest the daemon said it might still wait, when it said so.
+        up_to: Duration,
+    },
     /// A system call failed.
     #[error("connecting to {}: {source}", socket.display())]
     Io {

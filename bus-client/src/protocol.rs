@@ -138,6 +138,13 @@ pub enum Reply {
     Status(Status),
     /// To `shutdown`.
     ShuttingDown,
+    /// To `hello`, before its answer, from a daemon that waits for the
+    /// clients of the daemon before it to resume (its `resume-grace`): the
+    /// welcome comes once that wait ends, within `wait_ms` milliseconds.
+    Restarting {
+        /// The longest the daemon may still wait.
+        wait_ms: u64,
+    },
     /// The request failed.
     Error {
         /// Machine-readable kind.

@@ -269,6 +269,17 @@ fn connections_the_policy_refuses_cannot_keep_a_resuming_client_out() {
     );
     let holding = flood.wait_line("holding", Duration::from_secs(20));
     assert!(holding.trim_end().ends_with("40"), "{holding}");
+    // Refused with the policy's reason, as a serving daemon refuses.
+    let refused = Command::new("setpriv")
+        .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", CLI, "status"])
+        .env("SHMBUS_SOCKET", &socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (st, _, err) = Proc::new(refused).wait(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("refused the connection") && err.contains("allow"), "{err}");
     listener.signal(nix::sys::signal::Signal::SIGCONT);
     let ready = second.wait_line("shmbusd: ready", Duration::from_secs(20));
     assert!(ready.contains("resuming=1"), "the client was kept out: {ready}");

@@ -568,3 +568,44 @@ fn sigterm_while_waiting_for_a_resuming_client_stops_at_once_and_leaves_the_segm
     assert!(st.success() && out.contains("after"), "{out} {err}");
     drop(third);
 }
+
+#[test]
+fn a_new_client_during_the_resume_wait_is_told_the_daemon_is_restarting_and_served_when_it_ends() {
+    let dir = TempDir::new("restart-newcomer");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("30s");
+    let first = daemon(&socket, &args(&flags));
+    let listener = listening(&socket, "kept", None);
+    listener.signal(Signal::SIGSTOP);
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut second = Proc::new(cmd.spawn().unwrap());
+    let waiting = second.saw_err_line(Duration::from_secs(20), |l| l.contains("waiting for a client to bring it back"));
+    assert!(waiting, "the second daemon never waited for the client");
+    // A newcomer whose timeout ends before the wait: told why.
+    let short = bus_client::Bus::builder().socket(&socket).connect_timeout(Duration::from_millis(500)).connect();
+    match short {
+        Err(e @ bus_client::ConnectError::Restarting { .. }) => {
+            assert!(e.to_string().contains("is restarting"), "{e}");
+        }
+        Err(e) => panic!("expected Restarting, got {e:?}"),
+        Ok(_) => panic!("served during the resume wait"),
+    }
+    // One that waits long enough is served once the old client is back.
+    let s = socket.clone();
+    let patient = std::thread::spawn(move || {
+        bus_client::Bus::builder().socket(&s).connect_timeout(Duration::from_secs(60)).connect()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    listener.signal(Signal::SIGCONT);
+    let ready = second.wait_line("shmbusd: ready", Duration::from_secs(20));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    let bus = patient.join().unwrap().expect("the patient newcomer is served once the daemon runs");
+    let mut p = bus.publisher().create().unwrap();
+    let sent = eventually(Duration::from_secs(20), || p.send_bytes("kept://x", b"after").is_ok());
+    assert!(sent.is_some(), "the listener did not resume");
+    let (st, out, err) = listener.wait(Duration::from_secs(20));
+    assert!(st.success() && out.contains("after"), "{out} {err}");
+}

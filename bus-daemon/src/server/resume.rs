@@ -353,13 +353,19 @@ fn wait_for_resumer(
             // Only clients the policy lets on the bus are kept: others could
             // otherwise fill the connections kept here (`cap`) and keep the
             // resuming client out.
-            let allowed =
-                nix::sys::socket::getsockopt(&e.fd, nix::sys::socket::sockopt::PeerCredentials).is_ok_and(|c| {
-                    let peer = crate::access::peer(c.pid(), c.uid(), c.gid());
-                    policy.check(&peer, crate::access::Action::Connect).is_ok()
-                });
-            if !allowed {
-                tracing::info!("a connection the access policy refuses, while waiting for a resuming client: closed");
+            // Refused as a serving daemon refuses: with the policy's reason
+            // (the hello has arrived, so the answer goes out at once).
+            let refusal = match nix::sys::socket::getsockopt(&e.fd, nix::sys::socket::sockopt::PeerCredentials) {
+                Ok(c) => policy.check(&crate::access::peer(c.pid(), c.uid(), c.gid()), crate::access::Action::Connect),
+                Err(e) => Err(format!("its credentials could not be read ({e})")),
+            };
+            if let Err(message) = refusal {
+                tracing::info!("refusing a client while waiting for a resuming one: {message}");
+                // The peeked hello is read first: a socket closed with
+                // unread data resets the connection, and the client would
+                // see that instead of the answer.
+                let _ = control::recv::<Request>(e.fd.as_fd(), &mut buf);
+                let _ = control::send(e.fd.as_fd(), &Reply::Error { kind: ErrorKind::PermissionDenied, message }, None);
                 gone[i] = true;
                 continue;
             }
@@ -382,6 +388,13 @@ fn wait_for_resumer(
                 (resumes, _) => {
                     e.seen = true;
                     e.resumes = resumes;
+                    // A new client is served once the wait ends: told so
+                    // now, so that one that cannot wait that long says why
+                    // it gave up (not "the daemon did not answer").
+                    if !resumes {
+                        let wait_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+                        let _ = control::send(e.fd.as_fd(), &Reply::Restarting { wait_ms }, None);
+                    }
                 }
             }
         }
