@@ -528,22 +528,29 @@ fn a_listener_that_accepts_nothing_costs_a_client_only_its_timeouts() {
     drop(queued);
 }
 
+/// A daemon killed under a client (a listener of `kept`, in a process of
+/// its own, stopped so that it cannot resume), and the next daemon, once it
+/// waits for that client.
+fn waiting_for_a_stopped_client(socket: &Path, flags: &[String]) -> (Proc, Proc) {
+    let first = daemon(socket, &args(flags));
+    let listener = listening(socket, "kept", None);
+    listener.signal(Signal::SIGSTOP);
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let mut cmd = Command::new(DAEMON);
+    cmd.arg("--socket").arg(socket).args(args(flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut second = Proc::new(cmd.spawn().unwrap());
+    let waiting = second.saw_err_line(Duration::from_secs(20), |l| l.contains("waiting for a client to bring it back"));
+    assert!(waiting, "the second daemon never waited for the client");
+    (listener, second)
+}
+
 #[test]
 fn sigterm_while_waiting_for_a_resuming_client_stops_at_once_and_leaves_the_segment() {
     let dir = TempDir::new("restart-sigterm");
     let socket = dir.0.join("bus.sock");
     let flags = grace_flags("30s");
-    let first = daemon(&socket, &args(&flags));
-    // A client in a process of its own, stopped, so that it cannot resume.
-    let listener = listening(&socket, "kept", None);
-    listener.signal(Signal::SIGSTOP);
-    first.signal(Signal::SIGKILL);
-    let _ = first.wait(Duration::from_secs(10));
-    let mut cmd = Command::new(DAEMON);
-    cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut second = Proc::new(cmd.spawn().unwrap());
-    let waiting = second.saw_err_line(Duration::from_secs(20), |l| l.contains("waiting for a client to bring it back"));
-    assert!(waiting, "the second daemon never waited for the client");
+    let (listener, second) = waiting_for_a_stopped_client(&socket, &flags);
     let t0 = Instant::now();
     second.signal(Signal::SIGTERM);
     let (st, _, err) = second.wait(Duration::from_secs(10));
@@ -574,16 +581,7 @@ fn a_new_client_during_the_resume_wait_is_told_the_daemon_is_restarting_and_serv
     let dir = TempDir::new("restart-newcomer");
     let socket = dir.0.join("bus.sock");
     let flags = grace_flags("30s");
-    let first = daemon(&socket, &args(&flags));
-    let listener = listening(&socket, "kept", None);
-    listener.signal(Signal::SIGSTOP);
-    first.signal(Signal::SIGKILL);
-    let _ = first.wait(Duration::from_secs(10));
-    let mut cmd = Command::new(DAEMON);
-    cmd.arg("--socket").arg(&socket).args(args(&flags)).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut second = Proc::new(cmd.spawn().unwrap());
-    let waiting = second.saw_err_line(Duration::from_secs(20), |l| l.contains("waiting for a client to bring it back"));
-    assert!(waiting, "the second daemon never waited for the client");
+    let (listener, mut second) = waiting_for_a_stopped_client(&socket, &flags);
     // A newcomer whose timeout ends before the wait: told why.
     let short = bus_client::Bus::builder().socket(&socket).connect_timeout(Duration::from_millis(500)).connect();
     match short {
