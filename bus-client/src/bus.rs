@@ -50,12 +50,12 @@ pub(crate) struct Inner {
     /// entries that wait to be recycled. At most [`REPLY_NAMES_KEPT`].
     pub(crate) free_reply_names: Mutex<Vec<String>>,
     pub(crate) send_timeout: Duration,
-    /// Slots this client may hold at once (0: no quota), and how many it
-    /// holds (counted only under a quota; see [`Inner::allowance`]).
-    pub(crate) quota: u32,
+    /// Whether this client counts the slots it holds: it connected under
+    /// a quota. How many it holds (see [`Inner::allowance`]); the quota
+    /// itself is the link's (`link.settings`), since the next daemon may
+    /// change it.
+    counting: bool,
     owned: AtomicU32,
-    /// Whether to keep statistics (the daemon's setting).
-    pub(crate) statistics: bool,
     /// Set by the watcher thread once the daemon's end of the control
     /// connection closed (it stopped or was killed).
     gone: Arc<AtomicBool>,
@@ -334,7 +334,7 @@ impl BusBuilder {
             client,
             serial,
             generation: seg.params().bus_generation,
-            grace: Duration::from_millis(grace_ms as u64),
+            settings: crate::link::Settings::new(quota, statistics, grace_ms),
             trusted: self.trusted_uids,
             timeout,
             seg_fd,
@@ -375,9 +375,8 @@ impl BusBuilder {
                 link,
                 ports: Mutex::new(0),
                 free_reply_names: Mutex::new(Vec::new()),
-                quota,
+                counting: quota != 0,
                 owned: AtomicU32::new(0),
-                statistics,
                 send_timeout: self.send_timeout.unwrap_or(Duration::from_secs(5)),
                 gone,
                 forks: FORKS.load(Ordering::Relaxed),
@@ -505,16 +504,32 @@ impl Inner {
     /// take slots at the same instant.
     #[inline]
     pub(crate) fn allowance(&self) -> u32 {
-        if self.quota == 0 {
+        if !self.counting {
             return u32::MAX;
         }
-        self.quota.saturating_sub(self.owned.load(Ordering::Relaxed))
+        self.quota().saturating_sub(self.owned.load(Ordering::Relaxed))
+    }
+
+    /// Slots this client may hold at once (0: no quota).
+    #[inline]
+    pub(crate) fn quota(&self) -> u32 {
+        if self.counting {
+            self.link.settings.quota()
+        } else {
+            0
+        }
+    }
+
+    /// Whether to keep statistics (the daemon's setting).
+    #[inline]
+    pub(crate) fn statistics(&self) -> bool {
+        self.link.settings.statistics()
     }
 
     /// This client took `n` slots (counted under a quota only).
     #[inline]
     pub(crate) fn took(&self, n: usize) {
-        if self.quota != 0 && n > 0 {
+        if self.counting && n > 0 {
             self.owned.fetch_add(n as u32, Ordering::Relaxed);
         }
     }
@@ -522,7 +537,7 @@ impl Inner {
     /// This client gave up `n` slots (counted under a quota only).
     #[inline]
     pub(crate) fn gave(&self, n: usize) {
-        if self.quota != 0 && n > 0 {
+        if self.counting && n > 0 {
             self.owned.fetch_sub(n as u32, Ordering::Relaxed);
         }
     }
@@ -549,7 +564,7 @@ impl Inner {
     /// the segment's stopped state, which any process could write.
     pub(crate) fn alive(&self) -> Result<(), Unusable> {
         self.usable()?;
-        if !self.link.grace.is_zero() {
+        if !self.link.settings.grace().is_zero() {
             // A closed connection is no verdict under a resume grace: the
             // watcher thread resumes, or marks the bus gone.
             return Ok(());

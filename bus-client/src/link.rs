@@ -31,8 +31,9 @@ pub(crate) struct Link {
     pub(crate) serial: u32,
     /// The segment's `bus_generation`: a resumption names it.
     generation: u64,
-    /// The daemon's resume grace (zero: no resumption).
-    pub(crate) grace: Duration,
+    /// What the daemon's welcome set: the current daemon's, since a
+    /// resumption takes the next daemon's (its config may have changed).
+    pub(crate) settings: Settings,
     /// Daemon uids trusted besides root and our own.
     trusted: Vec<u32>,
     /// Receive timeout on the control socket.
@@ -83,6 +84,59 @@ unsafe impl Send for StateWord {}
 // SAFETY: as above.
 unsafe impl Sync for StateWord {}
 
+/// The settings a daemon's welcome gives its clients. Each is one
+/// process-local word: the hot path reads them with Relaxed loads, and the
+/// watcher thread stores the next daemon's when it resumes (a reader that
+/// sees the old value a moment longer is harmless: each value is valid).
+pub(crate) struct Settings {
+    /// Slots this client may hold at once (`max-slots-per-client`; 0: no
+    /// quota). Whether slots are counted at all is fixed at connect (see
+    /// `Inner::counting`), so a resumption takes the next daemon's quota
+    /// only when both are non-zero: counting cannot start midway.
+    quota: AtomicU32,
+    /// Whether to keep statistics.
+    statistics: AtomicBool,
+    /// The resume grace in milliseconds (zero: no resumption).
+    grace_ms: AtomicU64,
+}
+
+impl Settings {
+    /// From a welcome's fields.
+    pub(crate) fn new(quota: u32, statistics: bool, grace_ms: u32) -> Settings {
+        Settings {
+            quota: AtomicU32::new(quota),
+            statistics: AtomicBool::new(statistics),
+            grace_ms: AtomicU64::new(grace_ms as u64),
+        }
+    }
+
+    /// The quota (0: none).
+    #[inline]
+    pub(crate) fn quota(&self) -> u32 {
+        self.quota.load(Ordering::Relaxed)
+    }
+
+    /// Whether statistics are kept.
+    #[inline]
+    pub(crate) fn statistics(&self) -> bool {
+        self.statistics.load(Ordering::Relaxed)
+    }
+
+    /// The resume grace.
+    pub(crate) fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
+    }
+
+    /// Takes the next daemon's settings, from its welcome to a resumption.
+    fn resumed(&self, quota: u32, statistics: bool, grace_ms: u32) {
+        if quota != 0 && self.quota() != 0 {
+            self.quota.store(quota, Ordering::Relaxed);
+        }
+        self.statistics.store(statistics, Ordering::Relaxed);
+        self.grace_ms.store(grace_ms as u64, Ordering::Relaxed);
+    }
+}
+
 /// Everything [`Link::new`] takes.
 pub(crate) struct LinkParts {
     pub(crate) socket: PathBuf,
@@ -91,7 +145,7 @@ pub(crate) struct LinkParts {
     pub(crate) client: u32,
     pub(crate) serial: u32,
     pub(crate) generation: u64,
-    pub(crate) grace: Duration,
+    pub(crate) settings: Settings,
     pub(crate) trusted: Vec<u32>,
     pub(crate) timeout: Duration,
     pub(crate) seg_fd: OwnedFd,
@@ -117,7 +171,7 @@ impl Link {
             client: p.client,
             serial: p.serial,
             generation: p.generation,
-            grace: p.grace,
+            settings: p.settings,
             trusted: p.trusted,
             timeout: p.timeout,
             gone: Arc::new(AtomicBool::new(false)),
@@ -158,11 +212,13 @@ impl Link {
     /// Sends `req` and waits for the answer. If the daemon died, waits for
     /// the resumption (up to the grace) and asks the next daemon.
     pub(crate) fn request(&self, req: &Request) -> Result<Reply, RequestError> {
-        let deadline = crate::bus::deadline_in(self.grace.saturating_add(self.timeout));
+        let deadline = crate::bus::deadline_in(self.settings.grace().saturating_add(self.timeout));
         loop {
             let seen = self.resumes.load(Ordering::Acquire);
             match self.request_once(req) {
-                Err(RequestError::BusGone) if !self.grace.is_zero() && !self.gone.load(Ordering::Relaxed) => {
+                Err(RequestError::BusGone)
+                    if !self.settings.grace().is_zero() && !self.gone.load(Ordering::Relaxed) =>
+                {
                     if !self.wait_resumed(seen, deadline) {
                         return Err(RequestError::BusGone);
                     }
@@ -335,8 +391,11 @@ impl Link {
         }
         let mut buf = Vec::new();
         match control::recv::<Reply>(fd.as_fd(), &mut buf) {
-            Ok(Received::Packet(Reply::Welcome { client, serial, .. }, _))
-                if client == self.client && serial == self.serial => {}
+            Ok(Received::Packet(Reply::Welcome { client, serial, quota, statistics, resume_grace_ms, .. }, _))
+                if client == self.client && serial == self.serial =>
+            {
+                self.settings.resumed(quota, statistics, resume_grace_ms);
+            }
             Ok(Received::Packet(Reply::Error { kind: ErrorKind::TooManyClients, .. }, _)) => return Ok(false),
             Ok(Received::Packet(Reply::Error { message, .. }, _)) => return Err(message),
             Ok(Received::Packet(other, _)) => return Err(format!("unexpected answer to a resumption: {other:?}")),
@@ -388,7 +447,7 @@ impl Link {
             if !hung_up {
                 continue;
             }
-            if self.grace.is_zero() || self.stopped_on_purpose() || !self.resume_within_grace(&stop) {
+            if self.settings.grace().is_zero() || self.stopped_on_purpose() || !self.resume_within_grace(&stop) {
                 self.mark_gone();
                 return;
             }
@@ -399,7 +458,7 @@ impl Link {
     /// back (`true`), or the grace passes, a daemon refuses us, the bus is
     /// shut down on purpose, or `stop` is readable (`false`).
     fn resume_within_grace(&self, stop: &OwnedFd) -> bool {
-        let deadline = Instant::now() + self.grace;
+        let deadline = Instant::now() + self.settings.grace();
         while Instant::now() < deadline {
             match self.try_resume(deadline, stop.as_fd()) {
                 Ok(true) => return true,

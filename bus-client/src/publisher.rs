@@ -358,7 +358,7 @@ impl Publisher {
             // take it.
             let seg = &self.bus.inner.seg;
             let mut lens = [0u32; BATCH_CHUNK];
-            if self.bus.inner.statistics {
+            if self.bus.inner.statistics() {
                 for (l, &s) in lens.iter_mut().zip(&self.batch[pushed..]) {
                     *l = seg.slot(s).header().body_len.load(Ordering::Relaxed);
                 }
@@ -700,7 +700,7 @@ impl Publisher {
             // Under a quota, a cache refill takes at most an eighth of it,
             // so that idle publishers cannot hold the quota in their
             // caches while the client's receivers are refused.
-            let cap = if inner.quota == 0 { CACHE } else { (inner.quota as usize / 8).max(1) };
+            let cap = if inner.quota() == 0 { CACHE } else { (inner.quota() as usize / 8).max(1) };
             let mut want = (CACHE - cache.len()).min(cap).min(inner.allowance() as usize);
             if reply && cache.is_empty() {
                 want = want.max(1);
@@ -713,7 +713,7 @@ impl Publisher {
             return Ok(i);
         }
         if inner.allowance() == 0 && !reply {
-            return Err(SendError::QuotaExceeded { quota: inner.quota });
+            return Err(SendError::QuotaExceeded { quota: inner.quota() });
         }
         let slots = self.bus.inner.seg.params().slot_count;
         match self.backpressure {
@@ -788,7 +788,7 @@ impl Publisher {
     /// changed hands.
     fn push(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
         // Read while the slot is still ours, and only when counted.
-        let len = if self.bus.inner.statistics {
+        let len = if self.bus.inner.statistics() {
             self.bus.inner.seg.slot(slot).header().body_len.load(Ordering::Relaxed) as u64
         } else {
             0
@@ -811,7 +811,7 @@ impl Publisher {
     /// the entry's statistics, and in this port's record (one thread
     /// writes it: a plain load and store).
     fn count_sent(&self, entry: u32, n: u64, bytes: u64) {
-        if !self.bus.inner.statistics {
+        if !self.bus.inner.statistics() {
             return;
         }
         let seg = &self.bus.inner.seg;
@@ -840,7 +840,7 @@ impl Publisher {
     }
 
     fn count_failure(&self, entry: Option<u32>, kind: Failure) {
-        if !self.bus.inner.statistics {
+        if !self.bus.inner.statistics() {
             return;
         }
         if let Some(s) = entry.and_then(|q| self.bus.inner.seg.entry_stats(q)) {

@@ -378,7 +378,7 @@ impl Subscriber {
     /// timestamp into its group's latency histogram.
     #[inline]
     fn count_received(&self, msgs: &[Message<'_>]) {
-        if !self.bus.inner.statistics || msgs.is_empty() {
+        if !self.bus.inner.statistics() || msgs.is_empty() {
             return;
         }
         let seg = &self.bus.inner.seg;
@@ -429,7 +429,7 @@ impl Subscriber {
     #[inline]
     fn may_take(&self) -> Result<(), RecvError> {
         if !self.replies && self.bus.inner.allowance() == 0 {
-            return Err(RecvError::QuotaExceeded { quota: self.bus.inner.quota });
+            return Err(RecvError::QuotaExceeded { quota: self.bus.inner.quota() });
         }
         Ok(())
     }

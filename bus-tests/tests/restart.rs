@@ -607,3 +607,37 @@ fn a_new_client_during_the_resume_wait_is_told_the_daemon_is_restarting_and_serv
     let (st, out, err) = listener.wait(Duration::from_secs(20));
     assert!(st.success() && out.contains("after"), "{out} {err}");
 }
+
+#[test]
+fn clients_that_carry_over_take_the_next_daemons_quota_and_statistics_settings() {
+    let dir = TempDir::new("restart-settings");
+    let socket = dir.0.join("bus.sock");
+    let mut first_flags = grace_flags("20s");
+    first_flags.extend(["--max-slots-per-client".into(), "8".into(), "--no-statistics".into()]);
+    let first = daemon(&socket, &args(&first_flags));
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let sub = bus.subscribe("q").unwrap();
+    let mut p = bus.publisher().create().unwrap();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let mut second_flags = grace_flags("20s");
+    second_flags.extend(["--max-slots-per-client".into(), "32".into()]);
+    let (second, ready) = daemon_ready(&socket, &args(&second_flags));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    // The client resumed (a control call waits for that) under the new
+    // settings: it may hold 20 messages, beyond the old quota of 8, and
+    // what it sends is counted now.
+    let _other = bus.subscribe("other").expect("the client resumed");
+    for i in 0..20u32 {
+        p.send_bytes("q://m", &i.to_le_bytes()).unwrap();
+    }
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(sub.recv_timeout(Duration::from_secs(5)).expect("within the new quota of 32"));
+    }
+    let s = status(&socket);
+    let q = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "q").unwrap().clone();
+    assert_eq!(q["bytes"], 80, "{q}");
+    drop(held);
+    drop(second);
+}
