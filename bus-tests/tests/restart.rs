@@ -641,3 +641,49 @@ fn clients_that_carry_over_take_the_next_daemons_quota_and_statistics_settings()
     drop(held);
     drop(second);
 }
+
+#[test]
+fn a_takeover_restart_applies_the_new_configs_durable_and_lossy_declarations() {
+    let dir = TempDir::new("restart-config");
+    let socket = dir.0.join("bus.sock");
+    let config = dir.0.join("shmbusd.toml");
+    let start = |text: &str| {
+        std::fs::write(&config, format!("resume-grace = \"20s\"\nslots = 512\n{text}")).unwrap();
+        let mut cmd = Command::new(DAEMON);
+        cmd.arg("--config").arg(&config).arg("--socket").arg(&socket);
+        let mut d = Proc::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+        let ready = d.wait_line("shmbusd: ready", Duration::from_secs(20));
+        (d, ready)
+    };
+    // Before: `keep` durable, and `billing` a group a client made.
+    let (first, _) = start("durable = [\"keep\"]\n");
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let billing = bus.subscribe_group("orders", "billing").unwrap();
+    // Held for no one by the durable subsystem, so that its entry stays.
+    bus.publisher().create().unwrap().send_bytes("keep://x", b"held").unwrap();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    // After: `keep` no longer durable, `billing` declared, and lossy.
+    let (second, ready) = start("[[group]]\nsubsystem = \"orders\"\nname = \"billing\"\nlossy = true\n");
+    assert!(ready.contains("resuming=1"), "{ready}");
+    let _resumed = bus.subscribe("other").expect("the client resumed");
+    let s = status(&socket);
+    let entry = |name: &str| s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == name).cloned();
+    // No longer durable; the message it held is kept for a subscriber.
+    let keep = entry("keep").expect("listed");
+    assert_eq!(keep["durable"], false, "{keep}");
+    assert_eq!(keep["queue_depth"], 1, "{keep}");
+    let orders = entry("orders").expect("orders listed");
+    let group = orders["groups"].as_array().unwrap().iter().find(|g| g["name"] == "billing").unwrap().clone();
+    assert_eq!(group["durable"], true, "{group}");
+    assert_eq!(group["backpressure"], "lossy", "{group}");
+    // The member goes on receiving, and the group keeps messages without
+    // it now that it is durable.
+    let mut p = bus.publisher().create().unwrap();
+    p.send_bytes("orders://1", b"one").unwrap();
+    assert!(billing.recv_timeout(Duration::from_secs(5)).is_ok());
+    drop(billing);
+    let kept = eventually(Duration::from_secs(10), || p.send_bytes("orders://2", b"two").is_ok());
+    assert!(kept.is_some(), "a durable group takes messages without members");
+    drop(second);
+}

@@ -27,7 +27,10 @@ use super::{Record, RecordKind, Server, Sub};
 use crate::config::Config;
 use bus_client::control::{self, Received};
 use bus_client::protocol::{ErrorKind, Reply, Request, Resume};
-use bus_core::layout::{CLIENT_ACTIVE, CLIENT_FREE, CLIENT_RECLAIMING, DAEMON_RUNNING, MAX_GROUPS, ROUTE_RESTRICTED};
+use bus_core::layout::{
+    CLIENT_ACTIVE, CLIENT_FREE, CLIENT_RECLAIMING, DAEMON_RUNNING, MAX_GROUPS, ROUTE_DURABLE, ROUTE_EPHEMERAL,
+    ROUTE_LOSSY, ROUTE_RESTRICTED,
+};
 use bus_core::routing::{self, Kind};
 use bus_core::segment::Segment;
 use serde::{Deserialize, Serialize};
@@ -550,6 +553,7 @@ impl Server {
             if matches!(kind, RecordKind::Subsystem { .. }) && self.cfg.access.restricts_publish(v.name()) {
                 flags |= ROUTE_RESTRICTED;
             }
+            flags = self.configured_flags(&views, v, &kind, flags);
             self.routes.insert(v.queue, Record { name: v.name().to_owned(), flags, kind });
             self.baselines.insert(v.queue, crate::status::Baseline::adopted(&self.seg, v.queue));
             if v.subscribers > 0 {
@@ -599,6 +603,36 @@ impl Server {
             "adopted the previous daemon's segment: waiting for its clients to resume"
         );
         self.tend_ghosts();
+    }
+
+    /// An adopted entry's flags as this daemon's config has them, so that
+    /// a restart applies a changed config: a subsystem is durable exactly
+    /// when `durable` names it; a group `[[group]]` declares is durable,
+    /// lossy or blocking as declared, and one it no longer declares is no
+    /// longer durable (it keeps what it holds for its next subscriber, as
+    /// any group does). Taps keep theirs.
+    fn configured_flags(
+        &self,
+        views: &[routing::RouteView],
+        v: &routing::RouteView,
+        kind: &RecordKind,
+        flags: u32,
+    ) -> u32 {
+        match kind {
+            RecordKind::Subsystem { .. } => {
+                let durable = self.cfg.durable.iter().any(|d| d == v.name());
+                (flags & !ROUTE_DURABLE) | if durable { ROUTE_DURABLE } else { 0 }
+            }
+            RecordKind::Group { .. } if flags & ROUTE_EPHEMERAL != 0 => flags,
+            RecordKind::Group { subsystem, .. } => {
+                let Some(parent) = views.iter().find(|s| s.queue == *subsystem) else { return flags };
+                let declared = self.cfg.groups.iter().find(|g| g.subsystem == parent.name() && g.name == v.name());
+                match declared {
+                    Some(g) => (flags & !(ROUTE_DURABLE | ROUTE_LOSSY)) | routing::group_flags(true, g.lossy, false),
+                    None => flags & !ROUTE_DURABLE,
+                }
+            }
+        }
     }
 
     /// Client connection `id` asks to resume client `r.client` (see the
