@@ -191,13 +191,27 @@ fn control_socket_only(
     let mut buf = Vec::new();
     let mut ask = |r: &Request| -> Result<Reply, Box<dyn std::error::Error>> {
         control::send(fd.as_fd(), r, None)?;
-        match control::recv::<Reply>(fd.as_fd(), &mut buf)? {
-            Received::Packet(Reply::Error { message, .. }, _) => Err(message.into()),
-            Received::Packet(reply, _) => Ok(reply),
-            Received::Closed => Err("the daemon closed the connection".into()),
+        let mut restarting = None;
+        loop {
+            let got = control::recv::<Reply>(fd.as_fd(), &mut buf);
+            return match (got, restarting) {
+                (Ok(Received::Packet(Reply::Restarting { wait_ms }, _)), _) => {
+                    restarting = Some(wait_ms);
+                    continue;
+                }
+                (Ok(Received::Packet(Reply::Error { message, .. }, _)), _) => Err(message.into()),
+                (Ok(Received::Packet(reply, _)), _) => Ok(reply),
+                (Ok(Received::Closed), _) => Err("the daemon closed the connection".into()),
+                (Err(e), Some(ms)) if e.kind() == std::io::ErrorKind::WouldBlock => Err(format!(
+                    "the daemon is restarting: it serves new clients once the previous daemon's clients are back, or within {}s; try again then",
+                    ms.div_ceil(1000)
+                )
+                .into()),
+                (Err(e), _) => Err(e.into()),
+            };
         }
     };
-    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None })? {
+    match ask(&Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None, waits: true })? {
         Reply::Welcome { .. } => ask(&req),
         other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
     }

@@ -209,6 +209,8 @@ impl BusBuilder {
             .connect_timeout
             .unwrap_or(Duration::from_secs(5))
             .clamp(Duration::from_millis(1), Duration::from_secs(u32::MAX as u64));
+        // The whole connect, including a restarting daemon's wait.
+        let deadline = Instant::now() + timeout;
         let fd = control::connect(&socket, crate::bus::deadline_in(timeout)).map_err(|e| match e {
             nix::errno::Errno::EAGAIN => ConnectError::Timeout { socket: socket.clone(), waited: timeout },
             nix::errno::Errno::ENOENT => ConnectError::NoDaemon { socket: socket.clone() },
@@ -252,21 +254,27 @@ impl BusBuilder {
         }
         let sent = control::send(
             fd.as_fd(),
-            &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: Some(client_name.clone()) },
+            &Request::Hello {
+                layout_version: bus_core::LAYOUT_VERSION,
+                resume: None,
+                name: Some(client_name.clone()),
+                waits: true,
+            },
             None,
         );
         let mut buf = Vec::new();
         // A restarting daemon says so first, and welcomes us when its wait
         // for its predecessor's clients ends: we wait for that within our
         // own timeout, and say why if it runs out.
-        let deadline = Instant::now() + timeout;
         let mut restarting = None;
         let received = loop {
             match control::recv::<Reply>(fd.as_fd(), &mut buf) {
                 Ok(Received::Packet(Reply::Restarting { wait_ms }, _)) => {
                     restarting = Some(Duration::from_millis(wait_ms));
+                    // Under a millisecond is "no time left": a receive
+                    // timeout that rounds to zero would wait forever.
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    if left < Duration::from_millis(1) {
                         break Err(std::io::ErrorKind::TimedOut.into());
                     }
                     set_recv_timeout(&fd, left);

@@ -91,8 +91,10 @@ unsafe impl Sync for StateWord {}
 pub(crate) struct Settings {
     /// Slots this client may hold at once (`max-slots-per-client`; 0: no
     /// quota). Whether slots are counted at all is fixed at connect (see
-    /// `Inner::counting`), so a resumption takes the next daemon's quota
-    /// only when both are non-zero: counting cannot start midway.
+    /// `Inner::counting`): counting cannot start midway, so a client that
+    /// connected without a quota ignores the next daemon's, and one that
+    /// connected with one takes the next daemon's, no quota being
+    /// `u32::MAX`.
     quota: AtomicU32,
     /// Whether to keep statistics.
     statistics: AtomicBool,
@@ -128,9 +130,11 @@ impl Settings {
     }
 
     /// Takes the next daemon's settings, from its welcome to a resumption.
+    /// A counting client (quota non-zero) whose next daemon has no quota
+    /// goes on counting against no limit.
     fn resumed(&self, quota: u32, statistics: bool, grace_ms: u32) {
-        if quota != 0 && self.quota() != 0 {
-            self.quota.store(quota, Ordering::Relaxed);
+        if self.quota() != 0 {
+            self.quota.store(if quota == 0 { u32::MAX } else { quota }, Ordering::Relaxed);
         }
         self.statistics.store(statistics, Ordering::Relaxed);
         self.grace_ms.store(grace_ms as u64, Ordering::Relaxed);
@@ -374,6 +378,7 @@ impl Link {
         let mut guard = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let subscriptions = self.subs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let hello = Request::Hello {
+            waits: true,
             name: Some(self.name.clone()),
             layout_version: bus_core::LAYOUT_VERSION,
             resume: Some(Resume {

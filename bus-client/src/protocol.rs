@@ -24,6 +24,10 @@ pub enum Request {
         /// The client's name (see `BusBuilder::name`).
         #[serde(default)]
         name: Option<String>,
+        /// The client understands [`Reply::Restarting`] before its
+        /// welcome (clients built before it do not, and are sent none).
+        #[serde(default)]
+        waits: bool,
     },
     /// Start receiving a subsystem's messages, as a member of one of its
     /// groups.

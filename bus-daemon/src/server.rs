@@ -977,7 +977,7 @@ impl Server {
         let err = |kind, message: String| Reply::Error { kind, message };
         let welcomed = self.conns[&id].welcomed;
         match req {
-            Request::Hello { layout_version, resume, name } => {
+            Request::Hello { layout_version, resume, name, .. } => {
                 if welcomed {
                     return err(ErrorKind::Sequence, "hello was already sent on this connection".into());
                 }

@@ -37,7 +37,12 @@ fn garbage_and_floods_on_the_control_socket_hang_nothing() {
                 };
                 let _ = control::send(
                     fd.as_fd(),
-                    &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None },
+                    &Request::Hello {
+                        layout_version: bus_core::LAYOUT_VERSION,
+                        resume: None,
+                        name: None,
+                        waits: false,
+                    },
                     None,
                 );
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {

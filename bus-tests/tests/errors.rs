@@ -270,7 +270,8 @@ fn a_client_of_another_layout_version_is_refused_naming_both_versions() {
     use std::os::fd::AsFd;
     let bus = TestBus::start(&["--slots", "16", "--slot-size", "256"]);
     let fd = control::connect(bus.socket(), std::time::Instant::now() + Duration::from_secs(5)).unwrap();
-    control::send(fd.as_fd(), &Request::Hello { layout_version: 999, resume: None, name: None }, None).unwrap();
+    control::send(fd.as_fd(), &Request::Hello { layout_version: 999, resume: None, name: None, waits: false }, None)
+        .unwrap();
     let mut buf = Vec::new();
     match control::recv::<Reply>(fd.as_fd(), &mut buf).unwrap() {
         control::Received::Packet(Reply::Error { kind: ErrorKind::VersionMismatch, message }, None) => {

@@ -58,7 +58,7 @@ fn a_stopped_word_written_by_another_process_does_not_make_blocked_callers_give_
     let fd = control::connect(bus.socket(), std::time::Instant::now() + Duration::from_secs(5)).unwrap();
     control::send(
         fd.as_fd(),
-        &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None },
+        &Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None, waits: false },
         None,
     )
     .unwrap();

@@ -583,7 +583,7 @@ fn a_new_client_during_the_resume_wait_is_told_the_daemon_is_restarting_and_serv
     let flags = grace_flags("30s");
     let (listener, mut second) = waiting_for_a_stopped_client(&socket, &flags);
     // A newcomer whose timeout ends before the wait: told why.
-    let short = bus_client::Bus::builder().socket(&socket).connect_timeout(Duration::from_millis(500)).connect();
+    let short = bus_client::Bus::builder().socket(&socket).connect_timeout(Duration::from_secs(3)).connect();
     match short {
         Err(e @ bus_client::ConnectError::Restarting { .. }) => {
             assert!(e.to_string().contains("is restarting"), "{e}");

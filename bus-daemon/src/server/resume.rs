@@ -346,7 +346,7 @@ fn wait_for_resumer(
                 continue;
             }
             let hello = match control::peek::<Request>(e.fd.as_fd(), &mut buf) {
-                Ok(Received::Packet(Request::Hello { resume, .. }, fd)) => (resume.is_some(), fd),
+                Ok(Received::Packet(Request::Hello { resume, waits, .. }, fd)) => ((resume.is_some(), waits), fd),
                 // Closed, not a hello, or unreadable: nothing to serve.
                 _ => {
                     gone[i] = true;
@@ -372,7 +372,8 @@ fn wait_for_resumer(
                 gone[i] = true;
                 continue;
             }
-            match hello {
+            let ((resumes, waits), memfd) = hello;
+            match (resumes, memfd) {
                 (true, Some(fd)) => {
                     e.seen = true;
                     e.resumes = true;
@@ -394,7 +395,7 @@ fn wait_for_resumer(
                     // A new client is served once the wait ends: told so
                     // now, so that one that cannot wait that long says why
                     // it gave up (not "the daemon did not answer").
-                    if !resumes {
+                    if !resumes && waits {
                         let wait_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
                         let _ = control::send(e.fd.as_fd(), &Reply::Restarting { wait_ms }, None);
                     }

@@ -623,7 +623,7 @@ fn hellos(n: usize, hold: Duration) -> ExitCode {
     use bus_client::protocol::Request;
     use std::os::fd::AsFd;
     let socket = std::env::var_os("SHMBUS_SOCKET").expect("SHMBUS_SOCKET");
-    let hello = Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None };
+    let hello = Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None, waits: false };
     let mut held = Vec::new();
     let until = std::time::Instant::now() + hold;
     while held.len() < n && std::time::Instant::now() < until {

@@ -108,7 +108,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let hello = Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None };
+    let hello = Request::Hello { layout_version: bus_core::LAYOUT_VERSION, resume: None, name: None, waits: false };
     control::send(conn.as_fd(), &hello, None).expect("send hello");
     let mut buf = Vec::new();
     let fd = match control::recv::<Reply>(conn.as_fd(), &mut buf) {

@@ -192,7 +192,13 @@ impl TestBus {
         let dir = TempDir::new("bus");
         let socket = dir.0.join("bus.sock");
         let mut cmd = Command::new(DAEMON);
-        cmd.arg("--socket").arg(&socket).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The tests read the daemon's info and warning lines.
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut daemon = Proc::new(cmd.spawn().expect("start the daemon"));
         let line = daemon.wait_line("shmbusd: ready", Duration::from_secs(10));
         assert!(line.contains(&socket.display().to_string()), "{line}");
