@@ -518,14 +518,11 @@ impl Inner {
         self.quota().saturating_sub(self.owned.load(Ordering::Relaxed))
     }
 
-    /// Slots this client may hold at once (0: no quota).
+    /// Slots this client may hold at once (0: no quota; a client that
+    /// connected without one is never given one, see `Settings::resumed`).
     #[inline]
     pub(crate) fn quota(&self) -> u32 {
-        if self.counting {
-            self.link.settings.quota()
-        } else {
-            0
-        }
+        self.link.settings.quota()
     }
 
     /// Whether to keep statistics (the daemon's setting).

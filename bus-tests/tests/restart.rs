@@ -638,8 +638,18 @@ fn clients_that_carry_over_take_the_next_daemons_quota_and_statistics_settings()
     let s = status(&socket);
     let q = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "q").unwrap().clone();
     assert_eq!(q["bytes"], 80, "{q}");
+    // A third daemon with no quota: the client holds 40 more, past 32.
+    second.signal(Signal::SIGKILL);
+    let _ = second.wait(Duration::from_secs(10));
+    let (third, ready) = daemon_ready(&socket, &args(&grace_flags("20s")));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    let _again = bus.subscribe("again").expect("the client resumed again");
+    for i in 0..40u32 {
+        p.send_bytes("q://m", &i.to_le_bytes()).unwrap();
+        held.push(sub.recv_timeout(Duration::from_secs(5)).expect("no quota any more"));
+    }
     drop(held);
-    drop(second);
+    drop(third);
 }
 
 #[test]
