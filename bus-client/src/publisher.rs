@@ -1,6 +1,18 @@
 //! Publishing: [`Publisher`], and the typed states of a loan:
 //! [`LoanUninit`] (slot claimed, path written, body not yet) → [`Loan`] (body written) →
 //! sent. Dropping a loan at any state returns its slot.
+//!
+//! The steps of a send are `#[inline(always)]`, down to the caller's
+//! function. A loan and its route move by value from step to step; out of
+//! line, each move is a copy through the stack that the CPU reads back
+//! with wider loads than the stores that wrote it. Such a load cannot be
+//! forwarded from the store buffer: it waits until every older store is
+//! in the cache, the slot's stores included, whose lines are usually still
+//! on their way from the receiver's CPU. The publisher then waits for
+//! those lines at every step instead of once, at the push: out of line,
+//! one message per call ran at about 0.6× the rate (BENCHMARKS.md,
+//! session 17). For the same reason a loan fetches the next cached
+//! slot's lines for writing, so that they are on their way early.
 
 use crate::body::{fingerprint, Body};
 use crate::bus::Bus;
@@ -184,11 +196,13 @@ impl Publisher {
 
     /// Serializes `value` with rkyv straight into a slot and sends it to
     /// `path`. Returns the message id.
+    #[inline(always)]
     pub fn send<T: Body>(&mut self, path: &str, value: &T) -> Result<u64, SendError> {
         self.loan(path)?.write(value)?.send().map_err(|f| f.error)
     }
 
     /// Sends raw bytes (tools, text).
+    #[inline(always)]
     pub fn send_bytes(&mut self, path: &str, body: &[u8]) -> Result<u64, SendError> {
         self.loan(path)?.write_bytes(body)?.send().map_err(|f| f.error)
     }
@@ -549,12 +563,14 @@ impl Publisher {
     }
 
     /// Claims a slot for a message to `path` and writes the path into it.
+    #[inline(always)]
     pub fn loan(&mut self, path: &str) -> Result<LoanUninit<'_>, SendError> {
         let (route, subsystem_len) = self.route_of(path)?;
         self.loan_to(route, path, subsystem_len)
     }
 
     /// Takes a slot, marks it loaned, writes the path and the queue.
+    #[inline(always)]
     fn loan_to(&mut self, route: Route, path: &str, subsystem_len: usize) -> Result<LoanUninit<'_>, SendError> {
         let slot = match self.take_slot(route.direct.is_some()) {
             Ok(s) => s,
@@ -564,6 +580,10 @@ impl Publisher {
             }
         };
         let port = self.port();
+        // The next loan's lines, fetched while this one is written.
+        if let Some(&next) = self.cache.last() {
+            port.segment().slot(next).prefetch_for_write();
+        }
         port.mark_loaned(slot);
         let s = port.segment().slot(slot);
         // SAFETY: the slot is Loaned by our client, through this port; nobody
@@ -627,6 +647,7 @@ impl Publisher {
     /// Parses `path` and resolves its subsystem's queue; returns the queue
     /// and the subsystem's length. The last path is remembered: sending to
     /// it again costs one comparison while the routing table is unchanged.
+    #[inline(always)]
     fn route_of(&mut self, path: &str) -> Result<(Route, usize), SendError> {
         self.bus.inner.usable()?;
         let seg = &self.bus.inner.seg;
@@ -786,6 +807,7 @@ impl Publisher {
     /// some groups only (`Partly`). Before each try the route is checked
     /// against the routing table, so that no push goes into an entry that
     /// changed hands.
+    #[inline(always)]
     fn push(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
         // Read while the slot is still ours, and only when counted.
         let len = if self.bus.inner.statistics() {
@@ -878,7 +900,9 @@ impl Publisher {
                 Ok(false) => {}
                 Err(e) => return Pushed::Back(e),
             }
-            let to = route.to;
+            // Borrowed, not copied: a copy of the route through the stack
+            // is a load the store buffer cannot forward (module doc).
+            let to = &route.to;
             // The first blocking group's queue full: wait before publishing
             // (a publish taken back costs a generation of the slot).
             let block = to.mask & !to.lossy;
@@ -892,7 +916,7 @@ impl Publisher {
                 }
             }
             let port = self.port();
-            let mut publishing = port.begin_publish(&to, slot);
+            let mut publishing = port.begin_publish(to, slot);
             if publishing.push() == 0 {
                 return Pushed::Sent;
             }
@@ -920,7 +944,7 @@ impl Publisher {
                 if v != seen {
                     seen = v;
                     let now = routing::find(seg, &self.subsystem_of(slot, subsystem_len)).and_then(|v| v.fanout());
-                    let gone = bits_not_in(&to, now.as_ref());
+                    let gone = bits_not_in(to, now.as_ref());
                     publishing.give_up(gone);
                     if publishing.push() == 0 {
                         return Pushed::Sent; // the group waited for was one that left
@@ -987,6 +1011,7 @@ impl<'a> LoanUninit<'a> {
     }
 
     /// Serializes `value` with rkyv directly into the slot.
+    #[inline(always)]
     pub fn write<T: Body>(self, value: &T) -> Result<Loan<'a>, SendError> {
         // A forked child must not write into its parent's loaned slot.
         self.publisher.bus.inner.not_forked()?;
@@ -1010,6 +1035,7 @@ impl<'a> LoanUninit<'a> {
     }
 
     /// Copies raw bytes into the slot.
+    #[inline(always)]
     pub fn write_bytes(mut self, body: &[u8]) -> Result<Loan<'a>, SendError> {
         self.publisher.bus.inner.not_forked()?;
         let capacity = self.capacity();
@@ -1022,6 +1048,7 @@ impl<'a> LoanUninit<'a> {
 
     /// The body area, to write raw bytes in place; then call
     /// [`LoanUninit::commit`]. It holds whatever the slot held before.
+    #[inline(always)]
     pub fn body_mut(&mut self) -> &mut [u8] {
         let seg = &self.publisher.bus.inner.seg;
         // SAFETY: the slot is Loaned by us; the returned borrow is tied to
@@ -1030,6 +1057,7 @@ impl<'a> LoanUninit<'a> {
     }
 
     /// Declares the first `len` bytes of [`LoanUninit::body_mut`] the body.
+    #[inline(always)]
     pub fn commit(self, len: usize) -> Result<Loan<'a>, SendError> {
         self.publisher.bus.inner.not_forked()?;
         let capacity = self.capacity();
@@ -1039,6 +1067,7 @@ impl<'a> LoanUninit<'a> {
         Ok(self.finish(len, bus_core::fingerprint::RAW, FLAG_RAW))
     }
 
+    #[inline(always)]
     fn finish(self, len: usize, fp: u64, flags: u16) -> Loan<'a> {
         let h = self.publisher.bus.inner.seg.slot(self.slot).header();
         h.body_len.store(len as u32, Ordering::Relaxed);
@@ -1120,6 +1149,7 @@ impl<'a> Loan<'a> {
     }
 
     /// Gives the message its id, trace id (unless set) and timestamp.
+    #[inline(always)]
     fn stamp(publisher: &mut Publisher, slot: SlotIndex) -> u64 {
         let id = publisher.next_message_id();
         let h = publisher.bus.inner.seg.slot(slot).header();
@@ -1153,6 +1183,7 @@ impl<'a> Loan<'a> {
     }
 
     /// Sends the message; on failure hands the loan back.
+    #[inline(always)]
     pub fn send(self) -> Result<u64, LoanSendError<'a>> {
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is not used or dropped again; its fields move out here.

@@ -237,6 +237,16 @@ impl<'a> SlotRef<'a> {
         Own::unpack(self.header.own.load(Ordering::Acquire))
     }
 
+    /// Fetches, for writing, the lines a publisher writes first: the
+    /// header, the first body line and the last line (where the path
+    /// ends). Only a hint: touches no memory architecturally.
+    #[inline]
+    pub fn prefetch_for_write(&self) {
+        crate::line::prefetch_for_write(self.header);
+        crate::line::prefetch_for_write(self.base.wrapping_add(BODY_OFFSET));
+        crate::line::prefetch_for_write(self.base.wrapping_add(self.size - 1));
+    }
+
     /// Bytes available for the body after a path of `path_len` bytes.
     pub fn body_capacity(&self, path_len: usize) -> usize {
         body_capacity(self.size, path_len)
