@@ -616,6 +616,7 @@ impl Publisher {
     /// Claims a slot for a message pushed straight to queue `queue` (a
     /// reply), without routing. `path` must come from a received message
     /// (already valid).
+    #[inline(always)]
     pub(crate) fn loan_direct(&mut self, queue: u32, serial: u64, path: &str) -> Result<LoanUninit<'_>, SendError> {
         if self.bus.inner.seg.queue(queue).is_none() || path.len() > bus_core::PATH_CAPACITY {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
@@ -1118,6 +1119,7 @@ impl std::fmt::Debug for LoanSendError<'_> {
 impl<'a> Loan<'a> {
     /// Marks the message as a request: replies go to queue `queue`, matched
     /// by `correlation`.
+    #[inline(always)]
     pub(crate) fn request(self, queue: u32, correlation: u64) -> Self {
         let h = self.publisher.bus.inner.seg.slot(self.slot).header();
         h.reply_to.store(queue + 1, Ordering::Relaxed);
@@ -1127,6 +1129,7 @@ impl<'a> Loan<'a> {
 
     /// Marks the message as the reply to `correlation`; `error` makes it an
     /// error reply of that kind.
+    #[inline(always)]
     pub(crate) fn reply(self, correlation: u64, error: Option<u64>) -> Self {
         let h = self.publisher.bus.inner.seg.slot(self.slot).header();
         h.correlation_id.store(correlation, Ordering::Relaxed);
@@ -1143,6 +1146,7 @@ impl<'a> Loan<'a> {
     }
 
     /// Sets the trace id (default: the message's own id, starting a trace).
+    #[inline(always)]
     pub fn trace_id(self, id: u64) -> Self {
         self.publisher.bus.inner.seg.slot(self.slot).header().trace_id.store(id, Ordering::Relaxed);
         self
