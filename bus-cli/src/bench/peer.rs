@@ -6,8 +6,9 @@
 //!   starts a new round; exits on STOP.
 //! - `echo transport=T size=B [wait=busy|sleep|async] [subsystem=S reply=R] [fd=N | fds=R,W]`:
 //!   sends every message straight back; exits on STOP.
-//! - `send subsystem=S size=B id=I (duration_ms=D | count=N)`: publishes
-//!   for D ms or N messages (the 4 → 1 measurement), then a STOP, and
+//! - `send subsystem=S size=B id=I (duration_ms=D | count=N) [batch=K]`:
+//!   publishes for D ms or N messages (the 4 → 1 measurement), `K` per
+//!   call with `batch` (for profiling a batched stream), then a STOP, and
 //!   prints `sent N`.
 //!
 //! - `idle subsystem=S seconds=N [async=1]`: waits N s on a queue nobody
@@ -262,6 +263,17 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             // ms of skew do not matter: it times first to last receipt.
             let end = mono_ns() + ms * 1_000_000;
             let mut n = 0u64;
+            let batch: u64 = kv(spec, "batch").and_then(|b| b.parse().ok()).unwrap_or(1).max(1);
+            while batch > 1 && count.map_or(mono_ns() < end, |c| n < c) {
+                let k = count.map_or(batch, |c| (c - n).min(batch)) as usize;
+                p.send_batch_with(&path, k, |i, body| {
+                    fill(&mut body[..size], n + i as u64, Touch::Header);
+                    body[8..16].copy_from_slice(&id.to_le_bytes());
+                    size
+                })
+                .map_err(std::io::Error::other)?;
+                n += k as u64;
+            }
             while count.map_or(mono_ns() < end, |c| n < c) {
                 for _ in 0..count.map_or(64, |c| (c - n).min(64)) {
                     let mut loan = p.loan(&path).map_err(std::io::Error::other)?;
