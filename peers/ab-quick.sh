@@ -5,7 +5,7 @@
 #   FLOOR=/tmp/bench-floor/release/bench-floor peers/ab-quick.sh ROUNDS BIN-A BIN-B [...]
 # For benchmark-only ablations that are correct for one producer and one
 # consumer only: each `shmbus bench --only throughput --sizes 64 --reps 1`
-# is stopped once its fourth row (4 -> 1) begins. Odd rounds run the
+# is stopped once its fourth row (the Unix socket's) begins. Odd rounds run the
 # binaries in the order given, even rounds in the reverse order. Prints,
 # per row, each binary's median over the runs that probed under NEAR ns
 # (default 150), the median of the per-round ratios to the first binary
@@ -13,8 +13,15 @@
 # where the floor read its near state: A at least FLOOR_A_NEAR M/s
 # (default 15), C at least FLOOR_C_NEAR M/s (default 40); the floor has no
 # probe of its own.
+# With REPS=N (default 1), each `shmbus bench` runs N rounds and only the
+# rows of its last round count: the first round of a run measures
+# 1.3-1.4x lower than the later ones (BENCHMARKS.md, session 17), while
+# bench-floor measures after a 0.5 s warm-up. REPS above 1 runs the whole
+# first round, 4 -> 1 and fan-out included: for product builds only, not
+# for the one-producer ablations.
 set -euo pipefail
 rounds=${1:?rounds}; shift
+reps=${REPS:-1}
 [ $# -ge 2 ] || { echo "usage: peers/ab-quick.sh ROUNDS BIN-A BIN-B [...]" >&2; exit 2; }
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -25,16 +32,16 @@ for r in $(seq "$rounds"); do
     # Each run in the background, so that only it is stopped (by its pid)
     # once its fourth row begins, or after 60 s.
     run=$(mktemp)
-    "$b" bench --only throughput --sizes 64 --reps 1 > "$run" 2>&1 &
+    "$b" bench --only throughput --sizes 64 --reps "$reps" > "$run" 2>&1 &
     pid=$!
-    for _ in $(seq 600); do
+    for _ in $(seq $((600 * reps))); do
       kill -0 "$pid" 2>/dev/null || break
-      grep -q '\[4/' "$run" && break
+      grep -q "round $reps throughput/uds" "$run" && break
       sleep 0.1
     done
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    grep '\[[123]/' "$run" | sed "s|^|$r $b |" >> "$out" || true
+    grep -E "round $reps throughput(-batch32)?/shmbus/64/" "$run" | sed "s|^|$r $b |" >> "$out" || true
     rm -f "$run"
   done
   if [ -n "${FLOOR:-}" ]; then
@@ -48,9 +55,11 @@ floor_near = {'A': float(sys.argv[3]), 'C': float(sys.argv[4])}
 runs = collections.defaultdict(dict)   # (round, row) -> bin -> (M/s, probe)
 floor = collections.defaultdict(dict)  # round -> variant -> M/s
 for line in open(path):
-    m = re.match(r'(\d+) (\S+) \[(\d)/\d+\].*?: ([\d.]+) M msg/s.*hand-off (\d+) ns', line)
-    if m:
-        runs[(int(m[1]), int(m[3]))][m[2]] = (float(m[4]), float(m[5]))
+    m = re.match(r'(\d+) (\S+) \[\d+/\d+\] round \d+ (\S+): ([\d.]+) M msg/s.*hand-off (\d+) ns', line)
+    row = m and {'throughput/shmbus/64/header': 1, 'throughput/shmbus/64/full': 2,
+                 'throughput-batch32/shmbus/64/header': 3}.get(m[3])
+    if row:
+        runs[(int(m[1]), row)][m[2]] = (float(m[4]), float(m[5]))
         print(line.rstrip())
     m = re.match(r'(\d+) floor(\w) .*rate=(\d+)', line)
     if m:

@@ -8,6 +8,10 @@
 # and the ratios to them are printed too.
 set -euo pipefail
 rounds=${1:-5}
+# REPS=N (default 1): each `shmbus bench` runs N rounds and only its last
+# counts (its first round measures 1.3-1.4x lower than the later ones,
+# BENCHMARKS.md session 17; iceoryx2-bench and bench-floor warm up first).
+reps=${REPS:-1}
 ice=./target/peers/release/iceoryx2-bench
 shm=./target/release/shmbus
 out=$(mktemp -d)
@@ -17,14 +21,14 @@ for r in $(seq "$rounds"); do
   "$ice" --rounds 1 --only 1toN --sub-idle yield 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-yield /" >> "$out/ice"
   "$ice" --rounds 1 --only 1toN --sub-idle sleep:50 2>/dev/null | grep round= | sed "s/round=1/round=$r/;s/^/ice-sleep /" >> "$out/ice"
   # With FLOOR, the whole throughput suite (its batches of 32 are compared too).
-  "$shm" bench --only "$([ -n "${FLOOR:-}" ] && echo throughput || echo fanout)" --sizes 64 --reps 1 --json 2>/dev/null > "$out/shm$r.json"
+  "$shm" bench --only "$([ -n "${FLOOR:-}" ] && echo throughput || echo fanout)" --sizes 64 --reps "$reps" --json 2> "$out/shm$r.log" > "$out/shm$r.json"
   if [ -n "${FLOOR:-}" ]; then
     for v in A C; do "$FLOOR" "$v" 2>/dev/null | grep RESULT | sed "s/^/$r $v /" >> "$out/floor"; done
   fi
 done
-python3 - "$out" "$rounds" <<'PY'
+python3 - "$out" "$rounds" "$reps" <<'PY'
 import json, re, sys, statistics as st
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ice = {}
 for line in open(f"{out}/ice"):
     f = line.split()
@@ -35,8 +39,15 @@ for line in open(f"{out}/ice"):
     ice.setdefault((kind, case), {})[r] = (v, float(kv.get("handoff_ns", "nan")))
 shm = {}
 for r in range(1, rounds + 1):
-    for m in json.load(open(f"{out}/shm{r}.json")):
-        shm.setdefault(m["name"], {})[r] = (m["msgs_per_sec"] or 0, m["handoff_ns"])
+    if reps == 1:
+        for m in json.load(open(f"{out}/shm{r}.json")):
+            shm.setdefault(m["name"], {})[r] = (m["msgs_per_sec"] or 0, m["handoff_ns"])
+        continue
+    # The progress lines of the last round (the JSON holds medians over all).
+    for line in open(f"{out}/shm{r}.log"):
+        m = re.search(rf"\] round {reps} (\S+): ([\d.]+) M msg/s.*hand-off (\d+) ns", line)
+        if m:
+            shm.setdefault(m[1], {})[r] = (float(m[2]) * 1e6, float(m[3]))
 rows = [
     ("iceoryx2 1->1 (busy-poll)", ice.get(("ice-spin", "1to1"), {})),
     ("iceoryx2 1->4, per subscriber (busy-poll)", ice.get(("ice-spin", "1to4"), {})),
