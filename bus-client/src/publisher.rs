@@ -626,6 +626,10 @@ impl Publisher {
     /// (already valid).
     #[inline(always)]
     pub(crate) fn loan_direct(&mut self, queue: u32, serial: u64, path: &str) -> Result<LoanUninit<'_>, SendError> {
+        // As `route_of` for other loans: a forked child must not take (and
+        // write) a slot of its parent's cache, nor anyone a slot of a bus
+        // that is gone.
+        self.bus.inner.usable()?;
         if self.bus.inner.seg.queue(queue).is_none() || path.len() > bus_core::PATH_CAPACITY {
             return Err(SendError::NoSubscriber { subsystem: "(reply queue)".into() });
         }
