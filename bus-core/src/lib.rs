@@ -25,6 +25,8 @@ mod sync;
 #[cfg(not(loom))]
 pub mod fingerprint;
 #[cfg(not(loom))]
+pub mod free_order;
+#[cfg(not(loom))]
 pub mod layout;
 #[cfg(not(loom))]
 pub mod path;

@@ -129,7 +129,7 @@ impl Segment {
             }
         }
         let free = self.free_ring();
-        for i in 0..p.slot_count {
+        for i in crate::free_order::initial_free_order(p.slot_count, p.slot_size) {
             free.push(i).expect("the free ring holds twice the slot count");
         }
         h.live.daemon_state.store(DAEMON_RUNNING, Ordering::Relaxed);

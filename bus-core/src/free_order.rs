@@ -1,0 +1,95 @@
+//! The order in which a new segment's free ring holds its slots.
+//!
+//! The free ring is first-in first-out, and a publisher takes free slots
+//! in the order they were released, which is the order they were sent: the
+//! order a new segment starts with persists for as long as one publisher
+//! feeds one receiver. Started in index order, consecutive messages go
+//! through consecutive slots, one `slot_size` apart, and both CPUs walk
+//! the pool as a stream.
+//!
+//! In that order, one message per call ran at about 0.8× of the rate the
+//! same pool reached after other traffic had scrambled its free ring (the
+//! first round of a `shmbus bench` run read 1.3–1.5× lower than a second
+//! run against the same daemon). Our reading, which this VM's hidden
+//! counters cannot confirm: the hardware prefetchers of each CPU follow the
+//! stream ahead of it, into slots the other CPU is about to write, so that
+//! lines cross between the CPUs that neither asked for. Scattering the
+//! whole pool instead cost big pools up to 0.85× (a slot per message on a
+//! page of its own: translation misses), so the scattering stays within
+//! windows of [`WINDOW_BYTES`], taken in index order (BENCHMARKS.md,
+//! session 18; docs/design.md, "Slot layout").
+
+/// Bytes of slots shuffled among themselves: 64 pages of 4 KiB, which the
+/// first-level data TLB of current x86 CPUs covers.
+pub const WINDOW_BYTES: u64 = 256 << 10;
+
+/// Every index in `0..slot_count` once: windows of [`WINDOW_BYTES`] of
+/// slots in index order, each in a fixed pseudo-random order of its own
+/// (the same for every segment of this shape).
+pub fn initial_free_order(slot_count: u32, slot_size: u32) -> impl Iterator<Item = u32> {
+    let window = (WINDOW_BYTES / u64::from(slot_size.max(1))).clamp(1, u64::from(slot_count.max(1))) as u32;
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut buf: Vec<u32> = Vec::with_capacity(window as usize);
+    (0..slot_count.div_ceil(window)).flat_map(move |w| {
+        let lo = w * window;
+        let hi = lo.saturating_add(window).min(slot_count);
+        buf.clear();
+        buf.extend(lo..hi);
+        // Fisher–Yates.
+        for i in (1..buf.len()).rev() {
+            let j = (rng.next() % (i as u64 + 1)) as usize;
+            buf.swap(i, j);
+        }
+        buf.clone()
+    })
+}
+
+/// Marsaglia's xorshift64: enough to break up strides, deterministic.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_appears_once_and_stays_in_its_window() {
+        for (count, size) in [(2, 128), (3, 1 << 20), (1000, 192), (4096, 192), (4096, 1024), (5000, 128), (70_000, 64)]
+        {
+            let order: Vec<u32> = initial_free_order(count, size).collect();
+            assert_eq!(order.len(), count as usize, "{count} slots of {size}");
+            let mut seen = vec![false; count as usize];
+            for &i in &order {
+                assert!(!std::mem::replace(&mut seen[i as usize], true), "{i} twice");
+            }
+            let window = (WINDOW_BYTES / size as u64).clamp(1, count as u64) as usize;
+            for (k, &i) in order.iter().enumerate() {
+                assert_eq!(i as usize / window, k / window, "slot {i} at position {k} left its window");
+            }
+        }
+    }
+
+    #[test]
+    fn consecutive_slots_are_rarely_neighbours() {
+        let order: Vec<u32> = initial_free_order(4096, 192).collect();
+        let neighbours = order.windows(2).filter(|p| p[0].abs_diff(p[1]) == 1).count();
+        // A random order of n has about 2 adjacent pairs in n; index order n - 1.
+        assert!(neighbours < 40, "{neighbours} of 4095 pairs are neighbours");
+        let strides: std::collections::HashSet<i64> = order.windows(2).map(|p| p[1] as i64 - p[0] as i64).collect();
+        assert!(strides.len() > 1000, "only {} distinct strides", strides.len());
+    }
+
+    #[test]
+    fn slots_bigger_than_a_window_keep_index_order() {
+        let order: Vec<u32> = initial_free_order(8, 1 << 20).collect();
+        assert_eq!(order, (0..8).collect::<Vec<_>>());
+    }
+}
