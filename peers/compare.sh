@@ -9,8 +9,9 @@
 set -euo pipefail
 rounds=${1:-5}
 # REPS=N (default 1): each `shmbus bench` runs N rounds and only its last
-# counts (its first round measures 1.3-1.4x lower than the later ones,
-# BENCHMARKS.md session 17; iceoryx2-bench and bench-floor warm up first).
+# counts (before ac42cd8 its first round measured 1.3-1.4x lower than the
+# later ones, BENCHMARKS.md sessions 17-18; iceoryx2-bench and bench-floor
+# warm up first).
 reps=${REPS:-1}
 ice=./target/peers/release/iceoryx2-bench
 shm=./target/release/shmbus
