@@ -15,7 +15,7 @@
 # probe of its own.
 # With REPS=N (default 1), each `shmbus bench` runs N rounds and only the
 # rows of its last round count: builds before ac42cd8 measured their first
-# round 1.3-1.4x lower than the later ones (a new bus's free slots in index
+# round 1.3-1.8x lower than the later ones (a new bus's free slots in index
 # order; BENCHMARKS.md, sessions 17 and 18), and bench-floor measures after
 # a 0.5 s warm-up. REPS above 1 runs the whole
 # first round, 4 -> 1 and fan-out included: for product builds only, not

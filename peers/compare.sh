@@ -9,7 +9,7 @@
 set -euo pipefail
 rounds=${1:-5}
 # REPS=N (default 1): each `shmbus bench` runs N rounds and only its last
-# counts (before ac42cd8 its first round measured 1.3-1.4x lower than the
+# counts (before ac42cd8 its first round measured 1.3-1.8x lower than the
 # later ones, BENCHMARKS.md sessions 17-18; iceoryx2-bench and bench-floor
 # warm up first).
 reps=${REPS:-1}

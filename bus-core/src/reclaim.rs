@@ -624,7 +624,7 @@ mod tests {
     #[test]
     fn an_index_popped_but_not_claimed_by_a_dead_client_is_pushed_back() {
         let seg = seg();
-        // The dead client popped slot 0 from the free ring (intent recorded)
+        // The dead client popped a slot from the free ring (intent recorded)
         // and died before its claim CAS.
         let raw = seg.free_ring().pop().unwrap();
         seg.port_intent(1, 3).unwrap().intent.store(Intent::pack(IntentOp::Pop, RING_FREE, raw), Ordering::Relaxed);

@@ -444,6 +444,20 @@ mod tests {
     }
 
     #[test]
+    fn a_new_segment_holds_every_slot_once_and_not_in_index_order() {
+        let shape = Shape { slot_count: 4096, slot_size: 192, ..small() };
+        let popped = |seg: &Segment| std::iter::from_fn(|| seg.free_ring().pop()).collect::<Vec<u32>>();
+        let seg = Segment::create(&shape, "unit", 7).unwrap();
+        let order = popped(&seg);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..4096).collect::<Vec<u32>>(), "every slot exactly once");
+        assert_ne!(order, sorted, "not in index order (free_order.rs)");
+        // The same order for every segment of this shape.
+        assert_eq!(popped(&Segment::create(&shape, "other", 8).unwrap()), order);
+    }
+
+    #[test]
     fn a_wrong_version_is_rejected_naming_both_versions() {
         let seg = Segment::create(&small(), "unit", 7).unwrap();
         seg.header().version.store(LAYOUT_VERSION + 1, Ordering::Release);
