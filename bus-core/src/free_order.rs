@@ -28,22 +28,18 @@ pub const WINDOW_BYTES: u64 = 256 << 10;
 /// Every index in `0..slot_count` once: windows of [`WINDOW_BYTES`] of
 /// slots in index order, each in a fixed pseudo-random order of its own
 /// (the same for every segment of this shape).
-pub fn initial_free_order(slot_count: u32, slot_size: u32) -> impl Iterator<Item = u32> {
-    let window = (WINDOW_BYTES / u64::from(slot_size.max(1))).clamp(1, u64::from(slot_count.max(1))) as u32;
+pub fn initial_free_order(slot_count: u32, slot_size: u32) -> Vec<u32> {
+    let window = (WINDOW_BYTES / u64::from(slot_size.max(1))).clamp(1, u64::from(slot_count.max(1))) as usize;
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-    let mut buf: Vec<u32> = Vec::with_capacity(window as usize);
-    (0..slot_count.div_ceil(window)).flat_map(move |w| {
-        let lo = w * window;
-        let hi = lo.saturating_add(window).min(slot_count);
-        buf.clear();
-        buf.extend(lo..hi);
+    let mut order: Vec<u32> = (0..slot_count).collect();
+    for w in order.chunks_mut(window) {
         // Fisher–Yates.
-        for i in (1..buf.len()).rev() {
+        for i in (1..w.len()).rev() {
             let j = (rng.next() % (i as u64 + 1)) as usize;
-            buf.swap(i, j);
+            w.swap(i, j);
         }
-        buf.clone()
-    })
+    }
+    order
 }
 
 /// Marsaglia's xorshift64: enough to break up strides, deterministic.
@@ -76,7 +72,7 @@ mod tests {
             (1 << 20, 128, 2048),
         ];
         for (count, size, window) in shapes {
-            let order: Vec<u32> = initial_free_order(count, size).collect();
+            let order = initial_free_order(count, size);
             assert_eq!(order.len(), count as usize, "{count} slots of {size}");
             let mut seen = vec![false; count as usize];
             for &i in &order {
@@ -92,7 +88,7 @@ mod tests {
     fn consecutive_slots_are_rarely_neighbours_and_follow_no_stride() {
         // (slots, slot size, slots per window)
         for (count, size, window) in [(4096, 192, 1365), (4096, 1024, 256), (1 << 16, 128, 2048)] {
-            let order: Vec<u32> = initial_free_order(count, size).collect();
+            let order = initial_free_order(count, size);
             let pairs = order.len() - 1;
             let neighbours = order.windows(2).filter(|p| p[0].abs_diff(p[1]) == 1).count();
             // A random order has about 2 neighbouring pairs per window; index order all of them.
@@ -109,7 +105,7 @@ mod tests {
 
     #[test]
     fn slots_bigger_than_a_window_keep_index_order() {
-        let order: Vec<u32> = initial_free_order(8, 1 << 20).collect();
+        let order = initial_free_order(8, 1 << 20);
         assert_eq!(order, (0..8).collect::<Vec<_>>());
     }
 }
