@@ -63,17 +63,21 @@ pub struct RingStats {
     /// Entries pushed by the daemon (redeliveries and crash repairs). Written
     /// by the daemon only.
     pub daemon_pushes: AtomicU64,
-    /// Entries popped and then skipped because their slot was no longer in
-    /// this ring's state (a duplicate left by a crash repair). Written by
-    /// consumers, only when that happens.
+    /// Entries popped and not delivered: skipped by a consumer because
+    /// their slot was no longer in this ring's state (a duplicate left by a
+    /// crash repair), or popped by the daemon when it drained a queue that
+    /// nobody reads any more (a tap whose listener left, a reply queue
+    /// whose requester is gone). Written by consumers and the daemon, only
+    /// when that happens.
     pub skipped: AtomicU64,
     /// Messages redelivered into this ring after their receiver died.
     pub redelivered: AtomicU64,
     /// Operations that gave up after [`Ring::step_budget`] steps: the
     /// ring's words cannot be right (corruption). Written by anyone.
     pub stalls: AtomicU64,
-    /// Copies dropped because this (lossy group's) ring was full. Written
-    /// by publishers, only when that happens.
+    /// Copies dropped because this (lossy group's) ring was full, or
+    /// freed unread when the daemon drained the queue (see `skipped`).
+    /// Written by publishers and the daemon, only when that happens.
     pub dropped: AtomicU64,
 }
 

@@ -453,8 +453,10 @@ pub fn drain_queue(seg: &Segment, g: &Group) -> u64 {
     let Some(ring) = seg.queue(g.queue) else { return 0 };
     let mut free_ring = FreeRing::new(seg);
     let mut drained = 0;
+    let mut popped = 0;
     for _ in 0..ring.capacity() {
         let Some(raw) = ring.pop() else { break };
+        popped += 1;
         let Some(i) = seg.slot_index(raw) else { continue };
         let slot = seg.slot(i);
         // SYNC: slot-claim — as in `reclaim_client`.
@@ -471,6 +473,10 @@ pub fn drain_queue(seg: &Segment, g: &Group) -> u64 {
     }
     seg.free_ring().notify_items();
     seg.header().counters.slots_reclaimed.fetch_add(drained, Ordering::Relaxed);
+    // What the daemon popped here reached no receiver: not delivered
+    // (status counts `popped - skipped`); the copies it freed are dropped.
+    ring.header().stats.skipped.fetch_add(popped, Ordering::Relaxed);
+    ring.header().stats.dropped.fetch_add(drained, Ordering::Relaxed);
     drained
 }
 
@@ -859,6 +865,12 @@ mod tests {
         let g2 = Group { subsystem: 1, slot: 2, queue: to.queues[2] as u32 };
         assert_eq!(drain_queue(&seg, &g2), 1);
         assert_eq!(seg.slot(i).own().queued, 0b011);
+        // The copy reached nobody: popped, but counted as not delivered
+        // (status shows `popped - skipped`), and as dropped.
+        let stats = &seg.queue(g2.queue).unwrap().header().stats;
+        assert_eq!(seg.queue(g2.queue).unwrap().popped(), 1);
+        assert_eq!(stats.skipped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
         for k in 0..2 {
             let g = Group { subsystem: 1, slot: k, queue: to.queues[k as usize] as u32 };
             assert_eq!(live.dequeue(&g), Some(i));
