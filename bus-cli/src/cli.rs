@@ -241,6 +241,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Listen { subsystem, group, tap, count, timeout, verbose } => {
+            if let Some((name, _)) = subsystem.split_once("://") {
+                return Err(format!(
+                    "listen takes a subsystem, not a path: `shmbus listen {name}` prints every message sent to {name}://…"
+                )
+                .into());
+            }
             let bus = connect(&cli.bus, Duration::from_secs(5))?;
             let mut builder = bus.subscription(&subsystem);
             if let Some(g) = &group {
@@ -479,17 +485,33 @@ fn remove_stale_bench_sockets(dir: &std::path::Path) {
     }
 }
 
-/// The BODY argument's bytes, or all of stdin when it is absent.
+/// The BODY argument's bytes, or stdin's when it is absent. Stdin is read
+/// only up to one byte more than the largest slot any bus can have, so
+/// that an endless input (`yes | shmbus send …`) is refused instead of
+/// filling the memory.
 fn body_or_stdin(body: Option<String>) -> std::io::Result<Vec<u8>> {
     match body {
         Some(b) => Ok(b.into_bytes()),
-        None => {
-            let mut v = Vec::new();
-            std::io::stdin().read_to_end(&mut v)?;
-            Ok(v)
-        }
+        None => read_body(std::io::stdin().lock()),
     }
 }
+
+/// At most [`BODY_READ_MAX`] bytes of `input`; an error if it holds more.
+fn read_body(input: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    input.take(BODY_READ_MAX as u64 + 1).read_to_end(&mut v)?;
+    if v.len() > BODY_READ_MAX {
+        return Err(std::io::Error::other(format!(
+            "stdin holds more than {BODY_READ_MAX} bytes, more than the largest slot a bus can have: \
+             send a smaller body (a bus's own limit, its slot size less the header and path, is in `shmbus status`)"
+        )));
+    }
+    Ok(v)
+}
+
+/// The largest slot any bus can have: no body read from stdin can be
+/// longer.
+const BODY_READ_MAX: usize = *bus_core::layout::limits::SLOT_SIZE.end() as usize;
 
 /// A body as text if it is UTF-8 without control characters, else hex.
 pub fn render(body: &[u8]) -> String {
@@ -612,6 +634,18 @@ pub fn fmt_bytes(b: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_body_from_stdin_is_read_up_to_the_largest_slot_and_no_further() {
+        use std::io::Read;
+        let max = super::BODY_READ_MAX;
+        assert_eq!(super::read_body(&b"hello"[..]).unwrap(), b"hello");
+        assert_eq!(super::read_body(std::io::repeat(7).take(max as u64)).unwrap().len(), max);
+        // An endless input ends in an error after max + 1 bytes, not in
+        // an allocation without end.
+        let e = super::read_body(std::io::repeat(7)).unwrap_err().to_string();
+        assert!(e.contains("more than") && e.contains("smaller body"), "{e}");
+    }
+
     #[test]
     fn text_bodies_print_as_text_and_others_as_hex() {
         assert_eq!(super::render(b"hello world"), "hello world");

@@ -39,7 +39,8 @@ pub enum ConnectError {
     /// before it to come back before it serves new ones, and that wait
     /// outlasted this connect's timeout.
     #[error("the daemon at {} is restarting: it serves new clients once the previous daemon's clients are back, \
-             or within {up_to:?}; gave up after {waited:?}: connect again, or raise the connect timeout", socket.display())]
+             or within {up_to:?}; gave up after {waited:?}: try again in a moment (a program can wait longer: \
+             `Bus::builder().connect_timeout(…)`)", socket.display())]
     Restarting {
         /// The socket path.
         socket: PathBuf,
@@ -210,7 +211,10 @@ pub enum SendError {
         slots: u32,
     },
     /// Blocked longer than the send timeout.
-    #[error("send timed out after {waited:?} waiting for {what}: the subscribers are not keeping up")]
+    #[error(
+        "send timed out after {waited:?} waiting for {what}: the receivers are not keeping up, or there are none \
+         (a durable subsystem keeps its queue while nobody subscribes; `shmbus status` shows its depth and subscribers)"
+    )]
     Timeout {
         /// How long.
         waited: Duration,
