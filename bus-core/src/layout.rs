@@ -253,7 +253,7 @@ impl SegmentParams {
             return Err(ShapeError {
                 field: "segment size",
                 value: segment_size,
-                rule: "at most 64 GiB (fewer or smaller slots)",
+                rule: "at most 64 GiB (fewer or smaller slots, shorter queues or fewer subsystems)",
             });
         }
         let mut name = [0u8; 64];

@@ -138,6 +138,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             "  {} slots of {} bytes, queues of {}, up to {} subsystems, {} clients, {} groups per subsystem",
             s.slot_count, s.slot_size, s.queue_capacity, s.max_subsystems, s.max_clients, s.max_groups
         )?;
+        if let Ok(p) = bus_core::layout::SegmentParams::compute(s, &cfg.bus, 0, 0) {
+            writeln!(out, "  a segment of {} MiB, all of it written at start", p.segment_size.div_ceil(1 << 20))?;
+        }
+        if let Err(e) = crate::config::check_memory(s, &cfg.bus) {
+            writeln!(out, "  warning: the daemon would not start now: {e}")?;
+        }
         if !cfg.resume_grace.is_zero() {
             writeln!(out, "  clients wait {:?} for a new daemon after this one dies", cfg.resume_grace)?;
         }

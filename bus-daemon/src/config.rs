@@ -362,6 +362,35 @@ impl FileConfig {
     }
 }
 
+/// Whether a new segment of `shape` fits in the memory the host has
+/// available now. The daemon writes the whole segment at start: one bigger
+/// than that would end in the kernel's out-of-memory killer, which may pick
+/// other processes first. Checked before a segment is created, not when
+/// one is adopted (its pages are in memory already), and not by
+/// `resolve` (what is available changes; `--check-config` warns).
+pub fn check_memory(shape: &Shape, bus: &str) -> Result<(), ConfigError> {
+    let Ok(params) = bus_core::layout::SegmentParams::compute(shape, bus, 0, 0) else { return Ok(()) };
+    match available_memory() {
+        Some(free) if params.segment_size > free => Err(ConfigError::Invalid(format!(
+            "the segment would take {} MiB, but this host has {} MiB of memory available \
+             (MemAvailable in /proc/meminfo), and the daemon writes all of it at start: \
+             use fewer or smaller slots, shorter queues (queue-capacity) or fewer subsystems",
+            params.segment_size.div_ceil(1 << 20),
+            free >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The memory the host has available for new use, in bytes
+/// (`MemAvailable` in `/proc/meminfo`), if the kernel says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +435,19 @@ mod tests {
         let many = "max-subsystems = 2\ndurable = [\"a\", \"b\"]\n[[group]]\nsubsystem = \"c\"\nname = \"rec\"\n";
         let e = toml::from_str::<FileConfig>(many).unwrap().resolve().unwrap_err();
         assert!(e.to_string().contains("need 4 routing entries"), "{e}");
+        // A segment the host's free memory cannot hold (here 32 GiB of
+        // queues) is refused before the daemon starts writing it.
+        let huge = FileConfig { queue_capacity: Some(1 << 20), max_subsystems: Some(4096), ..Default::default() };
+        let huge = huge.resolve().expect("valid as a configuration");
+        match super::available_memory() {
+            Some(free) if free < 32 << 30 => {
+                let e = super::check_memory(&huge.shape, &huge.bus).unwrap_err().to_string();
+                assert!(e.contains("MiB of memory available") && e.contains("shorter queues"), "{e}");
+            }
+            _ => {} // a host with that much free memory may start it
+        }
+        let small = FileConfig::default().resolve().unwrap();
+        assert!(super::check_memory(&small.shape, &small.bus).is_ok());
         let long = FileConfig { socket: Some(format!("/tmp/{}.sock", "x".repeat(120)).into()), ..Default::default() };
         assert!(long.resolve().unwrap_err().to_string().contains("1 to 107 bytes"));
         // The same declaration twice is harmless, as the daemon takes it.

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod cli;
 pub mod config;
+pub mod log_limit;
 pub mod metrics;
 pub mod path_lock;
 pub mod reaper;

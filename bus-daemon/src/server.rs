@@ -207,6 +207,9 @@ pub struct Server {
     /// once its first packet has been read (closing a Unix socket with
     /// unread data would reset the connection and lose the reason).
     refused: Vec<Refusal>,
+    /// Caps the warnings about refused connections (a refused peer may
+    /// connect in a loop).
+    refusals_logged: crate::log_limit::LogLimit,
     /// Since when each entry has had no subscriber (durable entries never
     /// appear). An entry idle this long with an empty queue may be recycled.
     idle_since: BTreeMap<u32, std::time::Instant>,
@@ -312,6 +315,12 @@ impl Server {
             return Err(DaemonError::StoppedWhileWaiting);
         };
         let is_adopted = adopted.is_some();
+        if !is_adopted {
+            if let Err(e) = crate::config::check_memory(&cfg.shape, &cfg.bus) {
+                remove_socket(&cfg.socket, socket_id);
+                return Err(e.into());
+            }
+        }
         let seg = match adopted.map_or_else(|| Segment::create(&cfg.shape, &cfg.bus, generation), Ok) {
             Ok(seg) => seg,
             Err(e) => {
@@ -329,6 +338,7 @@ impl Server {
             buf: Vec::new(),
             stop: false,
             refused: Vec::new(),
+            refusals_logged: Default::default(),
             idle_since: BTreeMap::new(),
             baselines: BTreeMap::new(),
             departed: BTreeMap::new(),
@@ -543,6 +553,14 @@ impl Server {
         }
     }
 
+    /// Whether to log one more refused connection now (see
+    /// [`crate::log_limit`]).
+    fn log_refusal(&mut self) -> bool {
+        self.refusals_logged.allow(std::time::Instant::now(), |n| {
+            tracing::warn!("{n} more connections were refused in the last second (not logged one by one)")
+        })
+    }
+
     /// Gives accepted connection `fd` a client entry, or refuses it (with
     /// its reason, once its first packet arrived).
     fn admit(&mut self, fd: OwnedFd) {
@@ -555,7 +573,9 @@ impl Server {
         };
         let peer = crate::access::peer(cred.pid(), cred.uid(), cred.gid());
         if let Err(message) = self.cfg.access.check(&peer, crate::access::Action::Connect) {
-            tracing::warn!(pid = cred.pid(), uid = cred.uid(), "refusing a client: {message}");
+            if self.log_refusal() {
+                tracing::warn!(pid = cred.pid(), uid = cred.uid(), "refusing a client: {message}");
+            }
             self.refuse(fd, ErrorKind::PermissionDenied, message);
             return;
         }
@@ -580,7 +600,9 @@ impl Server {
                     return;
                 }
                 None => {
-                    tracing::warn!(pid, "refusing a client: client table full");
+                    if self.log_refusal() {
+                        tracing::warn!(pid, "refusing a client: client table full");
+                    }
                     let message = format!("the bus already has its maximum of {max} clients: raise --max-clients");
                     self.refuse(fd, ErrorKind::TooManyClients, message);
                     return;
