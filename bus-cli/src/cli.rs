@@ -242,9 +242,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Listen { subsystem, group, tap, count, timeout, verbose } => {
             if let Some((name, _)) = subsystem.split_once("://") {
-                return Err(format!(
-                    "listen takes a subsystem, not a path: `shmbus listen {name}` prints every message sent to {name}://…"
-                )
+                return Err(match name {
+                    "" => "listen takes a subsystem (the name before :// in a path), not a path".to_owned(),
+                    _ => format!(
+                        "listen takes a subsystem, not a path: `shmbus listen {name}` prints every message sent to {name}://…"
+                    ),
+                }
                 .into());
             }
             let bus = connect(&cli.bus, Duration::from_secs(5))?;

@@ -75,9 +75,8 @@ pub struct RingStats {
     /// Operations that gave up after [`Ring::step_budget`] steps: the
     /// ring's words cannot be right (corruption). Written by anyone.
     pub stalls: AtomicU64,
-    /// Copies dropped because this (lossy group's) ring was full, or
-    /// freed unread when the daemon drained the queue (see `skipped`).
-    /// Written by publishers and the daemon, only when that happens.
+    /// Copies dropped because this (lossy group's) ring was full. Written
+    /// by publishers, only when that happens.
     pub dropped: AtomicU64,
 }
 

@@ -474,9 +474,9 @@ pub fn drain_queue(seg: &Segment, g: &Group) -> u64 {
     seg.free_ring().notify_items();
     seg.header().counters.slots_reclaimed.fetch_add(drained, Ordering::Relaxed);
     // What the daemon popped here reached no receiver: not delivered
-    // (status counts `popped - skipped`); the copies it freed are dropped.
+    // (status counts `popped - skipped`). Not `dropped` either: that counts
+    // copies never pushed, and status adds it to what was pushed.
     ring.header().stats.skipped.fetch_add(popped, Ordering::Relaxed);
-    ring.header().stats.dropped.fetch_add(drained, Ordering::Relaxed);
     drained
 }
 
@@ -866,11 +866,12 @@ mod tests {
         assert_eq!(drain_queue(&seg, &g2), 1);
         assert_eq!(seg.slot(i).own().queued, 0b011);
         // The copy reached nobody: popped, but counted as not delivered
-        // (status shows `popped - skipped`), and as dropped.
+        // (status shows `popped - skipped`); it was pushed, so it is not
+        // a dropped copy.
         let stats = &seg.queue(g2.queue).unwrap().header().stats;
         assert_eq!(seg.queue(g2.queue).unwrap().popped(), 1);
         assert_eq!(stats.skipped.load(Ordering::Relaxed), 1);
-        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
         for k in 0..2 {
             let g = Group { subsystem: 1, slot: k, queue: to.queues[k as usize] as u32 };
             assert_eq!(live.dequeue(&g), Some(i));

@@ -373,7 +373,7 @@ pub fn check_memory(shape: &Shape, bus: &str) -> Result<(), ConfigError> {
     match available_memory() {
         Some(free) if params.segment_size > free => Err(ConfigError::Invalid(format!(
             "the segment would take {} MiB, but this host has {} MiB of memory available \
-             (MemAvailable in /proc/meminfo), and the daemon writes all of it at start: \
+             (MemAvailable plus Shmem in /proc/meminfo), and the daemon writes all of it at start: \
              use fewer or smaller slots, shorter queues (queue-capacity) or fewer subsystems",
             params.segment_size.div_ceil(1 << 20),
             free >> 20
@@ -382,13 +382,20 @@ pub fn check_memory(shape: &Shape, bus: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// The memory the host has available for new use, in bytes
-/// (`MemAvailable` in `/proc/meminfo`), if the kernel says.
+/// The memory a new segment may take, in bytes, if the kernel says:
+/// `MemAvailable` plus `Shmem` from `/proc/meminfo`. Shared memory in use
+/// counts as available because it may be the previous segment of this very
+/// bus, which a restart that does not adopt it frees (a systemd fd store or
+/// the clients of the old daemon may hold it for a while); on a host
+/// without such a segment, `Shmem` is small. (In a container, these are the
+/// host's figures, not the cgroup's limit.)
 fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()?.checked_mul(1024)
+    };
+    field("MemAvailable:")?.checked_add(field("Shmem:").unwrap_or(0))
 }
 
 #[cfg(test)]

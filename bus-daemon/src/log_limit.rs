@@ -29,14 +29,7 @@ impl LogLimit {
     /// lines were held back, `on_suppressed(n)` is called first with how
     /// many, so that the log still says they happened.
     pub fn allow(&mut self, now: Instant, on_suppressed: impl FnOnce(u64)) -> bool {
-        if now.saturating_duration_since(self.window_start) >= Self::WINDOW {
-            if self.suppressed > 0 {
-                on_suppressed(self.suppressed);
-            }
-            self.window_start = now;
-            self.logged = 0;
-            self.suppressed = 0;
-        }
+        self.flush(now, on_suppressed);
         if self.logged < Self::PER_WINDOW {
             self.logged += 1;
             true
@@ -44,6 +37,22 @@ impl LogLimit {
             self.suppressed += 1;
             false
         }
+    }
+
+    /// Once the window is over: reports the lines held back in it, if any
+    /// (`on_suppressed(n)`), and opens a new one. Call it regularly as well
+    /// (the daemon's audit does), so that a burst that stops is reported
+    /// soon, not at the next line, hours later.
+    pub fn flush(&mut self, now: Instant, on_suppressed: impl FnOnce(u64)) {
+        if now.saturating_duration_since(self.window_start) < Self::WINDOW {
+            return;
+        }
+        if self.suppressed > 0 {
+            on_suppressed(self.suppressed);
+        }
+        self.window_start = now;
+        self.logged = 0;
+        self.suppressed = 0;
     }
 }
 
@@ -65,5 +74,14 @@ mod tests {
         // A quiet window reports nothing.
         assert!(limit.allow(t0 + 3 * LogLimit::WINDOW, |n| reported.push(n)));
         assert_eq!(reported.len(), 1);
+        // A burst that stops is reported by the next flush after its
+        // window, without waiting for another line.
+        let t1 = t0 + 5 * LogLimit::WINDOW;
+        let allowed = (0..20).filter(|_| limit.allow(t1, |n| reported.push(n))).count();
+        assert_eq!(allowed, LogLimit::PER_WINDOW as usize);
+        limit.flush(t1, |n| reported.push(n));
+        assert_eq!(reported.len(), 1, "not before its window is over");
+        limit.flush(t1 + LogLimit::WINDOW, |n| reported.push(n));
+        assert_eq!(reported, [3000 - LogLimit::PER_WINDOW as u64, 20 - LogLimit::PER_WINDOW as u64]);
     }
 }

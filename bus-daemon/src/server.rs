@@ -280,6 +280,14 @@ const PACKETS_PER_TURN: usize = 16;
 /// instructions between a publisher's route check and its push.
 const RECYCLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Logs how many refused connections were held back from the log.
+fn refusals_not_logged(n: u64) {
+    tracing::warn!(
+        "{n} more connections were refused and not logged one by one (at most {} a second are)",
+        crate::log_limit::LogLimit::PER_WINDOW
+    );
+}
+
 impl Server {
     /// Creates the segment and binds the socket. After this returns, clients
     /// can connect (they are served once [`Server::serve`] runs).
@@ -556,9 +564,7 @@ impl Server {
     /// Whether to log one more refused connection now (see
     /// [`crate::log_limit`]).
     fn log_refusal(&mut self) -> bool {
-        self.refusals_logged.allow(std::time::Instant::now(), |n| {
-            tracing::warn!("{n} more connections were refused in the last second (not logged one by one)")
-        })
+        self.refusals_logged.allow(std::time::Instant::now(), refusals_not_logged)
     }
 
     /// Gives accepted connection `fd` a client entry, or refuses it (with
@@ -1268,6 +1274,7 @@ impl Server {
             return;
         }
         self.audited = std::time::Instant::now();
+        self.refusals_logged.flush(self.audited, refusals_not_logged);
         self.close_silent();
         self.repair_header();
         self.repair_routes();
