@@ -103,7 +103,7 @@ pub enum ConnectError {
 #[non_exhaustive]
 pub enum RequestError {
     /// The daemon is gone.
-    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
     BusGone,
     /// This process was forked from the one that connected: the child
     /// shares the parent's client identity and slots, so it may not use them.
@@ -222,7 +222,7 @@ pub enum SendError {
         what: &'static str,
     },
     /// The daemon is gone.
-    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
     BusGone,
     /// This process was forked from the one that connected: the child
     /// shares the parent's client identity and slots, so it may not use them.
@@ -267,7 +267,7 @@ pub enum RecvError {
     #[error("no message within {0:?}")]
     Timeout(Duration),
     /// The daemon is gone.
-    #[error("the bus is gone (the daemon stopped): restart shmbusd and reconnect")]
+    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
     BusGone,
     /// This process was forked from the one that connected: the child
     /// shares the parent's client identity and slots, so it may not use them.

@@ -148,6 +148,11 @@ impl Rule {
         })
     }
 
+    /// Whether the rule names nobody (it then admits no one).
+    pub fn is_empty(&self) -> bool {
+        self.principals.is_empty()
+    }
+
     /// `[a, b, @c]`, as written.
     pub fn listed(&self) -> String {
         let names: Vec<&str> = self.principals.iter().map(|(_, w)| w.as_str()).collect();

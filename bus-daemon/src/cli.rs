@@ -160,6 +160,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             writeln!(out, "  durable group {} of {}{}", g.name, g.subsystem, if g.lossy { " (lossy)" } else { "" })?;
         }
         writeln!(out, "  allow: {}", cfg.access.allow.listed())?;
+        if cfg.access.allow.is_empty() {
+            writeln!(out, "  warning: allow is empty: no client can connect, root and admins included")?;
+        }
         writeln!(out, "  admin: {}", cfg.access.admin.listed())?;
         for (name, r) in &cfg.access.subsystems {
             let show =
