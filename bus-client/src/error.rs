@@ -5,6 +5,11 @@ use bus_core::{PathError, SegmentError};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What every `BusGone` says: one text for the send, receive, request
+/// and reply errors.
+pub(crate) const BUS_GONE: &str =
+    "the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs";
+
 /// Why [`crate::Bus::connect`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -103,7 +108,7 @@ pub enum ConnectError {
 #[non_exhaustive]
 pub enum RequestError {
     /// The daemon is gone.
-    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
+    #[error("{}", crate::error::BUS_GONE)]
     BusGone,
     /// This process was forked from the one that connected: the child
     /// shares the parent's client identity and slots, so it may not use them.
@@ -222,7 +227,7 @@ pub enum SendError {
         what: &'static str,
     },
     /// The daemon is gone.
-    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
+    #[error("{}", crate::error::BUS_GONE)]
     BusGone,
     /// This process was forked from the one that connected: the child
     /// shares the parent's client identity and slots, so it may not use them.
@@ -267,7 +272,7 @@ pub enum RecvError {
     #[error("no message within {0:?}")]
     Timeout(Duration),
     /// The daemon is gone.
-    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
+    #[error("{}", crate::error::BUS_GONE)]
     BusGone,
     /// This process was forked from the one that connected: the child
     /// shares the parent's client identity and slots, so it may not use them.

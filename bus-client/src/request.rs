@@ -59,7 +59,7 @@ pub enum ReplyError {
     #[error("that request is not in flight here: its reply was already taken, it timed out, or it belongs to another pipeline")]
     NotInFlight,
     /// The daemon is gone.
-    #[error("the bus is gone (its daemon stopped, or a new daemon started a new bus in its place): reconnect, after starting shmbusd if none runs")]
+    #[error("{}", crate::error::BUS_GONE)]
     BusGone,
     /// Waiting for the reply asynchronously failed (see
     /// [`RecvError::NoRuntime`] and [`RecvError::AsyncWait`]).
