@@ -564,15 +564,27 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
             cl.subscriptions.join(",")
         )?;
     }
-    writeln!(out, "subsystems {}", s.subsystems.len())?;
-    if !s.subsystems.is_empty() {
+    // A requester's reply queue outlives it until the daemon recycles the
+    // entry: one that nobody reads and that holds nothing is noise here
+    // (`--json` lists it).
+    let idle_reply = |x: &&bus_client::protocol::SubsystemStatus| {
+        x.name.starts_with("_reply.") && x.subscribers == 0 && x.queue_depth == 0
+    };
+    let idle = s.subsystems.iter().filter(idle_reply).count();
+    let shown: Vec<_> = s.subsystems.iter().filter(|x| !idle_reply(x)).collect();
+    write!(out, "subsystems {}", shown.len())?;
+    if idle > 0 {
+        write!(out, " ({idle} idle reply queue{} of departed requesters not shown)", if idle == 1 { "" } else { "s" })?;
+    }
+    writeln!(out)?;
+    if !shown.is_empty() {
         writeln!(
             out,
             "  {:<32} {:>8} {:>5} {:>12} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8} {:>8}",
             "name", "depth", "subs", "sent", "delivered", "redelivered", "bytes", "p50", "p99", "max", "failed"
         )?;
     }
-    for x in &s.subsystems {
+    for x in shown {
         let l = &x.latency;
         writeln!(
             out,

@@ -156,7 +156,16 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         if !cfg.durable.is_empty() {
             writeln!(out, "  durable subsystems: {}", cfg.durable.join(", "))?;
         }
+        let mut seen = std::collections::BTreeSet::new();
         for g in &cfg.groups {
+            if !seen.insert((&g.subsystem, &g.name)) {
+                writeln!(
+                    out,
+                    "  warning: group {} of {} is declared more than once: it is one group",
+                    g.name, g.subsystem
+                )?;
+                continue;
+            }
             writeln!(out, "  durable group {} of {}{}", g.name, g.subsystem, if g.lossy { " (lossy)" } else { "" })?;
         }
         writeln!(out, "  allow: {}", cfg.access.allow.listed())?;

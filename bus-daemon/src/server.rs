@@ -207,8 +207,9 @@ pub struct Server {
     /// once its first packet has been read (closing a Unix socket with
     /// unread data would reset the connection and lose the reason).
     refused: Vec<Refusal>,
-    /// Caps the warnings about refused connections (a refused peer may
-    /// connect in a loop).
+    /// Caps the log lines a peer can cause at will: refused connections (a
+    /// refused peer may connect in a loop), requests the access policy
+    /// refuses, and protocol errors.
     refusals_logged: crate::log_limit::LogLimit,
     /// Since when each entry has had no subscriber (durable entries never
     /// appear). An entry idle this long with an empty queue may be recycled.
@@ -280,10 +281,11 @@ const PACKETS_PER_TURN: usize = 16;
 /// instructions between a publisher's route check and its push.
 const RECYCLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Logs how many refused connections were held back from the log.
+/// Logs how many refusals (of connections, or of a client's requests by the
+/// access policy) and protocol errors were held back from the log.
 fn refusals_not_logged(n: u64) {
     tracing::warn!(
-        "{n} more connections were refused and not logged one by one (at most {} a second are)",
+        "{n} more refusals and protocol errors were not logged one by one (at most {} a second are)",
         crate::log_limit::LogLimit::PER_WINDOW
     );
 }
@@ -561,7 +563,7 @@ impl Server {
         }
     }
 
-    /// Whether to log one more refused connection now (see
+    /// Whether to log one more refusal or protocol error now (see
     /// [`crate::log_limit`]).
     fn log_refusal(&mut self) -> bool {
         self.refusals_logged.allow(std::time::Instant::now(), refusals_not_logged)
@@ -988,7 +990,9 @@ impl Server {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    tracing::warn!(client = id, "{e}; closing the connection");
+                    if self.log_refusal() {
+                        tracing::warn!(client = id, "{e}; closing the connection");
+                    }
                     self.drop_client(id);
                     return;
                 }
@@ -1076,7 +1080,10 @@ impl Server {
                         }
                         let peer = &self.conns[&id].peer;
                         if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Subscribe(&subsystem)) {
-                            tracing::info!(client = id, uid = peer.uid, %subsystem, "subscribe refused by the access policy");
+                            let uid = peer.uid;
+                            if self.log_refusal() {
+                                tracing::info!(client = id, uid, %subsystem, "subscribe refused by the access policy");
+                            }
                             return err(ErrorKind::PermissionDenied, m);
                         }
                     }
@@ -1145,7 +1152,10 @@ impl Server {
                 match self.cfg.access.check(peer, crate::access::Action::Publish(&subsystem)) {
                     Ok(()) => Reply::MayPublish,
                     Err(m) => {
-                        tracing::info!(client = id, uid = peer.uid, %subsystem, "publish refused by the access policy");
+                        let uid = peer.uid;
+                        if self.log_refusal() {
+                            tracing::info!(client = id, uid, %subsystem, "publish refused by the access policy");
+                        }
                         err(ErrorKind::PermissionDenied, m)
                     }
                 }
@@ -1154,7 +1164,10 @@ impl Server {
             Request::Shutdown => {
                 let peer = &self.conns[&id].peer;
                 if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Admin("shutdown")) {
-                    tracing::warn!(client = id, uid = peer.uid, "shutdown refused by the access policy");
+                    let uid = peer.uid;
+                    if self.log_refusal() {
+                        tracing::warn!(client = id, uid, "shutdown refused by the access policy");
+                    }
                     return err(ErrorKind::PermissionDenied, m);
                 }
                 tracing::info!(client = id, pid = self.conns[&id].pid, "shutdown requested");

@@ -213,6 +213,12 @@ fn check_config_accepts_a_good_file_and_names_the_field_of_a_bad_one() {
         assert_eq!(st.code(), Some(1), "{text}: {out}");
         assert!(err.contains(field), "{text}: {err}");
     }
+    // The same group twice is one group, and the check says so.
+    let (st, out, err) =
+        check("[[group]]\nsubsystem = \"s\"\nname = \"g\"\n[[group]]\nsubsystem = \"s\"\nname = \"g\"\n");
+    assert!(st.success(), "{err}");
+    assert_eq!(out.matches("durable group g of s").count(), 1, "{out}");
+    assert!(out.contains("warning: group g of s is declared more than once"), "{out}");
     let (st, _, err) = run_to_end(Command::new(DAEMON).args(["--check-config", "/nonexistent/shmbusd.toml"]));
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("cannot read config file"), "{err}");
@@ -329,4 +335,29 @@ fn a_subscriber_whose_subscription_was_revoked_does_not_resume_into_it() {
     assert!(!out.contains("after the revocation"), "a revoked subscriber still received: {out}");
     assert!(!st.success(), "{out} {err}");
     assert!(err.contains("no longer allowed") || err.contains("gone"), "{err}");
+}
+
+#[test]
+fn a_client_asking_for_what_the_policy_refuses_in_a_loop_cannot_flood_the_log() {
+    // No other user needed: the rule admits only uid 65534.
+    if nix::unistd::getuid().as_raw() == 65534 {
+        return;
+    }
+    let mut bus = bus_with("[access.subsystem.closed]\nsubscribe = [\"65534\"]\n");
+    let client = bus.connect();
+    for _ in 0..300 {
+        let Err(e) = client.subscribe("closed") else { panic!("subscribed against the policy") };
+        assert!(e.to_string().contains("access.subsystem.closed.subscribe"), "{e}");
+    }
+    // Ten lines in the first second; the rest are counted, and the count is
+    // logged within about a second (by the next refusal or the audit).
+    let mut logged = 0;
+    let summary = bus.daemon.saw_err_line(Duration::from_secs(10), |l| {
+        logged += l.contains("subscribe refused by the access policy") as usize;
+        l.contains("more refusals and protocol errors")
+    });
+    assert!(summary, "the count of held-back lines was not logged");
+    assert!(logged <= 20, "{logged} refusals logged one by one");
+    // The client's connection still works.
+    assert!(client.subscribe("open").is_ok());
 }

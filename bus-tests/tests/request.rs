@@ -240,6 +240,17 @@ fn the_cli_sends_a_request_and_prints_the_reply() {
     let (st, _, err) = bus.cli(&["request", "svc://fail", "x"]);
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("nope"), "{err}");
+    // The two requesters are gone: their empty reply queues, until the
+    // daemon recycles them, are counted in status, not listed.
+    let (st, out, err) = bus.cli(&["status"]);
+    assert!(st.success(), "{err}");
+    assert!(!out.contains("_reply."), "{out}");
+    assert!(out.contains("idle reply queues of departed requesters not shown"), "{out}");
+    assert!(bus.status()["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"].as_str().unwrap().starts_with("_reply.")));
 }
 
 #[test]
