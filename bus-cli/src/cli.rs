@@ -101,7 +101,7 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         reps: usize,
         /// The two CPUs to pin the sides to, e.g. 0,1.
-        #[arg(long, value_delimiter = ',', num_args = 2)]
+        #[arg(long, value_delimiter = ',')]
         cpus: Option<Vec<usize>>,
         /// Do not pin.
         #[arg(long, conflicts_with = "cpus")]
@@ -323,11 +323,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             other => Err(format!("unexpected answer from the daemon: {other:?}").into()),
         },
         Command::Bench { json, sizes, duration, reps, cpus, no_pin, round_trips, only } => {
+            let cpus = match cpus {
+                _ if no_pin => None,
+                Some(c) => Some(crate::bench::check_cpus(&c)?),
+                None => crate::bench::default_cpus(),
+            };
             let o = crate::bench::suite::Options {
                 sizes,
                 duration,
                 reps: reps.max(1),
-                cpus: if no_pin { None } else { cpus.map(|c| (c[0], c[1])).or_else(crate::bench::default_cpus) },
+                cpus,
                 round_trips,
                 throughput: only.is_none() || only.as_deref() == Some("throughput"),
                 fanout: only.as_deref() == Some("fanout"),

@@ -964,6 +964,13 @@ impl Publisher {
                     }
                 }
                 if let Err(e) = waited {
+                    // The wait was on one pending group; another may have
+                    // made room meanwhile: one last push for every group
+                    // still pending, so that only those still full lose
+                    // their copy.
+                    if !matches!(e, SendError::BusGone | SendError::Forked) && publishing.push() == 0 {
+                        return Pushed::Sent;
+                    }
                     // Read before the drop, which may free the slot.
                     let subsystem = self.subsystem_of(slot, subsystem_len);
                     publishing.abandon();

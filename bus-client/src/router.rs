@@ -95,6 +95,27 @@ impl Router {
     }
 }
 
+/// The first parameter name `pattern` gives twice (`a/{id}/{id}`), if any.
+/// Parameters are `{name}` and `{*name}`; `{{` and `}}` are literal braces.
+fn repeated_parameter(pattern: &str) -> Option<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        if rest[open..].starts_with("{{") {
+            rest = &rest[open + 2..];
+            continue;
+        }
+        let Some(close) = rest[open..].find('}') else { break };
+        let name = rest[open + 1..open + close].trim_start_matches('*');
+        if names.contains(&name) {
+            return Some(name);
+        }
+        names.push(name);
+        rest = &rest[open + close + 1..];
+    }
+    None
+}
+
 /// Adds `pattern` to `tree` as handler `index`, or says why it cannot be
 /// (the rules of [`Router::route`], shared by the asynchronous router).
 pub(crate) fn insert(tree: &mut matchit::Router<usize>, pattern: &str, index: usize) -> Result<(), RouteError> {
@@ -102,6 +123,14 @@ pub(crate) fn insert(tree: &mut matchit::Router<usize>, pattern: &str, index: us
         return Err(RouteError::Invalid {
             pattern: pattern.to_owned(),
             reason: "control character or too long".into(),
+        });
+    }
+    if let Some(name) = repeated_parameter(pattern) {
+        return Err(RouteError::Invalid {
+            pattern: pattern.to_owned(),
+            reason: format!(
+                "parameter {name:?} is named twice (only the first would be reachable by name): rename one"
+            ),
         });
     }
     tree.insert(pattern, index).map_err(|e| match e {
@@ -155,5 +184,13 @@ mod tests {
         let r = Router::new("api").unwrap();
         assert!(matches!(r.route("files/{*rest}/more", ok), Err(RouteError::Invalid { .. })));
         assert!(matches!(Router::new("Bad Name"), Err(RouteError::InvalidSubsystem(_))));
+        // A parameter named twice could be read by name only once.
+        for twice in ["a/{id}/{id}", "a/{id}/b/{*id}"] {
+            let e = Router::new("api").unwrap().route(twice, ok).err().unwrap();
+            assert!(e.to_string().contains("parameter \"id\" is named twice"), "{twice}: {e}");
+        }
+        // Different names, and literal braces, are fine.
+        let r = Router::new("api").unwrap().route("a/{id}/{sub}", ok).unwrap().route("b/{{id}}/{id}", ok).unwrap();
+        assert_eq!(r.at("a/1/2").unwrap().1.get("sub"), Some("2"));
     }
 }

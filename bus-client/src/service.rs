@@ -152,7 +152,7 @@ fn worker(
     stop: &AtomicBool,
     stats: &ServiceStats,
     batch: usize,
-) {
+) -> Option<RecvError> {
     let mut msgs = Vec::with_capacity(batch);
     // Starts at one request per batch, doubles while handlers are fast.
     let mut take = 1;
@@ -166,7 +166,7 @@ fn worker(
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            Err(_) => return, // the bus is gone
+            Err(e) => return Some(e), // the bus is gone
         }
         // More queued than this worker took: wake another sleeping worker
         // for them (each woken worker does the same, so a burst wakes as
@@ -191,6 +191,7 @@ fn worker(
         }
         msgs.clear();
     }
+    None
 }
 
 /// Runs the handler of one message, replying (deferred) as the service
@@ -243,7 +244,8 @@ fn handle(
 /// A running service; stops (and joins its workers) when dropped.
 pub struct Service {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each worker ends with `None` when stopped, or why the bus ended it.
+    threads: Vec<std::thread::JoinHandle<Option<RecvError>>>,
     stats: Arc<ServiceStats>,
     /// `crate::bus::fork_count()` when started: in a forked child the
     /// worker threads do not exist, and must not be joined.
@@ -261,11 +263,21 @@ impl Service {
         self.stop_inner();
     }
 
-    /// Blocks until the workers end (the bus went away).
-    pub fn join(mut self) {
+    /// Blocks until the workers end, which they do only when the bus ends
+    /// them: returns why (`RecvError::BusGone` when the daemon went away),
+    /// so that a program serving until then can exit with an error (and a
+    /// service manager restart it). `Ok(())` only if the service had no
+    /// workers. A worker that panicked outside a handler (handlers' panics
+    /// are caught and answered) panics here.
+    pub fn join(mut self) -> Result<(), RecvError> {
+        let mut why = None;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            match t.join() {
+                Ok(ended) => why = why.or(ended),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
+        why.map_or(Ok(()), Err)
     }
 
     fn stop_inner(&mut self) {

@@ -1106,6 +1106,12 @@ impl Server {
                         None => None,
                     }
                 };
+                if group.is_none() && lossy {
+                    return err(
+                        ErrorKind::GroupMismatch,
+                        format!("the default group of {subsystem:?} is blocking, never lossy: join it without lossy, or name a group of your own (or take a tap)"),
+                    );
+                }
                 // The daemon decides from the table: make sure it holds what
                 // the daemon wrote.
                 self.repair_routes();

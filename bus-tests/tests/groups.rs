@@ -202,6 +202,20 @@ fn group_limits_and_kinds_are_typed_errors() {
         matches!(&e, bus_client::RequestError::Daemon { kind: bus_client::protocol::ErrorKind::GroupMismatch, .. }),
         "{e}"
     );
+    // The default group is blocking: asking for it lossy is refused, not
+    // quietly granted as blocking.
+    for default in [None, Some("default")] {
+        let mut s = b.subscription("s").lossy(true);
+        if let Some(g) = default {
+            s = s.group(g);
+        }
+        let Err(e) = s.create() else { panic!("a lossy default group") };
+        assert!(
+            matches!(&e, bus_client::RequestError::Daemon { kind: bus_client::protocol::ErrorKind::GroupMismatch, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("default group of \"s\" is blocking"), "{e}");
+    }
     assert!(matches!(b.subscribe_group("s", "Bad Name"), Err(bus_client::RequestError::InvalidName(_))));
     let e = b.subscribe_group("s", "tap.1.1").unwrap_err();
     assert!(e.to_string().contains("reserved"), "{e}");
@@ -342,6 +356,38 @@ fn a_send_that_reaches_some_groups_but_not_a_full_one_says_so_and_counts_the_dro
     assert_eq!(a.try_recv().unwrap().expect("delivered").body_bytes().unwrap(), &[4]);
     let s = bus.status();
     assert_eq!(group(subsystem(&s, "p"), "slow")["dropped"], 1, "{s}");
+}
+
+#[test]
+fn a_group_that_makes_room_while_the_publisher_waits_for_another_gets_its_copy() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256", "--queue-capacity", "4"]);
+    let b = bus.connect();
+    let a = b.subscribe("p3").unwrap();
+    let _slow = b.subscribe_group("p3", "slow").unwrap(); // never reads
+    let fast = b.subscribe_group("p3", "fast").unwrap();
+    let mut p =
+        b.publisher().backpressure(bus_client::Backpressure::Block(Duration::from_millis(1500))).create().unwrap();
+    for i in 0..4u8 {
+        p.send_bytes("p3://x", &[i]).unwrap();
+        drop(a.try_recv().unwrap().expect("the default group gets it"));
+    }
+    // "slow" and "fast" are full. "fast" catches up while the publisher
+    // waits for "slow" (the first of them): only "slow" loses the copy.
+    let drain = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        for i in 0..4u8 {
+            let m = fast.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(m.body_bytes().unwrap(), &[i]);
+        }
+        fast
+    });
+    let e = p.send_bytes("p3://x", &[4]).unwrap_err();
+    assert!(matches!(&e, bus_client::SendError::PartlyDelivered { delivered: 2, groups: 3, .. }), "{e}");
+    let fast = drain.join().unwrap();
+    assert_eq!(fast.recv_timeout(Duration::from_secs(10)).unwrap().body_bytes().unwrap(), &[4]);
+    let s = bus.status();
+    assert_eq!(group(subsystem(&s, "p3"), "slow")["dropped"], 1, "{s}");
+    assert_eq!(group(subsystem(&s, "p3"), "fast")["dropped"], 0, "{s}");
 }
 
 #[test]

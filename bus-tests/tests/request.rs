@@ -402,3 +402,16 @@ fn a_request_that_could_not_be_sent_in_time_says_so_not_timeout() {
     }
     drop(svc);
 }
+
+#[test]
+fn a_service_whose_daemon_dies_ends_and_says_why() {
+    let bus = TestBus::start(&["--slots", "64", "--slot-size", "256"]);
+    let c = bus.connect();
+    let router = bus_client::Router::new("svc").unwrap().route("x", |ctx| Ok(ctx.reply_bytes(b"")?)).unwrap();
+    let service = c.serve(router).workers(2).start().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(service.join()).unwrap());
+    bus.daemon.signal(Signal::SIGKILL);
+    let ended = rx.recv_timeout(T).expect("the workers end when the daemon dies");
+    assert!(matches!(ended, Err(bus_client::RecvError::BusGone)), "{ended:?}");
+}

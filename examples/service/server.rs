@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = bus.serve(router).workers(2).start()?;
     // Only now: the workers' subscriptions exist, requests will be served.
     println!("serving users:// on bus {:?} with 2 workers (Ctrl-C to stop)", bus.name());
-    service.join();
-    Ok(())
+    // The workers run until the bus ends them: say why, and exit 1.
+    let why = service.join().err().map_or("the service had no workers".to_owned(), |e| e.to_string());
+    eprintln!("service ended: {why}");
+    std::process::exit(1)
 }

@@ -43,7 +43,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         tokio::select! {
             msg = sensors.recv() => {
-                let msg = msg?;
+                // The bus going away ends the program, saying why.
+                let msg = msg.unwrap_or_else(|e| {
+                    eprintln!("stopped: {e}");
+                    std::process::exit(1)
+                });
                 println!("{} = {}", msg.path(), String::from_utf8_lossy(msg.body_bytes()?));
             }
             _ = tokio::signal::ctrl_c() => break,

@@ -67,7 +67,37 @@ pub fn unpinned<T>(f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// The two CPUs to pin to by default: 0 and 1 when there are at least two.
+/// The CPUs this process may run on, in order (before any [`pin`]).
+fn allowed_cpus() -> Vec<usize> {
+    let Some(set) = ALLOWED.get().copied().or_else(current_cpus) else { return Vec::new() };
+    (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
+}
+
+/// The two CPUs to pin to by default: the first two this process may run
+/// on, when there are at least two.
 pub fn default_cpus() -> Option<(usize, usize)> {
-    (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2).then_some((0, 1))
+    match allowed_cpus()[..] {
+        [a, b, ..] => Some((a, b)),
+        _ => None,
+    }
+}
+
+/// Checks the CPUs given with `--cpus`: two, different, both ones this
+/// process may run on (two sides pinned to one CPU would spin against
+/// each other for as long as the scheduler lets them).
+pub fn check_cpus(cpus: &[usize]) -> Result<(usize, usize), String> {
+    let allowed = allowed_cpus();
+    let list = allowed.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    match *cpus {
+        [a, b] if a == b => {
+            Err(format!("--cpus {a},{b}: the two sides need two different CPUs (this process may use {list})"))
+        }
+        [a, b] => match [a, b].into_iter().find(|c| !allowed.contains(c)) {
+            Some(c) => Err(format!(
+                "--cpus {a},{b}: CPU {c} is not one this process may use ({list}); pick two of those, or --no-pin"
+            )),
+            None => Ok((a, b)),
+        },
+        _ => Err(format!("--cpus takes two CPUs, as in --cpus 0,1 (this process may use {list})")),
+    }
 }

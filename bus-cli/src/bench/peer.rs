@@ -339,8 +339,7 @@ fn run_inner(spec: &str) -> std::io::Result<()> {
             let service = serve.start().map_err(std::io::Error::other)?;
             writeln!(out, "ready")?;
             out.flush()?;
-            service.join();
-            Ok(())
+            service.join().map_err(std::io::Error::other)
         }
         _ => Err(std::io::Error::other(format!("unknown peer role {spec:?}"))),
     }

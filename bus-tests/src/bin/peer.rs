@@ -237,7 +237,9 @@ fn main() -> ExitCode {
                 .expect("serve");
             writeln!(out, "serving").unwrap();
             out.flush().unwrap();
-            service.join();
+            if let Err(e) = service.join() {
+                eprintln!("service ended: {e}");
+            }
         }
         "aserve" => {
             // The asynchronous service (tokio): the routes of `serve` that
