@@ -57,6 +57,9 @@ counters! {
     /// Local requests answered `Unreachable`: no host exported the
     /// subsystem, or the link went while the request was out.
     unreachable,
+    /// Local requests answered `Timeout`: forwarded, but no reply came
+    /// within `request-timeout` (the far service is slow, or the link hung).
+    timed_out,
     /// Messages from other hosts handed to the local bus.
     received,
     /// Messages from other hosts the local bus did not take (no subscriber,

@@ -593,23 +593,50 @@ impl PendingReply {
                 match meta.error {
                     None => p.reply(&to, &meta.envelope, &body),
                     Some(kind) => {
+                        if kind == wire::ErrorKind::Timeout {
+                            bump(&self.shared.counters.timed_out);
+                        }
                         let text = String::from_utf8_lossy(&body).into_owned();
                         p.reply_error(&to, &wire::reply_error(kind, text, to.path()))
                     }
                 }
             }
             Err(e) => {
+                // Zenoh's own error: the query timed out (the far host
+                // may have run the request), or it failed before that.
                 let text = String::from_utf8_lossy(&e.payload().to_bytes()).into_owned();
-                p.reply_error(&to, &ReplyError::Unreachable(format!("the far host answered with an error: {text}")))
+                let why = || format!("the far host answered with an error: {text}");
+                p.reply_error(&to, &self.unanswered(why))
             }
         };
         if let Err(e) = sent {
             // The reply could not be written here (a body larger than this
-            // bus's slots, say): the requester learns why at once.
-            let why = format!("the reply from the far host could not be delivered here: {e}");
-            if let Err(e) = p.reply_error(&to, &ReplyError::Unreachable(why)) {
+            // bus's slots, say). The handler ran, as when a local handler's
+            // reply does not fit: a handler error, short enough to fit
+            // (an error reply is cut to the slot).
+            let why = ReplyError::Handler(format!("its reply cannot be written here: {e}"));
+            if let Err(e) = p.reply_error(&to, &why) {
                 tracing::warn!("a reply to {} was lost: {e}", to.path());
             }
+        }
+    }
+
+    /// The error for a request that got no reply from the far host: once
+    /// the bridge's `request-timeout` has passed, `Timeout` (the far host
+    /// may have taken it and run it, as a local service that does not
+    /// answer in time), counted in `timed_out`; earlier (the query ended
+    /// without a reply: the link went, or no host exports the subsystem
+    /// now), `Unreachable` with `why()`, counted in `unreachable`.
+    fn unanswered(&self, why: impl FnOnce() -> String) -> ReplyError {
+        let timeout = self.shared.config.request_timeout;
+        // Zenoh ends a query at its timeout, measured from a moment just
+        // after `since`: a few milliseconds of slack for the clocks.
+        if self.since.elapsed() + std::time::Duration::from_millis(5) >= timeout {
+            bump(&self.shared.counters.timed_out);
+            ReplyError::Timeout(timeout)
+        } else {
+            bump(&self.shared.counters.unreachable);
+            ReplyError::Unreachable(why())
         }
     }
 }
@@ -617,24 +644,17 @@ impl PendingReply {
 impl Drop for PendingReply {
     fn drop(&mut self) {
         let Some(to) = self.to.take() else { return };
-        bump(&self.shared.counters.unreachable);
         // Zenoh ends a query early when nothing can answer it (the link
         // went, or no host exports the subsystem now): say which it was.
         let waited = self.since.elapsed();
-        let timeout = self.shared.config.request_timeout;
-        let why = if waited < timeout {
+        let e = self.unanswered(|| {
             format!(
                 "no reply from a host that exports {}: the query ended after {waited:.1?} without one (the link was lost, no host exports it now, or a bridge is stopping)",
                 self.subsystem
             )
-        } else {
-            format!(
-                "no reply from the host that exports {} within {timeout:?}: the link was lost, or its service is slow",
-                self.subsystem
-            )
-        };
+        });
         let mut p = self.replier.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = p.reply_error(&to, &ReplyError::Unreachable(why)) {
+        if let Err(e) = p.reply_error(&to, &e) {
             tracing::warn!("a reply to {} was lost: {e}", to.path());
         }
     }

@@ -28,7 +28,8 @@
 //! version 1 takes a batch for a foreign raw body, never for a typed
 //! message.
 
-use bus_client::{Envelope, ReplyError};
+use bus_client::{Envelope, ReplyError, SendError};
+use std::time::Duration;
 use zenoh::key_expr::keyexpr;
 
 /// Attachment format version.
@@ -60,6 +61,12 @@ pub enum ErrorKind {
     Panicked = 3,
     /// `ReplyError::Unreachable` (and anything else, with its text).
     Unreachable = 4,
+    /// `ReplyError::Timeout`: the far host's bus took the request, and no
+    /// reply came in time (the text is the timeout in nanoseconds).
+    Timeout = 5,
+    /// `ReplyError::Send(SendError::NoSubscriber)`: nothing serves the
+    /// subsystem on the far host (the text is the subsystem).
+    NoSubscriber = 6,
 }
 
 /// A message's envelope as it travels, with its id on the sending bus.
@@ -184,6 +191,8 @@ pub fn decode(att: Option<&[u8]>) -> Meta {
         1 => ErrorKind::NoRoute,
         2 => ErrorKind::Handler,
         3 => ErrorKind::Panicked,
+        5 => ErrorKind::Timeout,
+        6 => ErrorKind::NoSubscriber,
         _ => ErrorKind::Unreachable,
     });
     Meta {
@@ -206,6 +215,8 @@ pub fn error_of(e: &ReplyError) -> (ErrorKind, String) {
         ReplyError::Handler(t) => (ErrorKind::Handler, t.clone()),
         ReplyError::Panicked(t) => (ErrorKind::Panicked, t.clone()),
         ReplyError::Unreachable(t) => (ErrorKind::Unreachable, t.clone()),
+        ReplyError::Timeout(d) => (ErrorKind::Timeout, d.as_nanos().to_string()),
+        ReplyError::Send(SendError::NoSubscriber { subsystem }) => (ErrorKind::NoSubscriber, subsystem.clone()),
         other => (ErrorKind::Unreachable, format!("on the far host: {other}")),
     }
 }
@@ -217,6 +228,8 @@ pub fn reply_error(kind: ErrorKind, text: String, path: &str) -> ReplyError {
         ErrorKind::Handler => ReplyError::Handler(text),
         ErrorKind::Panicked => ReplyError::Panicked(text),
         ErrorKind::Unreachable => ReplyError::Unreachable(text),
+        ErrorKind::Timeout => ReplyError::Timeout(Duration::from_nanos(text.parse().unwrap_or(0))),
+        ErrorKind::NoSubscriber => ReplyError::Send(SendError::NoSubscriber { subsystem: text }),
     }
 }
 
@@ -275,6 +288,27 @@ mod tests {
         assert_eq!(decode(Some(&encode(&m))), m);
         let e = Meta { error: Some(ErrorKind::Panicked), ..m };
         assert_eq!(decode(Some(&encode(&e))).error, Some(ErrorKind::Panicked));
+    }
+
+    #[test]
+    fn a_far_error_arrives_as_the_same_variant() {
+        let no_one = ReplyError::Send(SendError::NoSubscriber { subsystem: "users".into() });
+        for e in [
+            ReplyError::Timeout(Duration::from_millis(1500)),
+            no_one,
+            ReplyError::Handler("bad id".into()),
+            ReplyError::Panicked("boom".into()),
+            ReplyError::NoRoute { path: "users://x".into(), message: "no route".into() },
+        ] {
+            let (kind, text) = error_of(&e);
+            let sent = Meta { error: Some(kind), ..Meta::default() };
+            let kind = decode(Some(&encode(&sent))).error.expect("an error reply");
+            assert_eq!(reply_error(kind, text, "users://x"), e);
+        }
+        // What has no variant of its own on the wire says where it happened.
+        let (kind, text) = error_of(&ReplyError::BusGone);
+        assert_eq!(kind, ErrorKind::Unreachable);
+        assert!(text.starts_with("on the far host: "), "{text}");
     }
 
     #[test]

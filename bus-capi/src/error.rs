@@ -76,7 +76,13 @@ pub(crate) struct Error {
 
 impl Error {
     pub(crate) fn new(code: c_int, message: impl Into<String>) -> Error {
-        Error { code, message: message.into() }
+        // The Rust library's text names its own call; a C caller has another.
+        let message = if code == SHMBUS_EFORKED {
+            "this shmbus_bus was connected by the parent process before fork(): the child must call shmbus_connect() itself".into()
+        } else {
+            message.into()
+        };
+        Error { code, message }
     }
 
     /// A NULL or otherwise invalid argument.

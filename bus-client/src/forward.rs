@@ -151,8 +151,9 @@ impl Publisher {
 
     /// Replies to the request behind `to` with `error`, which its requester
     /// receives as the same [`ReplyError`] variant (`NoRoute`, `Handler`,
-    /// `Panicked`, `Unreachable`; any other as `Unreachable`, with its
-    /// text). `Ok` also when the requester is gone.
+    /// `Panicked`, `Unreachable`, `Timeout`, `Send(NoSubscriber)`; any
+    /// other as `Unreachable`, with its text). `Ok` also when the requester
+    /// is gone.
     pub fn reply_error(&mut self, to: &ReplyHandle, error: &ReplyError) -> Result<(), SendError> {
         if !to.open(&self.bus().inner.seg) {
             return Ok(());
@@ -162,6 +163,8 @@ impl Publisher {
             ReplyError::Handler(t) => (kind::HANDLER, t.clone()),
             ReplyError::Panicked(t) => (kind::PANIC, t.clone()),
             ReplyError::Unreachable(t) => (kind::UNREACHABLE, t.clone()),
+            ReplyError::Timeout(d) => (kind::TIMEOUT, d.as_nanos().to_string()),
+            ReplyError::Send(SendError::NoSubscriber { subsystem }) => (kind::NO_SUBSCRIBER, subsystem.clone()),
             other => (kind::UNREACHABLE, other.to_string()),
         };
         let text = crate::handler::clip(&text, self.bus().body_capacity(to.path.len()));

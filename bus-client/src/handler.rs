@@ -19,6 +19,12 @@ pub(crate) mod kind {
     /// The handler is on another host that cannot be reached (a bridge's
     /// reply).
     pub const UNREACHABLE: u64 = 4;
+    /// A bridge's reply: the far host's bus took the request and no reply
+    /// came in time (the text is the timeout in nanoseconds).
+    pub const TIMEOUT: u64 = 5;
+    /// A bridge's reply: nothing serves the subsystem on the far host (the
+    /// text is the subsystem).
+    pub const NO_SUBSCRIBER: u64 = 6;
 }
 
 /// An error a handler returns; a requester receives its text.

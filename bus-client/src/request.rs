@@ -514,6 +514,8 @@ impl<'r> Response<'r> {
             kind::NO_ROUTE => ReplyError::NoRoute { path: self.slot.path().unwrap_or("").to_owned(), message: text },
             kind::PANIC => ReplyError::Panicked(text),
             kind::UNREACHABLE => ReplyError::Unreachable(text),
+            kind::TIMEOUT => ReplyError::Timeout(Duration::from_nanos(text.parse().unwrap_or(0))),
+            kind::NO_SUBSCRIBER => ReplyError::Send(SendError::NoSubscriber { subsystem: text }),
             _ => ReplyError::Handler(text),
         })
     }

@@ -42,7 +42,10 @@ fn free_port() -> u16 {
 /// far exporter it must see before this returns.
 fn bridge(socket: &Path, args: &[&str], linked: &[&str]) -> Proc {
     let mut cmd = Command::new(BRIDGE);
-    cmd.arg("--socket").arg(socket).args(["--no-scouting", "--request-timeout", "12s", "--stats-interval", "200ms"]);
+    cmd.arg("--socket").arg(socket).args(["--no-scouting", "--stats-interval", "200ms"]);
+    if !args.contains(&"--request-timeout") {
+        cmd.args(["--request-timeout", "12s"]);
+    }
     if !args.contains(&"--local-timeout") {
         cmd.args(["--local-timeout", "2s"]);
     }
@@ -273,6 +276,32 @@ fn a_cut_link_fails_requests_at_once_and_heals_by_itself() {
     }
     for p in [&h.a, &h.b] {
         assert_slots_back(p);
+    }
+}
+
+#[test]
+fn far_errors_keep_their_variant_a_far_timeout_is_a_timeout_and_no_service_is_no_subscriber() {
+    let h = Hosts::new("bridge-far-errors");
+    let l = h.listen();
+    let ba = bridge(&h.a, &["--listen", &l, "--export", "users", "--request-timeout", "1s"], &[]);
+    let mut bb = bridge(&h.b, &["--connect", &l, "--import", "users", "--request-timeout", "1s"], &["users"]);
+    // Nothing serves `users` on A: the same error as on one host.
+    let out = run_peer(&h.b, &["req", "path=users://users/1"]);
+    assert!(out.starts_with("err Send: the request was not sent: no subscriber for subsystem \"users\""), "{out}");
+    // A's service takes the request but does not answer within the
+    // bridges' 1 s: `Timeout` (it may have run), not `Unreachable`.
+    let mut service = peer(&h.a, &["serve", "subsystem=users", "workers=1"]);
+    service.wait_line("serving", Duration::from_secs(10));
+    let out = run_peer(&h.b, &["req", "path=users://slow/3000", "timeout_ms=20000"]);
+    assert!(out.starts_with("err Timeout: no reply within 1s"), "{out}");
+    let took: u64 = out.split(" in ").nth(1).and_then(|t| t.trim_end_matches(" ms\n").parse().ok()).unwrap();
+    assert!((900..2900).contains(&took), "{out}");
+    assert!(bb.saw_err_line(Duration::from_secs(5), |l| l.contains(" timed_out=1 ")), "not counted");
+    drop(service);
+    for b in [ba, bb] {
+        b.signal(Signal::SIGTERM);
+        let (st, _, err) = b.wait(Duration::from_secs(20));
+        assert!(st.success(), "{err}");
     }
 }
 

@@ -15,6 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define CHECK(cond)                                                                       \
     do {                                                                                  \
@@ -248,6 +251,34 @@ int main(void) {
     fail_fast(bus);
     requests(bus);
     with_rust(bus, pub);
+
+    /* A forked child may not use its parent's connection, and is told
+     * what to call instead, in C terms. It reports through a pipe and ends
+     * with SIGKILL: under valgrind, an exit would report the parent's
+     * threads' memory, which the child never had, as leaked. */
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        int rc = shmbus_send(pub, "capi://forked", "x", 1);
+        char said[512];
+        int n = snprintf(said, sizeof said, "%d %s", rc, shmbus_last_error());
+        if (write(fds[1], said, n > 0 && (size_t)n < sizeof said ? (size_t)n : sizeof said - 1) < 0)
+            _exit(1);
+        kill(getpid(), SIGKILL);
+    }
+    close(fds[1]);
+    char got[512] = {0};
+    size_t have = 0;
+    ssize_t r;
+    while (have < sizeof got - 1 && (r = read(fds[0], got + have, sizeof got - 1 - have)) > 0)
+        have += (size_t)r;
+    close(fds[0]);
+    CHECK(waitpid(child, NULL, 0) == child);
+    if (atoi(got) != SHMBUS_EFORKED || strstr(got, "shmbus_connect()") == NULL)
+        fprintf(stderr, "forked child: %s\n", got);
+    CHECK(atoi(got) == SHMBUS_EFORKED && strstr(got, "shmbus_connect()") != NULL);
 
     /* A reply outlives the bus handle it came from. */
     shmbus_message *reply = NULL;
