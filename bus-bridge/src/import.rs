@@ -593,11 +593,12 @@ impl PendingReply {
                 match meta.error {
                     None => p.reply(&to, &meta.envelope, &body),
                     Some(kind) => {
-                        if kind == wire::ErrorKind::Timeout {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        let e = wire::reply_error(kind, text, to.path());
+                        if matches!(e, ReplyError::Timeout(_)) {
                             bump(&self.shared.counters.timed_out);
                         }
-                        let text = String::from_utf8_lossy(&body).into_owned();
-                        p.reply_error(&to, &wire::reply_error(kind, text, to.path()))
+                        p.reply_error(&to, &e)
                     }
                 }
             }

@@ -5,7 +5,7 @@
 //! |--------|------------------------------------------------------------|
 //! | 0      | format version, [`VERSION`]                                |
 //! | 1      | bits: 1 raw body, 2 redelivered, 4 error reply             |
-//! | 2..4   | error kind (u16 LE; error replies only, see [`ErrorKind`]) |
+//! | 2..4   | error kind (u16 LE; error replies only: a bus error-reply kind, `ReplyError::to_reply_parts`) |
 //! | 4..8   | zero                                                       |
 //! | 8..16  | body type fingerprint (u64 LE)                             |
 //! | 16..24 | trace id (u64 LE)                                          |
@@ -29,7 +29,6 @@
 //! message.
 
 use bus_client::{Envelope, ReplyError, SendError};
-use std::time::Duration;
 use zenoh::key_expr::keyexpr;
 
 /// Attachment format version.
@@ -49,26 +48,6 @@ const BATCH: u8 = 8;
 /// Bytes of a frame in a batch besides the body: attachment and length.
 pub const FRAME_OVERHEAD: usize = LEN + 4;
 
-/// Kinds of error reply, as the requester's [`ReplyError`] variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum ErrorKind {
-    /// `ReplyError::NoRoute`.
-    NoRoute = 1,
-    /// `ReplyError::Handler`.
-    Handler = 2,
-    /// `ReplyError::Panicked`.
-    Panicked = 3,
-    /// `ReplyError::Unreachable` (and anything else, with its text).
-    Unreachable = 4,
-    /// `ReplyError::Timeout`: the far host's bus took the request, and no
-    /// reply came in time (the text is the timeout in nanoseconds).
-    Timeout = 5,
-    /// `ReplyError::Send(SendError::NoSubscriber)`: nothing serves the
-    /// subsystem on the far host (the text is the subsystem).
-    NoSubscriber = 6,
-}
-
 /// A message's envelope as it travels, with its id on the sending bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -77,8 +56,9 @@ pub struct Meta {
     /// The message's id on the bus it was sent on (for logs; the copy gets
     /// an id of its own).
     pub id: u64,
-    /// An error reply of this kind (the body is its text).
-    pub error: Option<ErrorKind>,
+    /// An error reply of this kind (the body is its text): the kind of a
+    /// bus's error reply ([`ReplyError::to_reply_parts`]).
+    pub error: Option<u16>,
 }
 
 /// Encodes `meta`.
@@ -89,7 +69,7 @@ pub fn encode(meta: &Meta) -> [u8; LEN] {
     b[1] = if e.raw { RAW } else { 0 } | if e.redelivered { REDELIVERED } else { 0 };
     if let Some(k) = meta.error {
         b[1] |= ERROR;
-        b[2..4].copy_from_slice(&(k as u16).to_le_bytes());
+        b[2..4].copy_from_slice(&k.to_le_bytes());
     }
     b[8..16].copy_from_slice(&e.fingerprint.to_le_bytes());
     b[16..24].copy_from_slice(&e.trace_id.to_le_bytes());
@@ -187,14 +167,7 @@ pub fn decode(att: Option<&[u8]>) -> Meta {
         return foreign;
     }
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    let error = (b[1] & ERROR != 0).then(|| match u16::from_le_bytes([b[2], b[3]]) {
-        1 => ErrorKind::NoRoute,
-        2 => ErrorKind::Handler,
-        3 => ErrorKind::Panicked,
-        5 => ErrorKind::Timeout,
-        6 => ErrorKind::NoSubscriber,
-        _ => ErrorKind::Unreachable,
-    });
+    let error = (b[1] & ERROR != 0).then(|| u16::from_le_bytes([b[2], b[3]]));
     Meta {
         envelope: Envelope {
             fingerprint: u64_at(8),
@@ -208,29 +181,28 @@ pub fn decode(att: Option<&[u8]>) -> Meta {
     }
 }
 
-/// The wire kind and text of a requester-side error.
-pub fn error_of(e: &ReplyError) -> (ErrorKind, String) {
-    match e {
-        ReplyError::NoRoute { message, .. } => (ErrorKind::NoRoute, message.clone()),
-        ReplyError::Handler(t) => (ErrorKind::Handler, t.clone()),
-        ReplyError::Panicked(t) => (ErrorKind::Panicked, t.clone()),
-        ReplyError::Unreachable(t) => (ErrorKind::Unreachable, t.clone()),
-        ReplyError::Timeout(d) => (ErrorKind::Timeout, d.as_nanos().to_string()),
-        ReplyError::Send(SendError::NoSubscriber { subsystem }) => (ErrorKind::NoSubscriber, subsystem.clone()),
-        other => (ErrorKind::Unreachable, format!("on the far host: {other}")),
-    }
+/// The wire kind and text of a requester-side error: a bus error reply's
+/// ([`ReplyError::to_reply_parts`]), its text saying where it happened
+/// when the variant does not travel.
+pub fn error_of(e: &ReplyError) -> (u16, String) {
+    let (kind, text) = e.to_reply_parts();
+    let travels = matches!(
+        e,
+        ReplyError::NoRoute { .. }
+            | ReplyError::Handler(_)
+            | ReplyError::Panicked(_)
+            | ReplyError::Unreachable(_)
+            | ReplyError::Timeout(_)
+            | ReplyError::Send(SendError::NoSubscriber { .. })
+    );
+    // Kinds are small numbers; anything else is read back as a handler's.
+    let kind = u16::try_from(kind).unwrap_or(u16::MAX);
+    (kind, if travels { text } else { format!("on the far host: {text}") })
 }
 
 /// The requester-side error of a wire kind and text, for request `path`.
-pub fn reply_error(kind: ErrorKind, text: String, path: &str) -> ReplyError {
-    match kind {
-        ErrorKind::NoRoute => ReplyError::NoRoute { path: path.to_owned(), message: text },
-        ErrorKind::Handler => ReplyError::Handler(text),
-        ErrorKind::Panicked => ReplyError::Panicked(text),
-        ErrorKind::Unreachable => ReplyError::Unreachable(text),
-        ErrorKind::Timeout => ReplyError::Timeout(Duration::from_nanos(text.parse().unwrap_or(0))),
-        ErrorKind::NoSubscriber => ReplyError::Send(SendError::NoSubscriber { subsystem: text }),
-    }
+pub fn reply_error(kind: u16, text: String, path: &str) -> ReplyError {
+    ReplyError::from_reply_parts(kind.into(), text, path)
 }
 
 /// Checks a key prefix: one or more non-empty chunks, no wildcard or
@@ -286,15 +258,15 @@ mod tests {
             error: None,
         };
         assert_eq!(decode(Some(&encode(&m))), m);
-        let e = Meta { error: Some(ErrorKind::Panicked), ..m };
-        assert_eq!(decode(Some(&encode(&e))).error, Some(ErrorKind::Panicked));
+        let e = Meta { error: Some(3), ..m };
+        assert_eq!(decode(Some(&encode(&e))).error, Some(3));
     }
 
     #[test]
     fn a_far_error_arrives_as_the_same_variant() {
         let no_one = ReplyError::Send(SendError::NoSubscriber { subsystem: "users".into() });
         for e in [
-            ReplyError::Timeout(Duration::from_millis(1500)),
+            ReplyError::Timeout(std::time::Duration::from_millis(1500)),
             no_one,
             ReplyError::Handler("bad id".into()),
             ReplyError::Panicked("boom".into()),
@@ -307,8 +279,9 @@ mod tests {
         }
         // What has no variant of its own on the wire says where it happened.
         let (kind, text) = error_of(&ReplyError::BusGone);
-        assert_eq!(kind, ErrorKind::Unreachable);
-        assert!(text.starts_with("on the far host: "), "{text}");
+        assert!(
+            matches!(reply_error(kind, text, "users://x"), ReplyError::Unreachable(t) if t.starts_with("on the far host: "))
+        );
     }
 
     #[test]

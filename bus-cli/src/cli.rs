@@ -573,7 +573,7 @@ fn print_status(out: &mut impl Write, s: &bus_client::protocol::Status) -> std::
     // entry: one that nobody reads and that holds nothing is noise here
     // (`--json` lists it).
     let idle_reply = |x: &&bus_client::protocol::SubsystemStatus| {
-        x.name.starts_with("_reply.") && x.subscribers == 0 && x.queue_depth == 0
+        x.name.starts_with("_reply.") && x.subscribers == 0 && x.queue_depth == 0 && !x.quarantined
     };
     let idle = s.subsystems.iter().filter(idle_reply).count();
     let shown: Vec<_> = s.subsystems.iter().filter(|x| !idle_reply(x)).collect();
@@ -654,6 +654,13 @@ pub fn fmt_bytes(b: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bench_takes_its_cpus_as_a_comma_separated_pair() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from(["shmbus", "bench", "--cpus", "0,1"]).expect("the documented form");
+        assert!(matches!(cli.command, super::Command::Bench { cpus: Some(ref c), .. } if c == &[0, 1]));
+    }
+
     #[test]
     fn a_body_from_stdin_is_read_up_to_the_largest_slot_and_no_further() {
         use std::io::Read;

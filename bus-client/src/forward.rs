@@ -5,7 +5,7 @@
 //! one; and it answers a request later, from any thread, through its
 //! [`ReplyHandle`], after the request's slot is long released.
 
-use crate::handler::{kind, reply_queue_open};
+use crate::handler::reply_queue_open;
 use crate::publisher::{Loan, Publisher};
 use crate::request::{Requester, Response};
 use crate::subscriber::Message;
@@ -150,23 +150,14 @@ impl Publisher {
     }
 
     /// Replies to the request behind `to` with `error`, which its requester
-    /// receives as the same [`ReplyError`] variant (`NoRoute`, `Handler`,
-    /// `Panicked`, `Unreachable`, `Timeout`, `Send(NoSubscriber)`; any
-    /// other as `Unreachable`, with its text). `Ok` also when the requester
-    /// is gone.
+    /// receives as the same [`ReplyError`] variant (see
+    /// [`ReplyError::to_reply_parts`]). `Ok` also when the requester is
+    /// gone.
     pub fn reply_error(&mut self, to: &ReplyHandle, error: &ReplyError) -> Result<(), SendError> {
         if !to.open(&self.bus().inner.seg) {
             return Ok(());
         }
-        let (kind, text) = match error {
-            ReplyError::NoRoute { message, .. } => (kind::NO_ROUTE, message.clone()),
-            ReplyError::Handler(t) => (kind::HANDLER, t.clone()),
-            ReplyError::Panicked(t) => (kind::PANIC, t.clone()),
-            ReplyError::Unreachable(t) => (kind::UNREACHABLE, t.clone()),
-            ReplyError::Timeout(d) => (kind::TIMEOUT, d.as_nanos().to_string()),
-            ReplyError::Send(SendError::NoSubscriber { subsystem }) => (kind::NO_SUBSCRIBER, subsystem.clone()),
-            other => (kind::UNREACHABLE, other.to_string()),
-        };
+        let (kind, text) = error.to_reply_parts();
         let text = crate::handler::clip(&text, self.bus().body_capacity(to.path.len()));
         let loan = self.loan_direct(to.queue, to.serial, &to.path)?.write_bytes(text.as_bytes())?;
         loan.reply(to.correlation, Some(kind)).trace_id(to.trace_id).send().map(|_| ()).map_err(|f| f.error)

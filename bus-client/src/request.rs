@@ -72,6 +72,52 @@ pub enum ReplyError {
     Setup(String),
 }
 
+impl ReplyError {
+    /// The kind and text an error reply carries for this error, so that
+    /// its requester gets the same variant back
+    /// ([`ReplyError::from_reply_parts`]): `NoRoute`, `Handler`,
+    /// `Panicked`, `Unreachable`, `Timeout` and `Send(NoSubscriber)` keep
+    /// theirs; any other is `Unreachable`, with its text. For bridges,
+    /// which carry an error reply to another bus. The text stays readable
+    /// (a reader of an older release shows it as a handler's error): a
+    /// `Timeout` is `"NANOS ns: …"`, a `NoSubscriber` `"SUBSYSTEM: …"`.
+    pub fn to_reply_parts(&self) -> (u64, String) {
+        match self {
+            ReplyError::NoRoute { message, .. } => (kind::NO_ROUTE, message.clone()),
+            ReplyError::Handler(t) => (kind::HANDLER, t.clone()),
+            ReplyError::Panicked(t) => (kind::PANIC, t.clone()),
+            ReplyError::Unreachable(t) => (kind::UNREACHABLE, t.clone()),
+            ReplyError::Timeout(d) => (kind::TIMEOUT, format!("{} ns: {self}", d.as_nanos())),
+            ReplyError::Send(SendError::NoSubscriber { subsystem }) => {
+                (kind::NO_SUBSCRIBER, format!("{subsystem}: {self}"))
+            }
+            other => (kind::UNREACHABLE, other.to_string()),
+        }
+    }
+
+    /// The error an error reply of `kind` with `text` stands for, for a
+    /// request to `path` (see [`ReplyError::to_reply_parts`]). A kind this
+    /// release does not know is a handler's error with its text.
+    pub fn from_reply_parts(kind: u64, text: String, path: &str) -> ReplyError {
+        match kind {
+            kind::NO_ROUTE => ReplyError::NoRoute { path: path.to_owned(), message: text },
+            kind::PANIC => ReplyError::Panicked(text),
+            kind::UNREACHABLE => ReplyError::Unreachable(text),
+            // A text cut short by a tiny slot still gives the variant (the
+            // timeout then reads 0).
+            kind::TIMEOUT => {
+                let nanos = text.split_once(" ns: ").and_then(|(n, _)| n.parse().ok());
+                ReplyError::Timeout(Duration::from_nanos(nanos.unwrap_or(0)))
+            }
+            kind::NO_SUBSCRIBER => {
+                let subsystem = text.split_once(": ").map_or(text.as_str(), |(s, _)| s).to_owned();
+                ReplyError::Send(SendError::NoSubscriber { subsystem })
+            }
+            _ => ReplyError::Handler(text),
+        }
+    }
+}
+
 /// Why setting up a requester's reply queue failed, as a [`ReplyError`].
 pub(crate) fn setup_failed(e: RequestError) -> ReplyError {
     match e {
@@ -510,14 +556,8 @@ impl<'r> Response<'r> {
             return Ok(());
         }
         let text = String::from_utf8_lossy(self.body_bytes().unwrap_or(b"")).into_owned();
-        Err(match h.fingerprint.load(Ordering::Relaxed) {
-            kind::NO_ROUTE => ReplyError::NoRoute { path: self.slot.path().unwrap_or("").to_owned(), message: text },
-            kind::PANIC => ReplyError::Panicked(text),
-            kind::UNREACHABLE => ReplyError::Unreachable(text),
-            kind::TIMEOUT => ReplyError::Timeout(Duration::from_nanos(text.parse().unwrap_or(0))),
-            kind::NO_SUBSCRIBER => ReplyError::Send(SendError::NoSubscriber { subsystem: text }),
-            _ => ReplyError::Handler(text),
-        })
+        let kind = h.fingerprint.load(Ordering::Relaxed);
+        Err(ReplyError::from_reply_parts(kind, text, self.slot.path().unwrap_or("")))
     }
 
     /// The reply body's bytes, in place.

@@ -107,7 +107,7 @@ fn repeated_parameter(pattern: &str) -> Option<&str> {
         }
         let Some(close) = rest[open..].find('}') else { break };
         let name = rest[open + 1..open + close].trim_start_matches('*');
-        if names.contains(&name) {
+        if !name.is_empty() && names.contains(&name) {
             return Some(name);
         }
         names.push(name);
@@ -125,18 +125,21 @@ pub(crate) fn insert(tree: &mut matchit::Router<usize>, pattern: &str, index: us
             reason: "control character or too long".into(),
         });
     }
-    if let Some(name) = repeated_parameter(pattern) {
-        return Err(RouteError::Invalid {
+    tree.insert(pattern, index).map_err(|e| match e {
+        matchit::InsertError::Conflict { with } => RouteError::Overlap { pattern: pattern.to_owned(), with },
+        other => RouteError::Invalid { pattern: pattern.to_owned(), reason: other.to_string() },
+    })?;
+    // After matchit's own checks, so that its reasons come first. On this
+    // error the router (and its tree, which took the route) is dropped.
+    match repeated_parameter(pattern) {
+        Some(name) => Err(RouteError::Invalid {
             pattern: pattern.to_owned(),
             reason: format!(
                 "parameter {name:?} is named twice (only the first would be reachable by name): rename one"
             ),
-        });
+        }),
+        None => Ok(()),
     }
-    tree.insert(pattern, index).map_err(|e| match e {
-        matchit::InsertError::Conflict { with } => RouteError::Overlap { pattern: pattern.to_owned(), with },
-        other => RouteError::Invalid { pattern: pattern.to_owned(), reason: other.to_string() },
-    })
 }
 
 impl fmt::Debug for Router {

@@ -268,8 +268,13 @@ impl Service {
     /// so that a program serving until then can exit with an error (and a
     /// service manager restart it). `Ok(())` only if the service had no
     /// workers. A worker that panicked outside a handler (handlers' panics
-    /// are caught and answered) panics here.
+    /// are caught and answered) panics here. In a child forked after the
+    /// service started, whose worker threads do not exist, it returns
+    /// `Err(RecvError::Forked)` at once.
     pub fn join(mut self) -> Result<(), RecvError> {
+        if self.forked() {
+            return Err(RecvError::Forked);
+        }
         let mut why = None;
         for t in self.threads.drain(..) {
             match t.join() {
@@ -280,7 +285,17 @@ impl Service {
         why.map_or(Ok(()), Err)
     }
 
+    /// Whether this process is a child forked after the service started:
+    /// its worker threads do not exist there, and must not be joined.
+    fn forked(&self) -> bool {
+        crate::bus::fork_count() != self.forks
+    }
+
     fn stop_inner(&mut self) {
+        if self.forked() {
+            std::mem::take(&mut self.threads).into_iter().for_each(std::mem::forget);
+            return;
+        }
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -290,10 +305,6 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if crate::bus::fork_count() != self.forks {
-            std::mem::take(&mut self.threads).into_iter().for_each(std::mem::forget);
-            return;
-        }
         self.stop_inner();
     }
 }

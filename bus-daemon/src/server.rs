@@ -207,10 +207,13 @@ pub struct Server {
     /// once its first packet has been read (closing a Unix socket with
     /// unread data would reset the connection and lose the reason).
     refused: Vec<Refusal>,
-    /// Caps the log lines a peer can cause at will: refused connections (a
-    /// refused peer may connect in a loop), requests the access policy
-    /// refuses, and protocol errors.
+    /// Caps the warnings about refused connections (a refused peer may
+    /// connect in a loop).
     refusals_logged: crate::log_limit::LogLimit,
+    /// Caps the log lines a connected client can cause at will: requests
+    /// the access policy refuses, and protocol errors. A cap of its own, so
+    /// that one client's loop cannot hide other peers' refused connections.
+    request_refusals_logged: crate::log_limit::LogLimit,
     /// Since when each entry has had no subscriber (durable entries never
     /// appear). An entry idle this long with an empty queue may be recycled.
     idle_since: BTreeMap<u32, std::time::Instant>,
@@ -281,11 +284,19 @@ const PACKETS_PER_TURN: usize = 16;
 /// instructions between a publisher's route check and its push.
 const RECYCLE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Logs how many refusals (of connections, or of a client's requests by the
-/// access policy) and protocol errors were held back from the log.
+/// Logs how many refused connections were held back from the log.
 fn refusals_not_logged(n: u64) {
     tracing::warn!(
-        "{n} more refusals and protocol errors were not logged one by one (at most {} a second are)",
+        "{n} more connections were refused and not logged one by one (at most {} a second are)",
+        crate::log_limit::LogLimit::PER_WINDOW
+    );
+}
+
+/// Logs how many requests the access policy refused, and protocol errors,
+/// were held back from the log.
+fn request_refusals_not_logged(n: u64) {
+    tracing::warn!(
+        "{n} more requests refused by the access policy and protocol errors were not logged one by one (at most {} a second are)",
         crate::log_limit::LogLimit::PER_WINDOW
     );
 }
@@ -349,6 +360,7 @@ impl Server {
             stop: false,
             refused: Vec::new(),
             refusals_logged: Default::default(),
+            request_refusals_logged: Default::default(),
             idle_since: BTreeMap::new(),
             baselines: BTreeMap::new(),
             departed: BTreeMap::new(),
@@ -563,10 +575,16 @@ impl Server {
         }
     }
 
-    /// Whether to log one more refusal or protocol error now (see
+    /// Whether to log one more refused connection now (see
     /// [`crate::log_limit`]).
     fn log_refusal(&mut self) -> bool {
         self.refusals_logged.allow(std::time::Instant::now(), refusals_not_logged)
+    }
+
+    /// Whether to log one more request the access policy refused, or
+    /// protocol error, now.
+    fn log_request_refusal(&mut self) -> bool {
+        self.request_refusals_logged.allow(std::time::Instant::now(), request_refusals_not_logged)
     }
 
     /// Gives accepted connection `fd` a client entry, or refuses it (with
@@ -990,7 +1008,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    if self.log_refusal() {
+                    if self.log_request_refusal() {
                         tracing::warn!(client = id, "{e}; closing the connection");
                     }
                     self.drop_client(id);
@@ -1081,7 +1099,7 @@ impl Server {
                         let peer = &self.conns[&id].peer;
                         if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Subscribe(&subsystem)) {
                             let uid = peer.uid;
-                            if self.log_refusal() {
+                            if self.log_request_refusal() {
                                 tracing::info!(client = id, uid, %subsystem, "subscribe refused by the access policy");
                             }
                             return err(ErrorKind::PermissionDenied, m);
@@ -1159,7 +1177,7 @@ impl Server {
                     Ok(()) => Reply::MayPublish,
                     Err(m) => {
                         let uid = peer.uid;
-                        if self.log_refusal() {
+                        if self.log_request_refusal() {
                             tracing::info!(client = id, uid, %subsystem, "publish refused by the access policy");
                         }
                         err(ErrorKind::PermissionDenied, m)
@@ -1171,7 +1189,7 @@ impl Server {
                 let peer = &self.conns[&id].peer;
                 if let Err(m) = self.cfg.access.check(peer, crate::access::Action::Admin("shutdown")) {
                     let uid = peer.uid;
-                    if self.log_refusal() {
+                    if self.log_request_refusal() {
                         tracing::warn!(client = id, uid, "shutdown refused by the access policy");
                     }
                     return err(ErrorKind::PermissionDenied, m);
@@ -1294,6 +1312,7 @@ impl Server {
         }
         self.audited = std::time::Instant::now();
         self.refusals_logged.flush(self.audited, refusals_not_logged);
+        self.request_refusals_logged.flush(self.audited, request_refusals_not_logged);
         self.close_silent();
         self.repair_header();
         self.repair_routes();

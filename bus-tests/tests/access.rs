@@ -354,7 +354,7 @@ fn a_client_asking_for_what_the_policy_refuses_in_a_loop_cannot_flood_the_log() 
     let mut logged = 0;
     let summary = bus.daemon.saw_err_line(Duration::from_secs(10), |l| {
         logged += l.contains("subscribe refused by the access policy") as usize;
-        l.contains("more refusals and protocol errors")
+        l.contains("more requests refused by the access policy and protocol errors")
     });
     assert!(summary, "the count of held-back lines was not logged");
     assert!(logged <= 20, "{logged} refusals logged one by one");

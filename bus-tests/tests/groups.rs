@@ -365,8 +365,10 @@ fn a_group_that_makes_room_while_the_publisher_waits_for_another_gets_its_copy()
     let a = b.subscribe("p3").unwrap();
     let _slow = b.subscribe_group("p3", "slow").unwrap(); // never reads
     let fast = b.subscribe_group("p3", "fast").unwrap();
-    let mut p =
-        b.publisher().backpressure(bus_client::Backpressure::Block(Duration::from_millis(1500))).create().unwrap();
+    // Long enough for the drain below on a loaded machine; the test takes
+    // this long anyway (the wait is on "slow", which joined first and so
+    // is the first pending group).
+    let mut p = b.publisher().backpressure(bus_client::Backpressure::Block(Duration::from_secs(5))).create().unwrap();
     for i in 0..4u8 {
         p.send_bytes("p3://x", &[i]).unwrap();
         drop(a.try_recv().unwrap().expect("the default group gets it"));

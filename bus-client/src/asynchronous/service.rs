@@ -178,9 +178,13 @@ impl Drop for Shared {
 /// The receiving task: takes a request, spawns its handler, and so on,
 /// until the bus is gone (or the service is stopped: the task is aborted
 /// while it waits, which loses nothing, see [`AsyncSubscriber::recv`]).
-async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio::sync::Semaphore>) {
+async fn receive(
+    mut sub: AsyncSubscriber,
+    shared: Arc<Shared>,
+    limit: Arc<tokio::sync::Semaphore>,
+) -> Option<RecvError> {
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let Ok(permit) = limit.clone().acquire_owned().await else { return None };
         let msg = match sub.recv().await {
             Ok(m) => m,
             Err(RecvError::Corrupt(_)) => continue,
@@ -191,7 +195,7 @@ async fn receive(mut sub: AsyncSubscriber, shared: Arc<Shared>, limit: Arc<tokio
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 continue;
             }
-            Err(_) => return, // the bus is gone
+            Err(e) => return Some(e), // the bus is gone
         };
         let Some((handler, params)) = shared.router.tree.at(msg.route()).ok().map(|m| (*m.value, m.params)) else {
             shared.stats.unrouted.fetch_add(1, Ordering::Relaxed);
@@ -499,7 +503,8 @@ impl Drop for Request {
 /// stops taking requests; handlers already running finish.
 #[derive(Debug)]
 pub struct AsyncService {
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// Ends with why the bus ended it (`None` if it stopped otherwise).
+    task: Option<tokio::task::JoinHandle<Option<RecvError>>>,
     shared: Arc<Shared>,
 }
 
@@ -524,10 +529,17 @@ impl AsyncService {
         }
     }
 
-    /// Waits until the receiving task ends (the bus went away).
-    pub async fn join(mut self) {
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+    /// Waits until the receiving task ends, which it does only when the
+    /// bus ends it: returns why (`RecvError::BusGone` when the daemon went
+    /// away), as [`crate::Service::join`] does. `Ok(())` if the task ended
+    /// otherwise (its runtime shut down).
+    pub async fn join(mut self) -> Result<(), RecvError> {
+        let Some(t) = self.task.take() else { return Ok(()) };
+        match t.await {
+            Ok(Some(e)) => Err(e),
+            Ok(None) => Ok(()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(()), // cancelled with its runtime
         }
     }
 }

@@ -288,7 +288,9 @@ fn main() -> ExitCode {
             let service = bus.serve_async(router).start().expect("serve");
             writeln!(out, "serving").unwrap();
             out.flush().unwrap();
-            rt.block_on(service.join());
+            if let Err(e) = rt.block_on(service.join()) {
+                eprintln!("service ended: {e}");
+            }
         }
         "req" => {
             // One typed request (`Seq { 0, seq }`); prints `ok PUBLISHER
