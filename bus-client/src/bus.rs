@@ -4,7 +4,7 @@ use crate::control::{self, Received};
 use crate::error::{ConnectError, RequestError, Unusable};
 use crate::protocol::{ErrorKind, Reply, Request, Status};
 use bus_core::doorbell::Sleeper;
-use bus_core::layout::PORTS_PER_CLIENT;
+use bus_core::layout::{CLIENT_ACTIVE, PORTS_PER_CLIENT};
 use bus_core::segment::Segment;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -549,8 +549,9 @@ impl Inner {
 
     /// Whether this connection may be used: the daemon has not closed our
     /// connection (it stopped or was killed: the watcher thread saw the
-    /// hang-up), and we are not a forked child. Two loads of process-local
-    /// words: no system call, no shared line.
+    /// hang-up), our client entry is still ours ([`Inner::entry_lost`]),
+    /// and we are not a forked child. Two loads of process-local words and
+    /// two of a line only the daemon writes: no system call.
     #[inline]
     pub(crate) fn usable(&self) -> Result<(), Unusable> {
         if FORKS.load(Ordering::Relaxed) != self.forks {
@@ -559,7 +560,42 @@ impl Inner {
         if self.gone.load(Ordering::Relaxed) {
             return Err(Unusable::Gone);
         }
+        // Not marked gone for good: the watcher decides that (the
+        // resumption it tries is refused). A faulty process that wrote the
+        // entry costs this client the calls until the daemon's audit puts
+        // the entry back (half a second).
+        if self.entry_lost() {
+            return Err(Unusable::Gone);
+        }
         Ok(())
+    }
+
+    /// Whether this client's entry in the segment is no longer its own: a
+    /// daemon that took over the bus reclaimed it (this process could not
+    /// run for the whole resume grace: stopped, say), and may have given it
+    /// to another client since. Everything this client held was taken back
+    /// then, so it must touch none of it: its watcher may not have seen the
+    /// refusal yet when its threads run again (the slots its messages held
+    /// may be other clients' messages by now). The daemon writes the entry
+    /// only at connect and at reclaim, so the line stays in this CPU's
+    /// cache. What is left: a thread stopped between this check and its
+    /// write for a whole grace (docs/design.md, the dead daemon).
+    #[inline]
+    pub(crate) fn entry_lost(&self) -> bool {
+        let Some(info) = self.seg.client_info(self.client) else { return true };
+        // SYNC: client-entry — Acquire pairs with the reaper's Release
+        // store of RECLAIMING (and with the Release store of ACTIVE at
+        // connect, after the serial).
+        info.state.load(Ordering::Acquire) != CLIENT_ACTIVE || info.serial.load(Ordering::Relaxed) != self.serial
+    }
+
+    /// Whether this process must leave the slots and ports of this
+    /// connection alone: it is a forked child of the process that
+    /// connected, or the daemon reclaimed this client
+    /// ([`Inner::entry_lost`]). For destructors.
+    #[inline]
+    pub(crate) fn detached(&self) -> bool {
+        self.forked() || self.entry_lost()
     }
 
     /// [`Inner::usable`], and the control socket itself says the daemon's

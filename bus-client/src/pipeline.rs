@@ -398,8 +398,8 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        if self.bus.inner.forked() {
-            return; // the parent's slots, not ours
+        if self.bus.inner.detached() {
+            return; // the parent's slots, or taken back
         }
         for e in &self.slab {
             if let State::Arrived(slot) = e.state {

@@ -1000,8 +1000,8 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        if self.bus.inner.forked() {
-            return; // the parent's slots and port, not ours
+        if self.bus.inner.detached() {
+            return; // the parent's slots and port, or taken back
         }
         let port = Port::new(&self.bus.inner.seg, self.bus.inner.client, self.port).expect("port in range");
         self.bus.inner.gave(self.deferred.len() + self.cache.len());
@@ -1105,7 +1105,7 @@ impl<'a> LoanUninit<'a> {
 
 impl Drop for LoanUninit<'_> {
     fn drop(&mut self) {
-        if self.publisher.bus.inner.forked() {
+        if self.publisher.bus.inner.detached() {
             return;
         }
         self.publisher.give_back(self.slot);
@@ -1225,7 +1225,7 @@ impl<'a> Loan<'a> {
 
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
-        if self.publisher.bus.inner.forked() {
+        if self.publisher.bus.inner.detached() {
             return;
         }
         self.publisher.give_back(self.slot);

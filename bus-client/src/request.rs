@@ -430,8 +430,8 @@ impl Requester {
     }
 
     pub(crate) fn release(&self, slot: SlotIndex) {
-        if self.bus.inner.forked() {
-            return; // the parent holds this slot, not us
+        if self.bus.inner.detached() {
+            return; // the parent's slot, or one the daemon took back
         }
         let port = self.release_port.lock().unwrap_or_else(|p| p.into_inner());
         bus_core::slot_pool::Port::new(&self.bus.inner.seg, self.bus.inner.client, *port)
@@ -521,8 +521,8 @@ impl Owner<'_> {
         match self {
             Owner::Requester(r) => r.release(slot),
             Owner::Replies { bus, port } => {
-                if bus.inner.forked() {
-                    return; // the parent holds this slot, not us
+                if bus.inner.detached() {
+                    return; // the parent's slot, or one the daemon took back
                 }
                 bus_core::slot_pool::Port::new(&bus.inner.seg, bus.inner.client, port)
                     .expect("port index in range")

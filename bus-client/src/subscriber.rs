@@ -857,8 +857,8 @@ impl std::fmt::Debug for Message<'_> {
 
 impl Drop for Message<'_> {
     fn drop(&mut self) {
-        if self.sub.bus.inner.forked() {
-            return; // the parent holds this slot, not us
+        if self.sub.bus.inner.detached() {
+            return; // the parent's slot, or one the daemon took back
         }
         self.sub.port().release(self.slot.index(), self.sub.group.slot);
         self.sub.bus.inner.gave(1);

@@ -652,6 +652,36 @@ impl Server {
         self.conns.insert(client, Conn::new(fd, peer, client, serial, pid, uid, false));
     }
 
+    /// Puts back the state and serial of every connected client's entry if
+    /// a faulty process overwrote them: a client that no longer finds its
+    /// own there takes itself for reclaimed, and leaves its slots alone
+    /// (`bus-client`, `Inner::entry_lost`). Entries of clients of the
+    /// previous daemon that have not resumed yet are theirs, left alone.
+    fn repair_client_entries(&self) {
+        let mut bad = 0u64;
+        for (&c, conn) in &self.conns {
+            if conn.borrowed || self.ghosts.contains_key(&c) {
+                continue;
+            }
+            let Some(info) = self.seg.client_info(c) else { continue };
+            // SYNC: client-state — Acquire pairs with the Release below and
+            // at connect.
+            if info.state.load(Ordering::Acquire) == CLIENT_ACTIVE && info.serial.load(Ordering::Relaxed) == conn.serial
+            {
+                continue;
+            }
+            info.serial.store(conn.serial, Ordering::Relaxed);
+            // SYNC: client-state — Release: the serial before the state,
+            // as at connect.
+            info.state.store(CLIENT_ACTIVE, Ordering::Release);
+            tracing::error!(client = c, "client entry {c} was overwritten: rewritten from the daemon's record");
+            bad += 1;
+        }
+        if bad > 0 {
+            self.seg.header().counters.corruption.fetch_add(bad, Ordering::Relaxed);
+        }
+    }
+
     /// Before entry `client` is handed to a new client: its state must read
     /// FREE and its port records 0 (the reaper left them so). Anything else
     /// was written by a faulty process: counted as corruption, logged, and
@@ -1316,6 +1346,7 @@ impl Server {
         self.close_silent();
         self.repair_header();
         self.repair_routes();
+        self.repair_client_entries();
         resume::heartbeat(&self.cfg);
         let (next, _) = bus_core::reclaim::clear_stale_holders(&self.seg, self.holders_cursor, HOLDERS_PER_AUDIT);
         self.holders_cursor = next;

@@ -393,3 +393,33 @@ fn the_daemon_and_its_clients_survive_random_words_in_every_region() {
     }
     assert!(failures.is_empty(), "{} failure(s):\n\n{}", failures.len(), failures.join("\n\n"));
 }
+
+#[test]
+fn a_client_whose_entry_is_overwritten_is_put_back_by_the_daemon() {
+    // A client that no longer finds its own state and serial in its entry
+    // takes itself for reclaimed and touches no slot; a faulty process
+    // that wrote them must not cut a live client off for good.
+    let mut bus = TestBus::start(SHAPE);
+    let c = bus.connect();
+    let sub = c.subscribe("x").unwrap();
+    let mut p = c.publisher().create().unwrap();
+    p.send_bytes("x://a", b"before").unwrap();
+    let held = sub.recv_timeout(Duration::from_secs(5)).unwrap();
+    let s = bus.status();
+    let me = s["client_list"].as_array().unwrap().iter().find(|x| x["pid"] == std::process::id()).expect("this client");
+    let id = me["id"].as_u64().unwrap().to_string();
+    let scribble = Proc::new(bus.command(SCRIBBLE).arg(format!("client={id}")).spawn().expect("scribble"));
+    let (st, out, err) = scribble.wait(Duration::from_secs(10));
+    assert!(st.success(), "{out}{err}");
+    // Until the audit puts the entry back, calls are refused; then the
+    // client carries on, and what it held is still its own.
+    let back = eventually(Duration::from_secs(5), || p.send_bytes("x://a", b"after").is_ok());
+    assert!(back.is_some(), "the client never got its entry back");
+    assert!(bus.daemon.saw_err_line(Duration::from_secs(5), |l| l.contains("was overwritten")));
+    assert_eq!(sub.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"after");
+    assert_eq!(held.body_bytes().unwrap(), b"before");
+    drop(held);
+    let s = bus.status();
+    assert!(s["counters"]["corruption"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["slots"]["held"], 0, "the held message was not released: {s}");
+}

@@ -166,6 +166,51 @@ fn a_client_killed_while_the_daemon_was_away_is_reclaimed_and_its_messages_redel
 }
 
 #[test]
+fn a_client_reclaimed_while_stopped_leaves_alone_what_it_held_when_it_runs_again() {
+    let dir = TempDir::new("restart-stopped-holder");
+    let socket = dir.0.join("bus.sock");
+    let flags = grace_flags("2s");
+    let first = daemon(&socket, &args(&flags));
+    let survivor = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let mut p = survivor.publisher().create().unwrap();
+    // The holder lets its message go 2.5 s after taking it: by then it has
+    // been stopped for longer than the grace, and reclaimed.
+    let mut holder = peer(&socket, &["hold", "subsystem=h", "path=h://x", "hold=1", "for_ms=2500"]);
+    let subscribed =
+        || status(&socket)["subsystems"].as_array().unwrap().iter().any(|s| s["name"] == "h" && s["subscribers"] == 1);
+    assert!(eventually(Duration::from_secs(10), subscribed).is_some());
+    p.send_bytes("h://x", b"held").unwrap();
+    holder.wait_line("holding", Duration::from_secs(10));
+    holder.signal(Signal::SIGSTOP);
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    let mut second = daemon(&socket, &args(&flags));
+    let sub = survivor.subscribe("h").unwrap();
+    let reclaimed = second.saw_err_line(Duration::from_secs(20), |l| l.contains("did not resume within the grace"));
+    assert!(reclaimed, "the stopped holder was not reclaimed");
+    // Its message, redelivered, is the survivor's now.
+    let m = sub.recv_timeout(Duration::from_secs(10)).expect("the stopped holder's message, redelivered");
+    assert!(m.is_redelivered());
+    // The holder runs again and drops its copy: that must not free the
+    // slot the survivor reads.
+    holder.signal(Signal::SIGCONT);
+    holder.wait_line("released", Duration::from_secs(20));
+    let s = status(&socket);
+    assert_eq!(s["slots"]["held"], 1, "the survivor's message lost its slot: {s}");
+    assert_eq!(s["counters"]["corruption"], 0, "{s}");
+    // Slots in use elsewhere cannot take its place.
+    for i in 0..600u32 {
+        p.send_bytes("h://x", &i.to_le_bytes()).unwrap();
+        drop(sub.recv_timeout(Duration::from_secs(10)).unwrap());
+    }
+    assert_eq!(m.body_bytes().unwrap(), b"held");
+    drop(m);
+    drop(holder);
+    drop(p);
+    assert_slots_back(&socket);
+}
+
+#[test]
 fn shutdown_ends_the_bus_at_once_but_sigterm_leaves_it_to_the_next_daemon() {
     let dir = TempDir::new("restart-stop");
     let socket = dir.0.join("bus.sock");

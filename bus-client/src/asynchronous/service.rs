@@ -488,8 +488,8 @@ impl Request {
 impl Drop for Request {
     fn drop(&mut self) {
         let inner = &self.shared.bus.inner;
-        if inner.forked() {
-            return; // the parent holds this slot, not us
+        if inner.detached() {
+            return; // the parent's slot, or one the daemon took back
         }
         let port = self.shared.release_port.lock().unwrap_or_else(|p| p.into_inner());
         bus_core::slot_pool::Port::new(&inner.seg, inner.client, *port)

@@ -153,6 +153,15 @@ fn main() -> ExitCode {
                 .collect();
             writeln!(out, "holding {} loans, {} messages", loans.len(), held.len()).unwrap();
             out.flush().unwrap();
+            // With `for_ms`, let them go after that long (of a clock that
+            // runs on while the process is stopped).
+            if let Some(ms) = get("for_ms").and_then(|v| v.parse().ok()) {
+                std::thread::sleep(Duration::from_millis(ms));
+                drop(held);
+                drop(loans);
+                writeln!(out, "released").unwrap();
+                out.flush().unwrap();
+            }
             std::thread::sleep(Duration::from_secs(600));
         }
         "churn" => {

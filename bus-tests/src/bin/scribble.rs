@@ -1,7 +1,8 @@
 //! A hostile client: connects to the daemon like any client, then writes
 //! pseudo-random words over one region of the live segment and exits.
 //!
-//! `scribble region=R words=N seed=S [spread_ms=T]`, bus from
+//! `scribble region=R words=N seed=S [spread_ms=T]` (or `scribble client=N`:
+//! zeros over the state and serial of client entry N alone), bus from
 //! `$SHMBUS_SOCKET`. `R` is one of `header`, `clients`, `routing`,
 //! `free_ring`, `queues`, `slot_headers` (only the first 64 bytes of
 //! slots), or `all` (each word goes to one of the others, chosen at
@@ -141,6 +142,17 @@ fn main() -> ExitCode {
     let map = memmap2::MmapOptions::new().map_raw(&file).expect("map the segment");
     let len = (map.len() as u64).min(params.segment_size);
 
+    // `client=N`: one word of zeros over the start of client entry N (its
+    // state and serial), and nothing else.
+    if let Some(c) = kv(&args, "client").map(|v| v.parse::<u64>().expect("client=N")) {
+        let off = params.client_table + c * CLIENT_ENTRY_SIZE;
+        assert!(c < params.max_clients as u64 && off + 8 <= len, "client {c} out of range");
+        // SAFETY: as below: 8-aligned (entries are 128-aligned), in bounds.
+        let word = unsafe { &*(map.as_mut_ptr().add(off as usize) as *const AtomicU64) };
+        word.store(0, Ordering::Relaxed);
+        println!("scribbled client entry {c}");
+        return ExitCode::SUCCESS;
+    }
     let mut rng = Rng::new(seed);
     let pause = spread / u32::try_from(words.max(1)).unwrap_or(u32::MAX);
     let mut written = 0u64;
