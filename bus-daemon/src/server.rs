@@ -262,6 +262,10 @@ pub struct Server {
     /// This daemon is marked idle beside its record: it has no connection
     /// and no ghost (see `resume::mark_idle`).
     recorded_idle: bool,
+    /// Durable subsystems (`None` group) and groups the config declares
+    /// that found no room beside an adopted segment's entries: tried again
+    /// by every audit until they fit.
+    undeclared: Vec<(String, Option<crate::config::GroupConfig>)>,
     /// Accepting is paused until then (see [`ACCEPT_BACKOFF`]).
     accept_paused: Option<std::time::Instant>,
     /// Times `accept` failed for want of descriptors or memory.
@@ -379,6 +383,7 @@ impl Server {
             accept_paused: None,
             accept_failures: 0,
             recorded_idle: false,
+            undeclared: Vec::new(),
             _lock: lock,
         };
         if let Some((_, addr)) = &server.metrics {
@@ -390,22 +395,22 @@ impl Server {
         let live = &server.seg.header().live;
         live.resume_grace_ms.store(server.cfg.resume_grace.as_millis() as u32, Ordering::Relaxed);
         live.next_serial.store(server.next_serial, Ordering::Relaxed);
-        let invalid = |what: String| DaemonError::Config(crate::config::ConfigError::Invalid(what));
-        for d in server.cfg.durable.clone() {
-            let s = server.subsystem_entry(&d).map_err(|(_, e)| invalid(format!("durable subsystem {d}: {e}")))?;
-            if let Some(r) = server.routes.get_mut(&s) {
-                r.flags |= ROUTE_DURABLE;
+        let declared = server.cfg.durable.iter().map(|d| (d.clone(), None));
+        let declared: Vec<_> =
+            declared.chain(server.cfg.groups.iter().map(|g| (g.subsystem.clone(), Some(g.clone())))).collect();
+        for (subsystem, group) in declared {
+            if let Err(e) = server.declare(&subsystem, group.as_ref()) {
+                // A new segment has room for all of them (the config was
+                // checked against its shape); an adopted one holds its
+                // predecessor's entries too. Stopping would lose the bus
+                // the clients wait to resume: serve, and try again as
+                // entries free up.
+                if !is_adopted {
+                    return Err(DaemonError::Config(crate::config::ConfigError::Invalid(e)));
+                }
+                tracing::error!("{e}; the adopted segment's routing table has no room for it now: it is declared as soon as an entry frees up (or raise max-subsystems / max-groups, which starts a new bus)");
+                server.undeclared.push((subsystem, group));
             }
-            server.publish(s);
-        }
-        for g in server.cfg.groups.clone() {
-            let s = server
-                .subsystem_entry(&g.subsystem)
-                .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
-            let flags = routing::group_flags(true, g.lossy, false);
-            server
-                .group_entry(s, &g.name, flags)
-                .map_err(|(_, e)| invalid(format!("group {} of {}: {e}", g.name, g.subsystem)))?;
         }
         server.recorded_idle = server.conns.is_empty() && server.ghosts.is_empty();
         resume::publish(&server.cfg, &server.seg, server.recorded_idle);
@@ -413,6 +418,41 @@ impl Server {
             server.admit(fd);
         }
         Ok(server)
+    }
+
+    /// Declares durable subsystem `subsystem`, or with `group` its durable
+    /// group; the error says which could not be.
+    fn declare(&mut self, subsystem: &str, group: Option<&crate::config::GroupConfig>) -> Result<(), String> {
+        let s = self.subsystem_entry(subsystem).map_err(|(_, e)| match group {
+            None => format!("durable subsystem {subsystem}: {e}"),
+            Some(g) => format!("group {} of {subsystem}: {e}", g.name),
+        })?;
+        match group {
+            None => {
+                if let Some(r) = self.routes.get_mut(&s) {
+                    r.flags |= ROUTE_DURABLE;
+                }
+                self.publish(s);
+            }
+            Some(g) => {
+                let flags = routing::group_flags(true, g.lossy, false);
+                self.group_entry(s, &g.name, flags)
+                    .map_err(|(_, e)| format!("group {} of {subsystem}: {e}", g.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares what found no room at start, as far as it fits now.
+    fn declare_pending(&mut self) {
+        for (subsystem, group) in std::mem::take(&mut self.undeclared) {
+            match self.declare(&subsystem, group.as_ref()) {
+                Ok(()) => {
+                    tracing::info!(%subsystem, group = group.as_ref().map(|g| g.name.as_str()), "declared, now that the routing table has room")
+                }
+                Err(_) => self.undeclared.push((subsystem, group)),
+            }
+        }
     }
 
     /// Pings systemd's watchdog (`WATCHDOG=1`) from the event loop at half
@@ -1347,6 +1387,7 @@ impl Server {
         self.repair_header();
         self.repair_routes();
         self.repair_client_entries();
+        self.declare_pending();
         resume::heartbeat(&self.cfg);
         let (next, _) = bus_core::reclaim::clear_stale_holders(&self.seg, self.holders_cursor, HOLDERS_PER_AUDIT);
         self.holders_cursor = next;

@@ -654,6 +654,38 @@ fn a_new_client_during_the_resume_wait_is_told_the_daemon_is_restarting_and_serv
 }
 
 #[test]
+fn a_declared_durable_subsystem_without_room_beside_an_adopted_table_waits_for_room_and_the_bus_survives() {
+    let dir = TempDir::new("restart-no-room");
+    let socket = dir.0.join("bus.sock");
+    let mut flags = grace_flags("20s");
+    flags.extend(["--max-subsystems".into(), "2".into()]);
+    let first = daemon(&socket, &args(&flags));
+    let bus = bus_client::Bus::builder().socket(&socket).connect().unwrap();
+    let aa = bus.subscribe("aa").unwrap();
+    let bb = bus.subscribe("bb").unwrap();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(Duration::from_secs(10));
+    // The next daemon's config declares one more subsystem than the
+    // adopted table has room for: it serves anyway.
+    flags.extend(["--durable".into(), "audit".into()]);
+    let (mut second, ready) = daemon_ready(&socket, &args(&flags));
+    assert!(ready.contains("resuming=1"), "{ready}");
+    assert!(second.saw_err_line(Duration::from_secs(10), |l| l.contains("durable subsystem audit")));
+    let mut p = bus.publisher().create().unwrap();
+    p.send_bytes("aa://x", b"kept").expect("the client resumed on the same bus");
+    assert_eq!(aa.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"kept");
+    // Once an entry frees up, the declaration takes it.
+    drop(bb);
+    let declared =
+        second.saw_err_line(Duration::from_secs(10), |l| l.contains("declared, now that the routing table has room"));
+    assert!(declared, "audit was never declared");
+    let s = status(&socket);
+    let audit = s["subsystems"].as_array().unwrap().iter().find(|x| x["name"] == "audit").cloned();
+    assert!(audit.is_some_and(|a| a["durable"] == true), "{s}");
+    p.send_bytes("audit://x", b"queued").expect("durable: queued with no subscriber");
+}
+
+#[test]
 fn clients_that_carry_over_take_the_next_daemons_quota_and_statistics_settings() {
     let dir = TempDir::new("restart-settings");
     let socket = dir.0.join("bus.sock");
