@@ -552,7 +552,7 @@ impl Inner {
     /// hang-up), our client entry is still ours ([`Inner::entry_lost`]),
     /// and we are not a forked child. Two loads of process-local words and
     /// two of a line only the daemon writes: no system call.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn usable(&self) -> Result<(), Unusable> {
         if FORKS.load(Ordering::Relaxed) != self.forks {
             return Err(Unusable::Forked);
@@ -580,7 +580,7 @@ impl Inner {
     /// only at connect and at reclaim, so the line stays in this CPU's
     /// cache. What is left: a thread stopped between this check and its
     /// write for a whole grace (docs/design.md, the dead daemon).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn entry_lost(&self) -> bool {
         let Some(info) = self.seg.client_info(self.client) else { return true };
         // SYNC: client-entry — Acquire pairs with the reaper's Release
