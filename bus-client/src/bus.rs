@@ -561,9 +561,7 @@ impl Inner {
             return Err(Unusable::Gone);
         }
         // Not marked gone for good: the watcher decides that (the
-        // resumption it tries is refused). A faulty process that wrote the
-        // entry costs this client the calls until the daemon's audit puts
-        // the entry back (half a second).
+        // resumption it tries is refused).
         if self.entry_lost() {
             return Err(Unusable::Gone);
         }
@@ -580,13 +578,28 @@ impl Inner {
     /// only at connect and at reclaim, so the line stays in this CPU's
     /// cache. What is left: a thread stopped between this check and its
     /// write for a whole grace (docs/design.md, the dead daemon).
-    #[inline(always)]
+    #[inline]
     pub(crate) fn entry_lost(&self) -> bool {
         let Some(info) = self.seg.client_info(self.client) else { return true };
         // SYNC: client-entry — Acquire pairs with the reaper's Release
         // store of RECLAIMING (and with the Release store of ACTIVE at
         // connect, after the serial).
-        info.state.load(Ordering::Acquire) != CLIENT_ACTIVE || info.serial.load(Ordering::Relaxed) != self.serial
+        if info.state.load(Ordering::Acquire) == CLIENT_ACTIVE && info.serial.load(Ordering::Relaxed) == self.serial {
+            return false;
+        }
+        self.reclaimed()
+    }
+
+    /// The rare path of [`Inner::entry_lost`]: the entry is not ours. The
+    /// daemon reclaims a client only once its connection has closed, so a
+    /// connection still open means a faulty process overwrote the entry
+    /// (the daemon's audit puts it back): this client carries on, its
+    /// releases included. A closed one (or a bus already gone) means it
+    /// was reclaimed. One system call, on this path only.
+    #[cold]
+    #[inline(never)]
+    fn reclaimed(&self) -> bool {
+        self.gone.load(Ordering::Relaxed) || self.link.hung_up()
     }
 
     /// Whether this process must leave the slots and ports of this
@@ -616,15 +629,6 @@ impl Inner {
         if control::peer_closed(fd) {
             self.link.mark_gone();
             return Err(Unusable::Gone);
-        }
-        Ok(())
-    }
-
-    /// Fails in a forked child of the process that connected (one load).
-    #[inline]
-    pub(crate) fn not_forked(&self) -> Result<(), Unusable> {
-        if FORKS.load(Ordering::Relaxed) != self.forks {
-            return Err(Unusable::Forked);
         }
         Ok(())
     }
@@ -709,6 +713,12 @@ impl Inner {
                 return Ok(Some(v));
             }
             bell.sleep(seen, Some(slice));
+            // A thread that slept through a stop of the process past a
+            // restart's grace: the client was reclaimed meanwhile, and
+            // what `attempt` would take or push is not ours to touch.
+            if self.entry_lost() {
+                return Err(Unusable::Gone);
+            }
             if let Some(v) = attempt() {
                 return Ok(Some(v));
             }

@@ -213,6 +213,18 @@ impl Link {
         self.control_raw.load(Ordering::Relaxed)
     }
 
+    /// Whether the daemon's end of the current connection has closed (a
+    /// peek without the lock, which a request may hold up to the grace). A
+    /// descriptor the watcher closed meanwhile reads as closed.
+    pub(crate) fn hung_up(&self) -> bool {
+        // SAFETY: a raw descriptor number, only polled: if the watcher
+        // swapped the connection meanwhile, the poll sees a closed number
+        // (POLLNVAL: closed) or the new connection; it never reads or
+        // writes through it.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.control_raw()) };
+        control::peer_closed(fd)
+    }
+
     /// Sends `req` and waits for the answer. If the daemon died, waits for
     /// the resumption (up to the grace) and asks the next daemon.
     pub(crate) fn request(&self, req: &Request) -> Result<Reply, RequestError> {

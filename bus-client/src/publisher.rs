@@ -359,6 +359,9 @@ impl Publisher {
     /// the rest are dropped (counted) and go back to the cache. On failure,
     /// how many were pushed and why the rest were not.
     fn push_batch(&mut self, route: &mut Route, subsystem_len: usize) -> Result<(), (usize, SendError)> {
+        if let Err(e) = self.bus.inner.usable() {
+            return Err((0, e.into()));
+        }
         let to = route.to;
         let k = to.only().expect("one group");
         let queue = to.queues[k as usize] as u32;
@@ -517,6 +520,12 @@ impl Publisher {
     /// past the send timeout, is dropped (its slot returns to the cache).
     /// Returns how many were dropped (since the last call).
     pub(crate) fn flush_deferred(&mut self) -> usize {
+        if self.bus.inner.detached() {
+            // The slots are the parent's, or were taken back with this
+            // client (reclaimed while it could not run).
+            self.deferred.clear();
+            return 0;
+        }
         let mut deferred = std::mem::take(&mut self.deferred);
         let mut dropped = std::mem::take(&mut self.deferred_dropped);
         let mut i = 0;
@@ -1034,7 +1043,7 @@ impl<'a> LoanUninit<'a> {
     #[inline(always)]
     pub fn write<T: Body>(self, value: &T) -> Result<Loan<'a>, SendError> {
         // A forked child must not write into its parent's loaned slot.
-        self.publisher.bus.inner.not_forked()?;
+        self.publisher.bus.inner.usable()?;
         let seg = &self.publisher.bus.inner.seg;
         // SAFETY: the slot is Loaned by us; the area is ours until sent.
         let area = unsafe { seg.slot(self.slot).body_area(self.path_len) };
@@ -1057,7 +1066,7 @@ impl<'a> LoanUninit<'a> {
     /// Copies raw bytes into the slot.
     #[inline(always)]
     pub fn write_bytes(mut self, body: &[u8]) -> Result<Loan<'a>, SendError> {
-        self.publisher.bus.inner.not_forked()?;
+        self.publisher.bus.inner.usable()?;
         let capacity = self.capacity();
         if body.len() > capacity {
             return Err(SendError::BodyTooLarge { size: body.len(), capacity });
@@ -1079,7 +1088,7 @@ impl<'a> LoanUninit<'a> {
     /// Declares the first `len` bytes of [`LoanUninit::body_mut`] the body.
     #[inline(always)]
     pub fn commit(self, len: usize) -> Result<Loan<'a>, SendError> {
-        self.publisher.bus.inner.not_forked()?;
+        self.publisher.bus.inner.usable()?;
         let capacity = self.capacity();
         if len > capacity {
             return Err(SendError::BodyTooLarge { size: len, capacity });
@@ -1196,6 +1205,9 @@ impl<'a> Loan<'a> {
         let me = std::mem::ManuallyDrop::new(self);
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
+        if publisher.bus.inner.detached() {
+            return 0; // not ours any more: nothing is written into it
+        }
         let id = Self::stamp(publisher, me.slot);
         let d = Deferred { slot: me.slot, route: me.route, subsystem_len: me.subsystem_len, serial };
         publisher.deferred.push(d);
@@ -1212,6 +1224,11 @@ impl<'a> Loan<'a> {
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
         let (slot, mut route, subsystem_len) = (me.slot, me.route, me.subsystem_len);
+        // Before the stamp writes into the slot: one reclaimed meanwhile
+        // (this client stopped past a restart's grace) is another's now.
+        if let Err(e) = publisher.bus.inner.usable() {
+            return Err(LoanSendError { error: e.into(), loan: Some(Loan { publisher, slot, route, subsystem_len }) });
+        }
         let id = Self::stamp(publisher, slot);
         match publisher.push(slot, &mut route, subsystem_len) {
             Pushed::Sent => Ok(id),

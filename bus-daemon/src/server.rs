@@ -104,6 +104,8 @@ struct Conn {
     serial: u32,
     pid: u32,
     uid: u32,
+    /// The peer's gid (`SO_PEERCRED`).
+    gid: u32,
     welcomed: bool,
     /// When it was accepted: one that has not said hello within
     /// [`HELLO_TIMEOUT`] is closed, so that silent connections cannot hold
@@ -126,8 +128,7 @@ impl Conn {
         peer: crate::access::Peer,
         client: u32,
         serial: u32,
-        pid: u32,
-        uid: u32,
+        (pid, uid, gid): (u32, u32, u32),
         borrowed: bool,
     ) -> Conn {
         let name =
@@ -140,6 +141,7 @@ impl Conn {
             serial,
             pid,
             uid,
+            gid,
             welcomed: false,
             since,
             borrowed,
@@ -662,7 +664,7 @@ impl Server {
             {
                 Some((&c, _)) => {
                     self.note_busy();
-                    self.conns.insert(c, Conn::new(fd, peer, c, 0, pid, uid, true));
+                    self.conns.insert(c, Conn::new(fd, peer, c, 0, (pid, uid, cred.gid()), true));
                     return;
                 }
                 None => {
@@ -689,7 +691,7 @@ impl Server {
         info.state.store(CLIENT_ACTIVE, Ordering::Release);
         self.seg.header().counters.clients_accepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(client, pid, uid, "client connected");
-        self.conns.insert(client, Conn::new(fd, peer, client, serial, pid, uid, false));
+        self.conns.insert(client, Conn::new(fd, peer, client, serial, (pid, uid, cred.gid()), false));
     }
 
     /// Puts back the state and serial of every connected client's entry if
@@ -706,13 +708,21 @@ impl Server {
             let Some(info) = self.seg.client_info(c) else { continue };
             // SYNC: client-state — Acquire pairs with the Release below and
             // at connect.
-            if info.state.load(Ordering::Acquire) == CLIENT_ACTIVE && info.serial.load(Ordering::Relaxed) == conn.serial
-            {
+            let same = info.serial.load(Ordering::Relaxed) == conn.serial
+                && info.pid.load(Ordering::Relaxed) == conn.pid
+                && info.uid.load(Ordering::Relaxed) == conn.uid
+                && info.gid.load(Ordering::Relaxed) == conn.gid;
+            if info.state.load(Ordering::Acquire) == CLIENT_ACTIVE && same {
                 continue;
             }
+            // The next daemon reads pid, uid and gid too (a resuming
+            // client must come from them): all of them go back.
             info.serial.store(conn.serial, Ordering::Relaxed);
-            // SYNC: client-state — Release: the serial before the state,
-            // as at connect.
+            info.pid.store(conn.pid, Ordering::Relaxed);
+            info.uid.store(conn.uid, Ordering::Relaxed);
+            info.gid.store(conn.gid, Ordering::Relaxed);
+            // SYNC: client-state — Release: the other words before the
+            // state, as at connect.
             info.state.store(CLIENT_ACTIVE, Ordering::Release);
             tracing::error!(client = c, "client entry {c} was overwritten: rewritten from the daemon's record");
             bad += 1;

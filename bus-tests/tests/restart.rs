@@ -181,11 +181,17 @@ fn a_client_reclaimed_while_stopped_leaves_alone_what_it_held_when_it_runs_again
     assert!(eventually(Duration::from_secs(10), subscribed).is_some());
     p.send_bytes("h://x", b"held").unwrap();
     holder.wait_line("holding", Duration::from_secs(10));
+    // And one blocked in a receive when it is stopped.
+    let mut waiter = peer(&socket, &["sub", "subsystem=w", "count=1", "timeout_ms=30000"]);
+    waiter.wait_line("subscribed", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200)); // asleep on the queue by now
     holder.signal(Signal::SIGSTOP);
+    waiter.signal(Signal::SIGSTOP);
     first.signal(Signal::SIGKILL);
     let _ = first.wait(Duration::from_secs(10));
     let mut second = daemon(&socket, &args(&flags));
     let sub = survivor.subscribe("h").unwrap();
+    let w = survivor.subscribe("w").unwrap();
     let reclaimed = second.saw_err_line(Duration::from_secs(20), |l| l.contains("did not resume within the grace"));
     assert!(reclaimed, "the stopped holder was not reclaimed");
     // Its message, redelivered, is the survivor's now.
@@ -195,6 +201,13 @@ fn a_client_reclaimed_while_stopped_leaves_alone_what_it_held_when_it_runs_again
     // slot the survivor reads.
     holder.signal(Signal::SIGCONT);
     holder.wait_line("released", Duration::from_secs(20));
+    // The receiver that slept through it wakes to find its client
+    // reclaimed: it takes nothing from the queue it no longer subscribes.
+    p.send_bytes("w://x", b"for the survivor").unwrap();
+    waiter.signal(Signal::SIGCONT);
+    let (st, _, err) = waiter.wait(Duration::from_secs(20));
+    assert!(!st.success(), "the reclaimed receiver received: {err}");
+    assert_eq!(w.recv_timeout(Duration::from_secs(5)).unwrap().body_bytes().unwrap(), b"for the survivor");
     let s = status(&socket);
     assert_eq!(s["slots"]["held"], 1, "the survivor's message lost its slot: {s}");
     assert_eq!(s["counters"]["corruption"], 0, "{s}");
