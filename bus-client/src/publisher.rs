@@ -322,6 +322,16 @@ impl Publisher {
                 }
             };
             if !single {
+                // The callbacks that wrote the bodies may have run long:
+                // checked again before anything is pushed.
+                if let Err(e) = self.bus.inner.usable() {
+                    if self.bus.inner.detached() {
+                        self.batch.clear(); // not ours to give back
+                    } else {
+                        self.give_back_batch();
+                    }
+                    return fail(sent, e.into());
+                }
                 // Several groups: one message at a time, so that one intent
                 // covers every slot whose push is incomplete.
                 let batch = std::mem::take(&mut self.batch);
@@ -893,12 +903,10 @@ impl Publisher {
     }
 
     /// [`Publisher::push`], without the quota's count.
+    /// The caller has checked [`Inner::usable`](crate::bus::Inner::usable)
+    /// since the slot was last written: `Loan::send` before its stamp, the
+    /// batches before their pushes.
     fn push_one(&mut self, slot: SlotIndex, route: &mut Route, subsystem_len: usize) -> Pushed {
-        // Again here, not only when the loan was made: the daemon may have
-        // died since, or this may be a forked child sending its parent's loan.
-        if let Err(e) = self.bus.inner.usable() {
-            return Pushed::Back(e.into());
-        }
         bus_core::crash_point!(SendBeforePush);
         // The clock is read only once a queue was found full: a send that
         // goes through at once makes no clock call.
@@ -1224,8 +1232,11 @@ impl<'a> Loan<'a> {
         // SAFETY: `me` is not used or dropped again; its fields move out here.
         let publisher = unsafe { std::ptr::read(&me.publisher) };
         let (slot, mut route, subsystem_len) = (me.slot, me.route, me.subsystem_len);
-        // Before the stamp writes into the slot: one reclaimed meanwhile
-        // (this client stopped past a restart's grace) is another's now.
+        // Again here, not only when the loan was made (the daemon may have
+        // died since, or this may be a forked child sending its parent's
+        // loan), and before the stamp writes into the slot: one reclaimed
+        // meanwhile (this client stopped past a restart's grace) is
+        // another's now. `push_one` relies on this check.
         if let Err(e) = publisher.bus.inner.usable() {
             return Err(LoanSendError { error: e.into(), loan: Some(Loan { publisher, slot, route, subsystem_len }) });
         }
